@@ -1,0 +1,178 @@
+//! Ingest, size and query-latency benchmark against the real binary.
+//!
+//! Starts `auditlake serve` (release build) on a fresh data directory, posts
+//! demo events in NDJSON batches from concurrent clients (durable ingest: each
+//! `200` means fsynced), waits until everything is sealed, then measures bytes
+//! per event on disk and the latency of `count(*)` and a one-actor lookup over
+//! the Postgres wire. Prints one JSON object.
+//!
+//! `bash bench/ingest.sh` runs it and the DuckDB size comparison; see BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use auditlake::ingest::demo;
+use serde_json::json;
+
+struct Options {
+    events: usize,
+    batch: usize,
+    clients: usize,
+    binary: PathBuf,
+    data_dir: PathBuf,
+    repetitions: usize,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        events: 1_000_000,
+        batch: 1_000,
+        clients: 8,
+        binary: PathBuf::from("target/release/auditlake"),
+        data_dir: PathBuf::from("bench-out/data"),
+        repetitions: 30,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).unwrap_or_else(|| panic!("{} needs a value", pair[0]));
+        match pair[0].as_str() {
+            "--events" => o.events = value.parse().expect("--events N"),
+            "--batch" => o.batch = value.parse().expect("--batch N"),
+            "--clients" => o.clients = value.parse().expect("--clients N"),
+            "--binary" => o.binary = value.into(),
+            "--data-dir" => o.data_dir = value.into(),
+            "--repetitions" => o.repetitions = value.parse().expect("--repetitions N"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let o = options();
+    if o.data_dir.exists() {
+        std::fs::remove_dir_all(&o.data_dir).unwrap();
+    }
+    std::fs::create_dir_all(&o.data_dir).unwrap();
+
+    // Bodies are prepared before the clock starts: we time the server, not serde.
+    let end_us = 1_795_600_000_000_000;
+    let events = demo::generate(42, o.events, end_us, 30);
+    let bodies: Arc<Vec<String>> = Arc::new(
+        events
+            .chunks(o.batch)
+            .map(|chunk| chunk.iter().map(|e| e.to_ingest_json().to_string() + "\n").collect())
+            .collect(),
+    );
+    let actor = demo::INCIDENT_ACTOR;
+
+    let mut child = Command::new(&o.binary)
+        .args(["serve", "--pg-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--seal-after-ms", "1000"])
+        .arg("--data-dir")
+        .arg(&o.data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the release binary (cargo build --release first)");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
+    let field = |name: &str| ready.split_whitespace().find_map(|kv| kv.strip_prefix(name)).unwrap().to_string();
+    let http_url = format!("http://{}", field("http="));
+    let pg_addr: std::net::SocketAddr = field("pg=").parse().unwrap();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..o.clients)
+        .map(|_| {
+            let (bodies, next, url) = (Arc::clone(&bodies), Arc::clone(&next), format!("{http_url}/v1/events"));
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = bodies.get(i) else { return };
+                    loop {
+                        let response = http.post(&url).body(body.clone()).send().await.expect("POST");
+                        match response.status().as_u16() {
+                            200 => break,
+                            503 => tokio::time::sleep(Duration::from_millis(100)).await,
+                            other => panic!("ingest failed with {other}: {}", response.text().await.unwrap()),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let ingest_secs = started.elapsed().as_secs_f64();
+
+    // Wait until the sealer has written everything to Parquet.
+    let http = reqwest::Client::new();
+    let seal_wait = Instant::now();
+    loop {
+        let health: serde_json::Value =
+            http.get(format!("{http_url}/healthz")).send().await.unwrap().json().await.unwrap();
+        if health["sealed_seq"] == health["last_seq"] && health["last_seq"] == o.events {
+            break;
+        }
+        assert!(seal_wait.elapsed() < Duration::from_secs(300), "sealing did not finish: {health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let segment_bytes: u64 =
+        std::fs::read_dir(o.data_dir.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+
+    let (pg, connection) = tokio_postgres::connect(
+        &format!("host={} port={} dbname=auditlake user=bench", pg_addr.ip(), pg_addr.port()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut timings = serde_json::Map::new();
+    let queries = [
+        ("count_all", "select count(*) from audit_events".to_string()),
+        (
+            "one_actor_timeline",
+            format!(
+                "select time, action, source_ip, content_id from audit_events where actor_id = '{actor}' order by time"
+            ),
+        ),
+    ];
+    for (name, sql) in &queries {
+        let mut ms = Vec::new();
+        let mut rows = 0;
+        for _ in 0..o.repetitions {
+            let t = Instant::now();
+            rows = pg.simple_query(sql).await.unwrap().len();
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        timings.insert(
+            (*name).into(),
+            json!({"p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99), "messages": rows}),
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let result = json!({
+        "events": o.events,
+        "batch": o.batch,
+        "clients": o.clients,
+        "ingest_seconds": ingest_secs,
+        "ingest_events_per_second": o.events as f64 / ingest_secs,
+        "segment_bytes": segment_bytes,
+        "bytes_per_event": segment_bytes as f64 / o.events as f64,
+        "queries": timings,
+    });
+    println!("{}", serde_json::to_string_pretty(&result).unwrap());
+}

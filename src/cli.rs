@@ -1,0 +1,182 @@
+//! The command line: `auditlake serve` and `auditlake demo`.
+//!
+//! This is the only module that writes to stdout (what the user asked for:
+//! connection strings, a ready line scripts can wait for). Logs go to stderr
+//! through `tracing`. It wires the layers together and owns no logic of its own.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing::info;
+
+use crate::ingest::{self, demo};
+use crate::server;
+use crate::storage::{Storage, StorageConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "auditlake", version, about = "A self-hosted audit log you query with SQL")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: HTTP ingest and the Postgres endpoint.
+    Serve(ServeArgs),
+    /// Fill a fresh data directory with realistic demo activity, then serve it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address of the Postgres endpoint (database `auditlake`, table `audit_events`).
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pg_listen: SocketAddr,
+    /// Address of the HTTP ingest API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http_listen: SocketAddr,
+    /// Seal the in-memory buffer into a Parquet segment at this many rows.
+    #[arg(long, default_value_t = StorageConfig::new("").seal_max_buffered_rows)]
+    seal_max_buffered_rows: usize,
+    /// Seal the buffer when its oldest row is this old (milliseconds).
+    #[arg(long, default_value_t = StorageConfig::new("").seal_after_ms)]
+    seal_after_ms: u64,
+    /// Answer 503 to ingest while more rows than this wait to be sealed.
+    #[arg(long, default_value_t = StorageConfig::new("").max_buffered_rows)]
+    max_buffered_rows: usize,
+    /// Largest accepted `POST /v1/events` body (bytes); larger gets 413.
+    #[arg(long, default_value_t = ingest::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Most concurrent Postgres connections.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    max_pg_connections: usize,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Seed of the generator: the same seed gives the same events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// How many events to generate.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Days of activity, ending now.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Generate only; do not start the server.
+    #[arg(long)]
+    no_serve: bool,
+}
+
+impl ServeArgs {
+    fn storage_config(&self) -> StorageConfig {
+        StorageConfig {
+            data_dir: self.data_dir.clone(),
+            seal_max_buffered_rows: self.seal_max_buffered_rows,
+            seal_after_ms: self.seal_after_ms,
+            max_buffered_rows: self.max_buffered_rows,
+        }
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Demo(args) => run_demo(args).await,
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let storage = open_storage(&args).await?;
+    serve_storage(args, storage).await
+}
+
+async fn open_storage(args: &ServeArgs) -> anyhow::Result<Storage> {
+    let config = args.storage_config();
+    let dir = config.data_dir.display().to_string();
+    tokio::task::spawn_blocking(move || Storage::open(config))
+        .await?
+        .with_context(|| format!("cannot open data directory {dir}"))
+}
+
+async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> {
+    let pg = server::bind(args.pg_listen).await?;
+    let http = ingest::bind(args.http_listen).await?;
+    let pg_addr = pg.local_addr()?;
+    let http_addr = http.local_addr()?;
+    // One machine-readable line: tests and scripts wait for it, and it carries
+    // the real ports when port 0 was asked for.
+    say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
+    tokio::select! {
+        () = server::serve(pg, storage.clone(), args.max_pg_connections) => {}
+        result = ingest::serve(http, storage.clone(), args.max_body_bytes) => result?,
+        result = tokio::signal::ctrl_c() => {
+            result?;
+            info!("shutting down");
+        }
+    }
+    tokio::task::spawn_blocking(move || storage.shutdown()).await?;
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let storage = open_storage(&args.serve).await?;
+    if storage.stats().last_seq > 0 {
+        say(&format!(
+            "{} already holds {} events; serving them without generating more.",
+            args.serve.data_dir.display(),
+            storage.stats().last_seq
+        ));
+    } else {
+        let end_us = chrono::Utc::now().timestamp_micros();
+        let events = demo::generate(args.seed, args.events, end_us, args.days);
+        for chunk in events.chunks(10_000) {
+            storage.append(chunk.to_vec()).await?;
+        }
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now()).await??;
+        let stats = storage.stats();
+        say(&format!(
+            "Generated {} demo events for orgs acme, globex, initech, umbrella (seed {}); {} segment(s), {} bytes.",
+            stats.last_seq, args.seed, stats.segments, stats.segment_bytes
+        ));
+    }
+    if args.no_serve {
+        tokio::task::spawn_blocking(move || storage.shutdown()).await?;
+        return Ok(());
+    }
+    let pg = args.serve.pg_listen;
+    say(&format!(
+        "\nConnect with:\n  psql -h {} -p {} -d auditlake\n\nThen try (what did the phished account do, and from where?):\n  \
+         select time, action, source_ip, content_title from audit_events\n  \
+         where actor_id = '{}' and time > now() - interval '3 days' order by time;\n",
+        pg.ip(),
+        pg.port(),
+        demo::INCIDENT_ACTOR
+    ));
+    serve_storage(args.serve, storage).await
+}
+
+fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}

@@ -1,0 +1,297 @@
+//! Realistic demo activity: several organisations of Confluence/Jira-like
+//! users viewing, editing and deleting content, logging in, and administering,
+//! with a few planted incidents to investigate.
+//!
+//! The same seed and parameters always give the same events (ids included),
+//! so demos, tests and benchmarks can refer to exact rows.
+//!
+//! Planted incidents (all in org `acme`, in the last two days of the window):
+//! - `acme-u007` (alice.nguyen) is phished: failed logins from 203.0.113.50,
+//!   then a success, then a mass export of pages from that address.
+//! - `acme-u013` (mallory.jones) grants herself admin at 03:12.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use crate::model::Event;
+
+/// Organisations and how many users each has; `acme` is the busiest.
+const ORGS: [(&str, usize); 4] = [("acme", 60), ("globex", 35), ("initech", 20), ("umbrella", 12)];
+const FIRST_NAMES: [&str; 16] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj", "olivia",
+    "peggy", "rupert", "sybil",
+];
+const LAST_NAMES: [&str; 8] = ["nguyen", "smith", "garcia", "kim", "jones", "patel", "müller", "rossi"];
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "atlassian-mobile/5.12 (iOS 17.5)",
+];
+const PAGE_WORDS: [&str; 12] = [
+    "Roadmap",
+    "Incident review",
+    "Onboarding",
+    "Q3 plan",
+    "Architecture",
+    "Pricing",
+    "Runbook",
+    "Hiring",
+    "Retrospective",
+    "Security policy",
+    "Release notes",
+    "Budget",
+];
+const PROJECTS: [&str; 5] = ["OPS", "WEB", "SEC", "FIN", "HR"];
+
+/// The phished account and the address the attacker used.
+pub const INCIDENT_ACTOR: &str = "acme-u007";
+pub const INCIDENT_IP: &str = "203.0.113.50";
+
+/// Weighted actions: (action, product, category, content kind, weight).
+const ACTIONS: [(&str, &str, &str, Content, u32); 12] = [
+    ("confluence.page.viewed", "confluence", "user_activity", Content::Page, 460),
+    ("confluence.page.updated", "confluence", "user_activity", Content::Page, 80),
+    ("confluence.page.created", "confluence", "user_activity", Content::Page, 25),
+    ("confluence.page.exported", "confluence", "user_activity", Content::Page, 8),
+    ("confluence.page.deleted", "confluence", "user_activity", Content::Page, 4),
+    ("jira.issue.viewed", "jira", "user_activity", Content::Issue, 230),
+    ("jira.issue.updated", "jira", "user_activity", Content::Issue, 90),
+    ("jira.issue.created", "jira", "user_activity", Content::Issue, 30),
+    ("jira.issue.deleted", "jira", "user_activity", Content::Issue, 5),
+    ("auth.login.succeeded", "identity", "auth", Content::None, 55),
+    ("auth.login.failed", "identity", "auth", Content::None, 8),
+    ("admin.permission.changed", "admin", "admin", Content::Space, 5),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Content {
+    Page,
+    Issue,
+    Space,
+    None,
+}
+
+struct User {
+    id: String,
+    name: String,
+    ip: String,
+    agent: &'static str,
+}
+
+fn users(org_index: usize, org: &str, count: usize) -> Vec<User> {
+    (0..count)
+        .map(|i| {
+            let first = FIRST_NAMES[i % FIRST_NAMES.len()];
+            let last = LAST_NAMES[(i / FIRST_NAMES.len() + org_index) % LAST_NAMES.len()];
+            User {
+                id: format!("{org}-u{i:03}"),
+                name: format!("{first}.{last}"),
+                ip: format!("10.{}.{}.{}", org_index + 1, i / 200, i % 200 + 10),
+                agent: USER_AGENTS[i % USER_AGENTS.len()],
+            }
+        })
+        .collect()
+}
+
+/// Generates `count` events ending at `end_us` (microseconds, UTC) over
+/// `days` days, in time order, deterministically from `seed`.
+pub fn generate(seed: u64, count: usize, end_us: i64, days: u32) -> Vec<Event> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let span_us = i64::from(days) * 86_400_000_000;
+    let start_us = end_us - span_us;
+    let orgs: Vec<(&str, Vec<User>)> = ORGS.iter().enumerate().map(|(i, (org, n))| (*org, users(i, org, *n))).collect();
+    let org_weights: Vec<usize> = ORGS.iter().map(|(_, n)| *n).collect();
+    let total_org_weight: usize = org_weights.iter().sum();
+    let total_action_weight: u32 = ACTIONS.iter().map(|a| a.4).sum();
+
+    let incident = planted_incidents(end_us);
+    let background = count.saturating_sub(incident.len());
+    let mut events = Vec::with_capacity(count);
+    for i in 0..background {
+        let time_us = start_us
+            + (span_us as i128 * i as i128 / background.max(1) as i128) as i64
+            + rng.random_range(0..1_000_000);
+        let mut pick = rng.random_range(0..total_org_weight);
+        let org_index = org_weights
+            .iter()
+            .position(|w| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .expect("weights");
+        let (org, users) = &orgs[org_index];
+        let user = &users[rng.random_range(0..users.len())];
+        let mut pick = rng.random_range(0..total_action_weight);
+        let (action, product, category, content, _) = *ACTIONS
+            .iter()
+            .find(|a| {
+                if pick < a.4 {
+                    true
+                } else {
+                    pick -= a.4;
+                    false
+                }
+            })
+            .expect("weights");
+        let mut event = Event {
+            time_us,
+            id: format!("demo-{seed}-{i}"),
+            org_id: (*org).to_owned(),
+            actor_id: user.id.clone(),
+            actor_name: Some(user.name.clone()),
+            actor_type: Some("user".into()),
+            action: action.into(),
+            category: Some(category.into()),
+            outcome: Some(if action == "auth.login.failed" { "failure" } else { "success" }.into()),
+            product: Some(product.into()),
+            source_ip: Some(user.ip.clone()),
+            user_agent: Some(user.agent.into()),
+            location: Some(["US", "DE", "GB", "FR"][org_index % 4].into()),
+            session_id: Some(format!("s-{}-{}", user.id, time_us / 3_600_000_000)),
+            request_id: Some(format!("r-{seed}-{i}")),
+            ..Event::default()
+        };
+        set_content(&mut event, content, &mut rng);
+        events.push(event);
+    }
+    // Planted events go where their time puts them, keeping the log in time order.
+    for (n, mut event) in incident.into_iter().enumerate() {
+        event.id = format!("demo-{seed}-incident-{n}");
+        let at = events.partition_point(|e| e.time_us <= event.time_us);
+        events.insert(at, event);
+    }
+    events
+}
+
+fn set_content(event: &mut Event, content: Content, rng: &mut ChaCha8Rng) {
+    match content {
+        Content::Page => {
+            let page = rng.random_range(10_000..10_400);
+            event.content_type = Some("page".into());
+            event.content_id = Some(page.to_string());
+            event.content_title = Some(format!("{} {}", PAGE_WORDS[page as usize % PAGE_WORDS.len()], page % 37));
+            event.container_id = Some(format!("SPACE-{}", page % 9));
+        }
+        Content::Issue => {
+            let project = PROJECTS[rng.random_range(0..PROJECTS.len())];
+            let number = rng.random_range(1..900);
+            event.content_type = Some("issue".into());
+            event.content_id = Some(format!("{project}-{number}"));
+            event.content_title = Some(format!("{project} task {number}"));
+            event.container_id = Some(project.into());
+        }
+        Content::Space => {
+            let space = rng.random_range(0..9);
+            event.content_type = Some("space".into());
+            event.content_id = Some(format!("SPACE-{space}"));
+            event.attributes = Some(json!({"permission": "edit", "granted_to": "group:contractors"}).to_string());
+        }
+        Content::None => {}
+    }
+}
+
+/// The incidents described in the module docs.
+fn planted_incidents(end_us: i64) -> Vec<Event> {
+    const HOUR_US: i64 = 3_600_000_000;
+    let day_start = end_us - end_us.rem_euclid(86_400_000_000) - 86_400_000_000;
+    let base = |time_us: i64, actor: &str, name: &str, action: &str, category: &str, outcome: &str| Event {
+        time_us,
+        org_id: "acme".into(),
+        actor_id: actor.into(),
+        actor_name: Some(name.into()),
+        actor_type: Some("user".into()),
+        action: action.into(),
+        category: Some(category.into()),
+        outcome: Some(outcome.into()),
+        product: Some(if category == "auth" { "identity" } else { "confluence" }.into()),
+        source_ip: Some(INCIDENT_IP.into()),
+        user_agent: Some("python-requests/2.31".into()),
+        location: Some("RU".into()),
+        ..Event::default()
+    };
+    let phish_at = day_start + 2 * HOUR_US;
+    let mut events = Vec::new();
+    for k in 0..5 {
+        events.push(base(
+            phish_at + k * 20_000_000,
+            INCIDENT_ACTOR,
+            "alice.nguyen",
+            "auth.login.failed",
+            "auth",
+            "failure",
+        ));
+    }
+    events.push(base(
+        phish_at + 120_000_000,
+        INCIDENT_ACTOR,
+        "alice.nguyen",
+        "auth.login.succeeded",
+        "auth",
+        "success",
+    ));
+    for k in 0..40 {
+        let mut export = base(
+            phish_at + 180_000_000 + k * 7_000_000,
+            INCIDENT_ACTOR,
+            "alice.nguyen",
+            "confluence.page.exported",
+            "user_activity",
+            "success",
+        );
+        export.content_type = Some("page".into());
+        export.content_id = Some((10_000 + k * 3).to_string());
+        export.content_title = Some(format!("{} {}", PAGE_WORDS[k as usize % PAGE_WORDS.len()], k));
+        export.container_id = Some(format!("SPACE-{}", k % 9));
+        events.push(export);
+    }
+    let mut grant = base(
+        day_start + 3 * HOUR_US + 12 * 60_000_000,
+        "acme-u013",
+        "mallory.jones",
+        "admin.role.granted",
+        "admin",
+        "success",
+    );
+    grant.product = Some("admin".into());
+    grant.source_ip = Some("10.1.0.23".into());
+    grant.location = Some("US".into());
+    grant.user_agent = Some(USER_AGENTS[1].into());
+    grant.content_type = Some("user".into());
+    grant.content_id = Some("acme-u013".into());
+    grant.attributes = Some(json!({"role": "org-admin", "granted_to": "acme-u013"}).to_string());
+    events.push(grant);
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const END_US: i64 = 1_795_600_000_000_000;
+
+    #[test]
+    fn same_seed_same_events() {
+        assert_eq!(generate(7, 2_000, END_US, 30), generate(7, 2_000, END_US, 30));
+        assert_ne!(generate(7, 2_000, END_US, 30), generate(8, 2_000, END_US, 30));
+    }
+
+    #[test]
+    fn events_are_in_time_order_with_the_incidents_planted() {
+        let events = generate(1, 5_000, END_US, 30);
+        assert_eq!(events.len(), 5_000);
+        assert!(events.windows(2).all(|w| w[0].time_us <= w[1].time_us));
+        assert!(events.iter().all(|e| e.time_us <= END_US + 1_000_000 && e.time_us >= END_US - 30 * 86_400_000_000));
+        let from_attacker = events.iter().filter(|e| e.source_ip.as_deref() == Some(INCIDENT_IP)).count();
+        assert_eq!(from_attacker, 46);
+        let orgs: std::collections::BTreeSet<_> = events.iter().map(|e| e.org_id.as_str()).collect();
+        assert_eq!(orgs.into_iter().collect::<Vec<_>>(), ["acme", "globex", "initech", "umbrella"]);
+        let ids: std::collections::HashSet<_> = events.iter().map(|e| &e.id).collect();
+        assert_eq!(ids.len(), events.len(), "ids are unique");
+    }
+}

@@ -1,0 +1,128 @@
+//! The HTTP API applications send events to, and the demo-data generator.
+//!
+//! `POST /v1/events` takes a JSON array or NDJSON. The batch is validated as a
+//! whole (one bad event rejects all of it, and every bad line is named), then
+//! handed to storage, and answered only after storage says it is durable.
+//! This layer never touches files and never answers 2xx for events that are
+//! not yet fsynced.
+//!
+//! Status codes are decided in one place, [`IngestError::status`].
+
+pub mod demo;
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::model::{self, FieldError};
+use crate::storage::{Storage, StorageError};
+
+/// Default largest request body accepted by `POST /v1/events`, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// What a client told to back off should wait before retrying, in seconds.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// Why an ingest request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the batch was rejected: {} invalid field(s)", .0.len())]
+    Invalid(Vec<FieldError>),
+    #[error("request body is larger than the limit of {limit_bytes} bytes")]
+    TooLarge { limit_bytes: usize },
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl IngestError {
+    /// The one mapping from ingest errors to HTTP status codes.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Invalid(_) | IngestError::Body(_) => StatusCode::BAD_REQUEST,
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            IngestError::Invalid(errors) => json!({ "error": self.to_string(), "errors": errors }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    storage: Storage,
+    max_body_bytes: usize,
+}
+
+/// The HTTP API over one storage engine.
+pub fn router(storage: Storage, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/healthz", get(health))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(AppState { storage, max_body_bytes })
+}
+
+async fn post_events(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            IngestError::TooLarge { limit_bytes: app.max_body_bytes }
+        } else {
+            IngestError::Body(rejection.body_text())
+        }
+    })?;
+    let events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
+    let accepted = events.len();
+    let (first_seq, last_seq) = app.storage.append(events).await.inspect_err(|e| {
+        warn!(error = %e, "ingest batch not stored");
+    })?;
+    Ok(Json(json!({ "accepted": accepted, "first_seq": first_seq, "last_seq": last_seq })))
+}
+
+async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let stats = app.storage.stats();
+    Json(json!({ "status": "ok", "last_seq": stats.last_seq, "sealed_seq": stats.sealed_seq }))
+}
+
+/// Binds the HTTP listener, with an error that names the address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for HTTP on {addr}: {e}")))?;
+    info!(addr = %listener.local_addr().unwrap_or(addr), "HTTP ingest listening");
+    Ok(listener)
+}
+
+/// Serves the HTTP API until the process ends.
+pub async fn serve(listener: TcpListener, storage: Storage, max_body_bytes: usize) -> std::io::Result<()> {
+    axum::serve(listener, router(storage, max_body_bytes)).await
+}

@@ -1,0 +1,23 @@
+//! auditlake: a self-hosted audit log.
+//!
+//! Applications post events over HTTP; each accepted batch is made durable in a
+//! write-ahead log before it is acknowledged, becomes visible to queries at once
+//! from an in-memory Arrow buffer, and is later sealed into sorted, compressed
+//! Parquet segments. Investigators query the table `audit_events` in plain SQL
+//! over the Postgres wire protocol.
+//!
+//! The modules follow the layers of that path (see ARCHITECTURE.md):
+//!
+//! - [`model`]: the event, its one Arrow schema, and validation of incoming JSON.
+//! - [`storage`]: WAL, in-memory buffer, Parquet segments, manifest, recovery.
+//! - [`query`]: the DataFusion `audit_events` table provider and session setup.
+//! - [`server`]: the Postgres wire endpoint (read-only, one session per connection).
+//! - [`ingest`]: the HTTP API and the demo-data generator.
+//! - [`cli`]: the command line (`serve`, `demo`).
+
+pub mod cli;
+pub mod ingest;
+pub mod model;
+pub mod query;
+pub mod server;
+pub mod storage;

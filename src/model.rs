@@ -1,0 +1,449 @@
+//! The audit event: what one row of `audit_events` is, its Arrow schema, and how
+//! incoming JSON becomes an event.
+//!
+//! This module owns the column list. Every other layer (WAL encoding, Parquet
+//! segments, the SQL table) derives its shape from [`schema`], so a column is
+//! added or renamed here and nowhere else. It never does I/O: validation is a
+//! pure function from bytes to events or to a list of precise errors.
+
+use std::sync::{Arc, LazyLock};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest accepted identifier-like field (`id`, `org_id`, `actor_id`, `action`), in bytes.
+pub const MAX_KEY_FIELD_BYTES: usize = 256;
+/// Longest accepted free-text field (`user_agent`, `content_title`, ...), in bytes.
+pub const MAX_TEXT_FIELD_BYTES: usize = 4096;
+/// Largest accepted `attributes` object, serialized as compact JSON, in bytes.
+pub const MAX_ATTRIBUTES_BYTES: usize = 64 * 1024;
+
+/// Server-assigned, strictly increasing position of an event in the log.
+pub type Seq = u64;
+
+/// One audit event as accepted by the server, before it has a `seq`.
+///
+/// Timestamps are microseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_us: i64,
+    pub received_at_us: i64,
+    pub id: String,
+    pub org_id: String,
+    pub actor_id: String,
+    pub actor_name: Option<String>,
+    pub actor_type: Option<String>,
+    pub action: String,
+    pub category: Option<String>,
+    pub outcome: Option<String>,
+    pub product: Option<String>,
+    pub content_type: Option<String>,
+    pub content_id: Option<String>,
+    pub content_title: Option<String>,
+    pub container_id: Option<String>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub location: Option<String>,
+    pub session_id: Option<String>,
+    pub request_id: Option<String>,
+    /// Compact JSON text of a JSON object.
+    pub attributes: Option<String>,
+}
+
+/// The optional text columns, in schema order, with their accessors. Keeping
+/// them in one table means the JSON parser, the Arrow encoder and the schema
+/// cannot disagree about which fields exist.
+type OptionalField = (&'static str, fn(&Event) -> &Option<String>, fn(&mut Event) -> &mut Option<String>);
+
+macro_rules! optional_fields {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), |e: &Event| &e.$name, |e: &mut Event| &mut e.$name)),*]
+    };
+}
+
+const OPTIONAL_TEXT_FIELDS: &[OptionalField] = optional_fields![
+    actor_name,
+    actor_type,
+    category,
+    outcome,
+    product,
+    content_type,
+    content_id,
+    content_title,
+    container_id,
+    source_ip,
+    user_agent,
+    location,
+    session_id,
+    request_id,
+];
+
+fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    let mut fields = vec![
+        Field::new("time", utc_micros(), false),
+        Field::new("received_at", utc_micros(), false),
+        text("id", false),
+        text("org_id", false),
+        text("actor_id", false),
+        text("actor_name", true),
+        text("actor_type", true),
+        text("action", false),
+    ];
+    // The remaining optional columns follow the order of OPTIONAL_TEXT_FIELDS
+    // after actor_name/actor_type, which sit next to actor_id for readability.
+    fields.extend(OPTIONAL_TEXT_FIELDS[2..].iter().map(|(name, _, _)| text(name, true)));
+    fields.push(text("attributes", true));
+    fields.push(Field::new("seq", DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+});
+
+/// The Arrow schema of `audit_events`, defined once for every layer.
+pub fn schema() -> SchemaRef {
+    Arc::clone(&SCHEMA)
+}
+
+/// Encodes events as one Arrow batch; event `i` gets `seq = first_seq + i`.
+pub fn events_to_batch(events: &[Event], first_seq: Seq) -> RecordBatch {
+    let micros = |f: fn(&Event) -> i64| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from_iter_values(events.iter().map(f)).with_timezone("UTC"))
+    };
+    let required =
+        |f: fn(&Event) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(events.iter().map(f))) };
+    let optional =
+        |f: &dyn Fn(&Event) -> Option<&str>| -> ArrayRef { Arc::new(events.iter().map(f).collect::<StringArray>()) };
+    let mut columns: Vec<ArrayRef> = vec![
+        micros(|e| e.time_us),
+        micros(|e| e.received_at_us),
+        required(|e| &e.id),
+        required(|e| &e.org_id),
+        required(|e| &e.actor_id),
+        optional(&|e| e.actor_name.as_deref()),
+        optional(&|e| e.actor_type.as_deref()),
+        required(|e| &e.action),
+    ];
+    for (_, get, _) in &OPTIONAL_TEXT_FIELDS[2..] {
+        columns.push(optional(&|e| get(e).as_deref()));
+    }
+    columns.push(optional(&|e| e.attributes.as_deref()));
+    let first = first_seq as i64;
+    columns.push(Arc::new(Int64Array::from_iter_values((0..events.len() as i64).map(|i| first + i))));
+    RecordBatch::try_new(schema(), columns).expect("columns are built in schema order with schema types")
+}
+
+/// Why one field of one incoming event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// 1-based line of NDJSON input, or 1-based position in a JSON array.
+    pub line: usize,
+    /// The offending field; `None` when the event as a whole is wrong.
+    pub field: Option<String>,
+    pub error: String,
+}
+
+impl FieldError {
+    fn new(line: usize, field: Option<&str>, error: impl Into<String>) -> Self {
+        FieldError { line, field: field.map(str::to_owned), error: error.into() }
+    }
+}
+
+/// Parses a request body holding a JSON array of events or NDJSON (one event
+/// per line), validating every event. The batch is all or nothing: any error
+/// rejects the whole batch, and every error found is reported.
+pub fn parse_batch(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Event>, Vec<FieldError>> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        let line = 1 + body[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
+        vec![FieldError::new(line, None, format!("body is not valid UTF-8: {e}"))]
+    })?;
+    let items = split_items(text)?;
+    if items.is_empty() {
+        return Err(vec![FieldError::new(1, None, "batch contains no events")]);
+    }
+    let received_at_us = received_at.timestamp_micros();
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (line, value) in items {
+        match validate_event(line, value, received_at_us) {
+            Ok(event) => events.push(event),
+            Err(mut errs) => errors.append(&mut errs),
+        }
+    }
+    if errors.is_empty() { Ok(events) } else { Err(errors) }
+}
+
+/// Splits a body into `(line, value)` pairs: a JSON array when the first
+/// non-blank character is `[`, NDJSON otherwise.
+fn split_items(text: &str) -> Result<Vec<(usize, Value)>, Vec<FieldError>> {
+    if text.trim_start().starts_with('[') {
+        let values: Vec<Value> = serde_json::from_str(text)
+            .map_err(|e| vec![FieldError::new(e.line(), None, format!("malformed JSON array: {e}"))])?;
+        return Ok(values.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect());
+    }
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(value) => items.push((i + 1, value)),
+            Err(e) => errors.push(FieldError::new(i + 1, None, format!("malformed JSON: {e}"))),
+        }
+    }
+    if errors.is_empty() { Ok(items) } else { Err(errors) }
+}
+
+fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Checks one event object, collecting every problem rather than the first.
+fn validate_event(line: usize, value: Value, received_at_us: i64) -> Result<Event, Vec<FieldError>> {
+    let Value::Object(mut object) = value else {
+        return Err(vec![FieldError::new(
+            line,
+            None,
+            format!("an event must be a JSON object, got {}", json_type_name(&value)),
+        )]);
+    };
+    let mut errors = Vec::new();
+    let mut err = |field: &str, msg: String| errors.push(FieldError::new(line, Some(field), msg));
+
+    let mut take_text =
+        |object: &mut Map<String, Value>, field: &str, required: bool, max_bytes: usize| match object.remove(field) {
+            None | Some(Value::Null) if required => {
+                err(field, "required field is missing".into());
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if required && s.is_empty() => {
+                err(field, "required field is empty".into());
+                None
+            }
+            Some(Value::String(s)) if s.len() > max_bytes => {
+                err(field, format!("field is {} bytes, longer than the limit of {max_bytes} bytes", s.len()));
+                None
+            }
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                err(field, format!("expected a string, got {}", json_type_name(&other)));
+                None
+            }
+        };
+
+    let time = take_text(&mut object, "time", true, MAX_KEY_FIELD_BYTES);
+    let id = take_text(&mut object, "id", false, MAX_KEY_FIELD_BYTES);
+    let org_id = take_text(&mut object, "org_id", true, MAX_KEY_FIELD_BYTES);
+    let actor_id = take_text(&mut object, "actor_id", true, MAX_KEY_FIELD_BYTES);
+    let action = take_text(&mut object, "action", true, MAX_KEY_FIELD_BYTES);
+    let mut optional = Vec::with_capacity(OPTIONAL_TEXT_FIELDS.len());
+    for (name, _, _) in OPTIONAL_TEXT_FIELDS {
+        optional.push(take_text(&mut object, name, false, MAX_TEXT_FIELD_BYTES));
+    }
+
+    let mut errors_after_text = Vec::new();
+    let mut err = |field: &str, msg: String| errors_after_text.push(FieldError::new(line, Some(field), msg));
+
+    let time_us = time.and_then(|t| match DateTime::parse_from_rfc3339(&t) {
+        Ok(parsed) => Some(parsed.with_timezone(&Utc).timestamp_micros()),
+        Err(e) => {
+            err("time", format!("not an RFC 3339 timestamp ({e}): {t:?}"));
+            None
+        }
+    });
+
+    let attributes = match object.remove("attributes") {
+        None | Some(Value::Null) => None,
+        Some(value @ Value::Object(_)) => {
+            let text = value.to_string();
+            if text.len() > MAX_ATTRIBUTES_BYTES {
+                err(
+                    "attributes",
+                    format!(
+                        "attributes are {} bytes of JSON, over the limit of {MAX_ATTRIBUTES_BYTES} bytes",
+                        text.len()
+                    ),
+                );
+                None
+            } else {
+                Some(text)
+            }
+        }
+        Some(other) => {
+            err("attributes", format!("expected a JSON object, got {}", json_type_name(&other)));
+            None
+        }
+    };
+
+    let mut unknown: Vec<String> = object.keys().cloned().collect();
+    unknown.sort();
+    for field in unknown {
+        let msg = match field.as_str() {
+            "seq" | "received_at" => "assigned by the server; do not send it".to_string(),
+            _ => "unknown field; put extra data in `attributes`".to_string(),
+        };
+        err(&field, msg);
+    }
+
+    errors.append(&mut errors_after_text);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(time_us), Some(org_id), Some(actor_id), Some(action)) = (time_us, org_id, actor_id, action) else {
+        unreachable!("a missing required field is always reported as an error");
+    };
+    let mut event = Event {
+        time_us,
+        received_at_us,
+        id: id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        org_id,
+        actor_id,
+        action,
+        attributes,
+        ..Event::default()
+    };
+    for ((_, _, slot), value) in OPTIONAL_TEXT_FIELDS.iter().zip(optional) {
+        *slot(&mut event) = value;
+    }
+    Ok(event)
+}
+
+impl Event {
+    /// The event as the JSON object the ingest API accepts (used by the demo
+    /// generator and by clients in tests and benchmarks).
+    pub fn to_ingest_json(&self) -> Value {
+        let time = DateTime::<Utc>::from_timestamp_micros(self.time_us)
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut object = Map::new();
+        object.insert("time".into(), Value::String(time));
+        object.insert("id".into(), Value::String(self.id.clone()));
+        object.insert("org_id".into(), Value::String(self.org_id.clone()));
+        object.insert("actor_id".into(), Value::String(self.actor_id.clone()));
+        object.insert("action".into(), Value::String(self.action.clone()));
+        for (name, get, _) in OPTIONAL_TEXT_FIELDS {
+            if let Some(v) = get(self) {
+                object.insert((*name).into(), Value::String(v.clone()));
+            }
+        }
+        if let Some(attrs) = &self.attributes {
+            object.insert("attributes".into(), serde_json::from_str(attrs).unwrap_or(Value::Null));
+        }
+        Value::Object(object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn errors_of(body: &str) -> Vec<(usize, Option<String>, String)> {
+        parse_batch(body.as_bytes(), now())
+            .expect_err("batch should be rejected")
+            .into_iter()
+            .map(|e| (e.line, e.field, e.error))
+            .collect()
+    }
+
+    const GOOD: &str =
+        r#"{"time":"2026-11-25T09:00:00Z","org_id":"acme","actor_id":"u1","action":"confluence.page.viewed"}"#;
+
+    #[test]
+    fn accepts_ndjson_and_arrays_alike() {
+        let ndjson = format!("{GOOD}\n\n{GOOD}\n");
+        let array = format!("[{GOOD},{GOOD}]");
+        for body in [ndjson, array] {
+            let events = parse_batch(body.as_bytes(), now()).unwrap();
+            assert_eq!(events.len(), 2);
+            assert_eq!(events[0].time_us, 1_795_597_200_000_000);
+            assert_eq!(events[0].received_at_us, now().timestamp_micros());
+            assert_eq!(events[0].actor_id, "u1");
+            assert_ne!(events[0].id, events[1].id, "generated ids are unique");
+        }
+    }
+
+    #[test]
+    fn names_line_and_field_of_every_problem() {
+        let body = format!(
+            "{GOOD}\n{}\n{}\n",
+            r#"{"time":"yesterday","org_id":"acme","action":"x"}"#,
+            r#"{"time":"2026-11-25T09:00:00Z","org_id":7,"actor_id":"u","action":"x","colour":"red","seq":3}"#
+        );
+        let errors = errors_of(&body);
+        let has = |line: usize, field: &str, needle: &str| {
+            errors.iter().any(|(l, f, e)| *l == line && f.as_deref() == Some(field) && e.contains(needle))
+        };
+        assert!(has(2, "time", "RFC 3339"), "{errors:?}");
+        assert!(has(2, "actor_id", "missing"), "{errors:?}");
+        assert!(has(3, "org_id", "expected a string, got number"), "{errors:?}");
+        assert!(has(3, "colour", "unknown field"), "{errors:?}");
+        assert!(has(3, "seq", "assigned by the server"), "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+    }
+
+    #[test]
+    fn rejects_oversized_fields_and_wrong_shapes() {
+        let long = "x".repeat(MAX_TEXT_FIELD_BYTES + 1);
+        let body = format!(
+            r#"[{{"time":"2026-11-25T09:00:00Z","org_id":"a","actor_id":"u","action":"x","user_agent":"{long}"}}, 5, {{"time":"2026-11-25T09:00:00Z","org_id":"a","actor_id":"u","action":"x","attributes":[1]}}]"#
+        );
+        let errors = errors_of(&body);
+        assert_eq!(errors[0].0, 1);
+        assert_eq!(errors[0].1.as_deref(), Some("user_agent"));
+        assert!(errors[0].2.contains("longer than the limit"));
+        assert_eq!((errors[1].0, errors[1].1.as_deref()), (2, None));
+        assert_eq!((errors[2].0, errors[2].1.as_deref()), (3, Some("attributes")));
+    }
+
+    #[test]
+    fn rejects_malformed_json_empty_batches_and_bad_utf8() {
+        assert!(errors_of("[{\"time\":")[0].2.contains("malformed JSON array"));
+        assert_eq!(errors_of(&format!("{GOOD}\nnot json\n"))[0].0, 2);
+        assert!(errors_of("  \n")[0].2.contains("no events"));
+        let mut bad = format!("{GOOD}\n").into_bytes();
+        bad.extend_from_slice(b"\xff\xfe\n");
+        let errors = parse_batch(&bad, now()).unwrap_err();
+        assert_eq!(errors[0].line, 2);
+        assert!(errors[0].error.contains("UTF-8"));
+    }
+
+    #[test]
+    fn batch_columns_follow_the_schema() {
+        let mut events = parse_batch(format!("{GOOD}\n{GOOD}").as_bytes(), now()).unwrap();
+        events[1].content_title = Some("Q3 plan".into());
+        let batch = events_to_batch(&events, 41);
+        assert_eq!(batch.schema(), schema());
+        assert_eq!(batch.num_rows(), 2);
+        let seq = batch.column_by_name("seq").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(seq.values(), &[41, 42]);
+        let titles = batch.column_by_name("content_title").unwrap();
+        assert_eq!(titles.null_count(), 1);
+    }
+
+    #[test]
+    fn ingest_json_round_trips() {
+        let mut event = parse_batch(GOOD.as_bytes(), now()).unwrap().remove(0);
+        event.source_ip = Some("10.0.0.1".into());
+        event.attributes = Some(r#"{"k":"v"}"#.into());
+        let again = parse_batch(event.to_ingest_json().to_string().as_bytes(), now()).unwrap().remove(0);
+        assert_eq!(again, event);
+    }
+}

@@ -1,0 +1,139 @@
+//! SQL over the log: the `audit_events` table provider and the DataFusion
+//! session every query runs in.
+//!
+//! The provider plans only: it takes one storage [`Snapshot`], then builds a
+//! scan of the buffered Arrow batches and of the sealed Parquet segments, and
+//! unions them. Filters are handed to DataFusion's Parquet source as a pruning
+//! predicate (row-group statistics, bloom filters, page index) and reported as
+//! `Inexact`, so DataFusion re-applies them above the scan; later pruning work
+//! (manifest statistics, tenant scoping) extends this one path.
+//!
+//! This layer never writes to storage and never sees a connection.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::TableParquetOptions;
+use datafusion::common::{DFSchema, Result};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::model;
+use crate::storage::Storage;
+
+/// The catalog and schema clients see: `auditlake.public.audit_events`.
+pub const CATALOG: &str = "auditlake";
+pub const SCHEMA: &str = "public";
+pub const TABLE: &str = "audit_events";
+
+/// The `audit_events` table: buffered and sealed events of one storage engine.
+#[derive(Debug)]
+pub struct AuditEventsTable {
+    storage: Storage,
+}
+
+impl AuditEventsTable {
+    pub fn new(storage: Storage) -> Self {
+        AuditEventsTable { storage }
+    }
+}
+
+#[async_trait]
+impl TableProvider for AuditEventsTable {
+    fn schema(&self) -> SchemaRef {
+        model::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Every filter is used for pruning, none is guaranteed exact yet.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = model::schema();
+        let snapshot = self.storage.snapshot();
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+
+        if !snapshot.buffer.is_empty() {
+            // Spread the buffered batches over partitions so both cores scan.
+            let partitions_wanted = state.config().target_partitions().clamp(1, snapshot.buffer.len());
+            let mut partitions = vec![Vec::new(); partitions_wanted];
+            for (i, batch) in snapshot.buffer.into_iter().enumerate() {
+                partitions[i % partitions_wanted].push(batch);
+            }
+            let memory =
+                MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?.with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(memory));
+        }
+
+        if !snapshot.segments.is_empty() {
+            // The session's Parquet options, so `SET datafusion.execution.parquet.*`
+            // works per connection; strings stay `Utf8` as in our schema.
+            let mut options =
+                TableParquetOptions { global: state.config_options().execution.parquet.clone(), ..Default::default() };
+            options.global.schema_force_view_types = false;
+            let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
+            if let Some(predicate) = conjunction(filters.to_vec()) {
+                let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
+                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+            }
+            let files = snapshot
+                .segments
+                .iter()
+                .map(|s| {
+                    let path = snapshot.segments_dir.join(&s.file);
+                    PartitionedFile::new(path.to_string_lossy().trim_start_matches('/'), s.size_bytes)
+                })
+                .collect();
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .with_file_group(FileGroup::new(files))
+                .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+
+        Ok(match inputs.len() {
+            0 => {
+                let projected = match projection {
+                    Some(p) => Arc::new(schema.project(p)?),
+                    None => schema,
+                };
+                Arc::new(EmptyExec::new(projected))
+            }
+            1 => inputs.pop().expect("one input"),
+            _ => UnionExec::try_new(inputs)?,
+        })
+    }
+}
+
+/// A fresh DataFusion session over `storage` with `audit_events` registered.
+/// Each Postgres connection gets its own, so `SET` in one never leaks into another.
+pub fn new_session_context(storage: &Storage) -> Result<SessionContext> {
+    let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_table(TABLE, Arc::new(AuditEventsTable::new(storage.clone())))?;
+    Ok(ctx)
+}

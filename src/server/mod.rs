@@ -1,0 +1,242 @@
+//! The Postgres wire endpoint: how psql, drivers and BI tools reach `audit_events`.
+//!
+//! We own the accept loop and build a fresh set of handlers, with its own
+//! DataFusion session, for every connection, so one client's `SET` never
+//! reaches another and later work can add authentication, a per-role tenant
+//! scope, cancellation and a self-audit hook per connection. The protocol
+//! itself (pgwire) and the Arrow-to-Postgres encoding, `pg_catalog` emulation
+//! and query hooks (datafusion-postgres) come from crates; see ARCHITECTURE.md
+//! for why we use them this way.
+//!
+//! The endpoint is read-only: anything but queries, `EXPLAIN`, `SHOW`, `SET`,
+//! transactions and cursors is refused with SQLSTATE 25006 before planning.
+//! It never writes to storage.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::hooks::HookClient;
+use datafusion_postgres::hooks::cursor::CursorStatementHook;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::{DfSessionService, QueryHook};
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::Response;
+use pgwire::api::{ClientInfo, PgWireServerHandlers};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::query;
+use crate::storage::Storage;
+
+/// Default cap on concurrent Postgres connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// Errors of the Postgres endpoint's own lifecycle (not of one query).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen for Postgres clients on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set up a query session: {0}")]
+    Session(String),
+}
+
+/// Accepts Postgres clients on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, storage: Storage, max_connections: usize) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accepting a Postgres connection failed");
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
+            continue;
+        };
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let handlers = match ConnectionHandlers::new(&storage) {
+                Ok(handlers) => handlers,
+                Err(e) => {
+                    warn!(%peer, error = %e, "cannot start a session");
+                    return;
+                }
+            };
+            debug!(%peer, "Postgres connection opened");
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                debug!(%peer, error = %e, "Postgres connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds the Postgres listener, with an error that names the address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+    info!(addr = %listener.local_addr().unwrap_or(addr), "Postgres endpoint listening");
+    Ok(listener)
+}
+
+/// The handlers of one connection, around that connection's own session.
+struct ConnectionHandlers {
+    session: Arc<DfSessionService>,
+}
+
+impl ConnectionHandlers {
+    fn new(storage: &Storage) -> Result<Self, ServerError> {
+        let ctx = query::new_session_context(storage).map_err(|e| ServerError::Session(e.to_string()))?;
+        setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
+            .map_err(|e| ServerError::Session(e.to_string()))?;
+        let hooks: Vec<Arc<dyn QueryHook>> = vec![
+            Arc::new(ReadOnlyHook),
+            Arc::new(CursorStatementHook),
+            Arc::new(SetShowHook),
+            Arc::new(TransactionStatementHook),
+        ];
+        Ok(ConnectionHandlers { session: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)) })
+    }
+}
+
+impl PgWireServerHandlers for ConnectionHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.session)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(TrustStartupHandler)
+    }
+}
+
+/// Accepts any user without a password. Authentication (SCRAM) replaces this;
+/// until then the endpoint listens on loopback by default.
+struct TrustStartupHandler;
+
+impl NoopStartupHandler for TrustStartupHandler {}
+
+/// Refuses every statement that could change anything.
+#[derive(Debug)]
+struct ReadOnlyHook;
+
+/// Whether a statement only reads (or only touches this connection's session).
+fn is_read_only(statement: &Statement) -> bool {
+    match statement {
+        Statement::Explain { statement, .. } => is_read_only(statement),
+        Statement::Query(_)
+        | Statement::ExplainTable { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::Set(_)
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. } => true,
+        _ => false,
+    }
+}
+
+fn read_only_error(statement: &Statement) -> PgWireError {
+    let text = statement.to_string();
+    let verb: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "25006".into(),
+        format!("cannot execute {verb}: the auditlake SQL endpoint is read-only"),
+    )))
+}
+
+#[async_trait]
+impl QueryHook for ReadOnlyHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        (!is_read_only(statement)).then(|| Err(read_only_error(statement)))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        (!is_read_only(statement)).then(|| Err(read_only_error(statement)))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _logical_plan: &LogicalPlan,
+        _params: &ParamValues,
+        _session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        // Refused at parse time already; a parsed statement here is read-only.
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    fn parse(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0)
+    }
+
+    #[test]
+    fn reads_pass_and_writes_are_refused() {
+        for sql in [
+            "select 1",
+            "explain select * from audit_events",
+            "show time zone",
+            "set datestyle = 'ISO'",
+            "begin",
+            "commit",
+        ] {
+            assert!(is_read_only(&parse(sql)), "{sql}");
+        }
+        for sql in [
+            "insert into audit_events (id) values ('x')",
+            "delete from audit_events",
+            "drop table audit_events",
+            "create table t (a int)",
+            "copy audit_events to '/tmp/x'",
+            "explain analyze delete from audit_events",
+            "update audit_events set actor_id = 'x'",
+        ] {
+            assert!(!is_read_only(&parse(sql)), "{sql}");
+        }
+        let PgWireError::UserError(info) = read_only_error(&parse("drop table audit_events")) else { panic!() };
+        assert_eq!(info.code, "25006");
+        assert!(info.message.contains("DROP TABLE"), "{}", info.message);
+    }
+}

@@ -1,0 +1,703 @@
+//! The engine: group commit, the queryable buffer, sealing, and recovery.
+//!
+//! Concurrency model:
+//! - One **WAL writer thread** owns the open WAL file. Appenders send it their
+//!   batch and park on a oneshot. The thread takes every request waiting at that
+//!   moment, writes them with one `write`, calls `fdatasync` once, pushes the
+//!   rows into the buffer, and only then answers each appender. So an ack means
+//!   durable *and* visible, and concurrent appenders share one fsync.
+//! - One **sealer thread** turns the buffer into a Parquet segment when it holds
+//!   too many rows or its oldest row is too old.
+//! - Readers take a [`Snapshot`]: the segment list and the buffered batches,
+//!   copied under the same lock the sealer uses to publish a segment and drop its
+//!   rows from the buffer. A snapshot therefore sees every event exactly once.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::manifest::{Manifest, SegmentMeta};
+use super::wal::{self, WalBatch, WalWriter};
+use super::{StorageError, fsync_dir, segment};
+use crate::model::{self, Event, Seq};
+
+/// Most requests one group commit takes before it fsyncs.
+const MAX_GROUP_COMMIT_REQUESTS: usize = 1024;
+/// Queue of appends waiting for the WAL writer.
+const WAL_QUEUE_REQUESTS: usize = 4096;
+/// How often the sealer checks its triggers when nobody wakes it.
+const SEAL_CHECK_INTERVAL_MS: u64 = 250;
+
+/// Limits and paths of one engine.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// Seal when the buffer holds this many rows.
+    pub seal_max_buffered_rows: usize,
+    /// Seal when the oldest buffered row is this old.
+    pub seal_after_ms: u64,
+    /// Refuse appends (backpressure) while the buffer holds more rows than this.
+    pub max_buffered_rows: usize,
+}
+
+impl StorageConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            seal_max_buffered_rows: 500_000,
+            seal_after_ms: 60_000,
+            max_buffered_rows: 2_000_000,
+        }
+    }
+}
+
+/// A consistent view of the log for one query.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub segments_dir: PathBuf,
+    pub segments: Arc<Vec<SegmentMeta>>,
+    /// Buffered rows not yet in any listed segment, in `seq` order.
+    pub buffer: Vec<RecordBatch>,
+}
+
+/// Counters for the CLI, benchmarks and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageStats {
+    pub last_seq: Seq,
+    pub sealed_seq: Seq,
+    pub buffered_rows: usize,
+    pub segments: usize,
+    pub segment_bytes: u64,
+    pub segment_rows: u64,
+}
+
+/// What readers and the sealer share.
+#[derive(Debug)]
+struct State {
+    segments: Arc<Vec<SegmentMeta>>,
+    sealed_seq: Seq,
+    /// `(batch, first_seq, last_seq)`, ascending, every seq above `sealed_seq`.
+    buffer: Vec<(RecordBatch, Seq, Seq)>,
+    buffered_rows: usize,
+    oldest_buffered_at: Option<Instant>,
+    last_seq: Seq,
+    shutting_down: bool,
+}
+
+type AppendReply = oneshot::Sender<Result<(Seq, Seq), StorageError>>;
+
+enum WalCommand {
+    Append {
+        events_json: Vec<u8>,
+        batch: RecordBatch,
+        reply: AppendReply,
+    },
+    /// Close the current WAL file and start a new one; answers the last seq
+    /// written before the switch.
+    Rotate {
+        reply: oneshot::Sender<Result<Seq, StorageError>>,
+    },
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: StorageConfig,
+    wal_dir: PathBuf,
+    segments_dir: PathBuf,
+    state: Mutex<State>,
+    /// Wakes the sealer early (buffer over its row trigger, or shutdown).
+    seal_wakeup: Condvar,
+    /// One seal at a time, whether from the sealer thread or `seal_now`.
+    seal_lock: Mutex<()>,
+    sealer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+/// The storage engine of one data directory. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    shared: Arc<Shared>,
+    wal_tx: mpsc::Sender<WalCommand>,
+    _lock: Arc<File>,
+}
+
+impl std::fmt::Debug for WalCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalCommand::Append { batch, .. } => write!(f, "Append({} rows)", batch.num_rows()),
+            WalCommand::Rotate { .. } => write!(f, "Rotate"),
+        }
+    }
+}
+
+impl Storage {
+    /// Opens (creating if needed) a data directory, recovering its state:
+    /// unpublished segment files are deleted, the WAL is replayed past the last
+    /// sealed seq, and a torn WAL tail is truncated.
+    pub fn open(mut config: StorageConfig) -> Result<Storage, StorageError> {
+        fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::io(&config.data_dir, e))?;
+        // Absolute, because segment paths are handed to the query engine as
+        // object-store locations rooted at `/`.
+        config.data_dir = fs::canonicalize(&config.data_dir).map_err(|e| StorageError::io(&config.data_dir, e))?;
+        let data_dir = config.data_dir.clone();
+        let wal_dir = data_dir.join("wal");
+        let segments_dir = data_dir.join("segments");
+        for dir in [&wal_dir, &segments_dir] {
+            fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        }
+        let lock_path = data_dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StorageError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|_| StorageError::Locked { path: data_dir.clone() })?;
+
+        let manifest = Manifest::load(&data_dir)?;
+        remove_unpublished_segments(&segments_dir, &manifest)?;
+        let recovered = replay_wal(&wal_dir, manifest.sealed_seq)?;
+        let last_seq = recovered.batches.last().map_or(manifest.sealed_seq, |b| b.last_seq().max(manifest.sealed_seq));
+        let writer = match recovered.newest {
+            Some((first_seq, path, valid_len)) => WalWriter::reopen(&path, first_seq, valid_len)?,
+            None => WalWriter::create(&wal_dir, last_seq + 1)?,
+        };
+
+        let buffer: Vec<_> = recovered
+            .batches
+            .iter()
+            .map(|b| (model::events_to_batch(&b.events, b.first_seq), b.first_seq, b.last_seq()))
+            .collect();
+        let buffered_rows = buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
+        info!(
+            data_dir = %data_dir.display(),
+            segments = manifest.segments.len(),
+            sealed_seq = manifest.sealed_seq,
+            replayed_rows = buffered_rows,
+            last_seq,
+            "storage opened"
+        );
+        let shared = Arc::new(Shared {
+            wal_dir,
+            segments_dir,
+            state: Mutex::new(State {
+                segments: Arc::new(manifest.segments),
+                sealed_seq: manifest.sealed_seq,
+                oldest_buffered_at: (buffered_rows > 0).then(Instant::now),
+                buffer,
+                buffered_rows,
+                last_seq,
+                shutting_down: false,
+            }),
+            seal_wakeup: Condvar::new(),
+            seal_lock: Mutex::new(()),
+            sealer_thread: Mutex::new(None),
+            config,
+        });
+
+        let (wal_tx, wal_rx) = mpsc::channel(WAL_QUEUE_REQUESTS);
+        let writer_shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("auditlake-wal".into())
+            .spawn(move || run_wal_writer(writer_shared, writer, last_seq + 1, wal_rx))
+            .map_err(|e| StorageError::io(Path::new("<wal thread>"), e))?;
+        let storage = Storage { shared, wal_tx, _lock: Arc::new(lock) };
+        let sealer = storage.clone();
+        let handle = thread::Builder::new()
+            .name("auditlake-sealer".into())
+            .spawn(move || sealer.run_sealer())
+            .map_err(|e| StorageError::io(Path::new("<sealer thread>"), e))?;
+        *storage.shared.sealer_thread.lock().expect("sealer handle lock poisoned") = Some(handle);
+        Ok(storage)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("storage state lock poisoned")
+    }
+
+    /// Appends a batch durably. Returns the `(first_seq, last_seq)` assigned
+    /// once the batch is fsynced and visible to queries.
+    pub async fn append(&self, events: Vec<Event>) -> Result<(Seq, Seq), StorageError> {
+        assert!(!events.is_empty(), "callers reject empty batches");
+        {
+            let state = self.state();
+            if state.buffered_rows > self.shared.config.max_buffered_rows {
+                self.shared.seal_wakeup.notify_all();
+                return Err(StorageError::Backpressure {
+                    buffered_rows: state.buffered_rows,
+                    limit_rows: self.shared.config.max_buffered_rows,
+                });
+            }
+        }
+        // Encoding happens here, on the caller's task, so that the single WAL
+        // thread only frames, writes and fsyncs.
+        let events_json = serde_json::to_vec(&events).expect("events serialize");
+        let batch = model::events_to_batch(&events, 0);
+        let (reply, answer) = oneshot::channel();
+        self.wal_tx.send(WalCommand::Append { events_json, batch, reply }).await.map_err(|_| StorageError::ShutDown)?;
+        answer.await.map_err(|_| StorageError::ShutDown)?
+    }
+
+    /// A consistent view of segments plus buffer for one query.
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.state();
+        Snapshot {
+            segments_dir: self.shared.segments_dir.clone(),
+            segments: Arc::clone(&state.segments),
+            buffer: state.buffer.iter().map(|(b, _, _)| b.clone()).collect(),
+        }
+    }
+
+    pub fn stats(&self) -> StorageStats {
+        let state = self.state();
+        StorageStats {
+            last_seq: state.last_seq,
+            sealed_seq: state.sealed_seq,
+            buffered_rows: state.buffered_rows,
+            segments: state.segments.len(),
+            segment_bytes: state.segments.iter().map(|s| s.size_bytes).sum(),
+            segment_rows: state.segments.iter().map(|s| s.rows).sum(),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.shared.config.data_dir
+    }
+
+    /// Seals everything buffered right now into one segment. Returns the new
+    /// segment, or `None` when the buffer was empty.
+    pub fn seal_now(&self) -> Result<Option<SegmentMeta>, StorageError> {
+        let _one_seal_at_a_time = self.shared.seal_lock.lock().expect("seal lock poisoned");
+
+        // 1. Switch WAL files, so that every file before the new one holds only
+        //    events this seal covers and can be deleted once it is published.
+        let (reply, answer) = oneshot::channel();
+        self.wal_tx.blocking_send(WalCommand::Rotate { reply }).map_err(|_| StorageError::ShutDown)?;
+        let upto = answer.blocking_recv().map_err(|_| StorageError::ShutDown)??;
+
+        // 2. Write the segment from the buffered batches up to `upto`. The WAL
+        //    thread pushes a batch into the buffer before it answers, so the
+        //    buffer holds all of them.
+        let (batches, sealed_seq, mut manifest_segments) = {
+            let state = self.state();
+            let batches: Vec<RecordBatch> =
+                state.buffer.iter().filter(|(_, _, last)| *last <= upto).map(|(b, _, _)| b.clone()).collect();
+            (batches, state.sealed_seq, state.segments.as_ref().clone())
+        };
+        if batches.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let meta = segment::write_segment(&self.shared.segments_dir, &batches)?;
+        fsync_dir(&self.shared.segments_dir)?;
+        debug_assert_eq!(meta.min_seq, sealed_seq + 1, "segments cover the log without gaps");
+        debug_assert_eq!(meta.max_seq, upto);
+
+        // 3. Publish: the manifest is durable before anything is dropped.
+        manifest_segments.push(meta.clone());
+        let manifest = Manifest { version: 1, sealed_seq: upto, segments: manifest_segments };
+        manifest.store(&self.shared.config.data_dir)?;
+
+        // 4. Swap the published segment in and its rows out, in one step for readers.
+        {
+            let mut state = self.state();
+            state.segments = Arc::new(manifest.segments);
+            state.sealed_seq = upto;
+            state.buffer.retain(|(_, first, _)| *first > upto);
+            state.buffered_rows = state.buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
+            state.oldest_buffered_at = (state.buffered_rows > 0).then(Instant::now);
+        }
+
+        // 5. The WAL files before the rotation are now redundant.
+        for (first_seq, path) in wal::list_files(&self.shared.wal_dir)? {
+            if first_seq <= upto {
+                fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        fsync_dir(&self.shared.wal_dir)?;
+        info!(
+            segment = %meta.file,
+            rows = meta.rows,
+            bytes = meta.size_bytes,
+            sealed_seq = upto,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "sealed segment"
+        );
+        Ok(Some(meta))
+    }
+
+    fn seal_due(&self, state: &State) -> bool {
+        let config = &self.shared.config;
+        state.buffered_rows >= config.seal_max_buffered_rows
+            || state.oldest_buffered_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(config.seal_after_ms))
+    }
+
+    fn run_sealer(self) {
+        loop {
+            {
+                let state = self.state();
+                let (state, _) = self
+                    .shared
+                    .seal_wakeup
+                    .wait_timeout_while(state, Duration::from_millis(SEAL_CHECK_INTERVAL_MS), |s| {
+                        !s.shutting_down && !self.seal_due(s)
+                    })
+                    .expect("storage state lock poisoned");
+                if state.shutting_down {
+                    return;
+                }
+                if !self.seal_due(&state) {
+                    continue;
+                }
+            }
+            if let Err(e) = self.seal_now() {
+                // The buffer and WAL still hold everything; sealing is retried.
+                error!(error = %e, "sealing failed; will retry");
+                thread::sleep(Duration::from_millis(SEAL_CHECK_INTERVAL_MS * 4));
+            }
+        }
+    }
+
+    /// Stops the sealer thread and waits for it (so that the directory lock
+    /// is released once the last handle is dropped). Buffered events stay safe
+    /// in the WAL.
+    pub fn shutdown(&self) {
+        self.state().shutting_down = true;
+        self.shared.seal_wakeup.notify_all();
+        let handle = self.shared.sealer_thread.lock().expect("sealer handle lock poisoned").take();
+        if let Some(handle) = handle
+            && handle.thread().id() != thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Deletes segment files the manifest does not name (a crash during sealing)
+/// and checks that every named one exists.
+fn remove_unpublished_segments(dir: &Path, manifest: &Manifest) -> Result<(), StorageError> {
+    let mut removed = false;
+    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let path = entry.map_err(|e| StorageError::io(dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !manifest.segments.iter().any(|s| s.file == name) {
+            warn!(file = %path.display(), "removing segment file not in the manifest (interrupted seal)");
+            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            removed = true;
+        }
+    }
+    if removed {
+        fsync_dir(dir)?;
+    }
+    for segment in manifest.segments.iter() {
+        let path = dir.join(&segment.file);
+        if !path.exists() {
+            return Err(StorageError::CorruptManifest {
+                file: dir.with_file_name("manifest.json"),
+                reason: format!("it lists segment {} which does not exist", path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+struct Replayed {
+    /// Batches above the sealed seq, ascending and contiguous.
+    batches: Vec<WalBatch>,
+    /// The newest WAL file: first seq, path, and length of its valid prefix.
+    newest: Option<(Seq, PathBuf, u64)>,
+}
+
+fn replay_wal(wal_dir: &Path, sealed_seq: Seq) -> Result<Replayed, StorageError> {
+    let files = wal::list_files(wal_dir)?;
+    let mut batches: Vec<WalBatch> = Vec::new();
+    let mut newest = None;
+    let mut expected_next: Option<Seq> = None;
+    for (i, (first_seq, path)) in files.iter().enumerate() {
+        let is_newest = i + 1 == files.len();
+        let outcome = wal::read_file(path, is_newest)?;
+        if outcome.torn_tail {
+            warn!(file = %path.display(), valid_len = outcome.valid_len, "truncating torn WAL tail");
+        }
+        for batch in outcome.batches {
+            if let Some(expected) = expected_next
+                && batch.first_seq != expected
+            {
+                return Err(StorageError::CorruptWal {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("sequence gap: expected seq {expected}, found {}", batch.first_seq),
+                });
+            }
+            expected_next = Some(batch.last_seq() + 1);
+            if batch.last_seq() > sealed_seq {
+                if batch.first_seq <= sealed_seq {
+                    return Err(StorageError::CorruptWal {
+                        file: path.clone(),
+                        offset: 0,
+                        reason: format!(
+                            "batch {}..={} straddles the sealed seq {sealed_seq}",
+                            batch.first_seq,
+                            batch.last_seq()
+                        ),
+                    });
+                }
+                batches.push(batch);
+            }
+        }
+        if is_newest {
+            newest = Some((*first_seq, path.clone(), outcome.valid_len));
+        }
+    }
+    if let Some(first) = batches.first()
+        && first.first_seq != sealed_seq + 1
+    {
+        return Err(StorageError::CorruptWal {
+            file: wal_dir.to_path_buf(),
+            offset: 0,
+            reason: format!("WAL resumes at seq {} but the manifest is sealed up to {sealed_seq}", first.first_seq),
+        });
+    }
+    Ok(Replayed { batches, newest })
+}
+
+/// The WAL writer thread: group commit. See the module docs.
+fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq, mut rx: mpsc::Receiver<WalCommand>) {
+    let mut poisoned: Option<String> = None;
+    let mut framed = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut commands = vec![first];
+        while commands.len() < MAX_GROUP_COMMIT_REQUESTS {
+            match rx.try_recv() {
+                Ok(command) => commands.push(command),
+                Err(_) => break,
+            }
+        }
+
+        // Frame every append of this group with its assigned seqs.
+        framed.clear();
+        let mut appended: Vec<(RecordBatch, Seq, Seq, AppendReply)> = Vec::new();
+        let mut rotations = Vec::new();
+        let group_first_seq = next_seq;
+        for command in commands {
+            match command {
+                WalCommand::Append { events_json, batch, reply } => {
+                    if let Some(reason) = &poisoned {
+                        let _ = reply.send(Err(StorageError::WalPoisoned(reason.clone())));
+                        continue;
+                    }
+                    let first = next_seq;
+                    let last = first + batch.num_rows() as Seq - 1;
+                    let mut payload = Vec::with_capacity(events_json.len() + 40);
+                    payload.extend_from_slice(format!("{{\"first_seq\":{first},\"events\":").as_bytes());
+                    payload.extend_from_slice(&events_json);
+                    payload.push(b'}');
+                    wal::encode_record(&payload, &mut framed);
+                    next_seq = last + 1;
+                    appended.push((with_seq(batch, first), first, last, reply));
+                }
+                WalCommand::Rotate { reply } => rotations.push(reply),
+            }
+        }
+
+        if !appended.is_empty() {
+            let written = writer.append(&framed).and_then(|()| writer.sync());
+            match written {
+                Ok(()) => {
+                    let mut state = shared.state.lock().expect("storage state lock poisoned");
+                    for (batch, first, last, _) in &appended {
+                        debug_assert!(*first > state.last_seq, "seq strictly increases");
+                        state.buffered_rows += batch.num_rows();
+                        state.buffer.push((batch.clone(), *first, *last));
+                        state.last_seq = *last;
+                    }
+                    state.oldest_buffered_at.get_or_insert_with(Instant::now);
+                    if state.buffered_rows >= shared.config.seal_max_buffered_rows {
+                        shared.seal_wakeup.notify_all();
+                    }
+                    drop(state);
+                    for (_, first, last, reply) in appended {
+                        let _ = reply.send(Ok((first, last)));
+                    }
+                }
+                Err(e) => {
+                    // After a failed write or fsync the kernel may have dropped
+                    // dirty pages: a later successful fsync would not prove the
+                    // earlier records reached disk. So this log stops here.
+                    error!(error = %e, file = %writer.path().display(), "WAL write failed; refusing further writes");
+                    let reason = e.to_string();
+                    poisoned = Some(reason.clone());
+                    next_seq = group_first_seq;
+                    for (_, _, _, reply) in appended {
+                        let _ = reply.send(Err(StorageError::WalPoisoned(reason.clone())));
+                    }
+                }
+            }
+        }
+
+        for reply in rotations {
+            let last_written = next_seq - 1;
+            let result = if let Some(reason) = &poisoned {
+                Err(StorageError::WalPoisoned(reason.clone()))
+            } else if writer.first_seq() == next_seq {
+                Ok(last_written) // current file is empty: nothing to close
+            } else {
+                WalWriter::create(&shared.wal_dir, next_seq).map(|new| {
+                    debug!(file = %new.path().display(), "rotated WAL");
+                    writer = new;
+                    last_written
+                })
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Stamps seqs `first_seq..` into a batch built with placeholder seqs.
+fn with_seq(batch: RecordBatch, first_seq: Seq) -> RecordBatch {
+    let mut columns = batch.columns().to_vec();
+    let first = first_seq as i64;
+    let seq = Int64Array::from_iter_values((0..batch.num_rows() as i64).map(|i| first + i));
+    *columns.last_mut().expect("seq is the last column") = Arc::new(seq);
+    RecordBatch::try_new(batch.schema(), columns).expect("same schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize) -> Event {
+        Event {
+            time_us: 1_795_000_000_000_000 + i as i64,
+            id: format!("e{i}"),
+            org_id: if i.is_multiple_of(2) { "acme" } else { "globex" }.into(),
+            actor_id: format!("u{}", i % 3),
+            action: "confluence.page.viewed".into(),
+            ..Event::default()
+        }
+    }
+
+    fn config(dir: &Path) -> StorageConfig {
+        StorageConfig { seal_after_ms: 3_600_000, ..StorageConfig::new(dir) }
+    }
+
+    fn rows(snapshot: &Snapshot) -> usize {
+        snapshot.buffer.iter().map(|b| b.num_rows()).sum::<usize>()
+            + snapshot.segments.iter().map(|s| s.rows as usize).sum::<usize>()
+    }
+
+    async fn append_n(storage: &Storage, from: usize, n: usize) -> (Seq, Seq) {
+        storage.append((from..from + n).map(event).collect()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn appends_are_visible_sealed_and_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            assert_eq!(append_n(&storage, 0, 3).await, (1, 3));
+            assert_eq!(append_n(&storage, 3, 2).await, (4, 5));
+            assert_eq!(rows(&storage.snapshot()), 5);
+            let s = storage.clone();
+            let meta = tokio::task::spawn_blocking(move || s.seal_now()).await.unwrap().unwrap().unwrap();
+            assert_eq!((meta.min_seq, meta.max_seq, meta.rows), (1, 5, 5));
+            assert_eq!((meta.min_org_id.as_str(), meta.max_org_id.as_str()), ("acme", "globex"));
+            assert_eq!(append_n(&storage, 5, 4).await, (6, 9));
+            let snapshot = storage.snapshot();
+            assert_eq!((snapshot.segments.len(), rows(&snapshot)), (1, 9));
+            storage.shutdown();
+        }
+        let storage = Storage::open(config(dir.path())).unwrap();
+        let stats = storage.stats();
+        assert_eq!((stats.sealed_seq, stats.last_seq, stats.buffered_rows), (5, 9, 4));
+        assert_eq!(append_n(&storage, 9, 1).await, (10, 10));
+        // Only the WAL file written after the seal remains.
+        assert_eq!(wal::list_files(&dir.path().join("wal")).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_get_distinct_contiguous_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(config(dir.path())).unwrap();
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let s = storage.clone();
+                tokio::spawn(async move { append_n(&s, i * 10, 10).await })
+            })
+            .collect();
+        let mut ranges = Vec::new();
+        for t in tasks {
+            ranges.push(t.await.unwrap());
+        }
+        ranges.sort();
+        for (i, (first, last)) in ranges.iter().enumerate() {
+            assert_eq!((*first, *last), (i as Seq * 10 + 1, i as Seq * 10 + 10));
+        }
+    }
+
+    #[tokio::test]
+    async fn half_written_segment_is_ignored_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            append_n(&storage, 0, 5).await;
+            storage.shutdown();
+        }
+        let debris = dir.path().join("segments").join("00000000000000000001-00000000000000000005.parquet");
+        fs::write(&debris, b"PAR1 half a segment").unwrap();
+        let storage = Storage::open(config(dir.path())).unwrap();
+        assert!(!debris.exists(), "unpublished segment file is removed");
+        assert_eq!(rows(&storage.snapshot()), 5, "its events come back from the WAL");
+    }
+
+    #[tokio::test]
+    async fn corrupt_wal_record_before_the_tail_stops_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            append_n(&storage, 0, 5).await;
+            append_n(&storage, 5, 5).await;
+            storage.shutdown();
+        }
+        let (_, path) = wal::list_files(&dir.path().join("wal")).unwrap().remove(0);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[30] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let err = Storage::open(config(dir.path())).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()) && err.contains("offset 8"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_and_writing_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            append_n(&storage, 0, 5).await;
+            append_n(&storage, 5, 5).await;
+            storage.shutdown();
+        }
+        let (_, path) = wal::list_files(&dir.path().join("wal")).unwrap().remove(0);
+        let len = fs::metadata(&path).unwrap().len();
+        File::options().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            assert_eq!(storage.stats().last_seq, 5, "the torn second batch was never acknowledged");
+            assert_eq!(append_n(&storage, 5, 2).await, (6, 7));
+            storage.shutdown();
+        }
+        let storage = Storage::open(config(dir.path())).unwrap();
+        assert_eq!(rows(&storage.snapshot()), 7);
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Storage::open(config(dir.path())).unwrap();
+        assert!(matches!(Storage::open(config(dir.path())), Err(StorageError::Locked { .. })));
+    }
+}

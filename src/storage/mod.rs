@@ -1,0 +1,65 @@
+//! The storage engine: how an accepted batch becomes durable, visible, and
+//! finally a sealed Parquet segment.
+//!
+//! ```text
+//! append ─► WAL record ─► fsync (shared by concurrent appends) ─► buffer ─► ack
+//!                                                               │ seal (rows / age)
+//!                                                               ▼
+//!                          segment file ─► fsync ─► manifest (atomic) ─► drop buffer rows, old WAL
+//! ```
+//!
+//! This layer owns every byte in the data directory and is the only code that
+//! calls fsync. It never parses SQL or HTTP, and never acknowledges a batch
+//! before its WAL record is on disk.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! LOCK                 held (flock) by the one process using the directory
+//! manifest.json        the published segment list, replaced atomically
+//! wal/{seq:020}.wal    write-ahead log files (format in `wal.rs`)
+//! segments/*.parquet   sealed segments (named by their seq range)
+//! ```
+
+mod engine;
+pub mod manifest;
+pub mod segment;
+pub mod wal;
+
+use std::path::{Path, PathBuf};
+
+pub use engine::{Snapshot, Storage, StorageConfig, StorageStats};
+
+/// Everything that can go wrong below the query and ingest layers.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error on {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("WAL file {} is corrupt at byte offset {offset}: {reason}; refusing to start (move the file aside only if you accept losing its events)", file.display())]
+    CorruptWal { file: PathBuf, offset: u64, reason: String },
+    #[error("manifest {} is unusable: {reason}", file.display())]
+    CorruptManifest { file: PathBuf, reason: String },
+    #[error("data directory {} is in use by another auditlake process", path.display())]
+    Locked { path: PathBuf },
+    #[error("the write-ahead log failed earlier ({0}); no further writes are accepted until restart")]
+    WalPoisoned(String),
+    #[error("{buffered_rows} events are waiting to be sealed, over the limit of {limit_rows}; retry shortly")]
+    Backpressure { buffered_rows: usize, limit_rows: usize },
+    #[error("the storage engine has shut down")]
+    ShutDown,
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("Parquet error: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+}
+
+impl StorageError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StorageError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Makes a directory's entries (created, renamed, deleted files) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(dir, e))
+}

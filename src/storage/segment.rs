@@ -1,0 +1,82 @@
+//! Sealed segments: immutable Parquet files of events sorted by `(org_id, time)`.
+//!
+//! A segment is plain Parquet (zstd, column statistics, page index, bloom
+//! filters on the investigation keys) so that DuckDB, Spark or pyarrow read it
+//! without auditlake. This module writes and fsyncs one file; publishing it in
+//! the manifest is the engine's job, and until then the file does not exist
+//! for readers.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::{self, SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
+
+use super::StorageError;
+use super::manifest::SegmentMeta;
+use crate::model;
+
+/// Rows per Parquet row group: small enough that statistics prune a one-actor
+/// or one-hour query to a few groups, large enough to keep zstd effective.
+pub const SEGMENT_ROW_GROUP_ROWS: usize = 64 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+/// Columns investigators look up by equality; each gets a bloom filter.
+const BLOOM_FILTER_COLUMNS: [&str; 3] = ["actor_id", "content_id", "source_ip"];
+
+fn writer_properties() -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
+        .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS));
+    for column in BLOOM_FILTER_COLUMNS {
+        props = props.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
+    }
+    props.build()
+}
+
+/// Sorts the batches by `(org_id, time, seq)` into one batch.
+fn sort_for_segment(batches: &[RecordBatch]) -> Result<RecordBatch, StorageError> {
+    let all = concat_batches(&model::schema(), batches)?;
+    let key =
+        |name: &str| SortColumn { values: Arc::clone(all.column_by_name(name).expect("schema column")), options: None };
+    let indices = lexsort_to_indices(&[key("org_id"), key("time"), key("seq")], None)?;
+    Ok(take_record_batch(&all, &indices)?)
+}
+
+/// Writes `batches` as a new segment file in `dir` and fsyncs it. The caller
+/// fsyncs the directory and publishes the segment in the manifest.
+pub fn write_segment(dir: &Path, batches: &[RecordBatch]) -> Result<SegmentMeta, StorageError> {
+    let sorted = sort_for_segment(batches)?;
+    assert!(sorted.num_rows() > 0, "an empty segment is never written");
+    let seq = sorted.column_by_name("seq").expect("seq column").as_primitive::<Int64Type>();
+    let time = sorted.column_by_name("time").expect("time column").as_primitive::<TimestampMicrosecondType>();
+    let org = sorted.column_by_name("org_id").expect("org_id column").as_string::<i32>();
+    let min_seq = compute::min(seq).expect("non-empty") as u64;
+    let max_seq = compute::max(seq).expect("non-empty") as u64;
+    let file_name = format!("{min_seq:020}-{max_seq:020}.parquet");
+    let path = dir.join(&file_name);
+
+    let file = File::create(&path).map_err(|e| StorageError::io(&path, e))?;
+    let mut writer = ArrowWriter::try_new(file, model::schema(), Some(writer_properties()))?;
+    writer.write(&sorted)?;
+    let file = writer.into_inner()?;
+    file.sync_all().map_err(|e| StorageError::io(&path, e))?;
+    let size_bytes = file.metadata().map_err(|e| StorageError::io(&path, e))?.len();
+
+    Ok(SegmentMeta {
+        file: file_name,
+        size_bytes,
+        rows: sorted.num_rows() as u64,
+        min_seq,
+        max_seq,
+        min_time_us: compute::min(time).expect("non-empty"),
+        max_time_us: compute::max(time).expect("non-empty"),
+        min_org_id: org.value(0).to_owned(),
+        max_org_id: org.value(org.len() - 1).to_owned(),
+    })
+}

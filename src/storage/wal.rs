@@ -1,0 +1,356 @@
+//! The write-ahead log: the only place an event is durable before it is sealed.
+//!
+//! # File format (version 1)
+//!
+//! A WAL directory holds files named `{first_seq:020}.wal`. Each file is
+//!
+//! ```text
+//! header:  b"AUDWAL01"                      8 bytes: magic and format version
+//! record:  len: u32 LE | crc32: u32 LE | payload (len bytes)   repeated
+//! ```
+//!
+//! `crc32` is CRC-32 (IEEE) of the payload. A payload is one ingest batch:
+//! JSON of [`WalBatch`], whose events take `seq = first_seq + i`. One record
+//! per batch makes a batch all-or-nothing on replay.
+//!
+//! # Reading rules (recovery)
+//!
+//! Only the newest file can have a torn tail: older files were complete and
+//! fsynced before the next file was created. In the newest file, an incomplete
+//! header, a length running past the end, a zero-filled remainder, or a bad
+//! checksum on the very last record is a torn write and is truncated away (it
+//! was never acknowledged, because acknowledgement waits for fsync). Anything
+//! else that does not check out is corruption, and start-up stops with the file
+//! and offset.
+//!
+//! This module writes and fsyncs; it never decides *when* (that is the group
+//! committer in `storage::engine`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{StorageError, fsync_dir};
+use crate::model::{Event, Seq};
+
+const MAGIC: &[u8; 8] = b"AUDWAL01";
+const RECORD_HEADER_BYTES: usize = 8;
+/// Largest record the reader will believe; a longer length field is corruption.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+/// One acknowledged-as-a-unit batch of events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalBatch {
+    pub first_seq: Seq,
+    pub events: Vec<Event>,
+}
+
+impl WalBatch {
+    pub fn last_seq(&self) -> Seq {
+        self.first_seq + self.events.len() as Seq - 1
+    }
+}
+
+/// Frames a payload as one record: length, checksum, bytes.
+pub fn encode_record(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What reading one WAL file found.
+#[derive(Debug)]
+pub struct ReadOutcome {
+    pub batches: Vec<WalBatch>,
+    /// Byte length of the valid prefix (header plus whole, checked records).
+    pub valid_len: u64,
+    /// True when bytes after `valid_len` were a torn tail.
+    pub torn_tail: bool,
+}
+
+/// Reads every record of one WAL file, applying the rules in the module docs.
+/// `is_newest` says whether a torn tail is allowed in this file.
+pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageError> {
+    let bytes = fs::read(path).map_err(|e| StorageError::io(path, e))?;
+    let corrupt = |offset: usize, reason: String| StorageError::CorruptWal {
+        file: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    let torn = |valid_len: usize, batches: Vec<WalBatch>| {
+        Ok(ReadOutcome { batches, valid_len: valid_len as u64, torn_tail: true })
+    };
+
+    if bytes.len() < MAGIC.len() {
+        return if is_newest && MAGIC.starts_with(&bytes) {
+            torn(0, Vec::new())
+        } else {
+            Err(corrupt(0, format!("file is {} bytes, shorter than the header", bytes.len())))
+        };
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(corrupt(0, "bad magic: not an auditlake WAL file of format version 1".into()));
+    }
+
+    let mut batches = Vec::new();
+    let mut offset = MAGIC.len();
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        if rest.len() < RECORD_HEADER_BYTES {
+            return if is_newest {
+                torn(offset, batches)
+            } else {
+                Err(corrupt(offset, "truncated record header".into()))
+            };
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD_BYTES {
+            return if is_newest && rest.iter().all(|b| *b == 0) {
+                torn(offset, batches)
+            } else {
+                Err(corrupt(offset, format!("impossible record length {len}")))
+            };
+        }
+        let end = RECORD_HEADER_BYTES + len;
+        if rest.len() < end {
+            return if is_newest {
+                torn(offset, batches)
+            } else {
+                Err(corrupt(offset, format!("record of {len} bytes runs past the end of the file")))
+            };
+        }
+        let payload = &rest[RECORD_HEADER_BYTES..end];
+        if crc32fast::hash(payload) != crc {
+            return if is_newest && rest.len() == end {
+                torn(offset, batches)
+            } else {
+                Err(corrupt(offset, "checksum mismatch".into()))
+            };
+        }
+        let batch: WalBatch = serde_json::from_slice(payload)
+            .map_err(|e| corrupt(offset, format!("record checks out but does not decode: {e}")))?;
+        if batch.events.is_empty() {
+            return Err(corrupt(offset, "record holds an empty batch".into()));
+        }
+        batches.push(batch);
+        offset += end;
+    }
+    Ok(ReadOutcome { batches, valid_len: offset as u64, torn_tail: false })
+}
+
+/// Path of the WAL file whose first record starts at `first_seq`.
+pub fn file_path(dir: &Path, first_seq: Seq) -> PathBuf {
+    dir.join(format!("{first_seq:020}.wal"))
+}
+
+/// WAL files in `dir`, oldest first, with the first seq their name promises.
+pub fn list_files(dir: &Path) -> Result<Vec<(Seq, PathBuf)>, StorageError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
+        let path = entry.map_err(|e| StorageError::io(dir, e))?.path();
+        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
+        let first_seq = stem.parse::<Seq>().map_err(|_| StorageError::CorruptWal {
+            file: path.clone(),
+            offset: 0,
+            reason: "WAL file name is not a sequence number".into(),
+        })?;
+        files.push((first_seq, path));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The WAL file currently being appended to.
+#[derive(Debug)]
+pub struct WalWriter {
+    file: File,
+    path: PathBuf,
+    first_seq: Seq,
+    len: u64,
+}
+
+impl WalWriter {
+    /// Creates a new, empty WAL file (header fsynced, directory fsynced).
+    pub fn create(dir: &Path, first_seq: Seq) -> Result<Self, StorageError> {
+        let path = file_path(dir, first_seq);
+        let mut file =
+            OpenOptions::new().create_new(true).write(true).open(&path).map_err(|e| StorageError::io(&path, e))?;
+        file.write_all(MAGIC).and_then(|()| file.sync_data()).map_err(|e| StorageError::io(&path, e))?;
+        fsync_dir(dir)?;
+        Ok(WalWriter { file, path, first_seq, len: MAGIC.len() as u64 })
+    }
+
+    /// Reopens the newest WAL file after recovery, cutting it to its valid prefix.
+    pub fn reopen(path: &Path, first_seq: Seq, valid_len: u64) -> Result<Self, StorageError> {
+        let file = OpenOptions::new().write(true).open(path).map_err(|e| StorageError::io(path, e))?;
+        let current = file.metadata().map_err(|e| StorageError::io(path, e))?.len();
+        if current != valid_len {
+            file.set_len(valid_len).and_then(|()| file.sync_all()).map_err(|e| StorageError::io(path, e))?;
+        }
+        let mut writer = WalWriter { file, path: path.to_path_buf(), first_seq, len: valid_len };
+        if valid_len < MAGIC.len() as u64 {
+            writer.file.set_len(0).map_err(|e| StorageError::io(path, e))?;
+            writer.len = 0;
+            writer.append(MAGIC)?;
+            writer.sync()?;
+        }
+        Ok(writer)
+    }
+
+    pub fn first_seq(&self) -> Seq {
+        self.first_seq
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends already-framed records. Not durable until [`WalWriter::sync`].
+    pub fn append(&mut self, framed: &[u8]) -> Result<(), StorageError> {
+        use std::io::Seek;
+        // Writing at the tracked length (not the OS cursor) means a failed,
+        // partial write is overwritten by the next attempt rather than left
+        // as garbage in the middle of the log.
+        self.file
+            .seek(io::SeekFrom::Start(self.len))
+            .and_then(|_| self.file.write_all(framed))
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn batch(first_seq: Seq, n: usize) -> WalBatch {
+        let events = (0..n)
+            .map(|i| Event {
+                time_us: 1_700_000_000_000_000 + i as i64,
+                id: format!("e{first_seq}-{i}"),
+                org_id: "acme".into(),
+                actor_id: "u1".into(),
+                action: "page.viewed".into(),
+                ..Event::default()
+            })
+            .collect();
+        WalBatch { first_seq, events }
+    }
+
+    fn write_batches(dir: &Path, batches: &[WalBatch]) -> PathBuf {
+        let mut writer = WalWriter::create(dir, batches[0].first_seq).unwrap();
+        for b in batches {
+            let mut framed = Vec::new();
+            encode_record(&serde_json::to_vec(b).unwrap(), &mut framed);
+            writer.append(&framed).unwrap();
+        }
+        writer.sync().unwrap();
+        writer.path().to_path_buf()
+    }
+
+    #[test]
+    fn round_trips_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![batch(1, 3), batch(4, 1), batch(5, 10)];
+        let path = write_batches(dir.path(), &batches);
+        let outcome = read_file(&path, true).unwrap();
+        assert_eq!(outcome.batches, batches);
+        assert!(!outcome.torn_tail);
+        assert_eq!(outcome.valid_len, fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn torn_tail_in_newest_file_is_cut_but_is_corruption_in_older_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_batches(dir.path(), &[batch(1, 2), batch(3, 2)]);
+        let full = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(full - 5).unwrap();
+        let outcome = read_file(&path, true).unwrap();
+        assert!(outcome.torn_tail);
+        assert_eq!(outcome.batches, vec![batch(1, 2)]);
+        let err = read_file(&path, false).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn checksum_failure_before_the_tail_names_file_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_batches(dir.path(), &[batch(1, 2), batch(3, 2)]);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[MAGIC.len() + RECORD_HEADER_BYTES + 10] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        match read_file(&path, true) {
+            Err(StorageError::CorruptWal { file, offset, reason }) => {
+                assert_eq!(file, path);
+                assert_eq!(offset, MAGIC.len() as u64);
+                assert!(reason.contains("checksum"));
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_is_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_batches(dir.path(), &[batch(1, 2)]);
+        let valid = fs::metadata(&path).unwrap().len();
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0u8; 4096]);
+        fs::write(&path, &bytes).unwrap();
+        let outcome = read_file(&path, true).unwrap();
+        assert!(outcome.torn_tail);
+        assert_eq!(outcome.valid_len, valid);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Cutting the newest file anywhere loses only whole trailing batches.
+        #[test]
+        fn any_truncation_keeps_a_prefix_of_whole_batches(sizes in prop::collection::vec(1usize..5, 1..6), cut in any::<prop::sample::Index>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut first = 1;
+            let batches: Vec<WalBatch> = sizes.iter().map(|n| { let b = batch(first, *n); first += *n as Seq; b }).collect();
+            let path = write_batches(dir.path(), &batches);
+            let full = fs::read(&path).unwrap();
+            let at = cut.index(full.len() + 1);
+            fs::write(&path, &full[..at]).unwrap();
+            let outcome = read_file(&path, true).unwrap();
+            prop_assert!(outcome.batches.len() <= batches.len());
+            prop_assert_eq!(&outcome.batches[..], &batches[..outcome.batches.len()]);
+            prop_assert_eq!(outcome.torn_tail, (outcome.valid_len as usize) < at || at < MAGIC.len());
+        }
+
+        /// A flipped bit is never read back as different data: it is either a
+        /// detected error or a torn tail that drops the damaged batch.
+        #[test]
+        fn any_bit_flip_is_detected(sizes in prop::collection::vec(1usize..4, 1..5), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut first = 1;
+            let batches: Vec<WalBatch> = sizes.iter().map(|n| { let b = batch(first, *n); first += *n as Seq; b }).collect();
+            let path = write_batches(dir.path(), &batches);
+            let mut bytes = fs::read(&path).unwrap();
+            let at = pos.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+            fs::write(&path, &bytes).unwrap();
+            if let Ok(outcome) = read_file(&path, true) {
+                prop_assert!(outcome.batches.len() < batches.len() || outcome.batches == batches);
+                prop_assert_eq!(&outcome.batches[..], &batches[..outcome.batches.len()]);
+                prop_assert!(outcome.batches.len() < batches.len(), "a flip was not noticed at byte {}", at);
+            }
+        }
+    }
+}

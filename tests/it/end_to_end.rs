@@ -1,0 +1,125 @@
+//! Events in over HTTP, read back over the Postgres wire by real clients.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, event, post};
+
+fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| e.to_string() + "\n").collect()
+}
+
+#[tokio::test]
+async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let http = reqwest::Client::new();
+
+    let first = vec![
+        event("e1", "acme", "alice", "confluence.page.viewed", 0),
+        event("e2", "acme", "bob", "jira.issue.deleted", 1),
+    ];
+    let (status, body) = post(&http, &server.events_url(), ndjson(&first)).await;
+    assert_eq!((status, &body), (200, &json!({"accepted": 2, "first_seq": 1, "last_seq": 2})));
+
+    let mut third = event("e3", "globex", "alice", "admin.role.granted", 2);
+    third["attributes"] = json!({"role": "admin"});
+    third["content_title"] = json!("Payroll ☃");
+    let (status, body) = post(&http, &server.events_url(), Value::Array(vec![third]).to_string()).await;
+    assert_eq!((status, &body), (200, &json!({"accepted": 1, "first_seq": 3, "last_seq": 3})));
+
+    // Extended protocol with a bound parameter, typed results.
+    let pg = server.pg().await;
+    let rows = pg
+        .query(
+            "select id, org_id, action, seq, time, attributes, content_title from audit_events \
+             where actor_id = $1 order by seq",
+            &[&"alice"],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, i64)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("e1".into(), "acme".into(), "confluence.page.viewed".into(), 1),
+            ("e3".into(), "globex".into(), "admin.role.granted".into(), 3),
+        ]
+    );
+    let time: chrono::DateTime<chrono::Utc> = rows[1].get(4);
+    assert_eq!(time.to_rfc3339(), "2026-11-20T08:02:00+00:00");
+    assert_eq!(rows[1].get::<_, Option<String>>(5).as_deref(), Some(r#"{"role":"admin"}"#));
+    assert_eq!(rows[1].get::<_, Option<String>>(6).as_deref(), Some("Payroll ☃"));
+    assert_eq!(rows[0].get::<_, Option<String>>(5), None);
+
+    // Simple protocol through the real psql binary.
+    assert_eq!(server.psql("select count(*) from audit_events").unwrap().trim(), "3");
+    assert_eq!(
+        server.psql("select actor_id || ':' || action from audit_events where org_id = 'acme' order by time").unwrap(),
+        "alice:confluence.page.viewed\nbob:jira.issue.deleted\n"
+    );
+}
+
+#[tokio::test]
+async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    {
+        // Seal every 100 rows, so the data ends up split over segments and buffer.
+        let server = Server::start(&data, &["--seal-max-buffered-rows", "100"]);
+        for batch in 0..5 {
+            let events: Vec<Value> = (0..60)
+                .map(|i| event(&format!("b{batch}-{i}"), "acme", &format!("u{}", i % 7), "page.viewed", i))
+                .collect();
+            let (status, _) = post(&http, &server.events_url(), ndjson(&events)).await;
+            assert_eq!(status, 200);
+        }
+        let pg = server.pg().await;
+        let row = pg.query_one("select count(*), count(distinct id), max(seq) from audit_events", &[]).await.unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (300, 300, 300));
+        server.kill();
+    }
+    let segments = std::fs::read_dir(data.join("segments")).unwrap().count();
+    assert!(segments >= 1, "a seal happened before the kill");
+
+    let server = Server::start(&data, &[]);
+    let pg = server.pg().await;
+    let row = pg
+        .query_one(
+            "select count(*), count(distinct id), min(seq), max(seq) from audit_events where org_id = 'acme'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3)),
+        (300, 300, 1, 300)
+    );
+    let per_actor = pg.query_one("select count(*) from audit_events where actor_id = $1", &[&"u3"]).await.unwrap();
+    assert_eq!(per_actor.get::<_, i64>(0), 45);
+    // Sequence numbers continue after recovery.
+    let (status, body) = post(&http, &server.events_url(), event("after", "acme", "u1", "x", 0).to_string()).await;
+    assert_eq!((status, body["first_seq"].as_i64()), (200, Some(301)));
+}
+
+#[tokio::test]
+async fn the_sql_endpoint_is_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let pg = server.pg().await;
+    for sql in [
+        "drop table audit_events",
+        "create table t (a int)",
+        "insert into audit_events (id) values ('x')",
+        "delete from audit_events",
+    ] {
+        let err = pg.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "25006", "{sql}: {}", db.message());
+        let err = pg.prepare(sql).await.expect_err(sql);
+        assert_eq!(err.as_db_error().unwrap().code().code(), "25006", "{sql} (extended)");
+    }
+    let rows = pg.query("select count(*) from audit_events", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 0, "the table is still there");
+}

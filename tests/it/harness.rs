@@ -1,0 +1,129 @@
+//! Runs the real `auditlake` binary on free loopback ports for a test.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// How long a server may take to open its data directory and listen.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Server {
+    child: Child,
+    pub pg_port: u16,
+    pub http_url: String,
+}
+
+impl Server {
+    /// Starts `auditlake serve` on `data_dir` with extra flags, and waits for
+    /// its ready line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::try_start(data_dir, extra).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Like [`Server::start`], but returns what the server said when it fails.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        let log_path = data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+            .args(["serve", "--pg-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn auditlake");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("auditlake ready: ") {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(ready) => {
+                let field =
+                    |name: &str| ready.split_whitespace().find_map(|kv| kv.strip_prefix(name)).unwrap().to_string();
+                let pg: std::net::SocketAddr = field("pg=").parse().unwrap();
+                Ok(Server { child, pg_port: pg.port(), http_url: format!("http://{}", field("http=")) })
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                Err(format!("exit {status:?}; log:\n{log}"))
+            }
+        }
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn events_url(&self) -> String {
+        format!("{}/v1/events", self.http_url)
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} dbname=auditlake user=tester", self.pg_port),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect over the Postgres wire");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Runs SQL through the real `psql` binary, unaligned and tuples-only.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-d", "auditlake", "-U", "tester"])
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql is installed (see .ci/setup)");
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A valid event for `org`/`actor` with a given id, `minutes` after a fixed time.
+pub fn event(id: &str, org: &str, actor: &str, action: &str, minutes: i64) -> Value {
+    let time =
+        chrono::DateTime::parse_from_rfc3339("2026-11-20T08:00:00Z").unwrap() + chrono::Duration::minutes(minutes);
+    json!({
+        "id": id,
+        "time": time.to_rfc3339(),
+        "org_id": org,
+        "actor_id": actor,
+        "action": action,
+        "source_ip": "10.0.0.1",
+    })
+}
+
+/// POSTs a body, returning status and parsed JSON answer.
+pub async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
+    let response = http.post(url).body(body).send().await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}

@@ -1,0 +1,75 @@
+//! Bad input over HTTP: clear errors that name line and field, and nothing stored.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Server, event, post};
+
+/// An expected `(line, field, words in the error)` of a 400 answer.
+type Expected = (usize, &'static str, &'static str);
+
+async fn count(server: &Server) -> i64 {
+    server.pg().await.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-body-bytes", "16384"]);
+    let http = reqwest::Client::new();
+    let url = server.events_url();
+
+    let (status, _) = post(&http, &url, event("kept", "acme", "u1", "x", 0).to_string()).await;
+    assert_eq!(status, 200);
+
+    let good = event("good", "acme", "u1", "x", 0);
+    let mut no_time = good.clone();
+    no_time.as_object_mut().unwrap().remove("time");
+    let mut bad_time = good.clone();
+    bad_time["time"] = json!("26/11/2026 10:00");
+    let mut no_actor = good.clone();
+    no_actor.as_object_mut().unwrap().remove("actor_id");
+    let mut wrong_type = good.clone();
+    wrong_type["org_id"] = json!(42);
+    let mut too_long = good.clone();
+    too_long["user_agent"] = json!("a".repeat(5000));
+    let mut no_action_no_org = good.clone();
+    no_action_no_org.as_object_mut().unwrap().remove("action");
+    no_action_no_org.as_object_mut().unwrap().remove("org_id");
+
+    let cases: Vec<(Value, &[Expected])> = vec![
+        (no_time, &[(2, "time", "missing")]),
+        (bad_time, &[(2, "time", "RFC 3339")]),
+        (no_actor, &[(2, "actor_id", "missing")]),
+        (wrong_type, &[(2, "org_id", "expected a string, got number")]),
+        (too_long, &[(2, "user_agent", "limit")]),
+        (no_action_no_org, &[(2, "org_id", "missing"), (2, "action", "missing")]),
+    ];
+    for (bad, expected) in cases {
+        // A good event on line 1, the bad one on line 2: the batch is all or nothing.
+        let body = format!("{good}\n{bad}\n");
+        let (status, answer) = post(&http, &url, body).await;
+        assert_eq!(status, 400, "{answer}");
+        let errors = answer["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), expected.len(), "{answer}");
+        for (line, field, needle) in expected {
+            assert!(
+                errors.iter().any(|e| e["line"] == json!(line)
+                    && e["field"] == json!(field)
+                    && e["error"].as_str().unwrap().contains(needle)),
+                "expected {line}/{field}/{needle} in {answer}"
+            );
+        }
+    }
+
+    let (status, answer) = post(&http, &url, "[{\"time\": ".into()).await;
+    assert_eq!(status, 400);
+    assert!(answer["errors"][0]["error"].as_str().unwrap().contains("malformed JSON"), "{answer}");
+
+    let (status, answer) = post(&http, &url, format!("{good}\n").repeat(150)).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("16384 bytes"), "{answer}");
+
+    assert_eq!(count(&server).await, 1, "only the first, valid request was stored");
+    let ids = server.psql("select id from audit_events").unwrap();
+    assert_eq!(ids, "kept\n");
+}
