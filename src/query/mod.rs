@@ -137,3 +137,70 @@ pub fn new_session_context(storage: &Storage) -> Result<SessionContext> {
     ctx.register_table(TABLE, Arc::new(AuditEventsTable::new(storage.clone())))?;
     Ok(ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+    use crate::storage::StorageConfig;
+    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    fn events(batch: usize, n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                time_us: 1_795_000_000_000_000 + (batch * n + i) as i64,
+                id: format!("b{batch}-{i}"),
+                org_id: "acme".into(),
+                actor_id: format!("u{}", i % 5),
+                action: "jira.issue.viewed".into(),
+                ..Event::default()
+            })
+            .collect()
+    }
+
+    fn int(batches: &[RecordBatch], column: usize) -> i64 {
+        batches[0].column(column).as_primitive::<Int64Type>().value(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealing_never_shows_an_event_twice_or_hides_it() {
+        const BATCHES: usize = 20;
+        const ROWS: usize = 100;
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            Storage::open(StorageConfig { seal_after_ms: 3_600_000, ..StorageConfig::new(dir.path()) }).unwrap();
+        let ctx = new_session_context(&storage).unwrap();
+
+        let writer = storage.clone();
+        let ingest_and_seal = tokio::spawn(async move {
+            for batch in 0..BATCHES {
+                writer.append(events(batch, ROWS)).await.unwrap();
+                let sealer = writer.clone();
+                tokio::task::spawn_blocking(move || sealer.seal_now()).await.unwrap().unwrap();
+            }
+        });
+        let mut last_count = 0;
+        let mut queries = 0;
+        while !ingest_and_seal.is_finished() || queries == 0 {
+            let result = ctx
+                .sql("select count(*), count(distinct id), cast(max(seq) as bigint) from audit_events")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let (count, distinct, max_seq) = (int(&result, 0), int(&result, 1), int(&result, 2));
+            assert_eq!(count, distinct, "an event was seen twice");
+            assert_eq!(count % ROWS as i64, 0, "a batch was seen in part");
+            assert!(count >= last_count, "events vanished: {count} after {last_count}");
+            assert!(count == 0 || max_seq == count, "seqs are not contiguous");
+            last_count = count;
+            queries += 1;
+        }
+        ingest_and_seal.await.unwrap();
+        assert_eq!(storage.stats().segments, BATCHES);
+        let result = ctx.sql("select count(*) from audit_events where actor_id = 'u3'").await.unwrap();
+        assert_eq!(int(&result.collect().await.unwrap(), 0), (BATCHES * ROWS / 5) as i64);
+    }
+}
