@@ -48,9 +48,12 @@ struct ServeArgs {
     /// Seal the buffer when its oldest row is this old (milliseconds).
     #[arg(long, default_value_t = StorageConfig::new("").seal_after_ms)]
     seal_after_ms: u64,
-    /// Answer 503 to ingest while more rows than this wait to be sealed.
-    #[arg(long, default_value_t = StorageConfig::new("").max_buffered_rows)]
-    max_buffered_rows: usize,
+    /// Seal the buffer when its Arrow arrays take this many bytes.
+    #[arg(long, default_value_t = StorageConfig::new("").seal_max_buffered_bytes)]
+    seal_max_buffered_bytes: usize,
+    /// Answer 503 to ingest while more bytes than this wait to be sealed.
+    #[arg(long, default_value_t = StorageConfig::new("").max_buffered_bytes)]
+    max_buffered_bytes: usize,
     /// Largest accepted `POST /v1/events` body (bytes); larger gets 413.
     #[arg(long, default_value_t = ingest::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -83,7 +86,8 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             seal_max_buffered_rows: self.seal_max_buffered_rows,
             seal_after_ms: self.seal_after_ms,
-            max_buffered_rows: self.max_buffered_rows,
+            seal_max_buffered_bytes: self.seal_max_buffered_bytes,
+            max_buffered_bytes: self.max_buffered_bytes,
         }
     }
 }

@@ -54,6 +54,7 @@ impl IngestError {
             IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            IngestError::Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
             IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,7 +68,7 @@ impl IntoResponse for IngestError {
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         response

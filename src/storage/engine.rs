@@ -22,6 +22,7 @@ use datafusion::arrow::array::{Int64Array, RecordBatch};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::faults::Faults;
 use super::manifest::{Manifest, SegmentMeta};
 use super::wal::{self, WalBatch, WalWriter};
 use super::{StorageError, fsync_dir, segment};
@@ -40,19 +41,23 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Seal when the buffer holds this many rows.
     pub seal_max_buffered_rows: usize,
+    /// Seal when the buffer's Arrow arrays take this many bytes.
+    pub seal_max_buffered_bytes: usize,
     /// Seal when the oldest buffered row is this old.
     pub seal_after_ms: u64,
-    /// Refuse appends (backpressure) while the buffer holds more rows than this.
-    pub max_buffered_rows: usize,
+    /// Refuse appends (backpressure, HTTP 503) while the buffer takes more
+    /// bytes than this: sealing has fallen behind.
+    pub max_buffered_bytes: usize,
 }
 
 impl StorageConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         StorageConfig {
             data_dir: data_dir.into(),
-            seal_max_buffered_rows: 500_000,
+            seal_max_buffered_rows: 1_000_000,
+            seal_max_buffered_bytes: 256 * 1024 * 1024,
             seal_after_ms: 60_000,
-            max_buffered_rows: 2_000_000,
+            max_buffered_bytes: 768 * 1024 * 1024,
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct StorageStats {
     pub last_seq: Seq,
     pub sealed_seq: Seq,
     pub buffered_rows: usize,
+    pub buffered_bytes: usize,
     pub segments: usize,
     pub segment_bytes: u64,
     pub segment_rows: u64,
@@ -85,6 +91,7 @@ struct State {
     /// `(batch, first_seq, last_seq)`, ascending, every seq above `sealed_seq`.
     buffer: Vec<(RecordBatch, Seq, Seq)>,
     buffered_rows: usize,
+    buffered_bytes: usize,
     oldest_buffered_at: Option<Instant>,
     last_seq: Seq,
     shutting_down: bool,
@@ -115,6 +122,7 @@ struct Shared {
     seal_wakeup: Condvar,
     /// One seal at a time, whether from the sealer thread or `seal_now`.
     seal_lock: Mutex<()>,
+    faults: Arc<Faults>,
     sealer_thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
@@ -139,7 +147,12 @@ impl Storage {
     /// Opens (creating if needed) a data directory, recovering its state:
     /// unpublished segment files are deleted, the WAL is replayed past the last
     /// sealed seq, and a torn WAL tail is truncated.
-    pub fn open(mut config: StorageConfig) -> Result<Storage, StorageError> {
+    pub fn open(config: StorageConfig) -> Result<Storage, StorageError> {
+        Self::open_with_faults(config, Arc::default())
+    }
+
+    /// [`Storage::open`] with a fault plan the caller (a test) controls.
+    pub fn open_with_faults(mut config: StorageConfig, faults: Arc<Faults>) -> Result<Storage, StorageError> {
         fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::io(&config.data_dir, e))?;
         // Absolute, because segment paths are handed to the query engine as
         // object-store locations rooted at `/`.
@@ -164,8 +177,8 @@ impl Storage {
         let recovered = replay_wal(&wal_dir, manifest.sealed_seq)?;
         let last_seq = recovered.batches.last().map_or(manifest.sealed_seq, |b| b.last_seq().max(manifest.sealed_seq));
         let writer = match recovered.newest {
-            Some((first_seq, path, valid_len)) => WalWriter::reopen(&path, first_seq, valid_len)?,
-            None => WalWriter::create(&wal_dir, last_seq + 1)?,
+            Some((first_seq, path, valid_len)) => WalWriter::reopen(&path, first_seq, valid_len, Arc::clone(&faults))?,
+            None => WalWriter::create(&wal_dir, last_seq + 1, Arc::clone(&faults))?,
         };
 
         let buffer: Vec<_> = recovered
@@ -174,6 +187,7 @@ impl Storage {
             .map(|b| (model::events_to_batch(&b.events, b.first_seq), b.first_seq, b.last_seq()))
             .collect();
         let buffered_rows = buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
+        let buffered_bytes = buffer.iter().map(|(b, _, _)| b.get_array_memory_size()).sum();
         info!(
             data_dir = %data_dir.display(),
             segments = manifest.segments.len(),
@@ -191,11 +205,13 @@ impl Storage {
                 oldest_buffered_at: (buffered_rows > 0).then(Instant::now),
                 buffer,
                 buffered_rows,
+                buffered_bytes,
                 last_seq,
                 shutting_down: false,
             }),
             seal_wakeup: Condvar::new(),
             seal_lock: Mutex::new(()),
+            faults,
             sealer_thread: Mutex::new(None),
             config,
         });
@@ -226,11 +242,11 @@ impl Storage {
         assert!(!events.is_empty(), "callers reject empty batches");
         {
             let state = self.state();
-            if state.buffered_rows > self.shared.config.max_buffered_rows {
+            if state.buffered_bytes > self.shared.config.max_buffered_bytes {
                 self.shared.seal_wakeup.notify_all();
                 return Err(StorageError::Backpressure {
-                    buffered_rows: state.buffered_rows,
-                    limit_rows: self.shared.config.max_buffered_rows,
+                    buffered_bytes: state.buffered_bytes,
+                    limit_bytes: self.shared.config.max_buffered_bytes,
                 });
             }
         }
@@ -259,6 +275,7 @@ impl Storage {
             last_seq: state.last_seq,
             sealed_seq: state.sealed_seq,
             buffered_rows: state.buffered_rows,
+            buffered_bytes: state.buffered_bytes,
             segments: state.segments.len(),
             segment_bytes: state.segments.iter().map(|s| s.size_bytes).sum(),
             segment_rows: state.segments.iter().map(|s| s.rows).sum(),
@@ -293,15 +310,21 @@ impl Storage {
             return Ok(None);
         }
         let started = Instant::now();
-        let meta = segment::write_segment(&self.shared.segments_dir, &batches)?;
-        fsync_dir(&self.shared.segments_dir)?;
+        let meta = segment::write_segment(&self.shared.segments_dir, &batches, &self.shared.faults)?;
+        let unpublished = self.shared.segments_dir.join(&meta.file);
         debug_assert_eq!(meta.min_seq, sealed_seq + 1, "segments cover the log without gaps");
         debug_assert_eq!(meta.max_seq, upto);
 
         // 3. Publish: the manifest is durable before anything is dropped.
         manifest_segments.push(meta.clone());
         let manifest = Manifest { version: 1, sealed_seq: upto, segments: manifest_segments };
-        manifest.store(&self.shared.config.data_dir)?;
+        let published = fsync_dir(&self.shared.segments_dir)
+            .and_then(|()| manifest.store(&self.shared.config.data_dir, &self.shared.faults));
+        if let Err(e) = published {
+            // The old manifest stands; the new file is not part of the log.
+            let _ = fs::remove_file(&unpublished);
+            return Err(e);
+        }
 
         // 4. Swap the published segment in and its rows out, in one step for readers.
         {
@@ -310,6 +333,7 @@ impl Storage {
             state.sealed_seq = upto;
             state.buffer.retain(|(_, first, _)| *first > upto);
             state.buffered_rows = state.buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
+            state.buffered_bytes = state.buffer.iter().map(|(b, _, _)| b.get_array_memory_size()).sum();
             state.oldest_buffered_at = (state.buffered_rows > 0).then(Instant::now);
         }
 
@@ -334,6 +358,7 @@ impl Storage {
     fn seal_due(&self, state: &State) -> bool {
         let config = &self.shared.config;
         state.buffered_rows >= config.seal_max_buffered_rows
+            || state.buffered_bytes >= config.seal_max_buffered_bytes
             || state.oldest_buffered_at.is_some_and(|t| t.elapsed() >= Duration::from_millis(config.seal_after_ms))
     }
 
@@ -506,18 +531,24 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
         }
 
         if !appended.is_empty() {
-            let written = writer.append(&framed).and_then(|()| writer.sync());
-            match written {
+            match writer
+                .append(&framed)
+                .map_err(WalFailure::Write)
+                .and_then(|()| writer.sync().map_err(WalFailure::Sync))
+            {
                 Ok(()) => {
                     let mut state = shared.state.lock().expect("storage state lock poisoned");
                     for (batch, first, last, _) in &appended {
                         debug_assert!(*first > state.last_seq, "seq strictly increases");
                         state.buffered_rows += batch.num_rows();
+                        state.buffered_bytes += batch.get_array_memory_size();
                         state.buffer.push((batch.clone(), *first, *last));
                         state.last_seq = *last;
                     }
                     state.oldest_buffered_at.get_or_insert_with(Instant::now);
-                    if state.buffered_rows >= shared.config.seal_max_buffered_rows {
+                    if state.buffered_rows >= shared.config.seal_max_buffered_rows
+                        || state.buffered_bytes >= shared.config.seal_max_buffered_bytes
+                    {
                         shared.seal_wakeup.notify_all();
                     }
                     drop(state);
@@ -525,16 +556,38 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                         let _ = reply.send(Ok((first, last)));
                     }
                 }
-                Err(e) => {
-                    // After a failed write or fsync the kernel may have dropped
-                    // dirty pages: a later successful fsync would not prove the
-                    // earlier records reached disk. So this log stops here.
-                    error!(error = %e, file = %writer.path().display(), "WAL write failed; refusing further writes");
-                    let reason = e.to_string();
-                    poisoned = Some(reason.clone());
+                Err(failure) => {
+                    // Nothing of this group is acknowledged, and its seqs are reused.
                     next_seq = group_first_seq;
+                    let error = match failure {
+                        // A failed write was cut away again (see WalWriter::append):
+                        // the file still ends with the last acknowledged record, so
+                        // the next group can try again (e.g. once the disk has space).
+                        WalFailure::Write(e) if !writer.is_broken() => {
+                            warn!(error = %e, "WAL write failed; batch refused");
+                            e
+                        }
+                        // After a failed fsync the kernel may have dropped dirty pages
+                        // and marked them clean: a later fsync that succeeds would not
+                        // prove earlier records reached the disk. The file is done for,
+                        // and so is writing until a restart recovers from what is on disk.
+                        WalFailure::Write(e) | WalFailure::Sync(e) => {
+                            error!(error = %e, file = %writer.path().display(), "WAL fsync failed; refusing writes until restart");
+                            let reason = e.to_string();
+                            poisoned = Some(reason.clone());
+                            StorageError::WalPoisoned(reason)
+                        }
+                    };
+                    let reason = error.to_string();
+                    let full = matches!(&error, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
                     for (_, _, _, reply) in appended {
-                        let _ = reply.send(Err(StorageError::WalPoisoned(reason.clone())));
+                        let _ = reply.send(Err(if full {
+                            StorageError::DiskFull(reason.clone())
+                        } else if poisoned.is_some() {
+                            StorageError::WalPoisoned(reason.clone())
+                        } else {
+                            StorageError::WalWrite(reason.clone())
+                        }));
                     }
                 }
             }
@@ -547,7 +600,7 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
             } else if writer.first_seq() == next_seq {
                 Ok(last_written) // current file is empty: nothing to close
             } else {
-                WalWriter::create(&shared.wal_dir, next_seq).map(|new| {
+                WalWriter::create(&shared.wal_dir, next_seq, Arc::clone(&shared.faults)).map(|new| {
                     debug!(file = %new.path().display(), "rotated WAL");
                     writer = new;
                     last_written
@@ -556,6 +609,12 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
             let _ = reply.send(result);
         }
     }
+}
+
+/// Which step of a group commit failed.
+enum WalFailure {
+    Write(StorageError),
+    Sync(StorageError),
 }
 
 /// Stamps seqs `first_seq..` into a batch built with placeholder seqs.
@@ -699,5 +758,116 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = Storage::open(config(dir.path())).unwrap();
         assert!(matches!(Storage::open(config(dir.path())), Err(StorageError::Locked { .. })));
+    }
+
+    #[allow(clippy::single_range_in_vec_init)] // id ranges read best as `&[0..5]`
+    mod faults {
+        use super::*;
+        use crate::storage::faults::{FaultKind, Faults, IoOp};
+
+        fn open(dir: &Path, faults: &Arc<Faults>) -> Storage {
+            Storage::open_with_faults(config(dir), Arc::clone(faults)).unwrap()
+        }
+
+        fn ids(storage: &Storage) -> Vec<String> {
+            let mut ids = Vec::new();
+            let snapshot = storage.snapshot();
+            assert!(snapshot.segments.is_empty(), "these tests read the buffer only");
+            for batch in &snapshot.buffer {
+                let column = batch.column_by_name("id").unwrap();
+                let strings = datafusion::arrow::array::AsArray::as_string::<i32>(column);
+                ids.extend(strings.iter().map(|s| s.unwrap().to_owned()));
+            }
+            ids
+        }
+
+        fn expected_ids(ranges: &[std::ops::Range<usize>]) -> Vec<String> {
+            ranges.iter().flat_map(|r| r.clone().map(|i| format!("e{i}"))).collect()
+        }
+
+        async fn reopen(dir: &Path, storage: Storage) -> Storage {
+            storage.shutdown();
+            drop(storage);
+            open(dir, &Arc::default())
+        }
+
+        #[tokio::test]
+        async fn disk_full_refuses_then_recovers_when_space_returns() {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(Faults::default());
+            let storage = open(dir.path(), &faults);
+            assert_eq!(append_n(&storage, 0, 5).await, (1, 5));
+            faults.inject(IoOp::WalWrite, FaultKind::NoSpace, None);
+            for attempt in 0..3 {
+                let err = storage.append((5..8).map(event).collect()).await.unwrap_err();
+                assert!(matches!(err, StorageError::DiskFull(_)), "attempt {attempt}: {err}");
+            }
+            assert_eq!(storage.stats().last_seq, 5, "a refused batch takes no seqs");
+            faults.clear();
+            assert_eq!(append_n(&storage, 8, 2).await, (6, 7), "writing resumes by itself");
+            assert_eq!(ids(&storage), expected_ids(&[0..5, 8..10]));
+            let storage = reopen(dir.path(), storage).await;
+            assert_eq!(ids(&storage), expected_ids(&[0..5, 8..10]));
+        }
+
+        #[tokio::test]
+        async fn short_write_or_eio_is_cut_away_and_never_read_back() {
+            for kind in [FaultKind::ShortWrite, FaultKind::Eio] {
+                let dir = tempfile::tempdir().unwrap();
+                let faults = Arc::new(Faults::default());
+                let storage = open(dir.path(), &faults);
+                append_n(&storage, 0, 5).await;
+                faults.inject(IoOp::WalWrite, kind, Some(1));
+                let err = storage.append((5..50).map(event).collect()).await.unwrap_err();
+                assert!(matches!(err, StorageError::WalWrite(_)), "{kind:?}: {err}");
+                assert_eq!(append_n(&storage, 50, 3).await, (6, 8));
+                let storage = reopen(dir.path(), storage).await;
+                assert_eq!(ids(&storage), expected_ids(&[0..5, 50..53]), "{kind:?}");
+            }
+        }
+
+        #[tokio::test]
+        async fn failed_fsync_stops_writing_until_restart_and_loses_nothing_acknowledged() {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(Faults::default());
+            let storage = open(dir.path(), &faults);
+            append_n(&storage, 0, 5).await;
+            faults.inject(IoOp::WalSync, FaultKind::Eio, Some(1));
+            let err = storage.append((5..7).map(event).collect()).await.unwrap_err();
+            assert!(matches!(err, StorageError::WalPoisoned(_)), "{err}");
+            // The fault is gone, but this WAL file is not trusted again.
+            let err = storage.append((7..9).map(event).collect()).await.unwrap_err();
+            assert!(matches!(err, StorageError::WalPoisoned(_)), "{err}");
+            assert_eq!(ids(&storage), expected_ids(&[0..5]), "nothing unacknowledged is visible");
+            let storage = reopen(dir.path(), storage).await;
+            // The unacknowledged batch may or may not have reached the disk;
+            // the acknowledged ones must have, and nothing else may appear.
+            let after = ids(&storage);
+            assert!(after == expected_ids(&[0..5]) || after == expected_ids(&[0..7]), "{after:?}");
+            let (first, _) = append_n(&storage, 100, 1).await;
+            assert_eq!(first, after.len() as Seq + 1);
+        }
+
+        #[tokio::test]
+        async fn failed_seal_keeps_events_buffered_and_leaves_no_debris() {
+            for op in [IoOp::SegmentWrite, IoOp::ManifestWrite] {
+                let dir = tempfile::tempdir().unwrap();
+                let faults = Arc::new(Faults::default());
+                let storage = open(dir.path(), &faults);
+                append_n(&storage, 0, 5).await;
+                faults.inject(op, FaultKind::NoSpace, Some(1));
+                let sealer = storage.clone();
+                let err = tokio::task::spawn_blocking(move || sealer.seal_now()).await.unwrap().unwrap_err();
+                assert!(err.to_string().contains("No space left"), "{op:?}: {err}");
+                assert_eq!(fs::read_dir(dir.path().join("segments")).unwrap().count(), 0, "{op:?}");
+                assert_eq!(ids(&storage), expected_ids(&[0..5]), "{op:?}");
+                append_n(&storage, 5, 1).await;
+                let sealer = storage.clone();
+                let meta = tokio::task::spawn_blocking(move || sealer.seal_now()).await.unwrap().unwrap().unwrap();
+                assert_eq!((meta.min_seq, meta.max_seq), (1, 6), "{op:?}");
+                let storage = reopen(dir.path(), storage).await;
+                assert_eq!((storage.stats().sealed_seq, storage.stats().buffered_rows), (6, 0), "{op:?}");
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::faults::{Faults, IoOp};
 use super::{StorageError, fsync_dir};
 use crate::model::Seq;
 
@@ -68,8 +69,11 @@ impl Manifest {
     }
 
     /// Atomically replaces the manifest on disk with `self`.
-    pub fn store(&self, data_dir: &Path) -> Result<(), StorageError> {
+    pub fn store(&self, data_dir: &Path, faults: &Faults) -> Result<(), StorageError> {
         let tmp = data_dir.join(MANIFEST_TMP_FILE);
+        if let Some(fault) = faults.check(IoOp::ManifestWrite) {
+            return Err(StorageError::io(&tmp, fault.to_error()));
+        }
         let bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         let mut file = fs::File::create(&tmp).map_err(|e| StorageError::io(&tmp, e))?;
         file.write_all(&bytes).and_then(|()| file.sync_all()).map_err(|e| StorageError::io(&tmp, e))?;
@@ -101,7 +105,7 @@ mod tests {
             min_org_id: "acme".into(),
             max_org_id: "globex".into(),
         });
-        manifest.store(dir.path()).unwrap();
+        manifest.store(dir.path(), &Faults::default()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);
         assert!(!dir.path().join(MANIFEST_TMP_FILE).exists());
     }

@@ -22,6 +22,7 @@
 //! ```
 
 mod engine;
+pub mod faults;
 pub mod manifest;
 pub mod segment;
 pub mod wal;
@@ -41,10 +42,16 @@ pub enum StorageError {
     CorruptManifest { file: PathBuf, reason: String },
     #[error("data directory {} is in use by another auditlake process", path.display())]
     Locked { path: PathBuf },
+    #[error("the disk is full; nothing of this batch was stored ({0})")]
+    DiskFull(String),
+    #[error("writing the write-ahead log failed; nothing of this batch was stored ({0})")]
+    WalWrite(String),
     #[error("the write-ahead log failed earlier ({0}); no further writes are accepted until restart")]
     WalPoisoned(String),
-    #[error("{buffered_rows} events are waiting to be sealed, over the limit of {limit_rows}; retry shortly")]
-    Backpressure { buffered_rows: usize, limit_rows: usize },
+    #[error(
+        "{buffered_bytes} bytes of events are waiting to be sealed, over the limit of {limit_bytes}; retry shortly"
+    )]
+    Backpressure { buffered_bytes: usize, limit_bytes: usize },
     #[error("the storage engine has shut down")]
     ShutDown,
     #[error("Arrow error: {0}")]

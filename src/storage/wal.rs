@@ -29,9 +29,11 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::faults::{FaultKind, Faults, IoOp};
 use super::{StorageError, fsync_dir};
 use crate::model::{Event, Seq};
 
@@ -171,28 +173,38 @@ pub struct WalWriter {
     file: File,
     path: PathBuf,
     first_seq: Seq,
+    /// Length of the valid prefix: header plus whole records.
     len: u64,
+    /// Set when a failed append could not be rolled back: the file may hold
+    /// garbage after `len`, and nothing more may be written to it.
+    broken: bool,
+    faults: Arc<Faults>,
 }
 
 impl WalWriter {
     /// Creates a new, empty WAL file (header fsynced, directory fsynced).
-    pub fn create(dir: &Path, first_seq: Seq) -> Result<Self, StorageError> {
+    pub fn create(dir: &Path, first_seq: Seq, faults: Arc<Faults>) -> Result<Self, StorageError> {
         let path = file_path(dir, first_seq);
-        let mut file =
+        let file =
             OpenOptions::new().create_new(true).write(true).open(&path).map_err(|e| StorageError::io(&path, e))?;
-        file.write_all(MAGIC).and_then(|()| file.sync_data()).map_err(|e| StorageError::io(&path, e))?;
-        fsync_dir(dir)?;
-        Ok(WalWriter { file, path, first_seq, len: MAGIC.len() as u64 })
+        let mut writer = WalWriter { file, path, first_seq, len: 0, broken: false, faults };
+        let created = writer.append(MAGIC).and_then(|()| writer.sync()).and_then(|()| fsync_dir(dir));
+        if let Err(e) = created {
+            // A WAL file without its header would stop the next start-up.
+            let _ = fs::remove_file(&writer.path);
+            return Err(e);
+        }
+        Ok(writer)
     }
 
     /// Reopens the newest WAL file after recovery, cutting it to its valid prefix.
-    pub fn reopen(path: &Path, first_seq: Seq, valid_len: u64) -> Result<Self, StorageError> {
+    pub fn reopen(path: &Path, first_seq: Seq, valid_len: u64, faults: Arc<Faults>) -> Result<Self, StorageError> {
         let file = OpenOptions::new().write(true).open(path).map_err(|e| StorageError::io(path, e))?;
         let current = file.metadata().map_err(|e| StorageError::io(path, e))?.len();
         if current != valid_len {
             file.set_len(valid_len).and_then(|()| file.sync_all()).map_err(|e| StorageError::io(path, e))?;
         }
-        let mut writer = WalWriter { file, path: path.to_path_buf(), first_seq, len: valid_len };
+        let mut writer = WalWriter { file, path: path.to_path_buf(), first_seq, len: valid_len, broken: false, faults };
         if valid_len < MAGIC.len() as u64 {
             writer.file.set_len(0).map_err(|e| StorageError::io(path, e))?;
             writer.len = 0;
@@ -210,22 +222,52 @@ impl WalWriter {
         &self.path
     }
 
+    /// True when a failed append left bytes that could not be cut away.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Appends already-framed records. Not durable until [`WalWriter::sync`].
+    ///
+    /// On failure the file is cut back to its valid prefix, so a later append
+    /// never lands after garbage (which recovery would call corruption). If
+    /// even that fails, the writer is [broken](WalWriter::is_broken).
     pub fn append(&mut self, framed: &[u8]) -> Result<(), StorageError> {
+        assert!(!self.broken, "append to a broken WAL file");
+        let written = match self.faults.check(IoOp::WalWrite) {
+            Some(fault) => {
+                if fault == FaultKind::ShortWrite {
+                    let _ = self.write_at_len(&framed[..framed.len() / 2]);
+                }
+                Err(fault.to_error())
+            }
+            None => self.write_at_len(framed),
+        };
+        match written {
+            Ok(()) => {
+                self.len += framed.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                if self.file.set_len(self.len).is_err() {
+                    self.broken = true;
+                }
+                Err(StorageError::io(&self.path, e))
+            }
+        }
+    }
+
+    fn write_at_len(&mut self, bytes: &[u8]) -> io::Result<()> {
         use std::io::Seek;
-        // Writing at the tracked length (not the OS cursor) means a failed,
-        // partial write is overwritten by the next attempt rather than left
-        // as garbage in the middle of the log.
-        self.file
-            .seek(io::SeekFrom::Start(self.len))
-            .and_then(|_| self.file.write_all(framed))
-            .map_err(|e| StorageError::io(&self.path, e))?;
-        self.len += framed.len() as u64;
-        Ok(())
+        self.file.seek(io::SeekFrom::Start(self.len))?;
+        self.file.write_all(bytes)
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(fault) = self.faults.check(IoOp::WalSync) {
+            return Err(StorageError::io(&self.path, fault.to_error()));
+        }
         self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
     }
 }
@@ -250,7 +292,7 @@ mod tests {
     }
 
     fn write_batches(dir: &Path, batches: &[WalBatch]) -> PathBuf {
-        let mut writer = WalWriter::create(dir, batches[0].first_seq).unwrap();
+        let mut writer = WalWriter::create(dir, batches[0].first_seq, Arc::default()).unwrap();
         for b in batches {
             let mut framed = Vec::new();
             encode_record(&serde_json::to_vec(b).unwrap(), &mut framed);
