@@ -14,6 +14,7 @@ use tracing::info;
 
 use crate::ingest::{self, demo};
 use crate::server;
+use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{Storage, StorageConfig};
 
 #[derive(Debug, Parser)]
@@ -57,6 +58,12 @@ struct ServeArgs {
     /// Largest accepted `POST /v1/events` body (bytes); larger gets 413.
     #[arg(long, default_value_t = ingest::DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// Merge adjacent small segments into segments of at most this many rows.
+    #[arg(long, default_value_t = StorageConfig::new("").compaction.target_rows)]
+    compaction_target_rows: u64,
+    /// Merge only runs of at least this many segments.
+    #[arg(long, default_value_t = StorageConfig::new("").compaction.min_inputs)]
+    compaction_min_segments: usize,
     /// Most concurrent Postgres connections.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_pg_connections: usize,
@@ -88,6 +95,10 @@ impl ServeArgs {
             seal_after_ms: self.seal_after_ms,
             seal_max_buffered_bytes: self.seal_max_buffered_bytes,
             max_buffered_bytes: self.max_buffered_bytes,
+            compaction: CompactionPolicy {
+                target_rows: self.compaction_target_rows,
+                min_inputs: self.compaction_min_segments,
+            },
         }
     }
 }

@@ -103,8 +103,10 @@ impl TableProvider for AuditEventsTable {
                 .segments
                 .iter()
                 .map(|s| {
-                    let path = snapshot.segments_dir.join(&s.file);
-                    PartitionedFile::new(path.to_string_lossy().trim_start_matches('/'), s.size_bytes)
+                    // The plan holds the segment: compaction cannot delete its
+                    // file while this query may still open it.
+                    PartitionedFile::new(s.path.to_string_lossy().trim_start_matches('/'), s.meta.size_bytes)
+                        .with_extension(Arc::clone(s))
                 })
                 .collect();
             let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
@@ -143,6 +145,7 @@ mod tests {
     use super::*;
     use crate::model::Event;
     use crate::storage::StorageConfig;
+    use crate::storage::compaction::CompactionPolicy;
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
 
@@ -168,8 +171,9 @@ mod tests {
         const BATCHES: usize = 20;
         const ROWS: usize = 100;
         let dir = tempfile::tempdir().unwrap();
-        let storage =
-            Storage::open(StorageConfig { seal_after_ms: 3_600_000, ..StorageConfig::new(dir.path()) }).unwrap();
+        let compaction = CompactionPolicy { target_rows: 500, min_inputs: 3 };
+        let config = StorageConfig { seal_after_ms: 3_600_000, compaction, ..StorageConfig::new(dir.path()) };
+        let storage = Storage::open(config).unwrap();
         let ctx = new_session_context(&storage).unwrap();
 
         let writer = storage.clone();
@@ -177,7 +181,12 @@ mod tests {
             for batch in 0..BATCHES {
                 writer.append(events(batch, ROWS)).await.unwrap();
                 let sealer = writer.clone();
-                tokio::task::spawn_blocking(move || sealer.seal_now()).await.unwrap().unwrap();
+                tokio::task::spawn_blocking(move || {
+                    sealer.seal_now().unwrap();
+                    sealer.compact_now().unwrap();
+                })
+                .await
+                .unwrap();
             }
         });
         let mut last_count = 0;
@@ -199,7 +208,8 @@ mod tests {
             queries += 1;
         }
         ingest_and_seal.await.unwrap();
-        assert_eq!(storage.stats().segments, BATCHES);
+        // Merged in runs of up to five 100-row segments.
+        assert_eq!(storage.stats().segments, BATCHES / 5);
         let result = ctx.sql("select count(*) from audit_events where actor_id = 'u3'").await.unwrap();
         assert_eq!(int(&result.collect().await.unwrap(), 0), (BATCHES * ROWS / 5) as i64);
     }

@@ -22,8 +22,10 @@ use datafusion::arrow::array::{Int64Array, RecordBatch};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::compaction::{self, CompactionPolicy};
 use super::faults::Faults;
 use super::manifest::{Manifest, SegmentMeta};
+use super::segment::LiveSegment;
 use super::wal::{self, WalBatch, WalWriter};
 use super::{StorageError, fsync_dir, segment};
 use crate::model::{self, Event, Seq};
@@ -48,6 +50,8 @@ pub struct StorageConfig {
     /// Refuse appends (backpressure, HTTP 503) while the buffer takes more
     /// bytes than this: sealing has fallen behind.
     pub max_buffered_bytes: usize,
+    /// Which small segments the sealer thread merges.
+    pub compaction: CompactionPolicy,
 }
 
 impl StorageConfig {
@@ -58,6 +62,7 @@ impl StorageConfig {
             seal_max_buffered_bytes: 256 * 1024 * 1024,
             seal_after_ms: 60_000,
             max_buffered_bytes: 768 * 1024 * 1024,
+            compaction: CompactionPolicy { target_rows: 4_000_000, min_inputs: 4 },
         }
     }
 }
@@ -66,7 +71,7 @@ impl StorageConfig {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub segments_dir: PathBuf,
-    pub segments: Arc<Vec<SegmentMeta>>,
+    pub segments: Arc<Vec<Arc<LiveSegment>>>,
     /// Buffered rows not yet in any listed segment, in `seq` order.
     pub buffer: Vec<RecordBatch>,
 }
@@ -86,7 +91,8 @@ pub struct StorageStats {
 /// What readers and the sealer share.
 #[derive(Debug)]
 struct State {
-    segments: Arc<Vec<SegmentMeta>>,
+    /// Published segments, ascending and contiguous in seq.
+    segments: Arc<Vec<Arc<LiveSegment>>>,
     sealed_seq: Seq,
     /// `(batch, first_seq, last_seq)`, ascending, every seq above `sealed_seq`.
     buffer: Vec<(RecordBatch, Seq, Seq)>,
@@ -196,11 +202,13 @@ impl Storage {
             last_seq,
             "storage opened"
         );
+        let segments: Vec<Arc<LiveSegment>> =
+            manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments_dir)).collect();
         let shared = Arc::new(Shared {
             wal_dir,
             segments_dir,
             state: Mutex::new(State {
-                segments: Arc::new(manifest.segments),
+                segments: Arc::new(segments),
                 sealed_seq: manifest.sealed_seq,
                 oldest_buffered_at: (buffered_rows > 0).then(Instant::now),
                 buffer,
@@ -277,8 +285,8 @@ impl Storage {
             buffered_rows: state.buffered_rows,
             buffered_bytes: state.buffered_bytes,
             segments: state.segments.len(),
-            segment_bytes: state.segments.iter().map(|s| s.size_bytes).sum(),
-            segment_rows: state.segments.iter().map(|s| s.rows).sum(),
+            segment_bytes: state.segments.iter().map(|s| s.meta.size_bytes).sum(),
+            segment_rows: state.segments.iter().map(|s| s.meta.rows).sum(),
         }
     }
 
@@ -300,7 +308,7 @@ impl Storage {
         // 2. Write the segment from the buffered batches up to `upto`. The WAL
         //    thread pushes a batch into the buffer before it answers, so the
         //    buffer holds all of them.
-        let (batches, sealed_seq, mut manifest_segments) = {
+        let (batches, sealed_seq, mut live_segments) = {
             let state = self.state();
             let batches: Vec<RecordBatch> =
                 state.buffer.iter().filter(|(_, _, last)| *last <= upto).map(|(b, _, _)| b.clone()).collect();
@@ -316,11 +324,8 @@ impl Storage {
         debug_assert_eq!(meta.max_seq, upto);
 
         // 3. Publish: the manifest is durable before anything is dropped.
-        manifest_segments.push(meta.clone());
-        let manifest = Manifest { version: 1, sealed_seq: upto, segments: manifest_segments };
-        let published = fsync_dir(&self.shared.segments_dir)
-            .and_then(|()| manifest.store(&self.shared.config.data_dir, &self.shared.faults));
-        if let Err(e) = published {
+        live_segments.push(LiveSegment::new(meta.clone(), &self.shared.segments_dir));
+        if let Err(e) = self.publish(&live_segments, upto) {
             // The old manifest stands; the new file is not part of the log.
             let _ = fs::remove_file(&unpublished);
             return Err(e);
@@ -329,7 +334,7 @@ impl Storage {
         // 4. Swap the published segment in and its rows out, in one step for readers.
         {
             let mut state = self.state();
-            state.segments = Arc::new(manifest.segments);
+            state.segments = Arc::new(live_segments);
             state.sealed_seq = upto;
             state.buffer.retain(|(_, first, _)| *first > upto);
             state.buffered_rows = state.buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
@@ -351,6 +356,55 @@ impl Storage {
             sealed_seq = upto,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "sealed segment"
+        );
+        Ok(Some(meta))
+    }
+
+    /// Makes `segments` the durable manifest (with `sealed_seq`). Callers hold
+    /// the seal lock, so manifests are written one at a time.
+    fn publish(&self, segments: &[Arc<LiveSegment>], sealed_seq: Seq) -> Result<(), StorageError> {
+        debug_assert!(
+            segments.windows(2).all(|w| w[0].meta.max_seq + 1 == w[1].meta.min_seq),
+            "segments cover the log in order without gaps or overlaps"
+        );
+        let manifest = Manifest { version: 1, sealed_seq, segments: segments.iter().map(|s| s.meta.clone()).collect() };
+        fsync_dir(&self.shared.segments_dir)
+            .and_then(|()| manifest.store(&self.shared.config.data_dir, &self.shared.faults))
+    }
+
+    /// Merges the first run of small segments the policy picks. Returns the
+    /// merged segment, or `None` when nothing is worth merging.
+    pub fn compact_now(&self) -> Result<Option<SegmentMeta>, StorageError> {
+        let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
+        let (segments, sealed_seq) = {
+            let state = self.state();
+            (Arc::clone(&state.segments), state.sealed_seq)
+        };
+        let Some(run) = compaction::plan(&segments, self.shared.config.compaction) else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let inputs = &segments[run.clone()];
+        let meta = compaction::merge(inputs, &self.shared.segments_dir, &self.shared.faults)?;
+        let merged = LiveSegment::new(meta.clone(), &self.shared.segments_dir);
+        let mut next: Vec<Arc<LiveSegment>> = segments[..run.start].to_vec();
+        next.push(Arc::clone(&merged));
+        next.extend_from_slice(&segments[run.end..]);
+        if let Err(e) = self.publish(&next, sealed_seq) {
+            let _ = fs::remove_file(&merged.path);
+            return Err(e);
+        }
+        self.state().segments = Arc::new(next);
+        for input in inputs {
+            input.retire();
+        }
+        info!(
+            segment = %meta.file,
+            inputs = inputs.len(),
+            rows = meta.rows,
+            bytes = meta.size_bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compacted segments"
         );
         Ok(Some(meta))
     }
@@ -377,6 +431,10 @@ impl Storage {
                     return;
                 }
                 if !self.seal_due(&state) {
+                    drop(state);
+                    if let Err(e) = self.compact_now() {
+                        error!(error = %e, "compaction failed; will retry");
+                    }
                     continue;
                 }
             }
@@ -384,6 +442,11 @@ impl Storage {
                 // The buffer and WAL still hold everything; sealing is retried.
                 error!(error = %e, "sealing failed; will retry");
                 thread::sleep(Duration::from_millis(SEAL_CHECK_INTERVAL_MS * 4));
+                continue;
+            }
+            // At most one merge per round, so a due seal never waits long.
+            if let Err(e) = self.compact_now() {
+                error!(error = %e, "compaction failed; will retry");
             }
         }
     }
@@ -647,7 +710,7 @@ mod tests {
 
     fn rows(snapshot: &Snapshot) -> usize {
         snapshot.buffer.iter().map(|b| b.num_rows()).sum::<usize>()
-            + snapshot.segments.iter().map(|s| s.rows as usize).sum::<usize>()
+            + snapshot.segments.iter().map(|s| s.meta.rows as usize).sum::<usize>()
     }
 
     async fn append_n(storage: &Storage, from: usize, n: usize) -> (Seq, Seq) {
@@ -758,6 +821,101 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = Storage::open(config(dir.path())).unwrap();
         assert!(matches!(Storage::open(config(dir.path())), Err(StorageError::Locked { .. })));
+    }
+
+    fn seal(storage: &Storage) -> Option<SegmentMeta> {
+        let s = storage.clone();
+        std::thread::spawn(move || s.seal_now()).join().unwrap().unwrap()
+    }
+
+    fn compact(storage: &Storage) -> Result<Option<SegmentMeta>, StorageError> {
+        let s = storage.clone();
+        std::thread::spawn(move || s.compact_now()).join().unwrap()
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("segments")).unwrap().count()
+    }
+
+    fn compacting(dir: &Path) -> StorageConfig {
+        StorageConfig { compaction: CompactionPolicy { target_rows: 1_000, min_inputs: 3 }, ..config(dir) }
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_small_segments_sorted_and_keeps_every_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(compacting(dir.path())).unwrap();
+        for i in 0..6 {
+            append_n(&storage, i * 10, 10).await;
+            seal(&storage);
+        }
+        append_n(&storage, 60, 5).await; // stays buffered
+        assert_eq!(compact(&storage).unwrap().map(|m| (m.min_seq, m.max_seq, m.rows)), Some((1, 60, 60)));
+        assert_eq!(compact(&storage).unwrap(), None, "one segment left: nothing to merge");
+        assert_eq!(segment_files(dir.path()), 1, "inputs are deleted once nobody reads them");
+        let snapshot = storage.snapshot();
+        assert_eq!((snapshot.segments.len(), rows(&snapshot)), (1, 65));
+
+        let file = File::open(&snapshot.segments[0].path).unwrap();
+        let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024).unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        let all = datafusion::arrow::compute::concat_batches(&crate::model::schema(), &batches).unwrap();
+        let orgs = datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("org_id").unwrap());
+        let times = datafusion::arrow::array::AsArray::as_primitive::<
+            datafusion::arrow::datatypes::TimestampMicrosecondType,
+        >(all.column_by_name("time").unwrap());
+        let keys: Vec<(&str, i64)> = (0..all.num_rows()).map(|i| (orgs.value(i), times.value(i))).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "merged segment is sorted by (org_id, time)");
+        let mut ids: Vec<String> =
+            datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("id").unwrap())
+                .iter()
+                .map(|s| s.unwrap().to_owned())
+                .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 60);
+        drop(snapshot);
+        storage.shutdown();
+        drop(storage);
+        let storage = Storage::open(compacting(dir.path())).unwrap();
+        assert_eq!((storage.stats().segments, storage.stats().sealed_seq, rows(&storage.snapshot())), (1, 60, 65));
+    }
+
+    #[tokio::test]
+    async fn a_reader_keeps_retired_segments_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(compacting(dir.path())).unwrap();
+        for i in 0..3 {
+            append_n(&storage, i * 10, 10).await;
+            seal(&storage);
+        }
+        let reader = storage.snapshot();
+        compact(&storage).unwrap().unwrap();
+        assert_eq!(segment_files(dir.path()), 4, "the reader's three files and the merged one");
+        assert!(reader.segments.iter().all(|s| s.path.exists()));
+        drop(reader);
+        assert_eq!(segment_files(dir.path()), 1);
+    }
+
+    #[tokio::test]
+    async fn failed_compaction_changes_nothing() {
+        for op in [crate::storage::faults::IoOp::SegmentWrite, crate::storage::faults::IoOp::ManifestWrite] {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(Faults::default());
+            let storage = Storage::open_with_faults(compacting(dir.path()), Arc::clone(&faults)).unwrap();
+            for i in 0..3 {
+                append_n(&storage, i * 10, 10).await;
+                seal(&storage);
+            }
+            faults.inject(op, crate::storage::faults::FaultKind::Eio, Some(1));
+            assert!(compact(&storage).is_err(), "{op:?}");
+            assert_eq!((storage.stats().segments, segment_files(dir.path())), (3, 3), "{op:?}");
+            assert_eq!(compact(&storage).unwrap().map(|m| m.rows), Some(30), "{op:?}: retried");
+            storage.shutdown();
+            drop(storage);
+            let storage = Storage::open(compacting(dir.path())).unwrap();
+            assert_eq!((storage.stats().segments, rows(&storage.snapshot())), (1, 30), "{op:?}");
+        }
     }
 
     #[allow(clippy::single_range_in_vec_init)] // id ranges read best as `&[0..5]`

@@ -21,6 +21,7 @@
 //! segments/*.parquet   sealed segments (named by their seq range)
 //! ```
 
+pub mod compaction;
 mod engine;
 pub mod faults;
 pub mod manifest;
@@ -52,6 +53,8 @@ pub enum StorageError {
         "{buffered_bytes} bytes of events are waiting to be sealed, over the limit of {limit_bytes}; retry shortly"
     )]
     Backpressure { buffered_bytes: usize, limit_bytes: usize },
+    #[error("compaction failed: {0}")]
+    Compaction(String),
     #[error("the storage engine has shut down")]
     ShutDown,
     #[error("Arrow error: {0}")]

@@ -7,8 +7,9 @@
 //! for readers.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::{self, SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
@@ -35,7 +36,7 @@ const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 /// Near-unique text columns: a dictionary would only be built and abandoned.
 const NO_DICTIONARY_COLUMNS: [&str; 2] = ["id", "request_id"];
 
-fn writer_properties() -> WriterProperties {
+pub(super) fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS));
@@ -54,11 +55,15 @@ fn writer_properties() -> WriterProperties {
 }
 
 /// Sorts the batches by `(org_id, time, seq)` into one batch.
+/// The order rows have inside every segment.
+pub const SORT_COLUMNS: [&str; 3] = ["org_id", "time", "seq"];
+
 fn sort_for_segment(batches: &[RecordBatch]) -> Result<RecordBatch, StorageError> {
     let all = concat_batches(&model::schema(), batches)?;
     let key =
         |name: &str| SortColumn { values: Arc::clone(all.column_by_name(name).expect("schema column")), options: None };
-    let indices = lexsort_to_indices(&[key("org_id"), key("time"), key("seq")], None)?;
+    let keys: Vec<SortColumn> = SORT_COLUMNS.iter().map(|c| key(c)).collect();
+    let indices = lexsort_to_indices(&keys, None)?;
     Ok(take_record_batch(&all, &indices)?)
 }
 
@@ -106,4 +111,41 @@ pub fn write_segment(dir: &Path, batches: &[RecordBatch], faults: &Faults) -> Re
         min_org_id: org.value(0).to_owned(),
         max_org_id: org.value(org.len() - 1).to_owned(),
     })
+}
+
+/// A published segment as the engine and running queries hold it.
+///
+/// Compaction replaces segments while queries may still be reading them, so a
+/// replaced segment is only *retired*: its file is deleted when the last
+/// holder (the engine's list, or a query plan that was given it) lets go.
+#[derive(Debug)]
+pub struct LiveSegment {
+    pub meta: SegmentMeta,
+    pub path: PathBuf,
+    retired: AtomicBool,
+}
+
+impl LiveSegment {
+    pub fn new(meta: SegmentMeta, dir: &Path) -> Arc<Self> {
+        let path = dir.join(&meta.file);
+        Arc::new(LiveSegment { meta, path, retired: AtomicBool::new(false) })
+    }
+
+    /// Marks the file for deletion once nobody reads it any more. Called only
+    /// after a manifest without this segment is durable.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for LiveSegment {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => tracing::debug!(file = %self.path.display(), "deleted retired segment"),
+                // Left behind, it is removed at the next start (not in the manifest).
+                Err(e) => tracing::warn!(file = %self.path.display(), error = %e, "cannot delete retired segment"),
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Kill -9 while ingesting: every acknowledged event is there exactly once.
+//! Kill -9 while ingesting, sealing and compacting: every acknowledged event
+//! is there exactly once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,8 +18,12 @@ const EVENTS_PER_BATCH: usize = 50;
 /// One cycle: start, ingest from several writers, kill -9 at a random moment.
 /// Returns the ids the server acknowledged.
 async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> HashSet<String> {
-    // Small seal threshold: kills land before, during and after seals.
-    let server = Server::start(data, &["--seal-max-buffered-rows", "700"]);
+    // Small seal and compaction thresholds: kills land before, during and
+    // after seals and merges.
+    let server = Server::start(
+        data,
+        &["--seal-max-buffered-rows", "700", "--compaction-target-rows", "5000", "--compaction-min-segments", "2"],
+    );
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let url = server.events_url();
     let writers: Vec<_> = (0..WRITERS)
@@ -83,6 +88,9 @@ pub async fn crash_cycles(cycles: usize, seed: u64) {
         assert!(seq_ok.get::<_, bool>(0), "cycle {cycle}: seqs have a gap");
         server.kill();
     }
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(log.contains("sealed segment"), "no seal happened: the test did not exercise sealing");
+    assert!(log.contains("compacted segments"), "no compaction happened: the test did not exercise it");
 }
 
 #[tokio::test]
