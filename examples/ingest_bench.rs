@@ -161,6 +161,13 @@ async fn main() {
             json!({"p50_ms": percentile(&ms, 0.5), "p99_ms": percentile(&ms, 0.99), "messages": rows}),
         );
     }
+    // Peak resident memory of the server over the whole run (ingest, seal, queries).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let peak_rss_mib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -172,6 +179,7 @@ async fn main() {
         "ingest_events_per_second": o.events as f64 / ingest_secs,
         "segment_bytes": segment_bytes,
         "bytes_per_event": segment_bytes as f64 / o.events as f64,
+        "server_peak_rss_mib": peak_rss_mib,
         "queries": timings,
     });
     println!("{}", serde_json::to_string_pretty(&result).unwrap());

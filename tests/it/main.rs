@@ -4,4 +4,5 @@
 mod crash;
 mod end_to_end;
 mod harness;
+mod open_layout;
 mod validation;

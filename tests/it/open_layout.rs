@@ -1,0 +1,53 @@
+//! The on-disk layout is open: DuckDB reads the segments directly and agrees
+//! with auditlake's own answers.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::harness::Server;
+
+/// The venv `scripts/setup.sh` makes (override with `AUDITLAKE_TEST_VENV`).
+fn python() -> PathBuf {
+    let venv = std::env::var_os("AUDITLAKE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auditlake-venv"));
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh` (scripts/test.sh does)", python.display());
+    python
+}
+
+const PER_ORG: &str = "select org_id, count(*), count(distinct actor_id), min(seq), max(seq) \
+                       from audit_events group by org_id order by org_id";
+
+#[tokio::test]
+async fn duckdb_reads_the_segments_and_agrees_with_auditlake() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demo = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["demo", "--no-serve", "--events", "20000", "--seed", "3", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+
+    let script = format!(
+        "import duckdb\n\
+         con = duckdb.connect()\n\
+         con.execute(\"create view audit_events as select * from read_parquet('{}/segments/*.parquet')\")\n\
+         for row in con.execute(\"{PER_ORG}\").fetchall():\n    print('|'.join(str(v) for v in row))\n\
+         print(con.execute(\"select typeof(time), typeof(seq), typeof(actor_id) from audit_events limit 1\").fetchone())\n",
+        data.display()
+    );
+    let out = Command::new(python()).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let duck = String::from_utf8(out.stdout).unwrap();
+
+    let server = Server::start(&data, &[]);
+    let ours = server.psql(PER_ORG).unwrap();
+    let (duck_rows, duck_types) = duck.rsplit_once("('").map(|(rows, types)| (rows, types)).unwrap();
+    assert_eq!(duck_rows, ours, "DuckDB over our Parquet and auditlake disagree");
+    assert_eq!(ours.lines().count(), 4, "four demo orgs: {ours}");
+    let total: i64 = ours.lines().map(|l| l.split('|').nth(1).unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 20_000);
+    assert!(duck_types.starts_with("TIMESTAMP WITH TIME ZONE', 'BIGINT', 'VARCHAR'"), "{duck_types}");
+}
