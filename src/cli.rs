@@ -163,12 +163,24 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         ));
     } else {
         let end_us = chrono::Utc::now().timestamp_micros();
-        let events = demo::generate(args.seed, args.events, end_us, args.days);
-        for chunk in events.chunks(10_000) {
-            storage.append(chunk.to_vec()).await?;
-        }
-        let sealer = storage.clone();
-        tokio::task::spawn_blocking(move || sealer.seal_now()).await??;
+        let (seed, count, days) = (args.seed, args.events, args.days);
+        // Generation and segment writing overlap: one thread makes chunks while
+        // the bulk loader sorts, compresses and publishes the previous one.
+        let (chunks, chunk_rx) = std::sync::mpsc::sync_channel(1);
+        let generator = std::thread::spawn(move || {
+            let mut generator = demo::Generator::new(seed, count, end_us, days);
+            while let Some(chunk) = generator.next_chunk(BULK_CHUNK_EVENTS) {
+                if chunks.send(chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let loader = storage.clone();
+        tokio::task::spawn_blocking(move || loader.bulk_load(chunk_rx.into_iter())).await??;
+        generator.join().map_err(|_| anyhow::anyhow!("the demo generator panicked"))?;
+        let elapsed = started.elapsed().as_secs_f64();
+        say(&format!("Loaded {count} events in {elapsed:.1} s ({:.0} events/s).", count as f64 / elapsed));
         let stats = storage.stats();
         say(&format!(
             "Generated {} demo events for orgs acme, globex, initech, umbrella (seed {}); {} segment(s), {} bytes.",
@@ -190,6 +202,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     ));
     serve_storage(args.serve, storage).await
 }
+
+/// Events per segment written by the demo's bulk load (compaction merges them later).
+const BULK_CHUNK_EVENTS: usize = 250_000;
 
 fn say(line: &str) {
     let mut stdout = std::io::stdout().lock();

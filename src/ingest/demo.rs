@@ -73,6 +73,7 @@ enum Content {
     None,
 }
 
+#[derive(Debug)]
 struct User {
     id: String,
     name: String,
@@ -98,47 +99,84 @@ fn users(org_index: usize, org: &str, count: usize) -> Vec<User> {
 /// Generates `count` events ending at `end_us` (microseconds, UTC) over
 /// `days` days, in time order, deterministically from `seed`.
 pub fn generate(seed: u64, count: usize, end_us: i64, days: u32) -> Vec<Event> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let span_us = i64::from(days) * 86_400_000_000;
-    let start_us = end_us - span_us;
-    let orgs: Vec<(&str, Vec<User>)> = ORGS.iter().enumerate().map(|(i, (org, n))| (*org, users(i, org, *n))).collect();
-    let org_weights: Vec<usize> = ORGS.iter().map(|(_, n)| *n).collect();
-    let total_org_weight: usize = org_weights.iter().sum();
-    let total_action_weight: u32 = ACTIONS.iter().map(|a| a.4).sum();
-
-    let incident = planted_incidents(end_us);
-    let background = count.saturating_sub(incident.len());
+    let mut generator = Generator::new(seed, count, end_us, days);
     let mut events = Vec::with_capacity(count);
-    for i in 0..background {
-        let time_us = start_us
-            + (span_us as i128 * i as i128 / background.max(1) as i128) as i64
+    while let Some(mut chunk) = generator.next_chunk(64 * 1024) {
+        events.append(&mut chunk);
+    }
+    events
+}
+
+/// The same events as [`generate`], produced a chunk at a time, so that
+/// hundreds of millions of events never need to be in memory at once.
+#[derive(Debug)]
+pub struct Generator {
+    rng: ChaCha8Rng,
+    seed: u64,
+    start_us: i64,
+    span_us: i64,
+    orgs: Vec<(&'static str, Vec<User>)>,
+    /// Background events made so far, and in all.
+    made: usize,
+    background: usize,
+    /// Planted events not yet emitted, latest first.
+    incidents: Vec<Event>,
+}
+
+impl Generator {
+    pub fn new(seed: u64, count: usize, end_us: i64, days: u32) -> Self {
+        let span_us = i64::from(days) * 86_400_000_000;
+        let mut incidents = planted_incidents(end_us);
+        for (n, event) in incidents.iter_mut().enumerate() {
+            event.id = format!("demo-{seed}-incident-{n}");
+        }
+        // Stable sort by time, then reversed so `pop` yields the earliest.
+        incidents.sort_by_key(|e| e.time_us);
+        incidents.reverse();
+        Generator {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            seed,
+            start_us: end_us - span_us,
+            span_us,
+            orgs: ORGS.iter().enumerate().map(|(i, (org, n))| (*org, users(i, org, *n))).collect(),
+            made: 0,
+            background: count.saturating_sub(incidents.len()),
+            incidents,
+        }
+    }
+
+    /// Up to `max_events` more background events (plus the planted ones that
+    /// fall among them), in time order; `None` when all are made.
+    pub fn next_chunk(&mut self, max_events: usize) -> Option<Vec<Event>> {
+        if self.made == self.background && self.incidents.is_empty() {
+            return None;
+        }
+        let until = (self.made + max_events).min(self.background);
+        let mut chunk = Vec::with_capacity(until - self.made + self.incidents.len());
+        while self.made < until {
+            let event = self.background_event(self.made);
+            // A planted event goes before the first background event later than it.
+            while self.incidents.last().is_some_and(|e| e.time_us < event.time_us) {
+                chunk.push(self.incidents.pop().expect("checked"));
+            }
+            chunk.push(event);
+            self.made += 1;
+        }
+        if self.made == self.background {
+            chunk.extend(self.incidents.drain(..).rev());
+        }
+        Some(chunk)
+    }
+
+    fn background_event(&mut self, i: usize) -> Event {
+        let (seed, rng) = (self.seed, &mut self.rng);
+        let time_us = self.start_us
+            + (self.span_us as i128 * i as i128 / self.background.max(1) as i128) as i64
             + rng.random_range(0..1_000_000);
-        let mut pick = rng.random_range(0..total_org_weight);
-        let org_index = org_weights
-            .iter()
-            .position(|w| {
-                if pick < *w {
-                    true
-                } else {
-                    pick -= w;
-                    false
-                }
-            })
-            .expect("weights");
-        let (org, users) = &orgs[org_index];
+        let org_index = pick_weighted(rng, ORGS.iter().map(|(_, n)| *n as u32));
+        let (org, users) = &self.orgs[org_index];
         let user = &users[rng.random_range(0..users.len())];
-        let mut pick = rng.random_range(0..total_action_weight);
-        let (action, product, category, content, _) = *ACTIONS
-            .iter()
-            .find(|a| {
-                if pick < a.4 {
-                    true
-                } else {
-                    pick -= a.4;
-                    false
-                }
-            })
-            .expect("weights");
+        let (action, product, category, content, _) = ACTIONS[pick_weighted(rng, ACTIONS.iter().map(|a| a.4))];
         let mut event = Event {
             time_us,
             id: format!("demo-{seed}-{i}"),
@@ -157,16 +195,22 @@ pub fn generate(seed: u64, count: usize, end_us: i64, days: u32) -> Vec<Event> {
             request_id: Some(format!("r-{seed}-{i}")),
             ..Event::default()
         };
-        set_content(&mut event, content, &mut rng);
-        events.push(event);
+        set_content(&mut event, content, rng);
+        event
     }
-    // Planted events go where their time puts them, keeping the log in time order.
-    for (n, mut event) in incident.into_iter().enumerate() {
-        event.id = format!("demo-{seed}-incident-{n}");
-        let at = events.partition_point(|e| e.time_us <= event.time_us);
-        events.insert(at, event);
+}
+
+/// Index of an item chosen with probability proportional to its weight.
+fn pick_weighted(rng: &mut ChaCha8Rng, weights: impl Iterator<Item = u32> + Clone) -> usize {
+    let total: u32 = weights.clone().sum();
+    let mut pick = rng.random_range(0..total);
+    for (i, w) in weights.enumerate() {
+        if pick < w {
+            return i;
+        }
+        pick -= w;
     }
-    events
+    unreachable!("pick is below the total weight")
 }
 
 fn set_content(event: &mut Event, content: Content, rng: &mut ChaCha8Rng) {
@@ -279,6 +323,19 @@ mod tests {
     fn same_seed_same_events() {
         assert_eq!(generate(7, 2_000, END_US, 30), generate(7, 2_000, END_US, 30));
         assert_ne!(generate(7, 2_000, END_US, 30), generate(8, 2_000, END_US, 30));
+    }
+
+    #[test]
+    fn chunks_make_the_same_events_whatever_their_size() {
+        let all = generate(5, 3_000, END_US, 3);
+        for size in [1, 7, 1_000, 5_000] {
+            let mut generator = Generator::new(5, 3_000, END_US, 3);
+            let mut chunked = Vec::new();
+            while let Some(mut chunk) = generator.next_chunk(size) {
+                chunked.append(&mut chunk);
+            }
+            assert_eq!(chunked, all, "chunks of {size}");
+        }
     }
 
     #[test]

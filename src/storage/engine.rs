@@ -111,9 +111,12 @@ enum WalCommand {
         batch: RecordBatch,
         reply: AppendReply,
     },
-    /// Close the current WAL file and start a new one; answers the last seq
-    /// written before the switch.
+    /// Close the current WAL file and start a new one, first setting aside
+    /// `reserve` seqs (for segments written without the WAL, see
+    /// `bulk_load`). Answers the last seq written before the switch; the
+    /// reserved seqs follow it.
     Rotate {
+        reserve: u64,
         reply: oneshot::Sender<Result<Seq, StorageError>>,
     },
 }
@@ -144,7 +147,7 @@ impl std::fmt::Debug for WalCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WalCommand::Append { batch, .. } => write!(f, "Append({} rows)", batch.num_rows()),
-            WalCommand::Rotate { .. } => write!(f, "Rotate"),
+            WalCommand::Rotate { reserve, .. } => write!(f, "Rotate(reserve {reserve})"),
         }
     }
 }
@@ -183,8 +186,20 @@ impl Storage {
         let recovered = replay_wal(&wal_dir, manifest.sealed_seq)?;
         let last_seq = recovered.batches.last().map_or(manifest.sealed_seq, |b| b.last_seq().max(manifest.sealed_seq));
         let writer = match recovered.newest {
-            Some((first_seq, path, valid_len)) => WalWriter::reopen(&path, first_seq, valid_len, Arc::clone(&faults))?,
-            None => WalWriter::create(&wal_dir, last_seq + 1, Arc::clone(&faults))?,
+            Some((first_seq, path, valid_len)) if first_seq == last_seq + 1 || valid_len > wal::HEADER_BYTES => {
+                WalWriter::reopen(&path, first_seq, valid_len, Arc::clone(&faults))?
+            }
+            _ => {
+                // No WAL yet, or empty files named for seqs a bulk load reserved
+                // but never published. Files past `last_seq` hold no records
+                // (replay would have raised `last_seq`): start afresh after it.
+                for (first_seq, path) in wal::list_files(&wal_dir)? {
+                    if first_seq > last_seq {
+                        fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+                    }
+                }
+                WalWriter::create(&wal_dir, last_seq + 1, Arc::clone(&faults))?
+            }
         };
 
         let buffer: Vec<_> = recovered
@@ -298,12 +313,30 @@ impl Storage {
     /// segment, or `None` when the buffer was empty.
     pub fn seal_now(&self) -> Result<Option<SegmentMeta>, StorageError> {
         let _one_seal_at_a_time = self.shared.seal_lock.lock().expect("seal lock poisoned");
+        self.seal_locked()
+    }
 
+    /// Asks the WAL thread to switch files (after reserving `reserve` seqs).
+    fn rotate_wal(&self, reserve: u64) -> Result<Seq, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.wal_tx.blocking_send(WalCommand::Rotate { reserve, reply }).map_err(|_| StorageError::ShutDown)?;
+        answer.blocking_recv().map_err(|_| StorageError::ShutDown)?
+    }
+
+    /// Deletes WAL files that hold only sealed events (`seq <= upto`).
+    fn drop_sealed_wal(&self, upto: Seq) -> Result<(), StorageError> {
+        for (first_seq, path) in wal::list_files(&self.shared.wal_dir)? {
+            if first_seq <= upto {
+                fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        fsync_dir(&self.shared.wal_dir)
+    }
+
+    fn seal_locked(&self) -> Result<Option<SegmentMeta>, StorageError> {
         // 1. Switch WAL files, so that every file before the new one holds only
         //    events this seal covers and can be deleted once it is published.
-        let (reply, answer) = oneshot::channel();
-        self.wal_tx.blocking_send(WalCommand::Rotate { reply }).map_err(|_| StorageError::ShutDown)?;
-        let upto = answer.blocking_recv().map_err(|_| StorageError::ShutDown)??;
+        let upto = self.rotate_wal(0)?;
 
         // 2. Write the segment from the buffered batches up to `upto`. The WAL
         //    thread pushes a batch into the buffer before it answers, so the
@@ -343,12 +376,7 @@ impl Storage {
         }
 
         // 5. The WAL files before the rotation are now redundant.
-        for (first_seq, path) in wal::list_files(&self.shared.wal_dir)? {
-            if first_seq <= upto {
-                fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
-            }
-        }
-        fsync_dir(&self.shared.wal_dir)?;
+        self.drop_sealed_wal(upto)?;
         info!(
             segment = %meta.file,
             rows = meta.rows,
@@ -407,6 +435,42 @@ impl Storage {
             "compacted segments"
         );
         Ok(Some(meta))
+    }
+
+    /// Loads events straight into segments, without the WAL: the bulk path
+    /// for imports and generated data, whose source can be read again. Each
+    /// chunk becomes one segment, published (durable) before the next is
+    /// written. Seqs are reserved from the WAL thread, so appends that arrive
+    /// meanwhile get later seqs; they wait in the buffer, since sealing waits
+    /// for the load. Returns the first and last seq loaded.
+    pub fn bulk_load(&self, chunks: impl Iterator<Item = Vec<Event>>) -> Result<Option<(Seq, Seq)>, StorageError> {
+        let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
+        // Everything acknowledged so far is sealed first, so that the segments
+        // keep covering the log in seq order.
+        self.seal_locked()?;
+        let mut loaded: Option<(Seq, Seq)> = None;
+        for chunk in chunks.filter(|c| !c.is_empty()) {
+            let first = self.rotate_wal(chunk.len() as u64)? + 1;
+            let last = first + chunk.len() as Seq - 1;
+            let batch = model::events_to_batch(&chunk, first);
+            drop(chunk);
+            let meta = segment::write_segment(&self.shared.segments_dir, &[batch], &self.shared.faults)?;
+            let mut segments = self.state().segments.as_ref().clone();
+            segments.push(LiveSegment::new(meta.clone(), &self.shared.segments_dir));
+            if let Err(e) = self.publish(&segments, last) {
+                let _ = fs::remove_file(self.shared.segments_dir.join(&meta.file));
+                return Err(e);
+            }
+            {
+                let mut state = self.state();
+                state.segments = Arc::new(segments);
+                state.sealed_seq = last;
+                state.last_seq = state.last_seq.max(last);
+            }
+            self.drop_sealed_wal(last)?;
+            loaded = Some((loaded.map_or(first, |(f, _)| f), last));
+        }
+        Ok(loaded)
     }
 
     fn seal_due(&self, state: &State) -> bool {
@@ -589,7 +653,7 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                     next_seq = last + 1;
                     appended.push((with_seq(batch, first), first, last, reply));
                 }
-                WalCommand::Rotate { reply } => rotations.push(reply),
+                WalCommand::Rotate { reserve, reply } => rotations.push((reserve, reply)),
             }
         }
 
@@ -656,16 +720,17 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
             }
         }
 
-        for reply in rotations {
+        for (reserve, reply) in rotations {
             let last_written = next_seq - 1;
             let result = if let Some(reason) = &poisoned {
                 Err(StorageError::WalPoisoned(reason.clone()))
-            } else if writer.first_seq() == next_seq {
+            } else if reserve == 0 && writer.first_seq() == next_seq {
                 Ok(last_written) // current file is empty: nothing to close
             } else {
-                WalWriter::create(&shared.wal_dir, next_seq, Arc::clone(&shared.faults)).map(|new| {
-                    debug!(file = %new.path().display(), "rotated WAL");
+                WalWriter::create(&shared.wal_dir, next_seq + reserve, Arc::clone(&shared.faults)).map(|new| {
+                    debug!(file = %new.path().display(), reserve, "rotated WAL");
                     writer = new;
+                    next_seq += reserve;
                     last_written
                 })
             };
@@ -916,6 +981,53 @@ mod tests {
             let storage = Storage::open(compacting(dir.path())).unwrap();
             assert_eq!((storage.stats().segments, rows(&storage.snapshot())), (1, 30), "{op:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn bulk_load_writes_segments_after_what_was_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            append_n(&storage, 0, 5).await;
+            let loader = storage.clone();
+            let chunks = vec![(100..110).map(event).collect(), Vec::new(), (110..130).map(event).collect()];
+            let loaded = std::thread::spawn(move || loader.bulk_load(chunks.into_iter())).join().unwrap().unwrap();
+            assert_eq!(loaded, Some((6, 35)));
+            assert_eq!(append_n(&storage, 200, 2).await, (36, 37));
+            let stats = storage.stats();
+            assert_eq!(
+                (stats.segments, stats.sealed_seq, stats.buffered_rows, rows(&storage.snapshot())),
+                (3, 35, 2, 37)
+            );
+            storage.shutdown();
+        }
+        let storage = Storage::open(config(dir.path())).unwrap();
+        let stats = storage.stats();
+        assert_eq!((stats.segments, stats.sealed_seq, stats.last_seq, rows(&storage.snapshot())), (3, 35, 37, 37));
+        assert_eq!(wal::list_files(&dir.path().join("wal")).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn seqs_reserved_by_an_unfinished_bulk_load_are_given_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            append_n(&storage, 0, 5).await;
+            let s = storage.clone();
+            std::thread::spawn(move || {
+                s.seal_now().unwrap();
+                s.rotate_wal(1_000).unwrap() // then "crash" before any segment is published
+            })
+            .join()
+            .unwrap();
+            storage.shutdown();
+        }
+        let storage = Storage::open(config(dir.path())).unwrap();
+        assert_eq!(append_n(&storage, 5, 1).await, (6, 6));
+        storage.shutdown();
+        drop(storage);
+        let storage = Storage::open(config(dir.path())).unwrap();
+        assert_eq!((storage.stats().last_seq, rows(&storage.snapshot())), (6, 6));
     }
 
     #[allow(clippy::single_range_in_vec_init)] // id ranges read best as `&[0..5]`

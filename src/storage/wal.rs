@@ -38,6 +38,8 @@ use super::{StorageError, fsync_dir};
 use crate::model::{Event, Seq};
 
 const MAGIC: &[u8; 8] = b"AUDWAL01";
+/// Length of a WAL file that holds no records.
+pub const HEADER_BYTES: u64 = MAGIC.len() as u64;
 const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record the reader will believe; a longer length field is corruption.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;

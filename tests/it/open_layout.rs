@@ -44,7 +44,7 @@ async fn duckdb_reads_the_segments_and_agrees_with_auditlake() {
 
     let server = Server::start(&data, &[]);
     let ours = server.psql(PER_ORG).unwrap();
-    let (duck_rows, duck_types) = duck.rsplit_once("('").map(|(rows, types)| (rows, types)).unwrap();
+    let (duck_rows, duck_types) = duck.rsplit_once("('").unwrap();
     assert_eq!(duck_rows, ours, "DuckDB over our Parquet and auditlake disagree");
     assert_eq!(ours.lines().count(), 4, "four demo orgs: {ours}");
     let total: i64 = ours.lines().map(|l| l.split('|').nth(1).unwrap().parse::<i64>().unwrap()).sum();
