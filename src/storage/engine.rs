@@ -452,9 +452,12 @@ impl Storage {
         for chunk in chunks.filter(|c| !c.is_empty()) {
             let first = self.rotate_wal(chunk.len() as u64)? + 1;
             let last = first + chunk.len() as Seq - 1;
+            let started = Instant::now();
             let batch = model::events_to_batch(&chunk, first);
             drop(chunk);
+            let encoded_ms = started.elapsed().as_millis() as u64;
             let meta = segment::write_segment(&self.shared.segments_dir, &[batch], &self.shared.faults)?;
+            debug!(first, last, encoded_ms, written_ms = started.elapsed().as_millis() as u64, "bulk-loaded segment");
             let mut segments = self.state().segments.as_ref().clone();
             segments.push(LiveSegment::new(meta.clone(), &self.shared.segments_dir));
             if let Err(e) = self.publish(&segments, last) {
