@@ -127,6 +127,17 @@ async fn main() {
         assert!(seal_wait.elapsed() < Duration::from_secs(300), "sealing did not finish: {health}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // ...and until compaction has settled (segment count unchanged for 3 s),
+    // so that queries are timed on a quiet server.
+    let (mut segments, mut stable_since) = (serde_json::Value::Null, Instant::now());
+    while stable_since.elapsed() < Duration::from_secs(3) {
+        let health: serde_json::Value =
+            http.get(format!("{http_url}/healthz")).send().await.unwrap().json().await.unwrap();
+        if health["segments"] != segments {
+            (segments, stable_since) = (health["segments"].clone(), Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let segment_bytes: u64 =
         std::fs::read_dir(o.data_dir.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
 
@@ -178,6 +189,7 @@ async fn main() {
         "ingest_seconds": ingest_secs,
         "ingest_events_per_second": o.events as f64 / ingest_secs,
         "segment_bytes": segment_bytes,
+        "segments": segments,
         "bytes_per_event": segment_bytes as f64 / o.events as f64,
         "server_peak_rss_mib": peak_rss_mib,
         "queries": timings,

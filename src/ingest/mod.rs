@@ -111,7 +111,13 @@ async fn post_events(
 
 async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
     let stats = app.storage.stats();
-    Json(json!({ "status": "ok", "last_seq": stats.last_seq, "sealed_seq": stats.sealed_seq }))
+    Json(json!({
+        "status": "ok",
+        "last_seq": stats.last_seq,
+        "sealed_seq": stats.sealed_seq,
+        "buffered_rows": stats.buffered_rows,
+        "segments": stats.segments,
+    }))
 }
 
 /// Binds the HTTP listener, with an error that names the address.
