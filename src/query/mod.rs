@@ -105,8 +105,7 @@ impl TableProvider for AuditEventsTable {
                 .map(|s| {
                     // The plan holds the segment: compaction cannot delete its
                     // file while this query may still open it.
-                    PartitionedFile::new(s.path.to_string_lossy().trim_start_matches('/'), s.meta.size_bytes)
-                        .with_extension(Arc::clone(s))
+                    PartitionedFile::new(s.object_location(), s.meta.size_bytes).with_extension(Arc::clone(s))
                 })
                 .collect();
             let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))

@@ -115,12 +115,14 @@ fn write_merged(inputs: &[Arc<LiveSegment>], path: &Path, faults: &Faults) -> Re
     let scans = inputs
         .iter()
         .map(|segment| {
-            let location = segment.path.to_string_lossy().trim_start_matches('/').to_owned();
             let config = FileScanConfigBuilder::new(
                 ObjectStoreUrl::local_filesystem(),
                 Arc::new(ParquetSource::new(Arc::clone(&schema))),
             )
-            .with_file_group(FileGroup::new(vec![PartitionedFile::new(location, segment.meta.size_bytes)]))
+            .with_file_group(FileGroup::new(vec![PartitionedFile::new(
+                segment.object_location(),
+                segment.meta.size_bytes,
+            )]))
             .with_output_ordering(vec![order.clone()])
             .build();
             DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>

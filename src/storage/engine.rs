@@ -905,6 +905,14 @@ mod tests {
         fs::read_dir(dir.join("segments")).unwrap().count()
     }
 
+    /// Appends `n` batches of ten events, sealing each into its own segment.
+    async fn small_segments(storage: &Storage, n: usize) {
+        for i in 0..n {
+            append_n(storage, i * 10, 10).await;
+            seal(storage);
+        }
+    }
+
     fn compacting(dir: &Path) -> StorageConfig {
         StorageConfig { compaction: CompactionPolicy { target_rows: 1_000, min_inputs: 3 }, ..config(dir) }
     }
@@ -913,10 +921,7 @@ mod tests {
     async fn compaction_merges_small_segments_sorted_and_keeps_every_event_once() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(compacting(dir.path())).unwrap();
-        for i in 0..6 {
-            append_n(&storage, i * 10, 10).await;
-            seal(&storage);
-        }
+        small_segments(&storage, 6).await;
         append_n(&storage, 60, 5).await; // stays buffered
         assert_eq!(compact(&storage).unwrap().map(|m| (m.min_seq, m.max_seq, m.rows)), Some((1, 60, 60)));
         assert_eq!(compact(&storage).unwrap(), None, "one segment left: nothing to merge");
@@ -953,10 +958,7 @@ mod tests {
     async fn a_reader_keeps_retired_segments_until_it_is_done() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(compacting(dir.path())).unwrap();
-        for i in 0..3 {
-            append_n(&storage, i * 10, 10).await;
-            seal(&storage);
-        }
+        small_segments(&storage, 3).await;
         let reader = storage.snapshot();
         compact(&storage).unwrap().unwrap();
         assert_eq!(segment_files(dir.path()), 4, "the reader's three files and the merged one");
@@ -971,10 +973,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let faults = Arc::new(Faults::default());
             let storage = Storage::open_with_faults(compacting(dir.path()), Arc::clone(&faults)).unwrap();
-            for i in 0..3 {
-                append_n(&storage, i * 10, 10).await;
-                seal(&storage);
-            }
+            small_segments(&storage, 3).await;
             faults.inject(op, crate::storage::faults::FaultKind::Eio, Some(1));
             assert!(compact(&storage).is_err(), "{op:?}");
             assert_eq!((storage.stats().segments, segment_files(dir.path())), (3, 3), "{op:?}");

@@ -131,6 +131,11 @@ impl LiveSegment {
         Arc::new(LiveSegment { meta, path, retired: AtomicBool::new(false) })
     }
 
+    /// The file's location for DataFusion's local object store (rooted at `/`).
+    pub fn object_location(&self) -> String {
+        self.path.to_string_lossy().trim_start_matches('/').to_owned()
+    }
+
     /// Marks the file for deletion once nobody reads it any more. Called only
     /// after a manifest without this segment is durable.
     pub fn retire(&self) {
