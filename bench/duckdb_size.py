@@ -22,6 +22,17 @@ con.execute(
     f"to '{out}' (format parquet, compression zstd)"
 )
 theirs = os.path.getsize(out)
+
+
+def column_bytes(files):
+    # Compressed bytes per column over all row groups (Parquet footer metadata).
+    return dict(con.execute(
+        f"select path_in_schema, sum(total_compressed_size) from parquet_metadata({files}) group by 1"
+    ).fetchall())
+
+
+ours_by_column = column_bytes(f"'{segments_dir}/*.parquet'")
+theirs_by_column = column_bytes(f"'{out}'")
 print(json.dumps({
     "rows": rows,
     "auditlake_bytes": ours,
@@ -30,4 +41,8 @@ print(json.dumps({
     "duckdb_zstd_bytes_per_event": theirs / rows,
     "duckdb_write_seconds": time.time() - started,
     "duckdb_version": duckdb.__version__,
+    "bytes_per_event_by_column": {
+        c: {"auditlake": round(ours_by_column[c] / rows, 3), "duckdb": round(theirs_by_column.get(c, 0) / rows, 3)}
+        for c in sorted(ours_by_column, key=ours_by_column.get, reverse=True)
+    },
 }, indent=2))

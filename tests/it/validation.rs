@@ -73,3 +73,39 @@ async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
     let ids = server.psql("select id from audit_events").unwrap();
     assert_eq!(ids, "kept\n");
 }
+
+#[tokio::test]
+async fn a_full_buffer_answers_503_with_retry_after_and_recovers_once_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tiny buffer limit and a sealer that waits 1.5 s: the second batch finds the buffer full.
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--max-buffered-bytes", "1", "--seal-after-ms", "1500", "--seal-max-buffered-rows", "1000000"],
+    );
+    let http = reqwest::Client::new();
+    let body =
+        |n: usize| (0..n).map(|i| event(&format!("b{n}-{i}"), "acme", "u1", "x", 0).to_string() + "\n").collect();
+    let (status, _) = post(&http, &server.events_url(), body(10)).await;
+    assert_eq!(status, 200, "an empty buffer takes the first batch");
+
+    let response = http.post(server.events_url()).body(body(20)).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("waiting to be sealed"), "{answer}");
+
+    // Once the sealer has run, the same batch is accepted; nothing was stored twice or lost.
+    let mut accepted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (status, answer) = post(&http, &server.events_url(), body(20)).await;
+        if status == 200 {
+            assert_eq!(answer["first_seq"], 11);
+            accepted = true;
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+    }
+    assert!(accepted, "ingest did not recover after sealing");
+    assert_eq!(count(&server).await, 30);
+}
