@@ -50,7 +50,14 @@ async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> Hash
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(rng.random_range(200..1200))).await;
+    // The kill lands at a random moment after ingest is under way, so that every
+    // cycle has acknowledged events to check however slow the machine is.
+    let under_way = std::time::Instant::now();
+    while acked.lock().unwrap().is_empty() {
+        assert!(under_way.elapsed() < Duration::from_secs(60), "cycle {cycle}: no batch was acknowledged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(rng.random_range(100..1100))).await;
     server.kill();
     for w in writers {
         w.await.unwrap();
