@@ -133,3 +133,34 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, storage: Storage, max_body_bytes: usize) -> std::io::Result<()> {
     axum::serve(listener, router(storage, max_body_bytes)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: IngestError) -> (u16, Option<String>) {
+        let response = error.into_response();
+        let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), retry_after)
+    }
+
+    #[test]
+    fn every_error_maps_to_one_status() {
+        let io = || std::io::Error::other("boom");
+        let cases = [
+            (IngestError::Invalid(Vec::new()), 400, None),
+            (IngestError::Body("cut off".into()), 400, None),
+            (IngestError::TooLarge { limit_bytes: 1 }, 413, None),
+            (StorageError::Backpressure { buffered_bytes: 2, limit_bytes: 1 }.into(), 503, Some("1")),
+            (StorageError::ShutDown.into(), 503, Some("1")),
+            (StorageError::DiskFull("ENOSPC".into()).into(), 507, Some("1")),
+            (StorageError::WalWrite("EIO".into()).into(), 500, None),
+            (StorageError::WalPoisoned("fsync".into()).into(), 500, None),
+            (StorageError::Io { path: "/x".into(), source: io() }.into(), 500, None),
+        ];
+        for (error, status, retry_after) in cases {
+            let name = format!("{error:?}");
+            assert_eq!(status_of(error), (status, retry_after.map(str::to_owned)), "{name}");
+        }
+    }
+}
