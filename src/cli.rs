@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::ingest::{self, demo};
+use crate::model;
 use crate::server;
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{Storage, StorageConfig};
@@ -164,13 +165,14 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         let end_us = chrono::Utc::now().timestamp_micros();
         let (seed, count, days) = (args.seed, args.events, args.days);
-        // Generation and segment writing overlap: one thread makes chunks while
-        // the bulk loader sorts, compresses and publishes the previous one.
+        // Generation and segment writing overlap: one thread makes chunks and
+        // encodes them as Arrow while the bulk loader sorts, compresses and
+        // publishes the previous one.
         let (chunks, chunk_rx) = std::sync::mpsc::sync_channel(1);
         let generator = std::thread::spawn(move || {
             let mut generator = demo::Generator::new(seed, count, end_us, days);
             while let Some(chunk) = generator.next_chunk(BULK_CHUNK_EVENTS) {
-                if chunks.send(chunk).is_err() {
+                if chunks.send(model::events_to_batch(&chunk, 0)).is_err() {
                     return;
                 }
             }

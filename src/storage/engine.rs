@@ -443,21 +443,23 @@ impl Storage {
     /// written. Seqs are reserved from the WAL thread, so appends that arrive
     /// meanwhile get later seqs; they wait in the buffer, since sealing waits
     /// for the load. Returns the first and last seq loaded.
-    pub fn bulk_load(&self, chunks: impl Iterator<Item = Vec<Event>>) -> Result<Option<(Seq, Seq)>, StorageError> {
+    ///
+    /// Chunks come as Arrow batches of the `audit_events` schema (see
+    /// [`model::events_to_batch`]); their `seq` column is overwritten here, so
+    /// callers can build them on another thread before seqs are known.
+    pub fn bulk_load(&self, chunks: impl Iterator<Item = RecordBatch>) -> Result<Option<(Seq, Seq)>, StorageError> {
         let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
         // Everything acknowledged so far is sealed first, so that the segments
         // keep covering the log in seq order.
         self.seal_locked()?;
         let mut loaded: Option<(Seq, Seq)> = None;
-        for chunk in chunks.filter(|c| !c.is_empty()) {
-            let first = self.rotate_wal(chunk.len() as u64)? + 1;
-            let last = first + chunk.len() as Seq - 1;
+        for chunk in chunks.filter(|c| c.num_rows() > 0) {
+            let first = self.rotate_wal(chunk.num_rows() as u64)? + 1;
+            let last = first + chunk.num_rows() as Seq - 1;
             let started = Instant::now();
-            let batch = model::events_to_batch(&chunk, first);
-            drop(chunk);
-            let encoded_ms = started.elapsed().as_millis() as u64;
-            let meta = segment::write_segment(&self.shared.segments_dir, &[batch], &self.shared.faults)?;
-            debug!(first, last, encoded_ms, written_ms = started.elapsed().as_millis() as u64, "bulk-loaded segment");
+            let meta =
+                segment::write_segment(&self.shared.segments_dir, &[with_seq(chunk, first)], &self.shared.faults)?;
+            debug!(first, last, written_ms = started.elapsed().as_millis() as u64, "bulk-loaded segment");
             let mut segments = self.state().segments.as_ref().clone();
             segments.push(LiveSegment::new(meta.clone(), &self.shared.segments_dir));
             if let Err(e) = self.publish(&segments, last) {
@@ -992,7 +994,8 @@ mod tests {
             let storage = Storage::open(config(dir.path())).unwrap();
             append_n(&storage, 0, 5).await;
             let loader = storage.clone();
-            let chunks = vec![(100..110).map(event).collect(), Vec::new(), (110..130).map(event).collect()];
+            let chunk = |ids: std::ops::Range<usize>| model::events_to_batch(&ids.map(event).collect::<Vec<_>>(), 0);
+            let chunks = vec![chunk(100..110), chunk(0..0), chunk(110..130)];
             let loaded = std::thread::spawn(move || loader.bulk_load(chunks.into_iter())).join().unwrap().unwrap();
             assert_eq!(loaded, Some((6, 35)));
             assert_eq!(append_n(&storage, 200, 2).await, (36, 37));
