@@ -14,7 +14,6 @@
 //! any step leaves either the inputs or the output in the manifest, and the
 //! other is removed at start-up as debris.
 
-use std::fs::File;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +24,6 @@ use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
@@ -34,9 +32,9 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::StreamExt;
 
 use super::StorageError;
-use super::faults::{Faults, IoOp};
+use super::faults::Faults;
 use super::manifest::SegmentMeta;
-use super::segment::{LiveSegment, SORT_COLUMNS, writer_properties};
+use super::segment::{LiveSegment, SORT_COLUMNS, SegmentFileWriter};
 use crate::model;
 
 /// When to compact, and how big a merged segment may get.
@@ -136,20 +134,14 @@ fn write_merged(inputs: &[Arc<LiveSegment>], path: &Path, faults: &Faults) -> Re
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| StorageError::io(path, e))?;
     runtime.block_on(async {
         let mut stream = merged.execute(0, Arc::new(TaskContext::default())).map_err(df)?;
-        let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
-        let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(writer_properties()))?;
+        let mut writer = SegmentFileWriter::create(path, faults)?;
         let mut rows = 0u64;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(df)?;
             rows += batch.num_rows() as u64;
             writer.write(&batch)?;
         }
-        let file = writer.into_inner()?;
-        if let Some(fault) = faults.check(IoOp::SegmentWrite) {
-            return Err(StorageError::io(path, fault.to_error()));
-        }
-        file.sync_all().map_err(|e| StorageError::io(path, e))?;
-        Ok((rows, file.metadata().map_err(|e| StorageError::io(path, e))?.len()))
+        Ok((rows, writer.finish()?))
     })
 }
 

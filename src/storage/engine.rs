@@ -105,6 +105,16 @@ struct State {
 
 type AppendReply = oneshot::Sender<Result<(Seq, Seq), StorageError>>;
 
+impl State {
+    /// Recomputes the buffer's counters after replay or after rows left it (a
+    /// seal); the age of what remains counts from now.
+    fn recount_buffer(&mut self) {
+        self.buffered_rows = self.buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
+        self.buffered_bytes = self.buffer.iter().map(|(b, _, _)| b.get_array_memory_size()).sum();
+        self.oldest_buffered_at = (self.buffered_rows > 0).then(Instant::now);
+    }
+}
+
 enum WalCommand {
     Append {
         events_json: Vec<u8>,
@@ -207,31 +217,29 @@ impl Storage {
             .iter()
             .map(|b| (model::events_to_batch(&b.events, b.first_seq), b.first_seq, b.last_seq()))
             .collect();
-        let buffered_rows = buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
-        let buffered_bytes = buffer.iter().map(|(b, _, _)| b.get_array_memory_size()).sum();
+        let mut state = State {
+            segments: Arc::new(manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments_dir)).collect()),
+            sealed_seq: manifest.sealed_seq,
+            buffer,
+            buffered_rows: 0,
+            buffered_bytes: 0,
+            oldest_buffered_at: None,
+            last_seq,
+            shutting_down: false,
+        };
+        state.recount_buffer();
         info!(
             data_dir = %data_dir.display(),
             segments = manifest.segments.len(),
             sealed_seq = manifest.sealed_seq,
-            replayed_rows = buffered_rows,
+            replayed_rows = state.buffered_rows,
             last_seq,
             "storage opened"
         );
-        let segments: Vec<Arc<LiveSegment>> =
-            manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments_dir)).collect();
         let shared = Arc::new(Shared {
             wal_dir,
             segments_dir,
-            state: Mutex::new(State {
-                segments: Arc::new(segments),
-                sealed_seq: manifest.sealed_seq,
-                oldest_buffered_at: (buffered_rows > 0).then(Instant::now),
-                buffer,
-                buffered_rows,
-                buffered_bytes,
-                last_seq,
-                shutting_down: false,
-            }),
+            state: Mutex::new(state),
             seal_wakeup: Condvar::new(),
             seal_lock: Mutex::new(()),
             faults,
@@ -370,9 +378,7 @@ impl Storage {
             state.segments = Arc::new(live_segments);
             state.sealed_seq = upto;
             state.buffer.retain(|(_, first, _)| *first > upto);
-            state.buffered_rows = state.buffer.iter().map(|(b, _, _)| b.num_rows()).sum();
-            state.buffered_bytes = state.buffer.iter().map(|(b, _, _)| b.get_array_memory_size()).sum();
-            state.oldest_buffered_at = (state.buffered_rows > 0).then(Instant::now);
+            state.recount_buffer();
         }
 
         // 5. The WAL files before the rotation are now redundant.
@@ -487,7 +493,7 @@ impl Storage {
 
     fn run_sealer(self) {
         loop {
-            {
+            let seal_due = {
                 let state = self.state();
                 let (state, _) = self
                     .shared
@@ -499,15 +505,9 @@ impl Storage {
                 if state.shutting_down {
                     return;
                 }
-                if !self.seal_due(&state) {
-                    drop(state);
-                    if let Err(e) = self.compact_now() {
-                        error!(error = %e, "compaction failed; will retry");
-                    }
-                    continue;
-                }
-            }
-            if let Err(e) = self.seal_now() {
+                self.seal_due(&state)
+            };
+            if seal_due && let Err(e) = self.seal_now() {
                 // The buffer and WAL still hold everything; sealing is retried.
                 error!(error = %e, "sealing failed; will retry");
                 thread::sleep(Duration::from_millis(SEAL_CHECK_INTERVAL_MS * 4));

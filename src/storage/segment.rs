@@ -36,7 +36,7 @@ const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 /// Near-unique text columns: a dictionary would only be built and abandoned.
 const NO_DICTIONARY_COLUMNS: [&str; 2] = ["id", "request_id"];
 
-pub(super) fn writer_properties() -> WriterProperties {
+fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS));
@@ -67,17 +67,43 @@ fn sort_for_segment(batches: &[RecordBatch]) -> Result<RecordBatch, StorageError
     Ok(take_record_batch(&all, &indices)?)
 }
 
+/// A segment file being written: Parquet with the segment properties, made
+/// durable by [`SegmentFileWriter::finish`]. Sealing and compaction both write
+/// through it, so the durable path (fault check, fsync) exists once.
+pub(super) struct SegmentFileWriter<'a> {
+    path: &'a Path,
+    writer: ArrowWriter<File>,
+    faults: &'a Faults,
+}
+
+impl<'a> SegmentFileWriter<'a> {
+    pub(super) fn create(path: &'a Path, faults: &'a Faults) -> Result<Self, StorageError> {
+        let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
+        let writer = ArrowWriter::try_new(file, model::schema(), Some(writer_properties()))?;
+        Ok(SegmentFileWriter { path, writer, faults })
+    }
+
+    pub(super) fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        Ok(self.writer.write(batch)?)
+    }
+
+    /// Closes and fsyncs the file; returns its size in bytes.
+    pub(super) fn finish(self) -> Result<u64, StorageError> {
+        let path = self.path;
+        let file = self.writer.into_inner()?;
+        if let Some(fault) = self.faults.check(IoOp::SegmentWrite) {
+            return Err(StorageError::io(path, fault.to_error()));
+        }
+        file.sync_all().map_err(|e| StorageError::io(path, e))?;
+        Ok(file.metadata().map_err(|e| StorageError::io(path, e))?.len())
+    }
+}
+
 /// Writes one sorted batch as a Parquet file and fsyncs it; returns its size.
 fn write_file(path: &Path, sorted: &RecordBatch, faults: &Faults) -> Result<u64, StorageError> {
-    let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
-    let mut writer = ArrowWriter::try_new(file, model::schema(), Some(writer_properties()))?;
+    let mut writer = SegmentFileWriter::create(path, faults)?;
     writer.write(sorted)?;
-    let file = writer.into_inner()?;
-    if let Some(fault) = faults.check(IoOp::SegmentWrite) {
-        return Err(StorageError::io(path, fault.to_error()));
-    }
-    file.sync_all().map_err(|e| StorageError::io(path, e))?;
-    Ok(file.metadata().map_err(|e| StorageError::io(path, e))?.len())
+    writer.finish()
 }
 
 /// Writes `batches` as a new segment file in `dir` and fsyncs it. The caller
