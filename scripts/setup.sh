@@ -3,7 +3,8 @@
 # Debian machine:
 # - the real `psql` client the integration tests drive;
 # - a Python venv with DuckDB (PyPI), which the tests use to prove segments are
-#   plain Parquet that other engines read.
+#   plain Parquet that other engines read, and moto's S3 server (PyPI), the
+#   S3-compatible bucket the object-storage tests keep segments in.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -22,3 +23,8 @@ if ! "$venv/bin/python" -c 'import duckdb' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q 'duckdb>=1.1,<3'
 fi
 "$venv/bin/python" -c 'import duckdb; print("duckdb", duckdb.__version__)' >&2
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "installing moto's S3 server into $venv for the object-storage tests" >&2
+  "$venv/bin/pip" install -q 'moto[server]>=5,<6'
+fi
+"$venv/bin/python" -c 'import moto; print("moto", moto.__version__)' >&2

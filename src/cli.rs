@@ -38,6 +38,12 @@ struct ServeArgs {
     /// Data directory (created if missing).
     #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
     data_dir: PathBuf,
+    /// Keep sealed segments and the manifest here instead of the data
+    /// directory: `s3://bucket/prefix` (credentials, region and endpoint from
+    /// the usual AWS_* variables, e.g. AWS_ENDPOINT for MinIO or other
+    /// S3-compatible stores) or `file:///path`. The WAL stays in the data directory.
+    #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
+    segments_url: Option<String>,
     /// Address of the Postgres endpoint (database `auditlake`, table `audit_events`).
     #[arg(long, default_value = "127.0.0.1:5433")]
     pg_listen: SocketAddr,
@@ -92,6 +98,7 @@ impl ServeArgs {
     fn storage_config(&self) -> StorageConfig {
         StorageConfig {
             data_dir: self.data_dir.clone(),
+            segments_url: self.segments_url.clone(),
             seal_max_buffered_rows: self.seal_max_buffered_rows,
             seal_after_ms: self.seal_after_ms,
             seal_max_buffered_bytes: self.seal_max_buffered_bytes,

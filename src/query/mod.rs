@@ -20,7 +20,6 @@ use datafusion::common::{DFSchema, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::utils::conjunction;
@@ -108,7 +107,8 @@ impl TableProvider for AuditEventsTable {
                     PartitionedFile::new(s.object_location(), s.meta.size_bytes).with_extension(Arc::clone(s))
                 })
                 .collect();
-            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+            let store_url = self.storage.segment_store().url().clone();
+            let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
                 .with_file_group(FileGroup::new(files))
@@ -135,6 +135,8 @@ impl TableProvider for AuditEventsTable {
 pub fn new_session_context(storage: &Storage) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
     let ctx = SessionContext::new_with_config(config);
+    let segments = storage.segment_store();
+    ctx.register_object_store(segments.url().as_ref(), segments.object_store());
     ctx.register_table(TABLE, Arc::new(AuditEventsTable::new(storage.clone())))?;
     Ok(ctx)
 }

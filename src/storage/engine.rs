@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 use super::compaction::{self, CompactionPolicy};
 use super::faults::Faults;
 use super::manifest::{Manifest, SegmentMeta};
+use super::objects::SegmentStore;
 use super::segment::LiveSegment;
 use super::wal::{self, WalBatch, WalWriter};
 use super::{StorageError, fsync_dir, segment};
@@ -40,7 +41,12 @@ const SEAL_CHECK_INTERVAL_MS: u64 = 250;
 /// Limits and paths of one engine.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    /// Holds the lock file and the WAL, and the segments unless
+    /// `segments_url` puts them elsewhere.
     pub data_dir: PathBuf,
+    /// Where segments and the manifest live: `None` for `data_dir`, or a
+    /// `file:///` or `s3://bucket/prefix` URL (see [`SegmentStore::open`]).
+    pub segments_url: Option<String>,
     /// Seal when the buffer holds this many rows.
     pub seal_max_buffered_rows: usize,
     /// Seal when the buffer's Arrow arrays take this many bytes.
@@ -58,6 +64,7 @@ impl StorageConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         StorageConfig {
             data_dir: data_dir.into(),
+            segments_url: None,
             seal_max_buffered_rows: 1_000_000,
             seal_max_buffered_bytes: 256 * 1024 * 1024,
             seal_after_ms: 60_000,
@@ -70,7 +77,6 @@ impl StorageConfig {
 /// A consistent view of the log for one query.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub segments_dir: PathBuf,
     pub segments: Arc<Vec<Arc<LiveSegment>>>,
     /// Buffered rows not yet in any listed segment, in `seq` order.
     pub buffer: Vec<RecordBatch>,
@@ -135,7 +141,7 @@ enum WalCommand {
 struct Shared {
     config: StorageConfig,
     wal_dir: PathBuf,
-    segments_dir: PathBuf,
+    segments: Arc<SegmentStore>,
     state: Mutex<State>,
     /// Wakes the sealer early (buffer over its row trigger, or shutdown).
     seal_wakeup: Condvar,
@@ -178,10 +184,7 @@ impl Storage {
         config.data_dir = fs::canonicalize(&config.data_dir).map_err(|e| StorageError::io(&config.data_dir, e))?;
         let data_dir = config.data_dir.clone();
         let wal_dir = data_dir.join("wal");
-        let segments_dir = data_dir.join("segments");
-        for dir in [&wal_dir, &segments_dir] {
-            fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-        }
+        fs::create_dir_all(&wal_dir).map_err(|e| StorageError::io(&wal_dir, e))?;
         let lock_path = data_dir.join("LOCK");
         let lock = File::options()
             .create(true)
@@ -191,8 +194,9 @@ impl Storage {
             .map_err(|e| StorageError::io(&lock_path, e))?;
         lock.try_lock().map_err(|_| StorageError::Locked { path: data_dir.clone() })?;
 
-        let manifest = Manifest::load(&data_dir)?;
-        remove_unpublished_segments(&segments_dir, &manifest)?;
+        let segments = Arc::new(SegmentStore::open(&data_dir, config.segments_url.as_deref(), Arc::clone(&faults))?);
+        let manifest = Manifest::load(&segments)?;
+        remove_unpublished_segments(&segments, &manifest)?;
         let recovered = replay_wal(&wal_dir, manifest.sealed_seq)?;
         let last_seq = recovered.batches.last().map_or(manifest.sealed_seq, |b| b.last_seq().max(manifest.sealed_seq));
         let writer = match recovered.newest {
@@ -218,7 +222,7 @@ impl Storage {
             .map(|b| (model::events_to_batch(&b.events, b.first_seq), b.first_seq, b.last_seq()))
             .collect();
         let mut state = State {
-            segments: Arc::new(manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments_dir)).collect()),
+            segments: Arc::new(manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments)).collect()),
             sealed_seq: manifest.sealed_seq,
             buffer,
             buffered_rows: 0,
@@ -230,6 +234,7 @@ impl Storage {
         state.recount_buffer();
         info!(
             data_dir = %data_dir.display(),
+            segments_at = segments.display(),
             segments = manifest.segments.len(),
             sealed_seq = manifest.sealed_seq,
             replayed_rows = state.buffered_rows,
@@ -238,7 +243,7 @@ impl Storage {
         );
         let shared = Arc::new(Shared {
             wal_dir,
-            segments_dir,
+            segments,
             state: Mutex::new(state),
             seal_wakeup: Condvar::new(),
             seal_lock: Mutex::new(()),
@@ -294,7 +299,6 @@ impl Storage {
     pub fn snapshot(&self) -> Snapshot {
         let state = self.state();
         Snapshot {
-            segments_dir: self.shared.segments_dir.clone(),
             segments: Arc::clone(&state.segments),
             buffer: state.buffer.iter().map(|(b, _, _)| b.clone()).collect(),
         }
@@ -311,6 +315,11 @@ impl Storage {
             segment_bytes: state.segments.iter().map(|s| s.meta.size_bytes).sum(),
             segment_rows: state.segments.iter().map(|s| s.meta.rows).sum(),
         }
+    }
+
+    /// Where segments and the manifest live; queries register it with DataFusion.
+    pub fn segment_store(&self) -> &Arc<SegmentStore> {
+        &self.shared.segments
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -359,16 +368,15 @@ impl Storage {
             return Ok(None);
         }
         let started = Instant::now();
-        let meta = segment::write_segment(&self.shared.segments_dir, &batches, &self.shared.faults)?;
-        let unpublished = self.shared.segments_dir.join(&meta.file);
+        let meta = segment::write_segment(&self.shared.segments, &batches)?;
         debug_assert_eq!(meta.min_seq, sealed_seq + 1, "segments cover the log without gaps");
         debug_assert_eq!(meta.max_seq, upto);
 
         // 3. Publish: the manifest is durable before anything is dropped.
-        live_segments.push(LiveSegment::new(meta.clone(), &self.shared.segments_dir));
+        live_segments.push(LiveSegment::new(meta.clone(), &self.shared.segments));
         if let Err(e) = self.publish(&live_segments, upto) {
             // The old manifest stands; the new file is not part of the log.
-            let _ = fs::remove_file(&unpublished);
+            let _ = self.shared.segments.delete_segment(&meta.file);
             return Err(e);
         }
 
@@ -402,8 +410,7 @@ impl Storage {
             "segments cover the log in order without gaps or overlaps"
         );
         let manifest = Manifest { version: 1, sealed_seq, segments: segments.iter().map(|s| s.meta.clone()).collect() };
-        fsync_dir(&self.shared.segments_dir)
-            .and_then(|()| manifest.store(&self.shared.config.data_dir, &self.shared.faults))
+        self.shared.segments.sync_segments().and_then(|()| manifest.store(&self.shared.segments))
     }
 
     /// Merges the first run of small segments the policy picks. Returns the
@@ -414,18 +421,19 @@ impl Storage {
             let state = self.state();
             (Arc::clone(&state.segments), state.sealed_seq)
         };
-        let Some(run) = compaction::plan(&segments, self.shared.config.compaction) else {
+        let rows: Vec<u64> = segments.iter().map(|s| s.meta.rows).collect();
+        let Some(run) = compaction::plan(&rows, self.shared.config.compaction) else {
             return Ok(None);
         };
         let started = Instant::now();
         let inputs = &segments[run.clone()];
-        let meta = compaction::merge(inputs, &self.shared.segments_dir, &self.shared.faults)?;
-        let merged = LiveSegment::new(meta.clone(), &self.shared.segments_dir);
+        let meta = compaction::merge(inputs, &self.shared.segments)?;
+        let merged = LiveSegment::new(meta.clone(), &self.shared.segments);
         let mut next: Vec<Arc<LiveSegment>> = segments[..run.start].to_vec();
         next.push(Arc::clone(&merged));
         next.extend_from_slice(&segments[run.end..]);
         if let Err(e) = self.publish(&next, sealed_seq) {
-            let _ = fs::remove_file(&merged.path);
+            let _ = self.shared.segments.delete_segment(&meta.file);
             return Err(e);
         }
         self.state().segments = Arc::new(next);
@@ -463,13 +471,12 @@ impl Storage {
             let first = self.rotate_wal(chunk.num_rows() as u64)? + 1;
             let last = first + chunk.num_rows() as Seq - 1;
             let started = Instant::now();
-            let meta =
-                segment::write_segment(&self.shared.segments_dir, &[with_seq(chunk, first)], &self.shared.faults)?;
+            let meta = segment::write_segment(&self.shared.segments, &[with_seq(chunk, first)])?;
             debug!(first, last, written_ms = started.elapsed().as_millis() as u64, "bulk-loaded segment");
             let mut segments = self.state().segments.as_ref().clone();
-            segments.push(LiveSegment::new(meta.clone(), &self.shared.segments_dir));
+            segments.push(LiveSegment::new(meta.clone(), &self.shared.segments));
             if let Err(e) = self.publish(&segments, last) {
-                let _ = fs::remove_file(self.shared.segments_dir.join(&meta.file));
+                let _ = self.shared.segments.delete_segment(&meta.file);
                 return Err(e);
             }
             {
@@ -535,28 +542,22 @@ impl Storage {
     }
 }
 
-/// Deletes segment files the manifest does not name (a crash during sealing)
-/// and checks that every named one exists.
-fn remove_unpublished_segments(dir: &Path, manifest: &Manifest) -> Result<(), StorageError> {
-    let mut removed = false;
-    for entry in fs::read_dir(dir).map_err(|e| StorageError::io(dir, e))? {
-        let path = entry.map_err(|e| StorageError::io(dir, e))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if !manifest.segments.iter().any(|s| s.file == name) {
-            warn!(file = %path.display(), "removing segment file not in the manifest (interrupted seal)");
-            fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
-            removed = true;
+/// Deletes segment files the manifest does not name (a crash during sealing
+/// or compaction) and checks that every named one exists.
+fn remove_unpublished_segments(store: &SegmentStore, manifest: &Manifest) -> Result<(), StorageError> {
+    let present = store.list_segment_files()?;
+    for file in &present {
+        if !manifest.segments.iter().any(|s| &s.file == file) {
+            warn!(file, "removing segment file not in the manifest (interrupted seal or compaction)");
+            store.delete_segment(file)?;
         }
     }
-    if removed {
-        fsync_dir(dir)?;
-    }
-    for segment in manifest.segments.iter() {
-        let path = dir.join(&segment.file);
-        if !path.exists() {
+    store.sync_segments()?;
+    for segment in &manifest.segments {
+        if !present.contains(&segment.file) {
             return Err(StorageError::CorruptManifest {
-                file: dir.with_file_name("manifest.json"),
-                reason: format!("it lists segment {} which does not exist", path.display()),
+                file: store.manifest_display(),
+                reason: format!("it lists segment {} which does not exist", segment.file),
             });
         }
     }
@@ -931,7 +932,7 @@ mod tests {
         let snapshot = storage.snapshot();
         assert_eq!((snapshot.segments.len(), rows(&snapshot)), (1, 65));
 
-        let file = File::open(&snapshot.segments[0].path).unwrap();
+        let file = File::open(snapshot.segments[0].local_path().unwrap()).unwrap();
         let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024).unwrap();
         let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
         let all = datafusion::arrow::compute::concat_batches(&crate::model::schema(), &batches).unwrap();
@@ -964,7 +965,7 @@ mod tests {
         let reader = storage.snapshot();
         compact(&storage).unwrap().unwrap();
         assert_eq!(segment_files(dir.path()), 4, "the reader's three files and the merged one");
-        assert!(reader.segments.iter().all(|s| s.path.exists()));
+        assert!(reader.segments.iter().all(|s| s.local_path().unwrap().exists()));
         drop(reader);
         assert_eq!(segment_files(dir.path()), 1);
     }

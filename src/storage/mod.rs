@@ -25,6 +25,7 @@ pub mod compaction;
 mod engine;
 pub mod faults;
 pub mod manifest;
+pub mod objects;
 pub mod segment;
 pub mod wal;
 
@@ -39,8 +40,12 @@ pub enum StorageError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("WAL file {} is corrupt at byte offset {offset}: {reason}; refusing to start (move the file aside only if you accept losing its events)", file.display())]
     CorruptWal { file: PathBuf, offset: u64, reason: String },
-    #[error("manifest {} is unusable: {reason}", file.display())]
-    CorruptManifest { file: PathBuf, reason: String },
+    #[error("manifest {file} is unusable: {reason}")]
+    CorruptManifest { file: String, reason: String },
+    #[error("object store error on {location}: {source}")]
+    Object { location: String, source: object_store::Error },
+    #[error("cannot use segments URL {url:?}: {reason}")]
+    SegmentsUrl { url: String, reason: String },
     #[error("data directory {} is in use by another auditlake process", path.display())]
     Locked { path: PathBuf },
     #[error("the disk is full; nothing of this batch was stored ({0})")]

@@ -4,24 +4,23 @@
 //! filters on the investigation keys) so that DuckDB, Spark or pyarrow read it
 //! without auditlake. This module writes and fsyncs one file; publishing it in
 //! the manifest is the engine's job, and until then the file does not exist
-//! for readers.
+//! for readers. Where the file goes (local directory or bucket) is
+//! [`SegmentStore`]'s business.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::{self, SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 
 use super::StorageError;
-use super::faults::{Faults, IoOp};
 use super::manifest::SegmentMeta;
+use super::objects::SegmentStore;
 use crate::model;
 
 /// Rows per Parquet row group: the page index prunes within a group, so
@@ -36,7 +35,13 @@ const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 /// Near-unique text columns: a dictionary would only be built and abandoned.
 const NO_DICTIONARY_COLUMNS: [&str; 2] = ["id", "request_id"];
 
-fn writer_properties() -> WriterProperties {
+/// A segment's file name: the seq range it holds, zero-padded so that names
+/// sort in log order.
+pub fn segment_file_name(min_seq: u64, max_seq: u64) -> String {
+    format!("{min_seq:020}-{max_seq:020}.parquet")
+}
+
+pub(super) fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS));
@@ -67,48 +72,9 @@ fn sort_for_segment(batches: &[RecordBatch]) -> Result<RecordBatch, StorageError
     Ok(take_record_batch(&all, &indices)?)
 }
 
-/// A segment file being written: Parquet with the segment properties, made
-/// durable by [`SegmentFileWriter::finish`]. Sealing and compaction both write
-/// through it, so the durable path (fault check, fsync) exists once.
-pub(super) struct SegmentFileWriter<'a> {
-    path: &'a Path,
-    writer: ArrowWriter<File>,
-    faults: &'a Faults,
-}
-
-impl<'a> SegmentFileWriter<'a> {
-    pub(super) fn create(path: &'a Path, faults: &'a Faults) -> Result<Self, StorageError> {
-        let file = File::create(path).map_err(|e| StorageError::io(path, e))?;
-        let writer = ArrowWriter::try_new(file, model::schema(), Some(writer_properties()))?;
-        Ok(SegmentFileWriter { path, writer, faults })
-    }
-
-    pub(super) fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        Ok(self.writer.write(batch)?)
-    }
-
-    /// Closes and fsyncs the file; returns its size in bytes.
-    pub(super) fn finish(self) -> Result<u64, StorageError> {
-        let path = self.path;
-        let file = self.writer.into_inner()?;
-        if let Some(fault) = self.faults.check(IoOp::SegmentWrite) {
-            return Err(StorageError::io(path, fault.to_error()));
-        }
-        file.sync_all().map_err(|e| StorageError::io(path, e))?;
-        Ok(file.metadata().map_err(|e| StorageError::io(path, e))?.len())
-    }
-}
-
-/// Writes one sorted batch as a Parquet file and fsyncs it; returns its size.
-fn write_file(path: &Path, sorted: &RecordBatch, faults: &Faults) -> Result<u64, StorageError> {
-    let mut writer = SegmentFileWriter::create(path, faults)?;
-    writer.write(sorted)?;
-    writer.finish()
-}
-
-/// Writes `batches` as a new segment file in `dir` and fsyncs it. The caller
-/// fsyncs the directory and publishes the segment in the manifest.
-pub fn write_segment(dir: &Path, batches: &[RecordBatch], faults: &Faults) -> Result<SegmentMeta, StorageError> {
+/// Writes `batches` as a new segment file in the store, durably. The caller
+/// publishes the segment in the manifest.
+pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<SegmentMeta, StorageError> {
     let sorted = sort_for_segment(batches)?;
     assert!(sorted.num_rows() > 0, "an empty segment is never written");
     let seq = sorted.column_by_name("seq").expect("seq column").as_primitive::<Int64Type>();
@@ -116,13 +82,15 @@ pub fn write_segment(dir: &Path, batches: &[RecordBatch], faults: &Faults) -> Re
     let org = sorted.column_by_name("org_id").expect("org_id column").as_string::<i32>();
     let min_seq = compute::min(seq).expect("non-empty") as u64;
     let max_seq = compute::max(seq).expect("non-empty") as u64;
-    let file_name = format!("{min_seq:020}-{max_seq:020}.parquet");
-    let path = dir.join(&file_name);
+    let file_name = segment_file_name(min_seq, max_seq);
 
-    let written = write_file(&path, &sorted, faults);
+    let written = store.create_segment(&file_name).and_then(|mut writer| {
+        writer.write(&sorted)?;
+        writer.finish()
+    });
     if written.is_err() {
         // Debris would be removed at the next start anyway; don't keep it till then.
-        let _ = std::fs::remove_file(&path);
+        let _ = store.delete_segment(&file_name);
     }
     let size_bytes = written?;
 
@@ -147,19 +115,24 @@ pub fn write_segment(dir: &Path, batches: &[RecordBatch], faults: &Faults) -> Re
 #[derive(Debug)]
 pub struct LiveSegment {
     pub meta: SegmentMeta,
-    pub path: PathBuf,
+    store: Arc<SegmentStore>,
     retired: AtomicBool,
 }
 
 impl LiveSegment {
-    pub fn new(meta: SegmentMeta, dir: &Path) -> Arc<Self> {
-        let path = dir.join(&meta.file);
-        Arc::new(LiveSegment { meta, path, retired: AtomicBool::new(false) })
+    pub fn new(meta: SegmentMeta, store: &Arc<SegmentStore>) -> Arc<Self> {
+        Arc::new(LiveSegment { meta, store: Arc::clone(store), retired: AtomicBool::new(false) })
     }
 
-    /// The file's location for DataFusion's local object store (rooted at `/`).
+    /// The file's location inside the segment store, as DataFusion's scan
+    /// wants it (the store is registered under [`SegmentStore::url`]).
     pub fn object_location(&self) -> String {
-        self.path.to_string_lossy().trim_start_matches('/').to_owned()
+        self.store.segment_location(&self.meta.file).to_string()
+    }
+
+    /// The file on local disk, when segments are stored locally.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        self.store.local_path(&self.meta.file)
     }
 
     /// Marks the file for deletion once nobody reads it any more. Called only
@@ -172,11 +145,7 @@ impl LiveSegment {
 impl Drop for LiveSegment {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
-            match std::fs::remove_file(&self.path) {
-                Ok(()) => tracing::debug!(file = %self.path.display(), "deleted retired segment"),
-                // Left behind, it is removed at the next start (not in the manifest).
-                Err(e) => tracing::warn!(file = %self.path.display(), error = %e, "cannot delete retired segment"),
-            }
+            self.store.delete_segment_soon(std::mem::take(&mut self.meta.file));
         }
     }
 }

@@ -105,11 +105,16 @@ async fn acknowledged_events_survive_kill_9() {
     crash_cycles(3, 7).await;
 }
 
-/// The longer soak: `cargo test --release -- --ignored crash_soak`
-/// (cycles from `AUDITLAKE_CRASH_CYCLES`, default 30).
+/// The soak `scripts/soak.sh` runs: cycles from `AUDITLAKE_CRASH_CYCLES`
+/// (default 100), seed from `AUDITLAKE_CRASH_SEED` (default: the clock, printed
+/// so that a failing run can be replayed).
 #[tokio::test]
 #[ignore]
 async fn crash_soak() {
-    let cycles = std::env::var("AUDITLAKE_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    crash_cycles(cycles, 11).await;
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let cycles = env("AUDITLAKE_CRASH_CYCLES").unwrap_or(100) as usize;
+    let seed = env("AUDITLAKE_CRASH_SEED")
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+    eprintln!("crash soak: {cycles} cycles, AUDITLAKE_CRASH_SEED={seed}");
+    crash_cycles(cycles, seed).await;
 }

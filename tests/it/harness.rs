@@ -1,7 +1,7 @@
 //! Runs the real `auditlake` binary on free loopback ports for a test.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -21,11 +21,16 @@ impl Server {
     /// Starts `auditlake serve` on `data_dir` with extra flags, and waits for
     /// its ready line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        Self::try_start(data_dir, extra).unwrap_or_else(|e| panic!("server did not start: {e}"))
+        Self::start_with_env(data_dir, extra, &[])
     }
 
-    /// Like [`Server::start`], but returns what the server said when it fails.
-    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::try_start_with_env(data_dir, extra, env).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Like [`Server::start_with_env`], but returns what the server said when it fails.
+    fn try_start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
@@ -33,6 +38,7 @@ impl Server {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -104,6 +110,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A program from the Python venv `scripts/setup.sh` makes (override its
+/// location with `AUDITLAKE_TEST_VENV`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("AUDITLAKE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auditlake-venv"));
+    let program = venv.join("bin").join(name);
+    assert!(program.exists(), "{} is missing: run `bash scripts/setup.sh` (scripts/test.sh does)", program.display());
+    program
 }
 
 /// A valid event for `org`/`actor` with a given id, `minutes` after a fixed time.

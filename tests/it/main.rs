@@ -4,5 +4,6 @@
 mod crash;
 mod end_to_end;
 mod harness;
+mod object_storage;
 mod open_layout;
 mod validation;

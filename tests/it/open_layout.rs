@@ -1,20 +1,9 @@
 //! The on-disk layout is open: DuckDB reads the segments directly and agrees
 //! with auditlake's own answers.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::Server;
-
-/// The venv `scripts/setup.sh` makes (override with `AUDITLAKE_TEST_VENV`).
-fn python() -> PathBuf {
-    let venv = std::env::var_os("AUDITLAKE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auditlake-venv"));
-    let python = venv.join("bin/python");
-    assert!(python.exists(), "{} is missing: run `bash scripts/setup.sh` (scripts/test.sh does)", python.display());
-    python
-}
+use crate::harness::{Server, venv_bin};
 
 const PER_ORG: &str = "select org_id, count(*), count(distinct actor_id), min(seq), max(seq) \
                        from audit_events group by org_id order by org_id";
@@ -38,7 +27,7 @@ async fn duckdb_reads_the_segments_and_agrees_with_auditlake() {
          print(con.execute(\"select typeof(time), typeof(seq), typeof(actor_id) from audit_events limit 1\").fetchone())\n",
         data.display()
     );
-    let out = Command::new(python()).args(["-c", &script]).output().unwrap();
+    let out = Command::new(venv_bin("python")).args(["-c", &script]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let duck = String::from_utf8(out.stdout).unwrap();
 

@@ -1,0 +1,330 @@
+//! Where sealed segments and the manifest live: a local directory (the data
+//! directory by default) or an S3-compatible bucket, both reached through one
+//! `object_store` code path. The WAL never lives here: it stays on local disk,
+//! where an fsync means durable.
+//!
+//! Durability differs by backend, and this module hides the difference:
+//! - **Local**: `object_store` writes a staging file and renames it, without
+//!   fsync. So every segment is fsynced here after it is written, its
+//!   directory before the manifest names it, and the manifest itself is
+//!   replaced by write-temporary, fsync, rename, fsync-directory.
+//! - **S3**: a completed PUT (or multipart upload) is durable and atomic, so a
+//!   single PUT of `manifest.json` replaces it for every reader at once.
+//!
+//! The engine's threads are plain threads; object-store calls are async. This
+//! module owns a small runtime and blocks on it, so callers stay synchronous.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use super::faults::{Faults, IoOp};
+use super::segment::writer_properties;
+use super::{StorageError, fsync_dir};
+use crate::model;
+
+const MANIFEST_FILE: &str = "manifest.json";
+const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
+const SEGMENTS_DIR: &str = "segments";
+/// Threads of the runtime that drives object-store requests. Uploads and
+/// reads are I/O-bound; the Parquet encoding runs on the caller's thread.
+const OBJECT_IO_THREADS: usize = 2;
+
+/// The segments and manifest of one log, wherever they are stored.
+#[derive(Debug)]
+pub struct SegmentStore {
+    store: Arc<dyn ObjectStore>,
+    /// The URL DataFusion finds `store` under (`file:///` or `s3://bucket`).
+    url: ObjectStoreUrl,
+    /// The log's root inside `store`; segments are under `root/segments/`.
+    root: ObjectPath,
+    /// The root on local disk, when the store is a local directory.
+    local_root: Option<PathBuf>,
+    /// For messages: where the log lives, as a user would write it.
+    display: String,
+    /// Always `Some` until drop, which shuts it down without waiting (a
+    /// runtime may not be dropped inside async code, where the last handle
+    /// to the engine often goes).
+    runtime: Option<tokio::runtime::Runtime>,
+    faults: Arc<Faults>,
+}
+
+impl Drop for SegmentStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl SegmentStore {
+    /// Opens the segment store: `url` is `None` for `data_dir` itself, a
+    /// `file:///absolute/path`, or `s3://bucket/prefix` (credentials, region
+    /// and endpoint from the usual `AWS_*` environment variables).
+    pub fn open(data_dir: &Path, url: Option<&str>, faults: Arc<Faults>) -> Result<SegmentStore, StorageError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(OBJECT_IO_THREADS)
+            .thread_name("auditlake-objects")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::io(Path::new("<object store runtime>"), e))?;
+        let bad_url = |reason: String| StorageError::SegmentsUrl { url: url.unwrap_or_default().to_owned(), reason };
+        let local = |dir: &Path| -> Result<_, StorageError> {
+            std::fs::create_dir_all(dir.join(SEGMENTS_DIR)).map_err(|e| StorageError::io(dir, e))?;
+            let dir = std::fs::canonicalize(dir).map_err(|e| StorageError::io(dir, e))?;
+            let root = ObjectPath::from_absolute_path(&dir).map_err(|e| bad_url(e.to_string()))?;
+            Ok((Arc::new(LocalFileSystem::new()) as Arc<dyn ObjectStore>, root, dir))
+        };
+        let (store, object_url, root, local_root, display) = match url {
+            None => {
+                let (store, root, dir) = local(data_dir)?;
+                (store, "file:///".to_owned(), root, Some(dir.clone()), dir.display().to_string())
+            }
+            Some(url) if url.starts_with("file://") => {
+                let (store, root, dir) = local(Path::new(url.trim_start_matches("file://")))?;
+                (store, "file:///".to_owned(), root, Some(dir.clone()), dir.display().to_string())
+            }
+            Some(url) if url.starts_with("s3://") => {
+                let rest = url.trim_start_matches("s3://");
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad_url("no bucket name".into()));
+                }
+                let store =
+                    AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| bad_url(e.to_string()))?;
+                let root = ObjectPath::parse(prefix.trim_matches('/')).map_err(|e| bad_url(e.to_string()))?;
+                (Arc::new(store) as Arc<dyn ObjectStore>, format!("s3://{bucket}"), root, None, url.to_owned())
+            }
+            Some(_) => return Err(bad_url("expected s3://bucket/prefix or file:///path".into())),
+        };
+        let url = ObjectStoreUrl::parse(object_url).map_err(|e| bad_url(e.to_string()))?;
+        Ok(SegmentStore { store, url, root, local_root, display, runtime: Some(runtime), faults })
+    }
+
+    /// The store, for registering with a DataFusion runtime under [`Self::url`].
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    pub fn url(&self) -> &ObjectStoreUrl {
+        &self.url
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
+    /// Where a segment file lives inside the store.
+    pub fn segment_location(&self, file: &str) -> ObjectPath {
+        self.root.clone().join(SEGMENTS_DIR).join(file)
+    }
+
+    /// A segment's path on local disk, when the store is a local directory.
+    pub fn local_path(&self, file: &str) -> Option<PathBuf> {
+        self.local_root.as_ref().map(|root| root.join(SEGMENTS_DIR).join(file))
+    }
+
+    fn describe(&self, location: &ObjectPath) -> String {
+        match &self.local_root {
+            Some(_) => format!("/{location}"),
+            None => format!("{}/{location}", self.url.as_str().trim_end_matches('/')),
+        }
+    }
+
+    fn object_error(&self, location: &ObjectPath, source: object_store::Error) -> StorageError {
+        StorageError::Object { location: self.describe(location), source }
+    }
+
+    /// Runs `future` on the store's runtime and waits for it. Safe to call
+    /// from plain threads and from async code (where it blocks a helper
+    /// thread, not the caller's runtime).
+    pub(super) fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        let runtime = self.runtime();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| s.spawn(|| runtime.block_on(future)).join().expect("object-store call panicked"))
+        } else {
+            runtime.block_on(future)
+        }
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives until drop")
+    }
+
+    /// Names of the files under `segments/`. Locally this includes
+    /// `object_store`'s staging files from an interrupted write, so that
+    /// start-up can remove them too.
+    pub fn list_segment_files(&self) -> Result<Vec<String>, StorageError> {
+        if let Some(root) = &self.local_root {
+            let dir = root.join(SEGMENTS_DIR);
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io(&dir, e))? {
+                let entry = entry.map_err(|e| StorageError::io(&dir, e))?;
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+            return Ok(names);
+        }
+        let prefix = self.root.clone().join(SEGMENTS_DIR);
+        let objects: Vec<_> = self
+            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
+            .map_err(|e| self.object_error(&prefix, e))?;
+        Ok(objects.into_iter().filter_map(|o| o.location.filename().map(str::to_owned)).collect())
+    }
+
+    /// Deletes one segment file. Deleting one already gone is not an error.
+    pub fn delete_segment(&self, file: &str) -> Result<(), StorageError> {
+        if let Some(path) = self.local_path(file) {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(&path, e)),
+                _ => Ok(()),
+            };
+        }
+        let location = self.segment_location(file);
+        match self.block_on(self.store.delete(&location)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error(&location, e)),
+        }
+    }
+
+    /// Makes created and deleted segment files durable before a manifest
+    /// names them (local only: object stores have no directories to sync).
+    pub fn sync_segments(&self) -> Result<(), StorageError> {
+        match &self.local_root {
+            Some(root) => fsync_dir(&root.join(SEGMENTS_DIR)),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts writing a segment file; see [`SegmentWriter`].
+    pub fn create_segment(&self, file: &str) -> Result<SegmentWriter<'_>, StorageError> {
+        let location = self.segment_location(file);
+        let sink = BufWriter::new(Arc::clone(&self.store), location.clone());
+        let writer = AsyncArrowWriter::try_new(sink, model::schema(), Some(writer_properties()))?;
+        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer })
+    }
+
+    /// The manifest's bytes, or `None` when the log has none yet.
+    pub fn read_manifest(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(MANIFEST_FILE);
+            return match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(StorageError::io(&path, e)),
+            };
+        }
+        let location = self.root.clone().join(MANIFEST_FILE);
+        match self.block_on(async { self.store.get(&location).await?.bytes().await }) {
+            Ok(bytes) => Ok(Some(bytes.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.object_error(&location, e)),
+        }
+    }
+
+    /// Replaces the manifest atomically and durably.
+    pub fn write_manifest(&self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            let tmp = root.join(MANIFEST_TMP_FILE);
+            if let Some(fault) = self.faults.check(IoOp::ManifestWrite) {
+                return Err(StorageError::io(&tmp, fault.to_error()));
+            }
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()
+            };
+            write().map_err(|e| StorageError::io(&tmp, e))?;
+            let path = root.join(MANIFEST_FILE);
+            std::fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, e))?;
+            return fsync_dir(root);
+        }
+        let location = self.root.clone().join(MANIFEST_FILE);
+        if let Some(fault) = self.faults.check(IoOp::ManifestWrite) {
+            return Err(StorageError::io(Path::new(&self.describe(&location)), fault.to_error()));
+        }
+        self.block_on(self.store.put(&location, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| self.object_error(&location, e))
+    }
+
+    /// For messages: where the manifest lives.
+    pub fn manifest_display(&self) -> String {
+        match &self.local_root {
+            Some(root) => root.join(MANIFEST_FILE).display().to_string(),
+            None => self.describe(&self.root.clone().join(MANIFEST_FILE)),
+        }
+    }
+
+    /// Deletes a segment file in the background: used when the last reader of
+    /// a retired segment lets go, which may happen inside async code.
+    pub(super) fn delete_segment_soon(self: &Arc<Self>, file: String) {
+        if self.is_local() {
+            // A local unlink is quick; doing it now keeps the directory tidy
+            // for whoever looks next.
+            if let Err(e) = self.delete_segment(&file) {
+                tracing::warn!(file, error = %e, "cannot delete retired segment");
+            }
+            return;
+        }
+        let store = Arc::clone(self);
+        self.runtime().spawn(async move {
+            let location = store.segment_location(&file);
+            match store.store.delete(&location).await {
+                Ok(()) => tracing::debug!(file, "deleted retired segment"),
+                // Left behind, it is removed at the next start (not in the manifest).
+                Err(e) => tracing::warn!(file, error = %e, "cannot delete retired segment"),
+            }
+        });
+    }
+
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+/// A segment file being written: Parquet with the segment properties,
+/// streamed to the store (multipart when large) and made durable by
+/// [`SegmentWriter::finish`]. Sealing, bulk loads and compaction all write
+/// through it, so the durable path (fault check, fsync) exists once.
+pub struct SegmentWriter<'a> {
+    store: &'a SegmentStore,
+    file: String,
+    location: ObjectPath,
+    writer: AsyncArrowWriter<BufWriter>,
+}
+
+impl SegmentWriter<'_> {
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        Ok(self.store.block_on(self.writer.write(batch))?)
+    }
+
+    /// Completes the upload and, locally, fsyncs the file; returns its size in
+    /// bytes. On error the caller deletes whatever was written.
+    pub fn finish(mut self) -> Result<u64, StorageError> {
+        let store = self.store;
+        store.block_on(self.writer.finish())?;
+        let size_bytes = self.writer.bytes_written() as u64;
+        if let Some(fault) = store.faults.check(IoOp::SegmentWrite) {
+            return Err(StorageError::io(Path::new(&store.describe(&self.location)), fault.to_error()));
+        }
+        if let Some(path) = store.local_path(&self.file) {
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| StorageError::io(&path, e))?;
+        }
+        Ok(size_bytes)
+    }
+}
