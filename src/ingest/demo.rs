@@ -112,7 +112,6 @@ pub fn generate(seed: u64, count: usize, end_us: i64, days: u32) -> Vec<Event> {
 #[derive(Debug)]
 pub struct Generator {
     rng: ChaCha8Rng,
-    seed: u64,
     start_us: i64,
     span_us: i64,
     orgs: Vec<(&'static str, Vec<User>)>,
@@ -135,7 +134,6 @@ impl Generator {
         incidents.reverse();
         Generator {
             rng: ChaCha8Rng::seed_from_u64(seed),
-            seed,
             start_us: end_us - span_us,
             span_us,
             orgs: ORGS.iter().enumerate().map(|(i, (org, n))| (*org, users(i, org, *n))).collect(),
@@ -169,7 +167,7 @@ impl Generator {
     }
 
     fn background_event(&mut self, i: usize) -> Event {
-        let (seed, rng) = (self.seed, &mut self.rng);
+        let rng = &mut self.rng;
         let time_us = self.start_us
             + (self.span_us as i128 * i as i128 / self.background.max(1) as i128) as i64
             + rng.random_range(0..1_000_000);
@@ -179,7 +177,7 @@ impl Generator {
         let (action, product, category, content, _) = ACTIONS[pick_weighted(rng, ACTIONS.iter().map(|a| a.4))];
         let mut event = Event {
             time_us,
-            id: format!("demo-{seed}-{i}"),
+            id: random_uuid(rng),
             org_id: (*org).to_owned(),
             actor_id: user.id.clone(),
             actor_name: Some(user.name.clone()),
@@ -192,7 +190,7 @@ impl Generator {
             user_agent: Some(user.agent.into()),
             location: Some(["US", "DE", "GB", "FR"][org_index % 4].into()),
             session_id: Some(format!("s-{}-{}", user.id, time_us / 3_600_000_000)),
-            request_id: Some(format!("r-{seed}-{i}")),
+            request_id: Some(random_uuid(rng)),
             ..Event::default()
         };
         set_content(&mut event, content, rng);
@@ -201,6 +199,13 @@ impl Generator {
 }
 
 /// Index of an item chosen with probability proportional to its weight.
+/// A random (version 4) UUID from the generator's own random stream: ids
+/// look like real products' and compress like them (barely), yet the same
+/// seed gives the same ids.
+fn random_uuid(rng: &mut ChaCha8Rng) -> String {
+    uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string()
+}
+
 fn pick_weighted(rng: &mut ChaCha8Rng, weights: impl Iterator<Item = u32> + Clone) -> usize {
     let total: u32 = weights.clone().sum();
     let mut pick = rng.random_range(0..total);
