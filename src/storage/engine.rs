@@ -123,7 +123,8 @@ impl State {
 
 enum WalCommand {
     Append {
-        events_json: Vec<u8>,
+        /// The batch as Arrow IPC (see `wal::encode_batch`).
+        ipc: Vec<u8>,
         batch: RecordBatch,
         reply: AppendReply,
     },
@@ -131,10 +132,7 @@ enum WalCommand {
     /// `reserve` seqs (for segments written without the WAL, see
     /// `bulk_load`). Answers the last seq written before the switch; the
     /// reserved seqs follow it.
-    Rotate {
-        reserve: u64,
-        reply: oneshot::Sender<Result<Seq, StorageError>>,
-    },
+    Rotate { reserve: u64, reply: oneshot::Sender<Result<Seq, StorageError>> },
 }
 
 #[derive(Debug)]
@@ -219,7 +217,7 @@ impl Storage {
         let buffer: Vec<_> = recovered
             .batches
             .iter()
-            .map(|b| (model::events_to_batch(&b.events, b.first_seq), b.first_seq, b.last_seq()))
+            .map(|b| (with_seq(b.batch.clone(), b.first_seq), b.first_seq, b.last_seq()))
             .collect();
         let mut state = State {
             segments: Arc::new(manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments)).collect()),
@@ -288,10 +286,10 @@ impl Storage {
         }
         // Encoding happens here, on the caller's task, so that the single WAL
         // thread only frames, writes and fsyncs.
-        let events_json = serde_json::to_vec(&events).expect("events serialize");
         let batch = model::events_to_batch(&events, 0);
+        let ipc = wal::encode_batch(&batch);
         let (reply, answer) = oneshot::channel();
-        self.wal_tx.send(WalCommand::Append { events_json, batch, reply }).await.map_err(|_| StorageError::ShutDown)?;
+        self.wal_tx.send(WalCommand::Append { ipc, batch, reply }).await.map_err(|_| StorageError::ShutDown)?;
         answer.await.map_err(|_| StorageError::ShutDown)?
     }
 
@@ -644,18 +642,14 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
         let group_first_seq = next_seq;
         for command in commands {
             match command {
-                WalCommand::Append { events_json, batch, reply } => {
+                WalCommand::Append { ipc, batch, reply } => {
                     if let Some(reason) = &poisoned {
                         let _ = reply.send(Err(StorageError::WalPoisoned(reason.clone())));
                         continue;
                     }
                     let first = next_seq;
                     let last = first + batch.num_rows() as Seq - 1;
-                    let mut payload = Vec::with_capacity(events_json.len() + 40);
-                    payload.extend_from_slice(format!("{{\"first_seq\":{first},\"events\":").as_bytes());
-                    payload.extend_from_slice(&events_json);
-                    payload.push(b'}');
-                    wal::encode_record(&payload, &mut framed);
+                    wal::encode_record(first, &ipc, &mut framed);
                     next_seq = last + 1;
                     appended.push((with_seq(batch, first), first, last, reply));
                 }
