@@ -6,6 +6,7 @@
 //! added or renamed here and nowhere else. It never does I/O: validation is a
 //! pure function from bytes to events or to a list of precise errors.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -64,22 +65,96 @@ macro_rules! optional_fields {
     };
 }
 
-const OPTIONAL_TEXT_FIELDS: &[OptionalField] = optional_fields![
-    actor_name,
-    actor_type,
-    category,
-    outcome,
-    product,
-    content_type,
-    content_id,
-    content_title,
-    container_id,
-    source_ip,
-    user_agent,
-    location,
-    session_id,
-    request_id,
-];
+/// Hands the list of optional text fields to macro `$m`: the one list both
+/// the accessor table and the fast-path wire struct are generated from.
+macro_rules! with_optional_fields {
+    ($m:ident) => {
+        $m! {
+            actor_name,
+            actor_type,
+            category,
+            outcome,
+            product,
+            content_type,
+            content_id,
+            content_title,
+            container_id,
+            source_ip,
+            user_agent,
+            location,
+            session_id,
+            request_id,
+        }
+    };
+}
+
+const OPTIONAL_TEXT_FIELDS: &[OptionalField] = with_optional_fields!(optional_fields);
+
+/// An event as typed JSON, for the fast path of [`parse_batch`]: strings are
+/// borrowed from the body when they hold no escapes, and unknown fields, wrong
+/// types and duplicates fail deserialization (the slow path then names them).
+macro_rules! wire_event {
+    ($($name:ident),* $(,)?) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct WireEvent<'a> {
+            #[serde(borrow)]
+            time: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            org_id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            actor_id: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            action: Option<Cow<'a, str>>,
+            $(
+                #[serde(borrow)]
+                $name: Option<Cow<'a, str>>,
+            )*
+            attributes: Option<Value>,
+        }
+
+        impl WireEvent<'_> {
+            /// The event if it passes every check of [`validate_event`];
+            /// `None` sends the batch to the slow path, which names each problem.
+            fn into_event(self, received_at_us: i64) -> Option<Event> {
+                let required = |v: Option<Cow<'_, str>>| {
+                    v.filter(|s| !s.is_empty() && s.len() <= MAX_KEY_FIELD_BYTES).map(Cow::into_owned)
+                };
+                let optional = |v: Option<Cow<'_, str>>| match v {
+                    Some(s) if s.len() > MAX_TEXT_FIELD_BYTES => Err(()),
+                    v => Ok(v.map(Cow::into_owned)),
+                };
+                let time = self.time.filter(|t| t.len() <= MAX_KEY_FIELD_BYTES)?;
+                let time_us = DateTime::parse_from_rfc3339(&time).ok()?.with_timezone(&Utc).timestamp_micros();
+                let id = match self.id {
+                    Some(id) if id.len() > MAX_KEY_FIELD_BYTES => return None,
+                    Some(id) => id.into_owned(),
+                    None => uuid::Uuid::now_v7().to_string(),
+                };
+                let attributes = match self.attributes {
+                    None | Some(Value::Null) => None,
+                    Some(value @ Value::Object(_)) => {
+                        Some(value.to_string()).filter(|text| text.len() <= MAX_ATTRIBUTES_BYTES)?.into()
+                    }
+                    Some(_) => return None,
+                };
+                Some(Event {
+                    time_us,
+                    received_at_us,
+                    id,
+                    org_id: required(self.org_id)?,
+                    actor_id: required(self.actor_id)?,
+                    action: required(self.action)?,
+                    $($name: optional(self.$name).ok()?,)*
+                    attributes,
+                })
+            }
+        }
+    };
+}
+with_optional_fields!(wire_event);
 
 fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -162,11 +237,20 @@ pub fn parse_batch(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Event>
         let line = 1 + body[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
         vec![FieldError::new(line, None, format!("body is not valid UTF-8: {e}"))]
     })?;
+    let received_at_us = received_at.timestamp_micros();
+    if let Some(events) = parse_valid_batch(text, received_at_us) {
+        return Ok(events);
+    }
+    parse_and_report(text, received_at_us)
+}
+
+/// The slow path of [`parse_batch`]: every event as a generic JSON value,
+/// checked field by field, every problem collected.
+fn parse_and_report(text: &str, received_at_us: i64) -> Result<Vec<Event>, Vec<FieldError>> {
     let items = split_items(text)?;
     if items.is_empty() {
         return Err(vec![FieldError::new(1, None, "batch contains no events")]);
     }
-    let received_at_us = received_at.timestamp_micros();
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (line, value) in items {
@@ -176,6 +260,23 @@ pub fn parse_batch(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Event>
         }
     }
     if errors.is_empty() { Ok(events) } else { Err(errors) }
+}
+
+/// The fast path of [`parse_batch`]: typed deserialization straight into
+/// events. Any problem at all gives `None`, and the slow path (generic JSON
+/// values, every error collected) decides: the two accept exactly the same
+/// batches, which a property test checks.
+fn parse_valid_batch(text: &str, received_at_us: i64) -> Option<Vec<Event>> {
+    let events: Vec<Event> = if text.trim_start().starts_with('[') {
+        let wire: Vec<WireEvent> = serde_json::from_str(text).ok()?;
+        wire.into_iter().map(|w| w.into_event(received_at_us)).collect::<Option<_>>()?
+    } else {
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| serde_json::from_str::<WireEvent>(line).ok()?.into_event(received_at_us))
+            .collect::<Option<_>>()?
+    };
+    (!events.is_empty()).then_some(events)
 }
 
 /// Splits a body into `(line, value)` pairs: a JSON array when the first
@@ -350,6 +451,102 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A JSON value for one field: usually a plausible string, sometimes
+    /// empty, oversized, escaped, null, or of the wrong type.
+    fn field_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            6 => "[a-z0-9.-]{1,12}".prop_map(Value::from),
+            1 => Just(Value::from("")),
+            1 => Just(Value::from("x".repeat(MAX_KEY_FIELD_BYTES + 1))),
+            1 => Just(Value::from("y".repeat(MAX_TEXT_FIELD_BYTES + 1))),
+            1 => Just(Value::from("quote \" and \u{e9} and \n")),
+            1 => Just(Value::Null),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => Just(serde_json::json!({"k": [1, 2, {"n": null}]})),
+        ]
+    }
+
+    fn time_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => Just(Value::from("2026-11-20T08:00:00Z")),
+            2 => Just(Value::from("2026-11-20T08:00:00.123456+02:00")),
+            1 => Just(Value::from("2026-11-20 08:00:00")),
+            1 => Just(Value::from("yesterday")),
+            1 => Just(Value::Null),
+            1 => any::<i64>().prop_map(Value::from),
+        ]
+    }
+
+    /// A random event object: each known field present or not, sometimes an
+    /// unknown or server-assigned field.
+    fn event_object() -> impl Strategy<Value = Value> {
+        let mut names: Vec<&str> = vec!["id", "org_id", "actor_id", "action"];
+        names.extend(OPTIONAL_TEXT_FIELDS.iter().map(|(name, _, _)| *name));
+        let fields =
+            names.into_iter().map(|name| (Just(name), prop::option::weighted(0.7, field_value()))).collect::<Vec<_>>();
+        let attributes = prop::option::weighted(
+            0.3,
+            prop_oneof![
+                Just(serde_json::json!({"b": 1, "a": "x"})),
+                Just(Value::from("not an object")),
+                Just(Value::Null)
+            ],
+        );
+        let extra = prop::option::weighted(0.1, prop_oneof![Just("seq"), Just("colour")]);
+        (prop::option::weighted(0.95, time_value()), fields, attributes, extra).prop_map(
+            |(time, fields, attrs, extra)| {
+                let mut object = Map::new();
+                if let Some(time) = time {
+                    object.insert("time".into(), time);
+                }
+                for (name, value) in fields {
+                    if let Some(value) = value {
+                        object.insert(name.into(), value);
+                    }
+                }
+                if let Some(attrs) = attrs {
+                    object.insert("attributes".into(), attrs);
+                }
+                if let Some(extra) = extra {
+                    object.insert(extra.into(), Value::from(1));
+                }
+                Value::Object(object)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The fast path accepts exactly what the slow path accepts, and makes
+        /// the same events of it (ids the server generates aside).
+        #[test]
+        fn fast_and_slow_paths_agree(events in prop::collection::vec(event_object(), 0..4), as_array in any::<bool>()) {
+            let text = if as_array {
+                Value::Array(events.clone()).to_string()
+            } else {
+                events.iter().map(|e| e.to_string() + "\n").collect()
+            };
+            let events_sent = events;
+            let without_generated_ids = |mut events: Vec<Event>| {
+                for (event, object) in events.iter_mut().zip(&events_sent) {
+                    if object.get("id").is_none_or(Value::is_null) {
+                        event.id.clear();
+                    }
+                }
+                events
+            };
+            let fast = parse_valid_batch(&text, 7);
+            let slow = parse_and_report(&text, 7);
+            match (fast, slow) {
+                (Some(fast), Ok(slow)) => prop_assert_eq!(without_generated_ids(fast), without_generated_ids(slow)),
+                (None, Err(_)) => {}
+                (fast, slow) => prop_assert!(false, "paths disagree on {}: fast {:?}, slow {:?}", text, fast, slow),
+            }
+        }
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap().with_timezone(&Utc)
