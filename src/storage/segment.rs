@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{self, SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{self, SortColumn, interleave_record_batch, lexsort_to_indices};
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -21,7 +21,6 @@ use datafusion::parquet::schema::types::ColumnPath;
 use super::StorageError;
 use super::manifest::SegmentMeta;
 use super::objects::SegmentStore;
-use crate::model;
 
 /// Rows per Parquet row group: the page index prunes within a group, so
 /// groups can be large enough for zstd and the footer to stay small.
@@ -64,33 +63,55 @@ pub(super) fn writer_properties() -> WriterProperties {
     props.build()
 }
 
-/// Sorts the batches by `(org_id, time, seq)` into one batch.
 /// The order rows have inside every segment.
 pub const SORT_COLUMNS: [&str; 3] = ["org_id", "time", "seq"];
+/// Rows gathered into one sorted chunk on their way to the writer.
+const WRITE_CHUNK_ROWS: usize = 32 * 1024;
 
-fn sort_for_segment(batches: &[RecordBatch]) -> Result<RecordBatch, StorageError> {
-    let all = concat_batches(&model::schema(), batches)?;
-    let key =
-        |name: &str| SortColumn { values: Arc::clone(all.column_by_name(name).expect("schema column")), options: None };
-    let keys: Vec<SortColumn> = SORT_COLUMNS.iter().map(|c| key(c)).collect();
-    let indices = lexsort_to_indices(&keys, None)?;
-    Ok(take_record_batch(&all, &indices)?)
+/// The rows of `batches` in `(org_id, time, seq)` order, as `(batch, row)`
+/// positions. Only the sort keys are copied, so sealing never holds a second
+/// full copy of the buffer (see [`write_segment`]).
+fn sorted_positions(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>, StorageError> {
+    let keys = SORT_COLUMNS
+        .iter()
+        .map(|name| {
+            let parts: Vec<&dyn Array> =
+                batches.iter().map(|b| b.column_by_name(name).expect("schema column").as_ref()).collect();
+            Ok(SortColumn { values: compute::concat(&parts)?, options: None })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let mut positions = Vec::with_capacity(keys[0].values.len());
+    for (b, batch) in batches.iter().enumerate() {
+        positions.extend((0..batch.num_rows()).map(|row| (b, row)));
+    }
+    let order = lexsort_to_indices(&keys, None)?;
+    Ok(order.values().iter().map(|&i| positions[i as usize]).collect())
 }
 
-/// Writes `batches` as a new segment file in the store, durably. The caller
-/// publishes the segment in the manifest.
+/// Writes `batches` as a new segment file in the store, durably, sorted by
+/// [`SORT_COLUMNS`]. Rows are gathered into the sorted order a chunk at a
+/// time, so memory stays at the buffer plus one chunk. The caller publishes
+/// the segment in the manifest.
 pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<SegmentMeta, StorageError> {
-    let sorted = sort_for_segment(batches)?;
-    assert!(sorted.num_rows() > 0, "an empty segment is never written");
-    let seq = sorted.column_by_name("seq").expect("seq column").as_primitive::<Int64Type>();
-    let time = sorted.column_by_name("time").expect("time column").as_primitive::<TimestampMicrosecondType>();
-    let org = sorted.column_by_name("org_id").expect("org_id column").as_string::<i32>();
-    let min_seq = compute::min(seq).expect("non-empty") as u64;
-    let max_seq = compute::max(seq).expect("non-empty") as u64;
-    let file_name = segment_file_name(min_seq, max_seq);
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    assert!(rows > 0, "an empty segment is never written");
+    let column = |name: &'static str| batches.iter().map(move |b| b.column_by_name(name).expect("schema column"));
+    let seqs = column("seq").flat_map(|c| c.as_primitive::<Int64Type>().values().iter().copied());
+    let (min_seq, max_seq) = seqs.fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
+    let times = column("time").flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter().copied());
+    let (min_time_us, max_time_us) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let file_name = segment_file_name(min_seq as u64, max_seq as u64);
 
+    let positions = sorted_positions(batches)?;
+    let org_at = |(b, row): (usize, usize)| {
+        batches[b].column_by_name("org_id").expect("org_id").as_string::<i32>().value(row).to_owned()
+    };
+    let (min_org_id, max_org_id) = (org_at(positions[0]), org_at(positions[rows - 1]));
+    let sources: Vec<&RecordBatch> = batches.iter().collect();
     let written = store.create_segment(&file_name).and_then(|mut writer| {
-        writer.write(&sorted)?;
+        for chunk in positions.chunks(WRITE_CHUNK_ROWS) {
+            writer.write(&interleave_record_batch(&sources, chunk)?)?;
+        }
         writer.finish()
     });
     if written.is_err() {
@@ -102,13 +123,13 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
     Ok(SegmentMeta {
         file: file_name,
         size_bytes,
-        rows: sorted.num_rows() as u64,
-        min_seq,
-        max_seq,
-        min_time_us: compute::min(time).expect("non-empty"),
-        max_time_us: compute::max(time).expect("non-empty"),
-        min_org_id: org.value(0).to_owned(),
-        max_org_id: org.value(org.len() - 1).to_owned(),
+        rows: rows as u64,
+        min_seq: min_seq as u64,
+        max_seq: max_seq as u64,
+        min_time_us,
+        max_time_us,
+        min_org_id,
+        max_org_id,
     })
 }
 
@@ -152,5 +173,42 @@ impl Drop for LiveSegment {
         if self.retired.load(Ordering::Acquire) {
             self.store.delete_segment_soon(std::mem::take(&mut self.meta.file));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+
+    use super::*;
+    use crate::model::{self, Event};
+
+    #[test]
+    fn segments_are_sorted_across_batches_and_described_by_their_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        // Two batches whose rows interleave in (org_id, time) order.
+        let event = |org: &str, time_us: i64| Event {
+            time_us,
+            org_id: org.into(),
+            actor_id: "u".into(),
+            action: "a".into(),
+            id: format!("{org}-{time_us}"),
+            ..Event::default()
+        };
+        let first = model::events_to_batch(&[event("globex", 5), event("acme", 9), event("acme", 1)], 1);
+        let second = model::events_to_batch(&[event("acme", 5), event("globex", 2)], 4);
+        let meta = write_segment(&store, &[first, second]).unwrap();
+        assert_eq!((meta.rows, meta.min_seq, meta.max_seq), (5, 1, 5));
+        assert_eq!((meta.min_time_us, meta.max_time_us), (1, 9));
+        assert_eq!((meta.min_org_id.as_str(), meta.max_org_id.as_str()), ("acme", "globex"));
+
+        let file = std::fs::File::open(store.local_path(&meta.file).unwrap()).unwrap();
+        let batch = ParquetRecordBatchReader::try_new(file, 1024).unwrap().next().unwrap().unwrap();
+        let ids: Vec<&str> =
+            batch.column_by_name("id").unwrap().as_string::<i32>().iter().map(Option::unwrap).collect();
+        assert_eq!(ids, ["acme-1", "acme-5", "acme-9", "globex-2", "globex-5"]);
+        let seqs = batch.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(seqs, [3, 4, 2, 5, 1], "rows keep their seqs");
     }
 }
