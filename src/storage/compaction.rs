@@ -47,13 +47,24 @@ pub struct CompactionPolicy {
     pub min_inputs: usize,
 }
 
-/// The first run of adjacent segments worth merging, as indexes into the
-/// segment list, given each segment's row count.
+impl CompactionPolicy {
+    /// Segments at least this large are never merged again. Without this
+    /// bound a growing merged segment would be rewritten with every few new
+    /// small ones (write amplification growing with its size); with it, an
+    /// event is rewritten at most a few times (once, when seals are large).
+    pub fn small_segment_rows(&self) -> u64 {
+        self.target_rows / self.min_inputs.max(2) as u64
+    }
+}
+
+/// The first run of adjacent small segments worth merging, as indexes into
+/// the segment list, given each segment's row count.
 pub fn plan(segment_rows: &[u64], policy: CompactionPolicy) -> Option<Range<usize>> {
+    let small = |rows: u64| rows < policy.small_segment_rows();
     for start in 0..segment_rows.len() {
         let mut total = 0;
         let mut end = start;
-        while end < segment_rows.len() && total + segment_rows[end] <= policy.target_rows {
+        while end < segment_rows.len() && small(segment_rows[end]) && total + segment_rows[end] <= policy.target_rows {
             total += segment_rows[end];
             end += 1;
         }
@@ -155,7 +166,10 @@ mod tests {
         assert_eq!(plan(&segments, policy), Some(1..5), "10 + 30 + 30 + 30 fit in 100 rows");
         assert_eq!(plan(&segments[..3], policy), None, "no run of three fits");
         let policy = CompactionPolicy { target_rows: 100, min_inputs: 2 };
-        assert_eq!(plan(&segments, policy), Some(0..2));
+        assert_eq!(plan(&segments, policy), Some(1..5), "90 is not small (>= 50); 10 + 30 + 30 + 30 fit");
         assert_eq!(plan(&[], policy), None);
+        let policy = CompactionPolicy { target_rows: 1_000, min_inputs: 4 };
+        assert_eq!(plan(&[400, 100, 100, 100], policy), None, "a merged segment is not merged again");
+        assert_eq!(plan(&[400, 100, 100, 100, 100], policy), Some(1..5));
     }
 }

@@ -66,9 +66,9 @@ impl StorageConfig {
             data_dir: data_dir.into(),
             segments_url: None,
             seal_max_buffered_rows: 1_000_000,
-            seal_max_buffered_bytes: 256 * 1024 * 1024,
+            seal_max_buffered_bytes: 128 * 1024 * 1024,
             seal_after_ms: 60_000,
-            max_buffered_bytes: 768 * 1024 * 1024,
+            max_buffered_bytes: 512 * 1024 * 1024,
             compaction: CompactionPolicy { target_rows: 4_000_000, min_inputs: 4 },
         }
     }
