@@ -328,3 +328,38 @@ impl SegmentWriter<'_> {
         Ok(size_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_error(url: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        SegmentStore::open(dir.path(), Some(url), Default::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_by_name() {
+        for (url, reason) in [
+            ("gs://bucket/x", "expected s3://bucket/prefix or file:///path"),
+            ("s3:///prefix", "no bucket name"),
+            ("ftp://host/x", "expected s3://bucket/prefix"),
+        ] {
+            let err = open_error(url);
+            assert!(err.contains(url) && err.contains(reason), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_file_url_keeps_segments_and_manifest_in_that_directory() {
+        let data = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", elsewhere.path().display());
+        let store = SegmentStore::open(data.path(), Some(&url), Default::default()).unwrap();
+        store.write_manifest(b"{}".to_vec()).unwrap();
+        assert_eq!(store.read_manifest().unwrap(), Some(b"{}".to_vec()));
+        assert!(elsewhere.path().join("manifest.json").exists() && elsewhere.path().join("segments").is_dir());
+        assert!(!data.path().join("manifest.json").exists());
+        assert_eq!(store.list_segment_files().unwrap(), Vec::<String>::new());
+    }
+}
