@@ -145,8 +145,12 @@ struct Shared {
     seal_wakeup: Condvar,
     /// One seal at a time, whether from the sealer thread or `seal_now`.
     seal_lock: Mutex<()>,
+    /// One merge at a time. Held for the whole merge; the seal lock only
+    /// while the merge is published, so seals go on during a long merge.
+    compaction_lock: Mutex<()>,
     faults: Arc<Faults>,
-    sealer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The sealer and compactor threads, joined at shutdown.
+    background_threads: Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 /// The storage engine of one data directory. Cheap to clone.
@@ -245,8 +249,9 @@ impl Storage {
             state: Mutex::new(state),
             seal_wakeup: Condvar::new(),
             seal_lock: Mutex::new(()),
+            compaction_lock: Mutex::new(()),
             faults,
-            sealer_thread: Mutex::new(None),
+            background_threads: Mutex::new(Vec::new()),
             config,
         });
 
@@ -257,12 +262,16 @@ impl Storage {
             .spawn(move || run_wal_writer(writer_shared, writer, last_seq + 1, wal_rx))
             .map_err(|e| StorageError::io(Path::new("<wal thread>"), e))?;
         let storage = Storage { shared, wal_tx, _lock: Arc::new(lock) };
-        let sealer = storage.clone();
-        let handle = thread::Builder::new()
-            .name("auditlake-sealer".into())
-            .spawn(move || sealer.run_sealer())
-            .map_err(|e| StorageError::io(Path::new("<sealer thread>"), e))?;
-        *storage.shared.sealer_thread.lock().expect("sealer handle lock poisoned") = Some(handle);
+        for (name, run) in
+            [("auditlake-sealer", Storage::run_sealer as fn(Storage)), ("auditlake-compactor", Storage::run_compactor)]
+        {
+            let background = storage.clone();
+            let handle = thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(background))
+                .map_err(|e| StorageError::io(Path::new(name), e))?;
+            storage.shared.background_threads.lock().expect("thread list lock poisoned").push(handle);
+        }
         Ok(storage)
     }
 
@@ -414,11 +423,8 @@ impl Storage {
     /// Merges the first run of small segments the policy picks. Returns the
     /// merged segment, or `None` when nothing is worth merging.
     pub fn compact_now(&self) -> Result<Option<SegmentMeta>, StorageError> {
-        let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
-        let (segments, sealed_seq) = {
-            let state = self.state();
-            (Arc::clone(&state.segments), state.sealed_seq)
-        };
+        let _one_merge_at_a_time = self.shared.compaction_lock.lock().expect("compaction lock poisoned");
+        let segments = Arc::clone(&self.state().segments);
         let rows: Vec<u64> = segments.iter().map(|s| s.meta.rows).collect();
         let Some(run) = compaction::plan(&rows, self.shared.config.compaction) else {
             return Ok(None);
@@ -427,9 +433,21 @@ impl Storage {
         let inputs = &segments[run.clone()];
         let meta = compaction::merge(inputs, &self.shared.segments)?;
         let merged = LiveSegment::new(meta.clone(), &self.shared.segments);
-        let mut next: Vec<Arc<LiveSegment>> = segments[..run.start].to_vec();
+
+        // Publish against the segment list as it is now: seals and bulk loads
+        // may have appended segments during the merge. Only compaction removes
+        // segments, one merge at a time, so the inputs are still listed, in place.
+        let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
+        let (current, sealed_seq) = {
+            let state = self.state();
+            (Arc::clone(&state.segments), state.sealed_seq)
+        };
+        let start = current.iter().position(|s| Arc::ptr_eq(s, &inputs[0])).expect("merge inputs are still listed");
+        let end = start + inputs.len();
+        debug_assert!(current[start..end].iter().zip(inputs).all(|(a, b)| Arc::ptr_eq(a, b)));
+        let mut next: Vec<Arc<LiveSegment>> = current[..start].to_vec();
         next.push(Arc::clone(&merged));
-        next.extend_from_slice(&segments[run.end..]);
+        next.extend_from_slice(&current[end..]);
         if let Err(e) = self.publish(&next, sealed_seq) {
             let _ = self.shared.segments.delete_segment(&meta.file);
             return Err(e);
@@ -512,30 +530,61 @@ impl Storage {
                 }
                 self.seal_due(&state)
             };
-            if seal_due && let Err(e) = self.seal_now() {
-                // The buffer and WAL still hold everything; sealing is retried.
-                error!(error = %e, "sealing failed; will retry");
-                thread::sleep(Duration::from_millis(SEAL_CHECK_INTERVAL_MS * 4));
+            if !seal_due {
                 continue;
             }
-            // At most one merge per round, so a due seal never waits long.
-            if let Err(e) = self.compact_now() {
-                error!(error = %e, "compaction failed; will retry");
+            match self.seal_now() {
+                // A new segment: the compactor may have a run to merge.
+                Ok(Some(_)) => self.shared.seal_wakeup.notify_all(),
+                Ok(None) => {}
+                Err(e) => {
+                    // The buffer and WAL still hold everything; sealing is retried.
+                    error!(error = %e, "sealing failed; will retry");
+                    thread::sleep(Duration::from_millis(SEAL_CHECK_INTERVAL_MS * 4));
+                }
             }
         }
     }
 
-    /// Stops the sealer thread and waits for it (so that the directory lock
-    /// is released once the last handle is dropped). Buffered events stay safe
-    /// in the WAL.
+    /// The compactor thread: merges runs of small segments, one after the
+    /// other, on its own thread so that a long merge never delays a seal.
+    fn run_compactor(self) {
+        loop {
+            {
+                let state = self.state();
+                let (state, _) = self
+                    .shared
+                    .seal_wakeup
+                    .wait_timeout(state, Duration::from_millis(SEAL_CHECK_INTERVAL_MS))
+                    .expect("storage state lock poisoned");
+                if state.shutting_down {
+                    return;
+                }
+            }
+            loop {
+                match self.compact_now() {
+                    Ok(Some(_)) if !self.state().shutting_down => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        error!(error = %e, "compaction failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the sealer and compactor threads and waits for them (so that the
+    /// directory lock is released once the last handle is dropped). Buffered
+    /// events stay safe in the WAL.
     pub fn shutdown(&self) {
         self.state().shutting_down = true;
         self.shared.seal_wakeup.notify_all();
-        let handle = self.shared.sealer_thread.lock().expect("sealer handle lock poisoned").take();
-        if let Some(handle) = handle
-            && handle.thread().id() != thread::current().id()
-        {
-            let _ = handle.join();
+        let handles = std::mem::take(&mut *self.shared.background_threads.lock().expect("thread list lock poisoned"));
+        for handle in handles {
+            if handle.thread().id() != thread::current().id() {
+                let _ = handle.join();
+            }
         }
     }
 }
