@@ -127,17 +127,17 @@ async fn main() {
         assert!(seal_wait.elapsed() < Duration::from_secs(300), "sealing did not finish: {health}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // ...and until compaction has settled (segment count unchanged for 3 s),
-    // so that queries are timed on a quiet server.
-    let (mut segments, mut stable_since) = (serde_json::Value::Null, Instant::now());
-    while stable_since.elapsed() < Duration::from_secs(3) {
+    // ...and until no merge is running or due, so that sizes count only
+    // published segments and queries are timed on a quiet server.
+    let segments = loop {
         let health: serde_json::Value =
             http.get(format!("{http_url}/healthz")).send().await.unwrap().json().await.unwrap();
-        if health["segments"] != segments {
-            (segments, stable_since) = (health["segments"].clone(), Instant::now());
+        if health["compacting"] == false {
+            break health["segments"].clone();
         }
+        assert!(seal_wait.elapsed() < Duration::from_secs(600), "compaction did not settle: {health}");
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
     let segment_bytes: u64 =
         std::fs::read_dir(o.data_dir.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
 

@@ -117,6 +117,7 @@ async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
         "sealed_seq": stats.sealed_seq,
         "buffered_rows": stats.buffered_rows,
         "segments": stats.segments,
+        "compacting": stats.compacting,
     }))
 }
 

@@ -68,7 +68,7 @@ impl StorageConfig {
             seal_max_buffered_rows: 1_000_000,
             seal_max_buffered_bytes: 128 * 1024 * 1024,
             seal_after_ms: 60_000,
-            max_buffered_bytes: 512 * 1024 * 1024,
+            max_buffered_bytes: 384 * 1024 * 1024,
             compaction: CompactionPolicy { target_rows: 4_000_000, min_inputs: 4 },
         }
     }
@@ -92,6 +92,8 @@ pub struct StorageStats {
     pub segments: usize,
     pub segment_bytes: u64,
     pub segment_rows: u64,
+    /// A merge is running or due.
+    pub compacting: bool,
 }
 
 /// What readers and the sealer share.
@@ -321,6 +323,12 @@ impl Storage {
             segments: state.segments.len(),
             segment_bytes: state.segments.iter().map(|s| s.meta.size_bytes).sum(),
             segment_rows: state.segments.iter().map(|s| s.meta.rows).sum(),
+            compacting: self.shared.compaction_lock.try_lock().is_err()
+                || compaction::plan(
+                    &state.segments.iter().map(|s| s.meta.rows).collect::<Vec<_>>(),
+                    self.shared.config.compaction,
+                )
+                .is_some(),
         }
     }
 
