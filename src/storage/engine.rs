@@ -389,11 +389,7 @@ impl Storage {
 
         // 3. Publish: the manifest is durable before anything is dropped.
         live_segments.push(LiveSegment::new(meta.clone(), &self.shared.segments));
-        if let Err(e) = self.publish(&live_segments, upto) {
-            // The old manifest stands; the new file is not part of the log.
-            let _ = self.shared.segments.delete_segment(&meta.file);
-            return Err(e);
-        }
+        self.publish(&live_segments, upto, &meta.file)?;
 
         // 4. Swap the published segment in and its rows out, in one step for readers.
         {
@@ -417,15 +413,22 @@ impl Storage {
         Ok(Some(meta))
     }
 
-    /// Makes `segments` the durable manifest (with `sealed_seq`). Callers hold
-    /// the seal lock, so manifests are written one at a time.
-    fn publish(&self, segments: &[Arc<LiveSegment>], sealed_seq: Seq) -> Result<(), StorageError> {
+    /// Makes `segments` the durable manifest (with `sealed_seq`), where
+    /// `new_file` is the one segment file the previous manifest did not name.
+    /// If that fails, the old manifest stands and `new_file`, not part of the
+    /// log, is deleted. Callers hold the seal lock, so manifests are written
+    /// one at a time.
+    fn publish(&self, segments: &[Arc<LiveSegment>], sealed_seq: Seq, new_file: &str) -> Result<(), StorageError> {
         debug_assert!(
             segments.windows(2).all(|w| w[0].meta.max_seq + 1 == w[1].meta.min_seq),
             "segments cover the log in order without gaps or overlaps"
         );
         let manifest = Manifest { version: 1, sealed_seq, segments: segments.iter().map(|s| s.meta.clone()).collect() };
-        self.shared.segments.sync_segments().and_then(|()| manifest.store(&self.shared.segments))
+        let published = self.shared.segments.sync_segments().and_then(|()| manifest.store(&self.shared.segments));
+        if published.is_err() {
+            let _ = self.shared.segments.delete_segment(new_file);
+        }
+        published
     }
 
     /// Merges the first run of small segments the policy picks. Returns the
@@ -456,10 +459,7 @@ impl Storage {
         let mut next: Vec<Arc<LiveSegment>> = current[..start].to_vec();
         next.push(Arc::clone(&merged));
         next.extend_from_slice(&current[end..]);
-        if let Err(e) = self.publish(&next, sealed_seq) {
-            let _ = self.shared.segments.delete_segment(&meta.file);
-            return Err(e);
-        }
+        self.publish(&next, sealed_seq, &meta.file)?;
         self.state().segments = Arc::new(next);
         for input in inputs {
             input.retire();
@@ -499,10 +499,7 @@ impl Storage {
             debug!(first, last, written_ms = started.elapsed().as_millis() as u64, "bulk-loaded segment");
             let mut segments = self.state().segments.as_ref().clone();
             segments.push(LiveSegment::new(meta.clone(), &self.shared.segments));
-            if let Err(e) = self.publish(&segments, last) {
-                let _ = self.shared.segments.delete_segment(&meta.file);
-                return Err(e);
-            }
+            self.publish(&segments, last, &meta.file)?;
             {
                 let mut state = self.state();
                 state.segments = Arc::new(segments);
