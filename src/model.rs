@@ -28,7 +28,7 @@ pub type Seq = u64;
 /// One audit event as accepted by the server, before it has a `seq`.
 ///
 /// Timestamps are microseconds since the Unix epoch, UTC.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event {
     pub time_us: i64,
     pub received_at_us: i64,
