@@ -13,24 +13,31 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::TableParquetOptions;
-use datafusion::common::{DFSchema, Result};
+use datafusion::common::{DFSchema, Result, internal_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableProviderFilterPushDown,
+    Volatility,
+};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::model;
-use crate::storage::Storage;
+use crate::storage::{Storage, packed};
 
 /// The catalog and schema clients see: `auditlake.public.audit_events`.
 pub const CATALOG: &str = "auditlake";
@@ -46,6 +53,112 @@ pub struct AuditEventsTable {
 impl AuditEventsTable {
     pub fn new(storage: Storage) -> Self {
         AuditEventsTable { storage }
+    }
+}
+
+impl AuditEventsTable {
+    /// Scans segment `files`, which store ids packed (see
+    /// [`packed`](crate::storage::packed)): the Parquet scan reads segment
+    /// columns, and a projection above it gives the table's columns back.
+    fn segments_scan(
+        &self,
+        state: &dyn Session,
+        files: Vec<PartitionedFile>,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let table = model::schema();
+        let segment = packed::segment_schema();
+        // The session's Parquet options, so `SET datafusion.execution.parquet.*`
+        // works per connection; strings stay `Utf8` as in our schema.
+        let mut options =
+            TableParquetOptions { global: state.config_options().execution.parquet.clone(), ..Default::default() };
+        options.global.schema_force_view_types = false;
+        let mut source = ParquetSource::new(Arc::clone(&segment)).with_table_parquet_options(options);
+        // Filters on packed columns cannot prune segment files; DataFusion
+        // applies them above the scan like every other filter.
+        let prunable = filters.iter().filter(|f| f.column_refs().iter().all(|c| !packed::is_packed(&c.name)));
+        if let Some(predicate) = conjunction(prunable.cloned()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&segment))?;
+            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+        }
+
+        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..table.fields().len()).collect());
+        let mut read: Vec<usize> = Vec::new();
+        let mut read_column = |name: &str| -> Result<Arc<dyn PhysicalExpr>> {
+            read.push(segment.index_of(name)?);
+            Ok(Arc::new(Column::new(name, read.len() - 1)))
+        };
+        let mut outputs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(wanted.len());
+        for &i in &wanted {
+            let field = table.field(i);
+            let expr: Arc<dyn PhysicalExpr> = if packed::is_packed(field.name()) {
+                let args = vec![
+                    read_column(&packed::uuid_column(field.name()))?,
+                    read_column(&packed::text_column(field.name()))?,
+                ];
+                let udf = Arc::new(ScalarUDF::new_from_impl(UnpackId::new()));
+                let config = Arc::new(state.config_options().clone());
+                Arc::new(ScalarFunctionExpr::new(UNPACK_ID, udf, args, Arc::new(field.clone()), config))
+            } else {
+                read_column(field.name())?
+            };
+            outputs.push((expr, field.name().clone()));
+        }
+
+        let store_url = self.storage.segment_store().url().clone();
+        let unpacking = wanted.iter().any(|&i| packed::is_packed(table.field(i).name()));
+        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
+            .with_projection_indices(Some(read))?
+            .with_limit(limit)
+            .with_file_group(FileGroup::new(files))
+            .build();
+        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        if !unpacking {
+            // Every column read is a table column as it is.
+            return Ok(scan);
+        }
+        Ok(Arc::new(ProjectionExec::try_new(outputs, scan)?))
+    }
+}
+
+/// Name of the function that turns a packed id's two segment columns back
+/// into its text; it appears in plans (`EXPLAIN`), not in SQL.
+const UNPACK_ID: &str = "unpack_id";
+
+/// `unpack_id(uuid_bytes, text)`: see [`packed::unpack`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct UnpackId {
+    signature: Signature,
+}
+
+impl UnpackId {
+    fn new() -> Self {
+        let args = vec![DataType::FixedSizeBinary(16), DataType::Utf8];
+        UnpackId { signature: Signature::exact(args, Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for UnpackId {
+    fn name(&self) -> &str {
+        UNPACK_ID
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [uuids, others] = arrays.as_slice() else {
+            return internal_err!("{UNPACK_ID} takes two arguments");
+        };
+        Ok(ColumnarValue::Array(Arc::new(packed::unpack(uuids.as_fixed_size_binary(), others.as_string::<i32>()))))
     }
 }
 
@@ -88,16 +201,6 @@ impl TableProvider for AuditEventsTable {
         }
 
         if !snapshot.segments.is_empty() {
-            // The session's Parquet options, so `SET datafusion.execution.parquet.*`
-            // works per connection; strings stay `Utf8` as in our schema.
-            let mut options =
-                TableParquetOptions { global: state.config_options().execution.parquet.clone(), ..Default::default() };
-            options.global.schema_force_view_types = false;
-            let mut source = ParquetSource::new(Arc::clone(&schema)).with_table_parquet_options(options);
-            if let Some(predicate) = conjunction(filters.to_vec()) {
-                let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-            }
             let files = snapshot
                 .segments
                 .iter()
@@ -107,13 +210,7 @@ impl TableProvider for AuditEventsTable {
                     PartitionedFile::new(s.object_location(), s.meta.size_bytes).with_extension(Arc::clone(s))
                 })
                 .collect();
-            let store_url = self.storage.segment_store().url().clone();
-            let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .with_file_group(FileGroup::new(files))
-                .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+            inputs.push(self.segments_scan(state, files, projection, filters, limit)?);
         }
 
         Ok(match inputs.len() {
@@ -147,7 +244,7 @@ mod tests {
     use crate::model::Event;
     use crate::storage::StorageConfig;
     use crate::storage::compaction::CompactionPolicy;
-    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::array::{Array, AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
 
     fn events(batch: usize, n: usize) -> Vec<Event> {
@@ -214,5 +311,61 @@ mod tests {
         assert_eq!(storage.stats().segments, BATCHES / 3 + BATCHES % 3);
         let result = ctx.sql("select count(*) from audit_events where actor_id = 'u3'").await.unwrap();
         assert_eq!(int(&result.collect().await.unwrap(), 0), (BATCHES * ROWS / 5) as i64);
+    }
+
+    #[tokio::test]
+    async fn ids_read_back_as_sent_from_segments_and_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let uuid = |n: u128| uuid::Uuid::from_u128(n).to_string();
+        let sent: Vec<(String, Option<String>)> = vec![
+            (uuid(1), Some(uuid(2))),
+            ("evt-2".into(), None),
+            (uuid(3).to_uppercase(), Some("req-3".into())),
+            (uuid(4), Some(uuid(5))),
+        ];
+        let to_events = |pairs: &[(String, Option<String>)]| -> Vec<Event> {
+            pairs
+                .iter()
+                .map(|(id, request_id)| Event {
+                    id: id.clone(),
+                    request_id: request_id.clone(),
+                    ..events(0, 1)[0].clone()
+                })
+                .collect()
+        };
+        storage.append(to_events(&sent[..3])).await.unwrap();
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        storage.append(to_events(&sent[3..])).await.unwrap();
+        assert_eq!((storage.stats().segments, storage.stats().buffered_rows), (1, 1));
+
+        let ctx = new_session_context(&storage).unwrap();
+        let rows = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+                let mut rows = Vec::new();
+                for batch in batches {
+                    let ids = batch.column(0).as_string::<i32>();
+                    let request_ids = batch.column(1).as_string::<i32>();
+                    for i in 0..batch.num_rows() {
+                        let request_id = request_ids.is_valid(i).then(|| request_ids.value(i).to_owned());
+                        rows.push((ids.value(i).to_owned(), request_id));
+                    }
+                }
+                rows
+            }
+        };
+        assert_eq!(rows("select id, request_id from audit_events order by seq").await, sent);
+        let one = uuid(1);
+        let by_id = ctx.sql(&format!("select id, request_id from audit_events where id = '{one}'")).await.unwrap();
+        assert_eq!(by_id.collect().await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        assert_eq!(
+            rows("select id, request_id from audit_events where request_id is null or request_id like 'req%' order by seq")
+                .await,
+            sent[1..3]
+        );
+        storage.shutdown();
     }
 }

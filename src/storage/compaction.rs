@@ -34,8 +34,8 @@ use futures::StreamExt;
 use super::StorageError;
 use super::manifest::SegmentMeta;
 use super::objects::SegmentStore;
+use super::packed;
 use super::segment::{LiveSegment, SORT_COLUMNS, segment_file_name};
-use crate::model;
 
 /// When to compact, and how big a merged segment may get.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +76,7 @@ pub fn plan(segment_rows: &[u64], policy: CompactionPolicy) -> Option<Range<usiz
 }
 
 fn sort_order() -> Result<LexOrdering, StorageError> {
-    let schema = model::schema();
+    let schema = packed::segment_schema();
     let exprs = SORT_COLUMNS
         .iter()
         .map(|c| Ok(PhysicalSortExpr::new(col(c, &schema)?, SortOptions::default())))
@@ -119,7 +119,7 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
 /// Streams the sort-preserving merge of the inputs into segment `file`;
 /// returns rows and bytes.
 fn write_merged(inputs: &[Arc<LiveSegment>], store: &SegmentStore, file: &str) -> Result<(u64, u64), StorageError> {
-    let schema = model::schema();
+    let schema = packed::segment_schema();
     let order = sort_order()?;
     let df = |e: datafusion::error::DataFusionError| StorageError::Compaction(e.to_string());
     let scans = inputs

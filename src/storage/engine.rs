@@ -423,7 +423,7 @@ impl Storage {
             segments.windows(2).all(|w| w[0].meta.max_seq + 1 == w[1].meta.min_seq),
             "segments cover the log in order without gaps or overlaps"
         );
-        let manifest = Manifest { version: 1, sealed_seq, segments: segments.iter().map(|s| s.meta.clone()).collect() };
+        let manifest = Manifest::new(sealed_seq, segments.iter().map(|s| s.meta.clone()).collect());
         let published = self.shared.segments.sync_segments().and_then(|()| manifest.store(&self.shared.segments));
         if published.is_err() {
             let _ = self.shared.segments.delete_segment(new_file);
@@ -983,7 +983,8 @@ mod tests {
         let file = File::open(snapshot.segments[0].local_path().unwrap()).unwrap();
         let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024).unwrap();
         let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-        let all = datafusion::arrow::compute::concat_batches(&crate::model::schema(), &batches).unwrap();
+        let all =
+            datafusion::arrow::compute::concat_batches(&crate::storage::packed::segment_schema(), &batches).unwrap();
         let orgs = datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("org_id").unwrap());
         let times = datafusion::arrow::array::AsArray::as_primitive::<
             datafusion::arrow::datatypes::TimestampMicrosecondType,
@@ -991,7 +992,7 @@ mod tests {
         let keys: Vec<(&str, i64)> = (0..all.num_rows()).map(|i| (orgs.value(i), times.value(i))).collect();
         assert!(keys.windows(2).all(|w| w[0] <= w[1]), "merged segment is sorted by (org_id, time)");
         let mut ids: Vec<String> =
-            datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("id").unwrap())
+            datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("id_text").unwrap())
                 .iter()
                 .map(|s| s.unwrap().to_owned())
                 .collect();

@@ -6,7 +6,9 @@
 //! (see [`SegmentStore::write_manifest`]), so a crash leaves either the old or
 //! the new manifest.
 //!
-//! Format: JSON, `{"version": 1, "sealed_seq": N, "segments": [...]}`.
+//! Format: JSON, `{"version": 2, "sealed_seq": N, "segments": [...]}`.
+//! Version 2 segments store UUID-shaped ids packed (see `packed.rs`); a
+//! version 1 log (ids as text) is refused rather than misread.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +16,7 @@ use super::StorageError;
 use super::objects::SegmentStore;
 use crate::model::Seq;
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// What the manifest records about one sealed segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,11 +42,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest of the current format.
+    pub fn new(sealed_seq: Seq, segments: Vec<SegmentMeta>) -> Self {
+        Manifest { version: FORMAT_VERSION, sealed_seq, segments }
+    }
+
     /// Loads the manifest of a log; a missing one means an empty log.
     pub fn load(store: &SegmentStore) -> Result<Manifest, StorageError> {
         let corrupt = |reason: String| StorageError::CorruptManifest { file: store.manifest_display(), reason };
         let Some(bytes) = store.read_manifest()? else {
-            return Ok(Manifest { version: FORMAT_VERSION, ..Manifest::default() });
+            return Ok(Manifest::new(0, Vec::new()));
         };
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if manifest.version != FORMAT_VERSION {

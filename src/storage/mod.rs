@@ -26,6 +26,7 @@ mod engine;
 pub mod faults;
 pub mod manifest;
 pub mod objects;
+pub mod packed;
 pub mod segment;
 pub mod wal;
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
@@ -30,8 +31,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::faults::{Faults, IoOp};
 use super::segment::writer_properties;
-use super::{StorageError, fsync_dir};
-use crate::model;
+use super::{StorageError, fsync_dir, packed};
 
 const MANIFEST_FILE: &str = "manifest.json";
 const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
@@ -213,7 +213,10 @@ impl SegmentStore {
     pub fn create_segment(&self, file: &str) -> Result<SegmentWriter<'_>, StorageError> {
         let location = self.segment_location(file);
         let sink = BufWriter::new(Arc::clone(&self.store), location.clone());
-        let writer = AsyncArrowWriter::try_new(sink, model::schema(), Some(writer_properties()))?;
+        let options = ArrowWriterOptions::new()
+            .with_properties(writer_properties())
+            .with_parquet_schema(packed::parquet_schema()?);
+        let writer = AsyncArrowWriter::try_new_with_options(sink, packed::segment_schema(), options)?;
         Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer })
     }
 

@@ -21,6 +21,7 @@ use datafusion::parquet::schema::types::ColumnPath;
 use super::StorageError;
 use super::manifest::SegmentMeta;
 use super::objects::SegmentStore;
+use super::packed;
 
 /// Rows per Parquet row group: the page index prunes within a group, so
 /// groups can be large enough for zstd and the footer to stay small.
@@ -31,11 +32,12 @@ const BLOOM_FILTER_COLUMNS: [&str; 3] = ["actor_id", "content_id", "source_ip"];
 /// Integer columns that rise within each `(org_id)` run: delta encoding stores
 /// them in a few bits per row where a dictionary would not help.
 const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
-/// Near-unique text columns (UUIDs, mostly): a dictionary would only be built
-/// and abandoned. Delta-length encoding stores the lengths apart from the
-/// bytes, so zstd sees only the characters: 19.0 instead of 20.5 bytes per
-/// random UUID (DuckDB: 20.6).
-const NO_DICTIONARY_COLUMNS: [&str; 2] = ["id", "request_id"];
+/// Near-unique columns: ids (see [`packed`]). A dictionary would only be
+/// built and abandoned.
+const NO_DICTIONARY_COLUMNS: [&str; 4] = ["id_uuid", "id_text", "request_id_uuid", "request_id_text"];
+/// Of those, the text ones get delta-length encoding, which stores lengths
+/// apart from bytes so zstd sees only the characters.
+const DELTA_LENGTH_COLUMNS: [&str; 2] = ["id_text", "request_id_text"];
 
 /// A segment's file name: the seq range it holds, zero-padded so that names
 /// sort in log order.
@@ -56,9 +58,10 @@ pub(super) fn writer_properties() -> WriterProperties {
             .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
     }
     for column in NO_DICTIONARY_COLUMNS {
-        props = props
-            .set_column_dictionary_enabled(ColumnPath::from(column), false)
-            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_LENGTH_BYTE_ARRAY);
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    for column in DELTA_LENGTH_COLUMNS {
+        props = props.set_column_encoding(ColumnPath::from(column), Encoding::DELTA_LENGTH_BYTE_ARRAY);
     }
     props.build()
 }
@@ -110,7 +113,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
     let sources: Vec<&RecordBatch> = batches.iter().collect();
     let written = store.create_segment(&file_name).and_then(|mut writer| {
         for chunk in positions.chunks(WRITE_CHUNK_ROWS) {
-            writer.write(&interleave_record_batch(&sources, chunk)?)?;
+            writer.write(&packed::pack(&interleave_record_batch(&sources, chunk)?))?;
         }
         writer.finish()
     });
@@ -205,8 +208,9 @@ mod tests {
 
         let file = std::fs::File::open(store.local_path(&meta.file).unwrap()).unwrap();
         let batch = ParquetRecordBatchReader::try_new(file, 1024).unwrap().next().unwrap().unwrap();
-        let ids: Vec<&str> =
-            batch.column_by_name("id").unwrap().as_string::<i32>().iter().map(Option::unwrap).collect();
+        let (uuids, others) = (batch.column_by_name("id_uuid").unwrap(), batch.column_by_name("id_text").unwrap());
+        let ids = packed::unpack(uuids.as_fixed_size_binary(), others.as_string::<i32>());
+        let ids: Vec<&str> = ids.iter().map(Option::unwrap).collect();
         assert_eq!(ids, ["acme-1", "acme-5", "acme-9", "globex-2", "globex-5"]);
         let seqs = batch.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(seqs, [3, 4, 2, 5, 1], "rows keep their seqs");
