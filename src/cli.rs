@@ -13,7 +13,6 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::ingest::{self, demo};
-use crate::model;
 use crate::server;
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{Storage, StorageConfig};
@@ -172,21 +171,27 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         let end_us = chrono::Utc::now().timestamp_micros();
         let (seed, count, days) = (args.seed, args.events, args.days);
-        // Generation and segment writing overlap: one thread makes chunks and
-        // encodes them as Arrow while the bulk loader sorts, compresses and
-        // publishes the previous one.
+        // Generation and segment writing overlap: one thread makes Arrow
+        // batches while the bulk loader sorts, compresses and publishes the
+        // previous one.
         let (chunks, chunk_rx) = std::sync::mpsc::sync_channel(1);
         let generator = std::thread::spawn(move || {
             let mut generator = demo::Generator::new(seed, count, end_us, days);
-            while let Some(chunk) = generator.next_chunk(BULK_CHUNK_EVENTS) {
-                if chunks.send(model::events_to_batch(&chunk, 0)).is_err() {
+            while let Some(segment) = generator.next_segment(BULK_CHUNK_EVENTS) {
+                if chunks.send(segment).is_err() {
                     return;
                 }
             }
         });
         let started = std::time::Instant::now();
         let loader = storage.clone();
-        tokio::task::spawn_blocking(move || loader.bulk_load(chunk_rx.into_iter())).await??;
+        // A thread outside the runtime, so that the segment store runs its
+        // writes on its own runtime directly rather than via a helper thread
+        // per call.
+        let loading = std::thread::spawn(move || loader.bulk_load(chunk_rx.into_iter()));
+        tokio::task::spawn_blocking(move || loading.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the bulk load panicked"))??;
         generator.join().map_err(|_| anyhow::anyhow!("the demo generator panicked"))?;
         let elapsed = started.elapsed().as_secs_f64();
         say(&format!("Loaded {count} events in {elapsed:.1} s ({:.0} events/s).", count as f64 / elapsed));
@@ -212,7 +217,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     serve_storage(args.serve, storage).await
 }
 
-/// Events per segment written by the demo's bulk load (compaction merges them later).
+/// Events per segment written by the demo's bulk load: at the default
+/// compaction policy, large enough not to be merged again.
 const BULK_CHUNK_EVENTS: usize = 250_000;
 
 fn say(line: &str) {

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -187,30 +187,86 @@ pub fn schema() -> SchemaRef {
 
 /// Encodes events as one Arrow batch; event `i` gets `seq = first_seq + i`.
 pub fn events_to_batch(events: &[Event], first_seq: Seq) -> RecordBatch {
-    let micros = |f: fn(&Event) -> i64| -> ArrayRef {
-        Arc::new(TimestampMicrosecondArray::from_iter_values(events.iter().map(f)).with_timezone("UTC"))
-    };
-    let required =
-        |f: fn(&Event) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(events.iter().map(f))) };
-    let optional =
-        |f: &dyn Fn(&Event) -> Option<&str>| -> ArrayRef { Arc::new(events.iter().map(f).collect::<StringArray>()) };
-    let mut columns: Vec<ArrayRef> = vec![
-        micros(|e| e.time_us),
-        micros(|e| e.received_at_us),
-        required(|e| &e.id),
-        required(|e| &e.org_id),
-        required(|e| &e.actor_id),
-        optional(&|e| e.actor_name.as_deref()),
-        optional(&|e| e.actor_type.as_deref()),
-        required(|e| &e.action),
-    ];
-    for (_, get, _) in &OPTIONAL_TEXT_FIELDS[2..] {
-        columns.push(optional(&|e| get(e).as_deref()));
+    let mut builder = BatchBuilder::with_capacity(events.len());
+    for event in events {
+        builder.append(event);
     }
-    columns.push(optional(&|e| e.attributes.as_deref()));
-    let first = first_seq as i64;
-    columns.push(Arc::new(Int64Array::from_iter_values((0..events.len() as i64).map(|i| first + i))));
-    RecordBatch::try_new(schema(), columns).expect("columns are built in schema order with schema types")
+    builder.finish(first_seq)
+}
+
+/// Builds an Arrow batch of [`schema`] one event at a time, for producers
+/// that make events one by one (the demo generator reuses one `Event` for
+/// all of them, so nothing is allocated per event).
+pub struct BatchBuilder {
+    time: Vec<i64>,
+    received_at: Vec<i64>,
+    id: StringBuilder,
+    org_id: StringBuilder,
+    actor_id: StringBuilder,
+    action: StringBuilder,
+    /// In [`OPTIONAL_TEXT_FIELDS`] order.
+    optional: Vec<StringBuilder>,
+    attributes: StringBuilder,
+}
+
+impl BatchBuilder {
+    pub fn with_capacity(events: usize) -> Self {
+        let text = || StringBuilder::with_capacity(events, events * 8);
+        BatchBuilder {
+            time: Vec::with_capacity(events),
+            received_at: Vec::with_capacity(events),
+            id: text(),
+            org_id: text(),
+            actor_id: text(),
+            action: text(),
+            optional: OPTIONAL_TEXT_FIELDS.iter().map(|_| text()).collect(),
+            attributes: text(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+
+    pub fn append(&mut self, event: &Event) {
+        self.time.push(event.time_us);
+        self.received_at.push(event.received_at_us);
+        self.id.append_value(&event.id);
+        self.org_id.append_value(&event.org_id);
+        self.actor_id.append_value(&event.actor_id);
+        self.action.append_value(&event.action);
+        for ((_, get, _), column) in OPTIONAL_TEXT_FIELDS.iter().zip(&mut self.optional) {
+            column.append_option(get(event).as_deref());
+        }
+        self.attributes.append_option(event.attributes.as_deref());
+    }
+
+    /// The batch of everything appended; event `i` gets `seq = first_seq + i`.
+    pub fn finish(mut self, first_seq: Seq) -> RecordBatch {
+        let micros =
+            |values: Vec<i64>| -> ArrayRef { Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC")) };
+        let rows = self.time.len() as i64;
+        let mut optional = self.optional.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef);
+        let mut columns: Vec<ArrayRef> = vec![
+            micros(self.time),
+            micros(self.received_at),
+            Arc::new(self.id.finish()),
+            Arc::new(self.org_id.finish()),
+            Arc::new(self.actor_id.finish()),
+        ];
+        // actor_name and actor_type sit next to actor_id (see the schema).
+        columns.extend(optional.by_ref().take(2));
+        columns.push(Arc::new(self.action.finish()));
+        columns.extend(optional);
+        columns.push(Arc::new(self.attributes.finish()));
+        let first = first_seq as i64;
+        columns.push(Arc::new(Int64Array::from_iter_values((0..rows).map(|i| first + i))));
+        RecordBatch::try_new(schema(), columns).expect("columns are built in schema order with schema types")
+    }
 }
 
 /// Why one field of one incoming event was refused.

@@ -14,10 +14,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use crate::model::Event;
+use std::fmt::Write;
 
-/// Organisations and how many users each has; `acme` is the busiest.
+use datafusion::arrow::array::RecordBatch;
+
+use crate::model::{BatchBuilder, Event};
+
+/// Organisations (in name order) and how many users each has; `acme` is the
+/// busiest. Events are spread over organisations by their number of users.
 const ORGS: [(&str, usize); 4] = [("acme", 60), ("globex", 35), ("initech", 20), ("umbrella", 12)];
+const TOTAL_USERS: usize = 60 + 35 + 20 + 12;
 const FIRST_NAMES: [&str; 16] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj", "olivia",
     "peggy", "rupert", "sybil",
@@ -120,6 +126,9 @@ pub struct Generator {
     background: usize,
     /// Planted events not yet emitted, latest first.
     incidents: Vec<Event>,
+    /// The event background events are made in, reused so that making one
+    /// allocates nothing.
+    scratch: Event,
 }
 
 impl Generator {
@@ -140,33 +149,58 @@ impl Generator {
             made: 0,
             background: count.saturating_sub(incidents.len()),
             incidents,
+            scratch: Event::default(),
         }
     }
 
     /// Up to `max_events` more background events (plus the planted ones that
     /// fall among them), in time order; `None` when all are made.
     pub fn next_chunk(&mut self, max_events: usize) -> Option<Vec<Event>> {
-        if self.made == self.background && self.incidents.is_empty() {
-            return None;
-        }
-        let until = (self.made + max_events).min(self.background);
-        let mut chunk = Vec::with_capacity(until - self.made + self.incidents.len());
-        while self.made < until {
-            let event = self.background_event(self.made);
-            // A planted event goes before the first background event later than it.
-            while self.incidents.last().is_some_and(|e| e.time_us < event.time_us) {
-                chunk.push(self.incidents.pop().expect("checked"));
-            }
-            chunk.push(event);
-            self.made += 1;
-        }
-        if self.made == self.background {
-            chunk.extend(self.incidents.drain(..).rev());
-        }
-        Some(chunk)
+        let mut chunk = Vec::new();
+        self.next_each(max_events, |event| chunk.push(event.clone())).then_some(chunk)
     }
 
-    fn background_event(&mut self, i: usize) -> Event {
+    /// The events [`Generator::next_chunk`] would give, as Arrow batches in
+    /// the order segments keep (one batch per organisation, by name, each in
+    /// time order), so a bulk load can write them without sorting. Seqs
+    /// start at 0: whoever stores them assigns the real ones. Nothing is
+    /// allocated per event.
+    pub fn next_segment(&mut self, max_events: usize) -> Option<Vec<RecordBatch>> {
+        let expected = max_events.min(self.background - self.made) + 1;
+        let mut orgs: Vec<BatchBuilder> =
+            ORGS.iter().map(|(_, users)| BatchBuilder::with_capacity(expected * users / TOTAL_USERS + 1)).collect();
+        let made = self.next_each(max_events, |event| {
+            let org = ORGS.iter().position(|(name, _)| *name == event.org_id).expect("a demo organisation");
+            orgs[org].append(event);
+        });
+        made.then(|| orgs.into_iter().filter(|b| !b.is_empty()).map(|b| b.finish(0)).collect())
+    }
+
+    /// Hands the next events to `emit` one by one; `false` when all are made.
+    fn next_each(&mut self, max_events: usize, mut emit: impl FnMut(&Event)) -> bool {
+        if self.made == self.background && self.incidents.is_empty() {
+            return false;
+        }
+        let until = (self.made + max_events).min(self.background);
+        let mut event = std::mem::take(&mut self.scratch);
+        while self.made < until {
+            self.background_event(self.made, &mut event);
+            // A planted event goes before the first background event later than it.
+            while self.incidents.last().is_some_and(|e| e.time_us < event.time_us) {
+                emit(&self.incidents.pop().expect("checked"));
+            }
+            emit(&event);
+            self.made += 1;
+        }
+        self.scratch = event;
+        if self.made == self.background {
+            self.incidents.drain(..).rev().for_each(|e| emit(&e));
+        }
+        true
+    }
+
+    /// Overwrites `event` with background event `i`, reusing its strings.
+    fn background_event(&mut self, i: usize, event: &mut Event) {
         let rng = &mut self.rng;
         let time_us = self.start_us
             + (self.span_us as i128 * i as i128 / self.background.max(1) as i128) as i64
@@ -175,37 +209,49 @@ impl Generator {
         let (org, users) = &self.orgs[org_index];
         let user = &users[rng.random_range(0..users.len())];
         let (action, product, category, content, _) = ACTIONS[pick_weighted(rng, ACTIONS.iter().map(|a| a.4))];
-        let mut event = Event {
-            time_us,
-            id: random_uuid(rng),
-            org_id: (*org).to_owned(),
-            actor_id: user.id.clone(),
-            actor_name: Some(user.name.clone()),
-            actor_type: Some("user".into()),
-            action: action.into(),
-            category: Some(category.into()),
-            outcome: Some(if action == "auth.login.failed" { "failure" } else { "success" }.into()),
-            product: Some(product.into()),
-            source_ip: Some(user.ip.clone()),
-            user_agent: Some(user.agent.into()),
-            location: Some(["US", "DE", "GB", "FR"][org_index % 4].into()),
-            session_id: Some(format!("s-{}-{}", user.id, time_us / 3_600_000_000)),
-            request_id: Some(random_uuid(rng)),
-            ..Event::default()
-        };
-        set_content(&mut event, content, rng);
-        event
+        event.time_us = time_us;
+        put(&mut event.id, random_uuid(rng).encode_lower(&mut uuid::Uuid::encode_buffer()));
+        put(&mut event.org_id, org);
+        put(&mut event.actor_id, &user.id);
+        put_some(&mut event.actor_name, &user.name);
+        put_some(&mut event.actor_type, "user");
+        put(&mut event.action, action);
+        put_some(&mut event.category, category);
+        put_some(&mut event.outcome, if action == "auth.login.failed" { "failure" } else { "success" });
+        put_some(&mut event.product, product);
+        put_some(&mut event.source_ip, &user.ip);
+        put_some(&mut event.user_agent, user.agent);
+        put_some(&mut event.location, ["US", "DE", "GB", "FR"][org_index % 4]);
+        put_fmt(&mut event.session_id, format_args!("s-{}-{}", user.id, time_us / 3_600_000_000));
+        put_some(&mut event.request_id, random_uuid(rng).encode_lower(&mut uuid::Uuid::encode_buffer()));
+        set_content(event, content, rng);
     }
 }
 
-/// Index of an item chosen with probability proportional to its weight.
+/// Sets a string to `value`, keeping its allocation.
+fn put(slot: &mut String, value: &str) {
+    slot.clear();
+    slot.push_str(value);
+}
+
+fn put_some(slot: &mut Option<String>, value: &str) {
+    put(slot.get_or_insert_default(), value);
+}
+
+fn put_fmt(slot: &mut Option<String>, value: std::fmt::Arguments<'_>) {
+    let slot = slot.get_or_insert_default();
+    slot.clear();
+    slot.write_fmt(value).expect("writing to a String cannot fail");
+}
+
 /// A random (version 4) UUID from the generator's own random stream: ids
 /// look like real products' and compress like them (barely), yet the same
 /// seed gives the same ids.
-fn random_uuid(rng: &mut ChaCha8Rng) -> String {
-    uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string()
+fn random_uuid(rng: &mut ChaCha8Rng) -> uuid::fmt::Hyphenated {
+    uuid::Builder::from_random_bytes(rng.random()).into_uuid().hyphenated()
 }
 
+/// Index of an item chosen with probability proportional to its weight.
 fn pick_weighted(rng: &mut ChaCha8Rng, weights: impl Iterator<Item = u32> + Clone) -> usize {
     let total: u32 = weights.clone().sum();
     let mut pick = rng.random_range(0..total);
@@ -219,29 +265,40 @@ fn pick_weighted(rng: &mut ChaCha8Rng, weights: impl Iterator<Item = u32> + Clon
 }
 
 fn set_content(event: &mut Event, content: Content, rng: &mut ChaCha8Rng) {
+    event.attributes = None;
     match content {
         Content::Page => {
             let page = rng.random_range(10_000..10_400);
-            event.content_type = Some("page".into());
-            event.content_id = Some(page.to_string());
-            event.content_title = Some(format!("{} {}", PAGE_WORDS[page as usize % PAGE_WORDS.len()], page % 37));
-            event.container_id = Some(format!("SPACE-{}", page % 9));
+            put_some(&mut event.content_type, "page");
+            put_fmt(&mut event.content_id, format_args!("{page}"));
+            put_fmt(
+                &mut event.content_title,
+                format_args!("{} {}", PAGE_WORDS[page as usize % PAGE_WORDS.len()], page % 37),
+            );
+            put_fmt(&mut event.container_id, format_args!("SPACE-{}", page % 9));
         }
         Content::Issue => {
             let project = PROJECTS[rng.random_range(0..PROJECTS.len())];
             let number = rng.random_range(1..900);
-            event.content_type = Some("issue".into());
-            event.content_id = Some(format!("{project}-{number}"));
-            event.content_title = Some(format!("{project} task {number}"));
-            event.container_id = Some(project.into());
+            put_some(&mut event.content_type, "issue");
+            put_fmt(&mut event.content_id, format_args!("{project}-{number}"));
+            put_fmt(&mut event.content_title, format_args!("{project} task {number}"));
+            put_some(&mut event.container_id, project);
         }
         Content::Space => {
             let space = rng.random_range(0..9);
-            event.content_type = Some("space".into());
-            event.content_id = Some(format!("SPACE-{space}"));
+            put_some(&mut event.content_type, "space");
+            put_fmt(&mut event.content_id, format_args!("SPACE-{space}"));
+            event.content_title = None;
+            event.container_id = None;
             event.attributes = Some(json!({"permission": "edit", "granted_to": "group:contractors"}).to_string());
         }
-        Content::None => {}
+        Content::None => {
+            event.content_type = None;
+            event.content_id = None;
+            event.content_title = None;
+            event.container_id = None;
+        }
     }
 }
 
@@ -341,6 +398,30 @@ mod tests {
             }
             assert_eq!(chunked, all, "chunks of {size}");
         }
+    }
+
+    #[test]
+    fn segments_hold_the_same_events_as_chunks_in_segment_order() {
+        assert_eq!(TOTAL_USERS, ORGS.iter().map(|(_, n)| n).sum::<usize>());
+        assert!(ORGS.windows(2).all(|w| w[0].0 < w[1].0), "organisations are in name order");
+        let all = generate(9, 3_000, END_US, 3);
+        let mut generator = Generator::new(9, 3_000, END_US, 3);
+        let (mut made, mut segments) = (0, 0);
+        while let Some(batches) = generator.next_segment(700) {
+            segments += 1;
+            assert!(batches.len() == 4 || segments == 5, "one batch per organisation: {}", batches.len());
+            let segment = datafusion::arrow::compute::concat_batches(&crate::model::schema(), &batches).unwrap();
+            let mut expected = all[made..made + segment.num_rows()].to_vec();
+            expected.sort_by(|a, b| a.org_id.cmp(&b.org_id)); // stable: time order within each
+            let without_seq: Vec<usize> = (0..segment.num_columns() - 1).collect(); // numbered by the loader
+            assert_eq!(
+                segment.project(&without_seq).unwrap(),
+                crate::model::events_to_batch(&expected, 0).project(&without_seq).unwrap(),
+                "segment starting at event {made}"
+            );
+            made += segment.num_rows();
+        }
+        assert_eq!((made, segments), (all.len(), 5));
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl StorageConfig {
             seal_max_buffered_bytes: 128 * 1024 * 1024,
             seal_after_ms: 60_000,
             max_buffered_bytes: 384 * 1024 * 1024,
-            compaction: CompactionPolicy { target_rows: 4_000_000, min_inputs: 4 },
+            compaction: CompactionPolicy { target_rows: 1_000_000, min_inputs: 4 },
         }
     }
 }
@@ -482,20 +482,39 @@ impl Storage {
     /// meanwhile get later seqs; they wait in the buffer, since sealing waits
     /// for the load. Returns the first and last seq loaded.
     ///
-    /// Chunks come as Arrow batches of the `audit_events` schema (see
-    /// [`model::events_to_batch`]); their `seq` column is overwritten here, so
-    /// callers can build them on another thread before seqs are known.
-    pub fn bulk_load(&self, chunks: impl Iterator<Item = RecordBatch>) -> Result<Option<(Seq, Seq)>, StorageError> {
+    /// Each chunk is one or more Arrow batches of the `audit_events` schema
+    /// (see [`model::BatchBuilder`]); their `seq` column is overwritten here,
+    /// numbering the chunk's rows in order, so callers can build them on
+    /// another thread before seqs are known. A chunk whose rows are already
+    /// in segment order (see [`segment::SORT_COLUMNS`]) is written without
+    /// being sorted again.
+    pub fn bulk_load(
+        &self,
+        chunks: impl Iterator<Item = Vec<RecordBatch>>,
+    ) -> Result<Option<(Seq, Seq)>, StorageError> {
         let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
         // Everything acknowledged so far is sealed first, so that the segments
         // keep covering the log in seq order.
         self.seal_locked()?;
         let mut loaded: Option<(Seq, Seq)> = None;
-        for chunk in chunks.filter(|c| c.num_rows() > 0) {
-            let first = self.rotate_wal(chunk.num_rows() as u64)? + 1;
-            let last = first + chunk.num_rows() as Seq - 1;
+        for chunk in chunks {
+            let rows: usize = chunk.iter().map(RecordBatch::num_rows).sum();
+            if rows == 0 {
+                continue;
+            }
+            let first = self.rotate_wal(rows as u64)? + 1;
+            let last = first + rows as Seq - 1;
+            let mut next = first;
+            let numbered: Vec<RecordBatch> = chunk
+                .into_iter()
+                .map(|batch| {
+                    let batch_first = next;
+                    next += batch.num_rows() as Seq;
+                    with_seq(batch, batch_first)
+                })
+                .collect();
             let started = Instant::now();
-            let meta = segment::write_segment(&self.shared.segments, &[with_seq(chunk, first)])?;
+            let meta = segment::write_segment(&self.shared.segments, &numbered)?;
             debug!(first, last, written_ms = started.elapsed().as_millis() as u64, "bulk-loaded segment");
             let mut segments = self.state().segments.as_ref().clone();
             segments.push(LiveSegment::new(meta.clone(), &self.shared.segments));
@@ -1045,7 +1064,7 @@ mod tests {
             append_n(&storage, 0, 5).await;
             let loader = storage.clone();
             let chunk = |ids: std::ops::Range<usize>| model::events_to_batch(&ids.map(event).collect::<Vec<_>>(), 0);
-            let chunks = vec![chunk(100..110), chunk(0..0), chunk(110..130)];
+            let chunks = vec![vec![chunk(100..110)], vec![chunk(0..0)], vec![chunk(110..120), chunk(120..130)]];
             let loaded = std::thread::spawn(move || loader.bulk_load(chunks.into_iter())).join().unwrap().unwrap();
             assert_eq!(loaded, Some((6, 35)));
             assert_eq!(append_n(&storage, 200, 2).await, (36, 37));

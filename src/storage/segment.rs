@@ -7,12 +7,13 @@
 //! for readers. Where the file goes (local directory or bucket) is
 //! [`SegmentStore`]'s business.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::{self, SortColumn, interleave_record_batch, lexsort_to_indices};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -73,22 +74,56 @@ const WRITE_CHUNK_ROWS: usize = 32 * 1024;
 
 /// The rows of `batches` in `(org_id, time, seq)` order, as `(batch, row)`
 /// positions. Only the sort keys are copied, so sealing never holds a second
-/// full copy of the buffer (see [`write_segment`]).
+/// full copy of the buffer (see [`write_segment`]). A log has few
+/// organisations, so each row's `org_id` becomes its rank among the distinct
+/// ones and rows sort on fixed-size keys: comparing strings was most of the
+/// sort's time.
 fn sorted_positions(batches: &[RecordBatch]) -> Result<Vec<(usize, usize)>, StorageError> {
-    let keys = SORT_COLUMNS
-        .iter()
-        .map(|name| {
-            let parts: Vec<&dyn Array> =
-                batches.iter().map(|b| b.column_by_name(name).expect("schema column").as_ref()).collect();
-            Ok(SortColumn { values: compute::concat(&parts)?, options: None })
-        })
-        .collect::<Result<Vec<_>, StorageError>>()?;
-    let mut positions = Vec::with_capacity(keys[0].values.len());
-    for (b, batch) in batches.iter().enumerate() {
-        positions.extend((0..batch.num_rows()).map(|row| (b, row)));
+    let orgs = |b: &RecordBatch| b.column_by_name("org_id").expect("schema column").as_string::<i32>().clone();
+    let mut ranks: HashMap<&str, u32> = HashMap::new();
+    let org_columns: Vec<_> = batches.iter().map(orgs).collect();
+    for org in org_columns.iter().flat_map(|c| c.iter().flatten()) {
+        let next = ranks.len() as u32;
+        ranks.entry(org).or_insert(next);
     }
-    let order = lexsort_to_indices(&keys, None)?;
-    Ok(order.values().iter().map(|&i| positions[i as usize]).collect())
+    let mut by_name: Vec<&str> = ranks.keys().copied().collect();
+    by_name.sort_unstable();
+    for (rank, org) in by_name.into_iter().enumerate() {
+        ranks.insert(org, rank as u32);
+    }
+
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut keys: Vec<(u32, i64, i64, u32, u32)> = Vec::with_capacity(rows);
+    for (b, batch) in batches.iter().enumerate() {
+        let times = batch.column_by_name("time").expect("schema column").as_primitive::<TimestampMicrosecondType>();
+        let seqs = batch.column_by_name("seq").expect("schema column").as_primitive::<Int64Type>();
+        for (row, org) in org_columns[b].iter().enumerate() {
+            let rank = ranks[org.expect("org_id is required")];
+            keys.push((rank, times.value(row), seqs.value(row), b as u32, row as u32));
+        }
+    }
+    // Seqs are unique, so the order is total and stability does not matter.
+    keys.sort_unstable();
+    Ok(keys.into_iter().map(|(_, _, _, b, row)| (b as usize, row as usize)).collect())
+}
+
+/// Whether the rows of `batches`, taken in order, are already sorted by
+/// [`SORT_COLUMNS`], as bulk loads that sort on their own thread hand them.
+fn in_segment_order(batches: &[RecordBatch]) -> bool {
+    let mut previous: Option<(&str, i64, i64)> = None;
+    for batch in batches {
+        let orgs = batch.column_by_name("org_id").expect("schema column").as_string::<i32>();
+        let times = batch.column_by_name("time").expect("schema column").as_primitive::<TimestampMicrosecondType>();
+        let seqs = batch.column_by_name("seq").expect("schema column").as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            let key = (orgs.value(row), times.value(row), seqs.value(row));
+            if previous.is_some_and(|p| p > key) {
+                return false;
+            }
+            previous = Some(key);
+        }
+    }
+    true
 }
 
 /// Writes `batches` as a new segment file in the store, durably, sorted by
@@ -105,18 +140,36 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
     let (min_time_us, max_time_us) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
     let file_name = segment_file_name(min_seq as u64, max_seq as u64);
 
-    let positions = sorted_positions(batches)?;
-    let org_at = |(b, row): (usize, usize)| {
-        batches[b].column_by_name("org_id").expect("org_id").as_string::<i32>().value(row).to_owned()
+    let org_of = |batch: &RecordBatch, row: usize| {
+        batch.column_by_name("org_id").expect("org_id").as_string::<i32>().value(row).to_owned()
     };
-    let (min_org_id, max_org_id) = (org_at(positions[0]), org_at(positions[rows - 1]));
-    let sources: Vec<&RecordBatch> = batches.iter().collect();
-    let written = store.create_segment(&file_name).and_then(|mut writer| {
-        for chunk in positions.chunks(WRITE_CHUNK_ROWS) {
-            writer.write(&packed::pack(&interleave_record_batch(&sources, chunk)?))?;
-        }
-        writer.finish()
-    });
+    let org_at = |(b, row): (usize, usize)| org_of(&batches[b], row);
+    let written;
+    let (min_org_id, max_org_id);
+    if in_segment_order(batches) {
+        let non_empty: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+        let last = non_empty[non_empty.len() - 1];
+        (min_org_id, max_org_id) = (org_of(non_empty[0], 0), org_of(last, last.num_rows() - 1));
+        written = store.create_segment(&file_name).and_then(|mut writer| {
+            for batch in non_empty {
+                for offset in (0..batch.num_rows()).step_by(WRITE_CHUNK_ROWS) {
+                    let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - offset);
+                    writer.write(&packed::pack(&batch.slice(offset, len)))?;
+                }
+            }
+            writer.finish()
+        });
+    } else {
+        let positions = sorted_positions(batches)?;
+        (min_org_id, max_org_id) = (org_at(positions[0]), org_at(positions[rows - 1]));
+        let sources: Vec<&RecordBatch> = batches.iter().collect();
+        written = store.create_segment(&file_name).and_then(|mut writer| {
+            for chunk in positions.chunks(WRITE_CHUNK_ROWS) {
+                writer.write(&packed::pack(&interleave_record_batch(&sources, chunk)?))?;
+            }
+            writer.finish()
+        });
+    }
     if written.is_err() {
         // Debris would be removed at the next start anyway; don't keep it till then.
         let _ = store.delete_segment(&file_name);
@@ -214,5 +267,32 @@ mod tests {
         assert_eq!(ids, ["acme-1", "acme-5", "acme-9", "globex-2", "globex-5"]);
         let seqs = batch.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(seqs, [3, 4, 2, 5, 1], "rows keep their seqs");
+    }
+
+    #[test]
+    fn rows_already_in_segment_order_are_written_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        let event = |org: &str, time_us: i64| Event {
+            time_us,
+            org_id: org.into(),
+            actor_id: "u".into(),
+            action: "a".into(),
+            id: format!("{org}-{time_us}"),
+            ..Event::default()
+        };
+        let acme = model::events_to_batch(&[event("acme", 4), event("acme", 9)], 1);
+        let none = model::events_to_batch(&[], 3);
+        let globex = model::events_to_batch(&[event("globex", 2)], 3);
+        assert!(in_segment_order(&[acme.clone(), none.clone(), globex.clone()]));
+        assert!(!in_segment_order(&[globex.clone(), acme.clone()]));
+        let meta = write_segment(&store, &[acme, none, globex]).unwrap();
+        assert_eq!((meta.min_org_id.as_str(), meta.max_org_id.as_str()), ("acme", "globex"));
+        assert_eq!((meta.rows, meta.min_time_us, meta.max_time_us), (3, 2, 9));
+
+        let file = std::fs::File::open(store.local_path(&meta.file).unwrap()).unwrap();
+        let batch = ParquetRecordBatchReader::try_new(file, 1024).unwrap().next().unwrap().unwrap();
+        let seqs = batch.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 }
