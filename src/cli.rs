@@ -175,20 +175,22 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         // batches while the bulk loader sorts, compresses and publishes the
         // previous one.
         let (chunks, chunk_rx) = std::sync::mpsc::sync_channel(1);
-        let generator = std::thread::spawn(move || {
+        let generator = std::thread::Builder::new().name("auditlake-demo".into()).spawn(move || {
             let mut generator = demo::Generator::new(seed, count, end_us, days);
             while let Some(segment) = generator.next_segment(BULK_CHUNK_EVENTS) {
                 if chunks.send(segment).is_err() {
                     return;
                 }
             }
-        });
+        })?;
         let started = std::time::Instant::now();
         let loader = storage.clone();
         // A thread outside the runtime, so that the segment store runs its
         // writes on its own runtime directly rather than via a helper thread
         // per call.
-        let loading = std::thread::spawn(move || loader.bulk_load(chunk_rx.into_iter()));
+        let loading = std::thread::Builder::new()
+            .name("auditlake-bulk".into())
+            .spawn(move || loader.bulk_load(chunk_rx.into_iter()))?;
         tokio::task::spawn_blocking(move || loading.join())
             .await?
             .map_err(|_| anyhow::anyhow!("the bulk load panicked"))??;
