@@ -35,9 +35,12 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use tracing::debug;
 
 use crate::model;
 use crate::storage::{Storage, packed};
+
+mod pruning;
 
 /// The catalog and schema clients see: `auditlake.public.audit_events`.
 pub const CATALOG: &str = "auditlake";
@@ -48,11 +51,20 @@ pub const TABLE: &str = "audit_events";
 #[derive(Debug)]
 pub struct AuditEventsTable {
     storage: Storage,
+    /// Whether filters prune segments, row groups and pages; off only to
+    /// check pruning against a full scan.
+    pushdown: bool,
 }
 
 impl AuditEventsTable {
     pub fn new(storage: Storage) -> Self {
-        AuditEventsTable { storage }
+        AuditEventsTable { storage, pushdown: true }
+    }
+
+    /// The same table read in full, filters applied only above the scan: the
+    /// reference pruning is checked against.
+    pub fn without_pushdown(storage: Storage) -> Self {
+        AuditEventsTable { storage, pushdown: false }
     }
 }
 
@@ -200,9 +212,15 @@ impl TableProvider for AuditEventsTable {
             inputs.push(DataSourceExec::from_data_source(memory));
         }
 
-        if !snapshot.segments.is_empty() {
-            let files = snapshot
-                .segments
+        let filters = if self.pushdown { filters } else { &[] };
+        let predicate = match conjunction(filters.to_vec()) {
+            Some(predicate) => Some(state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&schema))?)?),
+            None => None,
+        };
+        let segments = pruning::prune_segments(&snapshot.segments, predicate)?;
+        debug!(segments = snapshot.segments.len(), kept = segments.len(), "pruned segments with the manifest");
+        if !segments.is_empty() {
+            let files = segments
                 .iter()
                 .map(|s| {
                     // The plan holds the segment: compaction cannot delete its
@@ -230,11 +248,15 @@ impl TableProvider for AuditEventsTable {
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
 pub fn new_session_context(storage: &Storage) -> Result<SessionContext> {
+    session_over(storage, AuditEventsTable::new(storage.clone()))
+}
+
+fn session_over(storage: &Storage, table: AuditEventsTable) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
     let ctx = SessionContext::new_with_config(config);
     let segments = storage.segment_store();
     ctx.register_object_store(segments.url().as_ref(), segments.object_store());
-    ctx.register_table(TABLE, Arc::new(AuditEventsTable::new(storage.clone())))?;
+    ctx.register_table(TABLE, Arc::new(table))?;
     Ok(ctx)
 }
 
@@ -367,5 +389,161 @@ mod tests {
             sent[1..3]
         );
         storage.shutdown();
+    }
+
+    #[tokio::test]
+    async fn the_manifest_prunes_segments_by_time_and_org() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        // Four segments: one minute each, the last one of org globex only.
+        for minute in 0..4i64 {
+            let batch: Vec<Event> = (0..10i64)
+                .map(|i| Event {
+                    time_us: 1_795_000_000_000_000 + minute * 60_000_000 + i * 1_000_000,
+                    org_id: if minute == 3 { "globex" } else { "acme" }.into(),
+                    ..events(0, 1)[0].clone()
+                })
+                .collect();
+            storage.append(batch).await.unwrap();
+            let sealer = storage.clone();
+            tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        }
+        let ctx = new_session_context(&storage).unwrap();
+        let files_scanned = |sql: String| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx.sql(&format!("explain {sql}")).await.unwrap().collect().await.unwrap();
+                let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
+                let count = ctx.sql(&sql).await.unwrap().count().await.unwrap();
+                (text.matches(".parquet").count(), count)
+            }
+        };
+        let minute = |m: i64| {
+            let t = chrono::DateTime::from_timestamp_micros(1_795_000_000_000_000 + m * 60_000_000).unwrap();
+            format!("'{}'", t.to_rfc3339())
+        };
+        let all = "select * from audit_events".to_owned();
+        assert_eq!(files_scanned(all).await, (4, 40));
+        let last_two = format!("select * from audit_events where time >= {}", minute(2));
+        assert_eq!(files_scanned(last_two).await, (2, 20));
+        let second = format!("select * from audit_events where time between {} and {}", minute(1), minute(1));
+        assert_eq!(files_scanned(second).await, (1, 1));
+        let globex = "select * from audit_events where org_id = 'globex'".to_owned();
+        assert_eq!(files_scanned(globex).await, (1, 10));
+        let nothing = format!("select * from audit_events where time > {} and org_id = 'acme'", minute(3));
+        assert_eq!(files_scanned(nothing).await, (0, 0));
+        storage.shutdown();
+    }
+
+    /// Pruning must never change an answer: the same SQL over the same
+    /// events, with filters pushed down and with a full scan.
+    mod pushdown {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const BASE_US: i64 = 1_795_000_000_000_000;
+        const ORGS: [&str; 3] = ["acme", "globex", "initech"];
+        const ACTORS: [&str; 4] = ["u1", "u2", "u3", "u4"];
+        const CONTENT: [&str; 3] = ["c1", "c2", "c3"];
+        const ACTIONS: [&str; 3] = ["page.viewed", "page.updated", "page.deleted"];
+        const IPS: [&str; 2] = ["10.0.0.1", "10.0.0.2"];
+
+        fn event() -> impl Strategy<Value = Event> {
+            (
+                0..12i64,
+                0..3usize,
+                0..4usize,
+                proptest::option::of(0..3usize),
+                0..3usize,
+                proptest::option::of(0..2usize),
+            )
+                .prop_map(|(second, org, actor, content, action, ip)| Event {
+                    time_us: BASE_US + second * 1_000_000,
+                    id: format!("e{second}-{org}-{actor}"),
+                    org_id: ORGS[org].into(),
+                    actor_id: ACTORS[actor].into(),
+                    content_id: content.map(|c| CONTENT[c].into()),
+                    action: ACTIONS[action].into(),
+                    source_ip: ip.map(|i| IPS[i].into()),
+                    ..Event::default()
+                })
+        }
+
+        fn at(second: i64) -> String {
+            let time = chrono::DateTime::from_timestamp_micros(BASE_US + second * 1_000_000).unwrap();
+            format!("'{}'", time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        }
+
+        fn one_of(column: &'static str, values: &'static [&'static str]) -> impl Strategy<Value = String> {
+            let equal = proptest::sample::select(values).prop_map(move |v| format!("{column} = '{v}'"));
+            let listed = proptest::sample::subsequence(values, 1..=values.len()).prop_map(move |vs| {
+                format!("{column} in ({})", vs.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", "))
+            });
+            prop_oneof![equal, listed]
+        }
+
+        fn condition() -> impl Strategy<Value = String> {
+            prop_oneof![
+                // Seconds around the events' 0..12, so that range ends often
+                // fall exactly on a segment's first or last event.
+                (-1..13i64).prop_map(|s| format!("time >= {}", at(s))),
+                (-1..13i64).prop_map(|s| format!("time > {}", at(s))),
+                (-1..13i64).prop_map(|s| format!("time < {}", at(s))),
+                (-1..13i64).prop_map(|s| format!("time <= {}", at(s))),
+                (-1..13i64).prop_map(|s| format!("time = {}", at(s))),
+                (-1..13i64, 0..5i64).prop_map(|(s, n)| format!("time between {} and {}", at(s), at(s + n))),
+                one_of("org_id", &ORGS),
+                one_of("actor_id", &ACTORS),
+                one_of("content_id", &CONTENT),
+                Just("content_id is null".to_owned()),
+                Just("source_ip is not null".to_owned()),
+                one_of("action", &ACTIONS),
+                one_of("source_ip", &IPS),
+            ]
+        }
+
+        fn filter() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::collection::vec(condition(), 1..4).prop_map(|cs| cs.join(" and ")),
+                (condition(), condition()).prop_map(|(a, b)| format!("({a}) or ({b})")),
+            ]
+        }
+
+        async fn seqs(ctx: &SessionContext, sql: &str) -> Vec<i64> {
+            let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            batches.iter().flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+            #[test]
+            fn pushed_filters_return_what_a_full_scan_returns(
+                batches in proptest::collection::vec(proptest::collection::vec(event(), 1..30), 1..6),
+                sealed in 0..6usize,
+                filter in filter(),
+            ) {
+                let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+                let dir = tempfile::tempdir().unwrap();
+                let (pushed, full) = runtime.block_on(async {
+                    let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+                    // The first `sealed` batches become a segment each; the rest stay buffered.
+                    for (i, batch) in batches.iter().enumerate() {
+                        storage.append(batch.clone()).await.unwrap();
+                        if i < sealed {
+                            let sealer = storage.clone();
+                            tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+                        }
+                    }
+                    let sql = format!("select seq from audit_events where {filter} order by seq");
+                    let pushed = seqs(&new_session_context(&storage).unwrap(), &sql).await;
+                    let reference = session_over(&storage, AuditEventsTable::without_pushdown(storage.clone())).unwrap();
+                    let full = seqs(&reference, &sql).await;
+                    storage.shutdown();
+                    (pushed, full)
+                });
+                prop_assert_eq!(pushed, full, "filter: {}", filter);
+            }
+        }
     }
 }
