@@ -41,6 +41,9 @@ use crate::model;
 use crate::storage::{Storage, packed};
 
 mod pruning;
+mod scan_exec;
+
+use scan_exec::{AuditEventsScanExec, ScanSummary};
 
 /// The catalog and schema clients see: `auditlake.public.audit_events`.
 pub const CATALOG: &str = "auditlake";
@@ -198,6 +201,7 @@ impl TableProvider for AuditEventsTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = model::schema();
         let snapshot = self.storage.snapshot();
+        let buffered_batches = snapshot.buffer.len();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         if !snapshot.buffer.is_empty() {
@@ -231,7 +235,7 @@ impl TableProvider for AuditEventsTable {
             inputs.push(self.segments_scan(state, files, projection, filters, limit)?);
         }
 
-        Ok(match inputs.len() {
+        let plan = match inputs.len() {
             0 => {
                 let projected = match projection {
                     Some(p) => Arc::new(schema.project(p)?),
@@ -241,7 +245,13 @@ impl TableProvider for AuditEventsTable {
             }
             1 => inputs.pop().expect("one input"),
             _ => UnionExec::try_new(inputs)?,
-        })
+        };
+        let summary = ScanSummary {
+            segments_read: segments.len(),
+            segments_pruned: snapshot.segments.len() - segments.len(),
+            buffered_batches,
+        };
+        Ok(Arc::new(AuditEventsScanExec::new(plan, summary)))
     }
 }
 
@@ -409,13 +419,19 @@ mod tests {
             tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
         }
         let ctx = new_session_context(&storage).unwrap();
+        // (segments read, segments pruned, rows) from EXPLAIN and the query.
         let files_scanned = |sql: String| {
             let ctx = ctx.clone();
             async move {
                 let plan = ctx.sql(&format!("explain {sql}")).await.unwrap().collect().await.unwrap();
                 let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
-                let count = ctx.sql(&sql).await.unwrap().count().await.unwrap();
-                (text.matches(".parquet").count(), count)
+                let number = |key: &str| -> usize {
+                    let at = text.find(key).unwrap_or_else(|| panic!("no {key} in {text}")) + key.len();
+                    text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+                };
+                let (read, pruned) = (number("segments_read="), number("segments_pruned="));
+                assert_eq!(text.matches(".parquet").count(), read, "{text}");
+                (read, pruned, ctx.sql(&sql).await.unwrap().count().await.unwrap())
             }
         };
         let minute = |m: i64| {
@@ -423,15 +439,15 @@ mod tests {
             format!("'{}'", t.to_rfc3339())
         };
         let all = "select * from audit_events".to_owned();
-        assert_eq!(files_scanned(all).await, (4, 40));
+        assert_eq!(files_scanned(all).await, (4, 0, 40));
         let last_two = format!("select * from audit_events where time >= {}", minute(2));
-        assert_eq!(files_scanned(last_two).await, (2, 20));
+        assert_eq!(files_scanned(last_two).await, (2, 2, 20));
         let second = format!("select * from audit_events where time between {} and {}", minute(1), minute(1));
-        assert_eq!(files_scanned(second).await, (1, 1));
+        assert_eq!(files_scanned(second).await, (1, 3, 1));
         let globex = "select * from audit_events where org_id = 'globex'".to_owned();
-        assert_eq!(files_scanned(globex).await, (1, 10));
+        assert_eq!(files_scanned(globex).await, (1, 3, 10));
         let nothing = format!("select * from audit_events where time > {} and org_id = 'acme'", minute(3));
-        assert_eq!(files_scanned(nothing).await, (0, 0));
+        assert_eq!(files_scanned(nothing).await, (0, 4, 0));
         storage.shutdown();
     }
 
