@@ -1,4 +1,4 @@
-//! The command line: `auditlake serve` and `auditlake demo`.
+//! The command line: `auditlake serve`, `auditlake demo` and `auditlake query`.
 //!
 //! This is the only module that writes to stdout (what the user asked for:
 //! connection strings, a ready line scripts can wait for). Logs go to stderr
@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::client;
 use crate::ingest::{self, demo};
 use crate::server;
 use crate::storage::compaction::CompactionPolicy;
@@ -30,6 +31,28 @@ enum Command {
     Serve(ServeArgs),
     /// Fill a fresh data directory with realistic demo activity, then serve it.
     Demo(DemoArgs),
+    /// Run one read-only SQL statement over a data directory (no server
+    /// running on it) or against a running server, and print the rows.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// The statement, e.g. "select action, count(*) from audit_events group by action".
+    sql: String,
+    /// Data directory to read in-process (the server must not be running on it).
+    #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR", conflicts_with = "server")]
+    data_dir: PathBuf,
+    /// Segments location of that data directory, if not inside it (see `serve --help`).
+    #[arg(long, env = "AUDITLAKE_SEGMENTS_URL", conflicts_with = "server")]
+    segments_url: Option<String>,
+    /// Ask a running server instead: a libpq connection string or URL,
+    /// e.g. postgres://investigator@127.0.0.1:5433/auditlake.
+    #[arg(long, env = "AUDITLAKE_SERVER")]
+    server: Option<String>,
+    /// How to print the rows.
+    #[arg(long, value_enum, default_value_t = client::Format::Table)]
+    format: client::Format,
 }
 
 #[derive(Debug, Args)]
@@ -123,8 +146,24 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Demo(args) => run_demo(args).await,
+            Command::Query(args) => query(args).await,
         }
     })
+}
+
+async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let target = match args.server {
+        Some(connection) => client::Target::Server(connection),
+        None => client::Target::DataDir(StorageConfig {
+            segments_url: args.segments_url,
+            ..StorageConfig::new(&args.data_dir)
+        }),
+    };
+    let batches = client::run(&target, &args.sql).await?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&client::render(&batches, args.format)?)?;
+    stdout.flush()?;
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

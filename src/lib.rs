@@ -13,9 +13,11 @@
 //! - [`query`]: the DataFusion `audit_events` table provider and session setup.
 //! - [`server`]: the Postgres wire endpoint (read-only, one session per connection).
 //! - [`ingest`]: the HTTP API and the demo-data generator.
-//! - [`cli`]: the command line (`serve`, `demo`).
+//! - [`client`]: SQL from the command line, in-process or against a server.
+//! - [`cli`]: the command line (`serve`, `demo`, `query`).
 
 pub mod cli;
+pub mod client;
 pub mod ingest;
 pub mod model;
 pub mod query;

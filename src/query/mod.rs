@@ -35,6 +35,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement;
 use tracing::debug;
 
 use crate::model;
@@ -253,6 +254,35 @@ impl TableProvider for AuditEventsTable {
         };
         Ok(Arc::new(AuditEventsScanExec::new(plan, summary)))
     }
+}
+
+/// Whether a statement only reads (or only touches its own session), the
+/// one definition of "read-only" for every way SQL reaches the log.
+pub fn is_read_only(statement: &Statement) -> bool {
+    match statement {
+        Statement::Explain { statement, .. } => is_read_only(statement),
+        Statement::Query(_)
+        | Statement::ExplainTable { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::Set(_)
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Discard { .. }
+        | Statement::Deallocate { .. } => true,
+        _ => false,
+    }
+}
+
+/// The first two words of a statement (`CREATE TABLE`), for messages.
+pub fn statement_verb(statement: &Statement) -> String {
+    statement.to_string().split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// A fresh DataFusion session over `storage` with `audit_events` registered.

@@ -136,32 +136,8 @@ impl NoopStartupHandler for TrustStartupHandler {}
 #[derive(Debug)]
 struct ReadOnlyHook;
 
-/// Whether a statement only reads (or only touches this connection's session).
-fn is_read_only(statement: &Statement) -> bool {
-    match statement {
-        Statement::Explain { statement, .. } => is_read_only(statement),
-        Statement::Query(_)
-        | Statement::ExplainTable { .. }
-        | Statement::ShowVariable { .. }
-        | Statement::ShowVariables { .. }
-        | Statement::ShowTables { .. }
-        | Statement::ShowColumns { .. }
-        | Statement::Set(_)
-        | Statement::StartTransaction { .. }
-        | Statement::Commit { .. }
-        | Statement::Rollback { .. }
-        | Statement::Declare { .. }
-        | Statement::Fetch { .. }
-        | Statement::Close { .. }
-        | Statement::Discard { .. }
-        | Statement::Deallocate { .. } => true,
-        _ => false,
-    }
-}
-
 fn read_only_error(statement: &Statement) -> PgWireError {
-    let text = statement.to_string();
-    let verb: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let verb = query::statement_verb(statement);
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".into(),
         "25006".into(),
@@ -177,7 +153,7 @@ impl QueryHook for ReadOnlyHook {
         _session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        (!is_read_only(statement)).then(|| Err(read_only_error(statement)))
+        (!query::is_read_only(statement)).then(|| Err(read_only_error(statement)))
     }
 
     async fn handle_extended_parse_query(
@@ -186,7 +162,7 @@ impl QueryHook for ReadOnlyHook {
         _session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        (!is_read_only(statement)).then(|| Err(read_only_error(statement)))
+        (!query::is_read_only(statement)).then(|| Err(read_only_error(statement)))
     }
 
     async fn handle_extended_query(
@@ -222,7 +198,7 @@ mod tests {
             "begin",
             "commit",
         ] {
-            assert!(is_read_only(&parse(sql)), "{sql}");
+            assert!(query::is_read_only(&parse(sql)), "{sql}");
         }
         for sql in [
             "insert into audit_events (id) values ('x')",
@@ -233,7 +209,7 @@ mod tests {
             "explain analyze delete from audit_events",
             "update audit_events set actor_id = 'x'",
         ] {
-            assert!(!is_read_only(&parse(sql)), "{sql}");
+            assert!(!query::is_read_only(&parse(sql)), "{sql}");
         }
         let PgWireError::UserError(info) = read_only_error(&parse("drop table audit_events")) else { panic!() };
         assert_eq!(info.code, "25006");

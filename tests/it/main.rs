@@ -6,4 +6,5 @@ mod end_to_end;
 mod harness;
 mod object_storage;
 mod open_layout;
+mod query_command;
 mod validation;

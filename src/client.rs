@@ -1,0 +1,197 @@
+//! SQL from the command line (`auditlake query`): one read-only statement,
+//! run either in-process over a data directory or against a running server
+//! over the Postgres wire, its rows rendered as a table, CSV or JSON.
+//!
+//! Either way the answer arrives as Arrow batches, so the renderers exist
+//! once. This module never writes to stdout (the CLI does) and never changes
+//! the log: in-process, DataFusion itself refuses DDL, DML, `COPY` and
+//! session statements; a server enforces its own read-only gate.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use tokio_postgres::types::Type;
+
+use crate::query;
+use crate::storage::{Storage, StorageConfig, StorageError};
+
+/// Where a statement runs.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// In this process, over a data directory no server is using.
+    DataDir(StorageConfig),
+    /// A running server: a libpq connection string or `postgres://` URL.
+    Server(String),
+}
+
+/// How rows are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for reading.
+    Table,
+    /// A header line, then one line per row.
+    Csv,
+    /// One JSON array of objects, column names as keys.
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no data directory at {}", .0.display())]
+    NoDataDir(std::path::PathBuf),
+    #[error("cannot open the data directory (is a server using it? then pass --server): {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot execute {0}: auditlake query is read-only")]
+    ReadOnly(String),
+    #[error("{0}")]
+    Syntax(#[from] datafusion::sql::sqlparser::parser::ParserError),
+    #[error("{0}")]
+    Query(#[from] DataFusionError),
+    #[error("server: {0}")]
+    Server(#[from] tokio_postgres::Error),
+    #[error("column {column} has type {type_name}, which auditlake query cannot show yet")]
+    UnsupportedType { column: String, type_name: String },
+    #[error("cannot render the rows: {0}")]
+    Render(#[from] ArrowError),
+}
+
+/// Runs one read-only statement at `target`.
+pub async fn run(target: &Target, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    for statement in datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)? {
+        if !query::is_read_only(&statement) {
+            return Err(ClientError::ReadOnly(query::statement_verb(&statement)));
+        }
+    }
+    match target {
+        Target::DataDir(config) => run_in_process(config.clone(), sql).await,
+        Target::Server(connection) => run_on_server(connection, sql).await,
+    }
+}
+
+async fn run_in_process(config: StorageConfig, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
+    // Opening storage creates a missing directory; a query must not.
+    if !config.data_dir.is_dir() {
+        return Err(ClientError::NoDataDir(config.data_dir));
+    }
+    let storage = tokio::task::spawn_blocking(move || Storage::open(config))
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))??;
+    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let result = async {
+        let ctx = query::new_session_context(&storage)?;
+        ctx.sql_with_options(sql, read_only).await?.collect().await
+    }
+    .await;
+    let closing = storage.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.shutdown()).await;
+    Ok(result?)
+}
+
+async fn run_on_server(connection: &str, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
+    let (client, driver) = tokio_postgres::connect(connection, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(driver);
+    let statement = client.prepare(sql).await?;
+    let rows = client.query(&statement, &[]).await?;
+    drop(client);
+    let _ = driver.await;
+
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (i, column) in statement.columns().iter().enumerate() {
+        let (data_type, values): (DataType, ArrayRef) = match *column.type_() {
+            Type::BOOL => (
+                DataType::Boolean,
+                Arc::new(rows.iter().map(|r| r.get::<_, Option<bool>>(i)).collect::<BooleanArray>()),
+            ),
+            Type::INT2 | Type::INT4 | Type::INT8 => {
+                let values: Int64Array = rows.iter().map(|r| integer(r, i, column.type_())).collect();
+                (DataType::Int64, Arc::new(values))
+            }
+            Type::FLOAT4 | Type::FLOAT8 => {
+                let values: Float64Array = rows.iter().map(|r| float(r, i, column.type_())).collect();
+                (DataType::Float64, Arc::new(values))
+            }
+            Type::TIMESTAMPTZ => {
+                let values: TimestampMicrosecondArray =
+                    rows.iter().map(|r| r.get::<_, Option<DateTime<Utc>>>(i).map(|t| t.timestamp_micros())).collect();
+                (DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), Arc::new(values.with_timezone("UTC")))
+            }
+            Type::TIMESTAMP => {
+                let values: TimestampMicrosecondArray = rows
+                    .iter()
+                    .map(|r| r.get::<_, Option<NaiveDateTime>>(i).map(|t| t.and_utc().timestamp_micros()))
+                    .collect();
+                (DataType::Timestamp(TimeUnit::Microsecond, None), Arc::new(values))
+            }
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+                (DataType::Utf8, Arc::new(rows.iter().map(|r| r.get::<_, Option<String>>(i)).collect::<StringArray>()))
+            }
+            ref other => {
+                return Err(ClientError::UnsupportedType {
+                    column: column.name().to_owned(),
+                    type_name: other.name().to_owned(),
+                });
+            }
+        };
+        fields.push(Field::new(column.name(), data_type, true));
+        columns.push(values);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    Ok(vec![RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+    )?])
+}
+
+fn integer(row: &tokio_postgres::Row, i: usize, type_: &Type) -> Option<i64> {
+    match *type_ {
+        Type::INT2 => row.get::<_, Option<i16>>(i).map(i64::from),
+        Type::INT4 => row.get::<_, Option<i32>>(i).map(i64::from),
+        _ => row.get::<_, Option<i64>>(i),
+    }
+}
+
+fn float(row: &tokio_postgres::Row, i: usize, type_: &Type) -> Option<f64> {
+    match *type_ {
+        Type::FLOAT4 => row.get::<_, Option<f32>>(i).map(f64::from),
+        _ => row.get::<_, Option<f64>>(i),
+    }
+}
+
+/// The rows of `batches` as `format`, ending with a newline.
+pub fn render(batches: &[RecordBatch], format: Format) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::new();
+    match format {
+        Format::Table => {
+            let table = datafusion::arrow::util::pretty::pretty_format_batches(batches)?;
+            out.extend_from_slice(format!("{table}\n").as_bytes());
+        }
+        Format::Csv => {
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+        }
+        Format::Json => {
+            let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                out = b"[]".to_vec();
+            }
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,84 @@
+//! `auditlake query`: the same statement over a data directory in-process and
+//! against the running server gives the rows psql gets, in each output format.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::harness::Server;
+
+const PER_ORG: &str = "select org_id, count(*) as n from audit_events group by org_id order by org_id";
+
+fn query(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_auditlake")).arg("query").args(args).env("RUST_BACKTRACE", "0").output().unwrap()
+}
+
+fn stdout(output: Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn refused(output: &Output) -> String {
+    assert!(!output.status.success(), "succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn query_reads_a_data_directory_or_a_server_and_prints_table_csv_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demo = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["demo", "--no-serve", "--events", "20000", "--seed", "3", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    let data_dir = data.to_str().unwrap();
+
+    // In-process, while no server holds the directory.
+    let csv = stdout(query(&["--data-dir", data_dir, "--format", "csv", PER_ORG]));
+    let table = stdout(query(&["--data-dir", data_dir, PER_ORG]));
+    assert!(
+        refused(&query(&["--data-dir", data_dir, "delete from audit_events"])).contains("read-only"),
+        "a write is refused before anything is opened"
+    );
+    let missing = dir.path().join("missing");
+    assert!(refused(&query(&["--data-dir", missing.to_str().unwrap(), PER_ORG])).contains("no data directory"));
+    assert!(!missing.exists(), "a query never creates a data directory");
+
+    let server = Server::start(&data, &[]);
+    let psql = server.psql(PER_ORG).unwrap();
+    let expected_csv = format!("org_id,n\n{}", psql.replace('|', ","));
+    assert_eq!(csv, expected_csv);
+    assert_eq!(csv.lines().count(), 5, "a header and four demo orgs: {csv}");
+    for line in psql.lines() {
+        let (org, n) = line.split_once('|').unwrap();
+        assert!(table.lines().any(|l| l.contains(org) && l.contains(n)), "{org} {n} in\n{table}");
+    }
+    assert!(
+        refused(&query(&["--data-dir", data_dir, PER_ORG])).contains("--server"),
+        "the server holds the directory: the error says what to do instead"
+    );
+
+    // Against the server, typed: counts are JSON numbers, times strings.
+    let url = format!("postgres://investigator@127.0.0.1:{}/auditlake", server.pg_port);
+    let json = stdout(query(&["--server", &url, "--format", "json", PER_ORG]));
+    let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let from_json: Vec<String> =
+        rows.iter().map(|r| format!("{}|{}", r["org_id"].as_str().unwrap(), r["n"].as_i64().unwrap())).collect();
+    assert_eq!(from_json, psql.lines().collect::<Vec<_>>());
+    let typed = stdout(query(&[
+        "--server",
+        &url,
+        "--format",
+        "json",
+        "select max(time) as last, count(*) > 0 as any, min(seq) as first_seq from audit_events",
+    ]));
+    let typed: Vec<Value> = serde_json::from_str(&typed).unwrap();
+    assert_eq!(typed[0]["any"], Value::Bool(true));
+    assert_eq!(typed[0]["first_seq"], Value::from(1));
+    assert!(typed[0]["last"].as_str().unwrap().starts_with("20"), "{typed:?}");
+    assert!(refused(&query(&["--server", &url, "drop table audit_events"])).contains("read-only"));
+    let empty = stdout(query(&["--server", &url, "--format", "json", "select id from audit_events where false"]));
+    assert_eq!(empty, "[]\n");
+}
