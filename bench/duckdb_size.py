@@ -27,12 +27,12 @@ packed_columns = ", ".join(f"{c}_uuid, {c}_text" for c in PACKED)
 con.execute(f"create view events as select * exclude ({packed_columns}), {unpacked} from segments")
 out = os.path.join(out_dir, "events.parquet")
 started = time.time()
-con.execute(f"copy (select * from events order by org_id, time) to '{out}' (format parquet, compression zstd)")
+con.execute(f"copy (select * from events order by org_id, actor_id, time) to '{out}' (format parquet, compression zstd)")
 theirs = os.path.getsize(out)
 write_seconds = time.time() - started
 out_packed = os.path.join(out_dir, "segments_columns.parquet")
 con.execute(
-    f"copy (select * from segments order by org_id, time) to '{out_packed}' (format parquet, compression zstd)"
+    f"copy (select * from segments order by org_id, actor_id, time) to '{out_packed}' (format parquet, compression zstd)"
 )
 theirs_packed = os.path.getsize(out_packed)
 

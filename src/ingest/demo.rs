@@ -21,7 +21,8 @@ use datafusion::arrow::array::RecordBatch;
 use crate::model::{BatchBuilder, Event};
 
 /// Organisations (in name order) and how many users each has; `acme` is the
-/// busiest. Events are spread over organisations by their number of users.
+/// busiest. Events are spread over organisations by their number of users,
+/// whose ids (`acme-u007`) sort in the order they are made.
 const ORGS: [(&str, usize); 4] = [("acme", 60), ("globex", 35), ("initech", 20), ("umbrella", 12)];
 const TOTAL_USERS: usize = 60 + 35 + 20 + 12;
 const FIRST_NAMES: [&str; 16] = [
@@ -129,6 +130,8 @@ pub struct Generator {
     /// The event background events are made in, reused so that making one
     /// allocates nothing.
     scratch: Event,
+    /// Each actor's place in segment order (by org, then actor id).
+    actor_slots: std::collections::HashMap<String, usize>,
 }
 
 impl Generator {
@@ -150,6 +153,13 @@ impl Generator {
             background: count.saturating_sub(incidents.len()),
             incidents,
             scratch: Event::default(),
+            actor_slots: ORGS
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (org, n))| users(i, org, *n))
+                .enumerate()
+                .map(|(slot, user)| (user.id, slot))
+                .collect(),
         }
     }
 
@@ -161,19 +171,18 @@ impl Generator {
     }
 
     /// The events [`Generator::next_chunk`] would give, as Arrow batches in
-    /// the order segments keep (one batch per organisation, by name, each in
-    /// time order), so a bulk load can write them without sorting. Seqs
-    /// start at 0: whoever stores them assigns the real ones. Nothing is
-    /// allocated per event.
+    /// the order segments keep (one batch per actor, by organisation and
+    /// actor id, each in time order), so a bulk load can write them without
+    /// sorting. Seqs start at 0: whoever stores them assigns the real ones.
+    /// Nothing is allocated per event.
     pub fn next_segment(&mut self, max_events: usize) -> Option<Vec<RecordBatch>> {
         let expected = max_events.min(self.background - self.made) + 1;
-        let mut orgs: Vec<BatchBuilder> =
-            ORGS.iter().map(|(_, users)| BatchBuilder::with_capacity(expected * users / TOTAL_USERS + 1)).collect();
-        let made = self.next_each(max_events, |event| {
-            let org = ORGS.iter().position(|(name, _)| *name == event.org_id).expect("a demo organisation");
-            orgs[org].append(event);
-        });
-        made.then(|| orgs.into_iter().filter(|b| !b.is_empty()).map(|b| b.finish(0)).collect())
+        let mut actors: Vec<BatchBuilder> =
+            (0..TOTAL_USERS).map(|_| BatchBuilder::with_capacity(expected / TOTAL_USERS + 1)).collect();
+        let slots = std::mem::take(&mut self.actor_slots);
+        let made = self.next_each(max_events, |event| actors[slots[event.actor_id.as_str()]].append(event));
+        self.actor_slots = slots;
+        made.then(|| actors.into_iter().filter(|b| !b.is_empty()).map(|b| b.finish(0)).collect())
     }
 
     /// Hands the next events to `emit` one by one; `false` when all are made.
@@ -407,15 +416,20 @@ mod tests {
     fn segments_hold_the_same_events_as_chunks_in_segment_order() {
         assert_eq!(TOTAL_USERS, ORGS.iter().map(|(_, n)| n).sum::<usize>());
         assert!(ORGS.windows(2).all(|w| w[0].0 < w[1].0), "organisations are in name order");
+        let generator = Generator::new(9, 1, END_US, 3);
+        let mut slots: Vec<(&String, &usize)> = generator.actor_slots.iter().collect();
+        slots.sort();
+        assert!(slots.iter().enumerate().all(|(i, (_, slot))| **slot == i), "slots follow actor id order");
         let all = generate(9, 3_000, END_US, 3);
         let mut generator = Generator::new(9, 3_000, END_US, 3);
         let (mut made, mut segments) = (0, 0);
         while let Some(batches) = generator.next_segment(700) {
             segments += 1;
-            assert!(batches.len() == 4 || segments == 5, "one batch per organisation: {}", batches.len());
+            assert!(batches.len() > 100 || segments == 5, "one batch per actor: {}", batches.len());
             let segment = datafusion::arrow::compute::concat_batches(&crate::model::schema(), &batches).unwrap();
             let mut expected = all[made..made + segment.num_rows()].to_vec();
-            expected.sort_by(|a, b| a.org_id.cmp(&b.org_id)); // stable: time order within each
+            // Stable: time order within each actor.
+            expected.sort_by(|a, b| (&a.org_id, &a.actor_id).cmp(&(&b.org_id, &b.actor_id)));
             let without_seq: Vec<usize> = (0..segment.num_columns() - 1).collect(); // numbered by the loader
             assert_eq!(
                 segment.project(&without_seq).unwrap(),

@@ -4,7 +4,7 @@
 //! a file open and a footer read per query. Compaction picks a run of segments
 //! adjacent in `seq` (so the manifest keeps covering the log in order, without
 //! gaps or overlaps) and merges them into one file. Segments are already sorted
-//! by `(org_id, time, seq)`, so the merge streams: DataFusion's sort-preserving
+//! by [`SORT_COLUMNS`], so the merge streams: DataFusion's sort-preserving
 //! merge over one scan per input, written row group by row group. Memory stays
 //! at a few row groups, whatever the size of the inputs.
 //!

@@ -1004,12 +1004,14 @@ mod tests {
         let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
         let all =
             datafusion::arrow::compute::concat_batches(&crate::storage::packed::segment_schema(), &batches).unwrap();
-        let orgs = datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("org_id").unwrap());
+        let text = |name| datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name(name).unwrap());
+        let (orgs, actors) = (text("org_id"), text("actor_id"));
         let times = datafusion::arrow::array::AsArray::as_primitive::<
             datafusion::arrow::datatypes::TimestampMicrosecondType,
         >(all.column_by_name("time").unwrap());
-        let keys: Vec<(&str, i64)> = (0..all.num_rows()).map(|i| (orgs.value(i), times.value(i))).collect();
-        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "merged segment is sorted by (org_id, time)");
+        let keys: Vec<(&str, &str, i64)> =
+            (0..all.num_rows()).map(|i| (orgs.value(i), actors.value(i), times.value(i))).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "merged segment is sorted by (org_id, actor_id, time)");
         let mut ids: Vec<String> =
             datafusion::arrow::array::AsArray::as_string::<i32>(all.column_by_name("id_text").unwrap())
                 .iter()
