@@ -1,4 +1,4 @@
-//! The command line: `auditlake serve`, `auditlake demo` and `auditlake query`.
+//! The command line: `auditlake serve`, `demo`, `query` and `report`.
 //!
 //! This is the only module that writes to stdout (what the user asked for:
 //! connection strings, a ready line scripts can wait for). Logs go to stderr
@@ -12,11 +12,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
-use crate::client;
 use crate::ingest::{self, demo};
 use crate::server;
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{Storage, StorageConfig};
+use crate::{client, reports};
 
 #[derive(Debug, Parser)]
 #[command(name = "auditlake", version, about = "A self-hosted audit log you query with SQL")]
@@ -34,12 +34,38 @@ enum Command {
     /// Run one read-only SQL statement over a data directory (no server
     /// running on it) or against a running server, and print the rows.
     Query(QueryArgs),
+    /// Run a saved compliance report from `sql/` (or any SQL file written for
+    /// psql variables) the same way.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
 struct QueryArgs {
     /// The statement, e.g. "select action, count(*) from audit_events group by action".
     sql: String,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A saved report (a file of `sql/` without `.sql`, e.g. actor_timeline).
+    #[arg(required_unless_present = "file")]
+    name: Option<String>,
+    /// Run this SQL file instead of a saved report.
+    #[arg(long, conflicts_with = "name")]
+    file: Option<PathBuf>,
+    /// A parameter of the report, NAME=VALUE (repeatable): numbers as they
+    /// are, anything else as a quoted literal, e.g. --param actor=acme-u007.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// Where `query` and `report` run, and how they print.
+#[derive(Debug, Args)]
+struct TargetArgs {
     /// Data directory to read in-process (the server must not be running on it).
     #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR", conflicts_with = "server")]
     data_dir: PathBuf,
@@ -53,6 +79,18 @@ struct QueryArgs {
     /// How to print the rows.
     #[arg(long, value_enum, default_value_t = client::Format::Table)]
     format: client::Format,
+}
+
+impl TargetArgs {
+    fn target(&self) -> client::Target {
+        match &self.server {
+            Some(connection) => client::Target::Server(connection.clone()),
+            None => client::Target::DataDir(StorageConfig {
+                segments_url: self.segments_url.clone(),
+                ..StorageConfig::new(&self.data_dir)
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -147,21 +185,29 @@ pub fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Demo(args) => run_demo(args).await,
             Command::Query(args) => query(args).await,
+            Command::Report(args) => report(args).await,
         }
     })
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let target = match args.server {
-        Some(connection) => client::Target::Server(connection),
-        None => client::Target::DataDir(StorageConfig {
-            segments_url: args.segments_url,
-            ..StorageConfig::new(&args.data_dir)
-        }),
+    run_and_print(&args.target, &args.sql).await
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let script = match (&args.file, &args.name) {
+        (Some(path), _) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        (None, Some(name)) => reports::saved(name)?.to_owned(),
+        (None, None) => unreachable!("clap requires a name or --file"),
     };
-    let batches = client::run(&target, &args.sql).await?;
+    let sql = reports::render(&script, &reports::parameters(&args.params)?)?;
+    run_and_print(&args.target, &sql).await
+}
+
+async fn run_and_print(target: &TargetArgs, sql: &str) -> anyhow::Result<()> {
+    let batches = client::run(&target.target(), sql).await?;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&client::render(&batches, args.format)?)?;
+    stdout.write_all(&client::render(&batches, target.format)?)?;
     stdout.flush()?;
     Ok(())
 }

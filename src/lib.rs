@@ -14,12 +14,14 @@
 //! - [`server`]: the Postgres wire endpoint (read-only, one session per connection).
 //! - [`ingest`]: the HTTP API and the demo-data generator.
 //! - [`client`]: SQL from the command line, in-process or against a server.
-//! - [`cli`]: the command line (`serve`, `demo`, `query`).
+//! - [`reports`]: the saved compliance SQL of `sql/` and its psql variables.
+//! - [`cli`]: the command line (`serve`, `demo`, `query`, `report`).
 
 pub mod cli;
 pub mod client;
 pub mod ingest;
 pub mod model;
 pub mod query;
+pub mod reports;
 pub mod server;
 pub mod storage;

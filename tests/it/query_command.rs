@@ -81,4 +81,45 @@ fn query_reads_a_data_directory_or_a_server_and_prints_table_csv_or_json() {
     assert!(refused(&query(&["--server", &url, "drop table audit_events"])).contains("read-only"));
     let empty = stdout(query(&["--server", &url, "--format", "json", "select id from audit_events where false"]));
     assert_eq!(empty, "[]\n");
+
+    // A saved report gives what psql gives for the same file and parameters.
+    let sql_file = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/actor_timeline.sql");
+    let psql = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string(), "-d", "auditlake", "-U", "investigator"])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "actor='acme-u007'", "-v", "since='2000-01-01'"])
+        .args(["-f", sql_file])
+        .output()
+        .unwrap();
+    let psql = stdout(psql);
+    let from_psql: Vec<String> = psql
+        .lines()
+        .map(|l| {
+            let fields: Vec<&str> = l.split('|').collect();
+            format!("{} {}", fields[2], fields[4])
+        })
+        .collect();
+    let report = |target: &[&str]| {
+        let mut args = vec!["report", "actor_timeline", "--param", "actor=acme-u007", "--param", "since=2000-01-01"];
+        args.extend_from_slice(&["--format", "json"]);
+        args.extend_from_slice(target);
+        let out = Command::new(env!("CARGO_BIN_EXE_auditlake")).args(&args).env("RUST_BACKTRACE", "0").output();
+        let rows: Vec<Value> = serde_json::from_str(&stdout(out.unwrap())).unwrap();
+        rows.iter()
+            .map(|r| format!("{} {}", r["action"].as_str().unwrap(), r["source_ip"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(report(&["--server", &url]), from_psql);
+    assert!(from_psql.len() > 100, "the phished account's month: {}", from_psql.len());
+    assert!(from_psql.iter().any(|r| r == "auth.login.failed 203.0.113.50"), "the planted attack is in it");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_auditlake")).args(["report", "nope"]).output().unwrap();
+    assert!(refused(&unknown).contains("actor_timeline"), "the error lists the saved reports");
+    let missing = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["report", "actor_timeline", "--server", &url])
+        .output()
+        .unwrap();
+    assert!(refused(&missing).contains("--param actor="));
+
+    // And in-process over the directory, once the server is gone.
+    drop(server);
+    assert_eq!(report(&["--data-dir", data_dir]), from_psql);
 }
