@@ -12,7 +12,19 @@
 use std::collections::BTreeMap;
 
 /// Every file of `sql/`, by name without `.sql`.
-pub const SAVED: &[(&str, &str)] = &[("actor_timeline", include_str!("../sql/actor_timeline.sql"))];
+pub const SAVED: &[(&str, &str)] = &[
+    ("actor_timeline", include_str!("../sql/actor_timeline.sql")),
+    ("admin_grants", include_str!("../sql/admin_grants.sql")),
+    ("audit_log_access", include_str!("../sql/audit_log_access.sql")),
+    ("content_access", include_str!("../sql/content_access.sql")),
+    ("deletions", include_str!("../sql/deletions.sql")),
+    ("dormant_accounts", include_str!("../sql/dormant_accounts.sql")),
+    ("failed_then_successful_logins", include_str!("../sql/failed_then_successful_logins.sql")),
+    ("mass_download", include_str!("../sql/mass_download.sql")),
+    ("new_ip_logins", include_str!("../sql/new_ip_logins.sql")),
+    ("off_hours_activity", include_str!("../sql/off_hours_activity.sql")),
+    ("permission_changes", include_str!("../sql/permission_changes.sql")),
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReportError {

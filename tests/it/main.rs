@@ -7,4 +7,5 @@ mod harness;
 mod object_storage;
 mod open_layout;
 mod query_command;
+mod saved_reports;
 mod validation;

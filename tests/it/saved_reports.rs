@@ -1,0 +1,134 @@
+//! Every saved report of `sql/` against a fixture of planted incidents
+//! (`tests/fixtures/incidents.ndjson`): the exact rows each must find, run
+//! by `auditlake report` against the server, and the same files under psql.
+
+use std::process::Command;
+
+use crate::harness::{Server, post};
+
+const FIXTURE: &str = include_str!("../fixtures/incidents.ndjson");
+
+/// (report, parameters besides `since=2026-11-01`, the CSV it must print).
+const EXPECTED: &[(&str, &[&str], &str)] = &[
+    (
+        "actor_timeline",
+        &["actor=acme-u4"],
+        "time,org_id,action,outcome,source_ip,location,user_agent,content_type,content_id,content_title\n\
+         2026-11-06T09:30:00Z,acme,auth.login.succeeded,success,10.0.0.4,US,,,,\n\
+         2026-11-06T09:35:00Z,acme,confluence.page.viewed,success,10.0.0.4,US,,page,p1,Roadmap\n",
+    ),
+    (
+        "content_access",
+        &["content=p1"],
+        "time,org_id,actor_id,actor_name,action,source_ip,location\n\
+         2026-11-02T10:05:00Z,acme,acme-u2,bob.smith,confluence.page.viewed,10.0.0.2,US\n\
+         2026-11-03T02:05:00Z,acme,acme-u1,alice.nguyen,confluence.page.exported,203.0.113.50,RU\n\
+         2026-11-03T02:30:00Z,globex,globex-u1,zoe.rossi,confluence.page.viewed,10.9.0.1,US\n\
+         2026-11-06T09:35:00Z,acme,acme-u4,dave.kim,confluence.page.viewed,10.0.0.4,US\n",
+    ),
+    (
+        "mass_download",
+        &["threshold=5"],
+        "org_id,actor_id,hour,events,items,first_ip,last_ip\n\
+         acme,acme-u1,2026-11-03T02:00:00Z,5,5,203.0.113.50,203.0.113.50\n",
+    ),
+    (
+        "admin_grants",
+        &[],
+        "time,org_id,actor_id,action,granted_to,attributes,self_granted,source_ip\n\
+         2026-11-05T03:12:00Z,acme,acme-u3,admin.role.granted,acme-u3,\
+         \"{\"\"granted_to\"\":\"\"acme-u3\"\",\"\"role\"\":\"\"org-admin\"\"}\",true,10.0.0.3\n",
+    ),
+    (
+        "permission_changes",
+        &[],
+        "time,org_id,actor_id,action,content_type,content_id,attributes,source_ip\n\
+         2026-11-05T03:20:00Z,acme,acme-u3,confluence.space.permission.changed,space,S1,\
+         \"{\"\"granted_to\"\":\"\"group:contractors\"\",\"\"permission\"\":\"\"edit\"\"}\",10.0.0.3\n",
+    ),
+    (
+        "deletions",
+        &[],
+        "time,org_id,actor_id,action,content_type,content_id,content_title,source_ip\n\
+         2026-11-04T11:00:00Z,acme,acme-u2,jira.issue.deleted,issue,OPS-1,Rotate keys,10.0.0.2\n\
+         2026-11-05T03:25:00Z,acme,acme-u3,confluence.page.deleted,page,p2,Page 2,10.0.0.3\n",
+    ),
+    (
+        "failed_then_successful_logins",
+        &[],
+        "succeeded_at,org_id,actor_id,source_ip,location,failures_before,first_failure\n\
+         2026-11-03T02:03:00Z,acme,acme-u1,203.0.113.50,RU,3,2026-11-03T02:00:00Z\n",
+    ),
+    (
+        "new_ip_logins",
+        &[],
+        "time,org_id,actor_id,source_ip,location\n\
+         2026-11-03T02:03:00Z,acme,acme-u1,203.0.113.50,RU\n\
+         2026-11-06T09:30:00Z,acme,acme-u4,10.0.0.4,US\n",
+    ),
+    (
+        "off_hours_activity",
+        &[],
+        "org_id,actor_id,events,first_event,last_event\n\
+         acme,acme-u1,9,2026-11-03T02:00:00Z,2026-11-03T02:09:00Z\n\
+         acme,acme-u3,3,2026-11-05T03:12:00Z,2026-11-05T03:25:00Z\n\
+         acme,acme-u5,2,2026-11-07T10:00:00Z,2026-11-07T10:30:00Z\n\
+         globex,globex-u1,1,2026-11-03T02:30:00Z,2026-11-03T02:30:00Z\n",
+    ),
+    (
+        "dormant_accounts",
+        &[],
+        "org_id,actor_id,last_seen,returned_at\n\
+         acme,acme-u4,2026-06-01T09:00:00Z,2026-11-06T09:30:00Z\n",
+    ),
+    (
+        "audit_log_access",
+        &[],
+        "time,org_id,actor_id,action,outcome,source_ip,attributes\n\
+         2026-11-06T14:00:00Z,acme,acme-u6,audit.query.executed,success,10.0.0.6,\
+         \"{\"\"rows\"\":17,\"\"sql\"\":\"\"select * from audit_events where actor_id = 'acme-u1'\"\"}\"\n",
+    ),
+];
+
+#[tokio::test]
+async fn each_saved_report_finds_exactly_the_planted_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (status, body) = post(&reqwest::Client::new(), &server.events_url(), FIXTURE.to_owned()).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(29)), "{body}");
+    let url = format!("postgres://auditor@127.0.0.1:{}/auditlake", server.pg_port);
+
+    let saved = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql")).unwrap().count();
+    assert_eq!(EXPECTED.len(), saved, "every file of sql/ has its expected rows here");
+    for (report, params, expected) in EXPECTED {
+        let mut args = vec!["report", report, "--server", &url, "--format", "csv", "--param", "since=2026-11-01"];
+        for param in *params {
+            args.extend(["--param", param]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_auditlake")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{report}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), *expected, "{report}");
+
+        // The same file under psql, parameters as psql variables: same rows.
+        let mut psql = Command::new("psql");
+        psql.args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string(), "-d", "auditlake", "-U", "auditor"]).args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "since='2026-11-01'",
+        ]);
+        for param in *params {
+            let (name, value) = param.split_once('=').unwrap();
+            let value = if value.parse::<f64>().is_ok() { value.to_owned() } else { format!("'{value}'") };
+            psql.args(["-v", &format!("{name}={value}")]);
+        }
+        let file = format!("{}/sql/{report}.sql", env!("CARGO_MANIFEST_DIR"));
+        let out = psql.args(["-f", &file]).output().unwrap();
+        assert!(out.status.success(), "psql -f {report}: {}", String::from_utf8_lossy(&out.stderr));
+        let psql_rows = String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.is_empty()).count();
+        assert_eq!(psql_rows, expected.lines().count() - 1, "{report} under psql");
+    }
+}
