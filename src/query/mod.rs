@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::config::TableParquetOptions;
+use datafusion::common::config::{Dialect, TableParquetOptions};
 use datafusion::common::{DFSchema, Result, internal_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
@@ -292,8 +292,15 @@ pub fn new_session_context(storage: &Storage) -> Result<SessionContext> {
 }
 
 fn session_over(storage: &Storage, table: AuditEventsTable) -> Result<SessionContext> {
-    let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
-    let ctx = SessionContext::new_with_config(config);
+    let mut config =
+        SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
+    // SQL as Postgres reads it: among others `attributes->>'k' = 'v'` binds
+    // `->>` before `=` (the generic dialect does not).
+    config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
+    let mut ctx = SessionContext::new_with_config(config);
+    // `attributes` holds JSON text: json_get_str(attributes, 'role'),
+    // attributes->>'role', json_contains(...), etc.
+    datafusion_functions_json::register_all(&mut ctx)?;
     let segments = storage.segment_store();
     ctx.register_object_store(segments.url().as_ref(), segments.object_store());
     ctx.register_table(TABLE, Arc::new(table))?;

@@ -131,4 +131,28 @@ async fn each_saved_report_finds_exactly_the_planted_incidents() {
         let psql_rows = String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.is_empty()).count();
         assert_eq!(psql_rows, expected.lines().count() - 1, "{report} under psql");
     }
+
+    // JSON attributes and time bucketing over the wire.
+    let json = server
+        .psql(
+            "select actor_id, json_get_str(attributes, 'role'), attributes->>'granted_to', \
+             json_get_int(attributes, 'rows') from audit_events where attributes is not null order by seq",
+        )
+        .unwrap();
+    assert_eq!(json, "acme-u3|org-admin|acme-u3|\nacme-u3||group:contractors|\nacme-u6|||17\n");
+    let by_grantee = server.psql("select count(*) from audit_events where attributes->>'granted_to' = 'acme-u3'");
+    assert_eq!(by_grantee.unwrap(), "1\n");
+    let buckets = server
+        .psql(
+            "select date_trunc('day', time), date_bin(interval '6 hours', time), count(*) from audit_events \
+             where time >= '2026-11-02' and time < '2026-11-06' group by 1, 2 order by 2",
+        )
+        .unwrap();
+    assert_eq!(
+        buckets,
+        "2026-11-02 00:00:00.000000+00|2026-11-02 06:00:00.000000+00|2\n\
+         2026-11-03 00:00:00.000000+00|2026-11-03 00:00:00.000000+00|10\n\
+         2026-11-04 00:00:00.000000+00|2026-11-04 06:00:00.000000+00|3\n\
+         2026-11-05 00:00:00.000000+00|2026-11-05 00:00:00.000000+00|3\n"
+    );
 }
