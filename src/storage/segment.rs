@@ -264,19 +264,23 @@ mod tests {
     use super::*;
     use crate::model::{self, Event};
 
-    #[test]
-    fn segments_are_sorted_across_batches_and_described_by_their_meta() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
-        // Two batches whose rows interleave in (org_id, actor_id, time) order.
-        let event = |org: &str, time_us: i64| Event {
+    /// One event of actor `u`, its id telling org and time apart.
+    fn event(org: &str, time_us: i64) -> Event {
+        Event {
             time_us,
             org_id: org.into(),
             actor_id: "u".into(),
             action: "a".into(),
             id: format!("{org}-{time_us}"),
             ..Event::default()
-        };
+        }
+    }
+
+    #[test]
+    fn segments_are_sorted_across_batches_and_described_by_their_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        // Two batches whose rows interleave in (org_id, actor_id, time) order.
         let first = model::events_to_batch(&[event("globex", 5), event("acme", 9), event("acme", 1)], 1);
         let second = model::events_to_batch(&[event("acme", 5), event("globex", 2)], 4);
         let meta = write_segment(&store, &[first, second]).unwrap();
@@ -298,14 +302,6 @@ mod tests {
     fn rows_already_in_segment_order_are_written_as_they_are() {
         let dir = tempfile::tempdir().unwrap();
         let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
-        let event = |org: &str, time_us: i64| Event {
-            time_us,
-            org_id: org.into(),
-            actor_id: "u".into(),
-            action: "a".into(),
-            id: format!("{org}-{time_us}"),
-            ..Event::default()
-        };
         let acme = model::events_to_batch(&[event("acme", 4), event("acme", 9)], 1);
         let none = model::events_to_batch(&[], 3);
         let globex = model::events_to_batch(&[event("globex", 2)], 3);

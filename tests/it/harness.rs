@@ -144,3 +144,13 @@ pub async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, Valu
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
+
+/// A data directory at `data` filled by `auditlake demo --no-serve`.
+pub fn demo_data_dir(data: &Path, events: usize, seed: u64) {
+    let demo = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["demo", "--no-serve", "--events", &events.to_string(), "--seed", &seed.to_string(), "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+}

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::harness::{Server, venv_bin};
+use crate::harness::{Server, demo_data_dir, venv_bin};
 
 const PER_ORG: &str = "select org_id, count(*), count(distinct actor_id), min(seq), max(seq) \
                        from audit_events group by org_id order by org_id";
@@ -18,12 +18,7 @@ const DUCKDB_IDS: &str = "create view ids as select coalesce(id_text, cast(id_uu
 async fn duckdb_reads_the_segments_and_agrees_with_auditlake() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let demo = Command::new(env!("CARGO_BIN_EXE_auditlake"))
-        .args(["demo", "--no-serve", "--events", "20000", "--seed", "3", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    demo_data_dir(&data, 20_000, 3);
 
     let script = format!(
         "import duckdb\n\

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::harness::Server;
+use crate::harness::{Server, demo_data_dir};
 
 const PER_ORG: &str = "select org_id, count(*) as n from audit_events group by org_id order by org_id";
 
@@ -27,12 +27,7 @@ fn refused(output: &Output) -> String {
 fn query_reads_a_data_directory_or_a_server_and_prints_table_csv_or_json() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let demo = Command::new(env!("CARGO_BIN_EXE_auditlake"))
-        .args(["demo", "--no-serve", "--events", "20000", "--seed", "3", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    demo_data_dir(&data, 20_000, 3);
     let data_dir = data.to_str().unwrap();
 
     // In-process, while no server holds the directory.
