@@ -13,10 +13,10 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::ingest::{self, demo};
-use crate::server;
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{Storage, StorageConfig};
 use crate::{client, reports};
+use crate::{query, server};
 
 #[derive(Debug, Parser)]
 #[command(name = "auditlake", version, about = "A self-hosted audit log you query with SQL")]
@@ -134,6 +134,13 @@ struct ServeArgs {
     /// Most concurrent Postgres connections.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_pg_connections: usize,
+    /// Working memory one query may use (sorts, aggregations) before it
+    /// spills or fails with a clear error.
+    #[arg(long, default_value_t = query::DEFAULT_QUERY_MEMORY_BYTES)]
+    query_memory_bytes: usize,
+    /// Working memory all running queries together may use.
+    #[arg(long, default_value_t = query::DEFAULT_TOTAL_QUERY_MEMORY_BYTES)]
+    total_query_memory_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -233,8 +240,9 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
     // One machine-readable line: tests and scripts wait for it, and it carries
     // the real ports when port 0 was asked for.
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
+    let memory = query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes);
     tokio::select! {
-        () = server::serve(pg, storage.clone(), args.max_pg_connections) => {}
+        () = server::serve(pg, storage.clone(), args.max_pg_connections, memory) => {}
         result = ingest::serve(http, storage.clone(), args.max_body_bytes) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;

@@ -23,6 +23,7 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableProviderFilterPushDown,
@@ -41,8 +42,11 @@ use tracing::debug;
 use crate::model;
 use crate::storage::{Storage, packed};
 
+mod memory;
 mod pruning;
 mod scan_exec;
+
+pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 
 use scan_exec::{AuditEventsScanExec, ScanSummary};
 
@@ -287,17 +291,18 @@ pub fn statement_verb(statement: &Statement) -> String {
 
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
-pub fn new_session_context(storage: &Storage) -> Result<SessionContext> {
-    session_over(storage, AuditEventsTable::new(storage.clone()))
+pub fn new_session_context(storage: &Storage, memory: &QueryMemory) -> Result<SessionContext> {
+    session_over(storage, memory, AuditEventsTable::new(storage.clone()))
 }
 
-fn session_over(storage: &Storage, table: AuditEventsTable) -> Result<SessionContext> {
+fn session_over(storage: &Storage, memory: &QueryMemory, table: AuditEventsTable) -> Result<SessionContext> {
     let mut config =
         SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
     // SQL as Postgres reads it: among others `attributes->>'k' = 'v'` binds
     // `->>` before `=` (the generic dialect does not).
     config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
-    let mut ctx = SessionContext::new_with_config(config);
+    let runtime = RuntimeEnvBuilder::new().with_memory_pool(memory.session_pool()).build_arc()?;
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     // `attributes` holds JSON text: json_get_str(attributes, 'role'),
     // attributes->>'role', json_contains(...), etc.
     datafusion_functions_json::register_all(&mut ctx)?;
@@ -341,7 +346,7 @@ mod tests {
         let compaction = CompactionPolicy { target_rows: 500, min_inputs: 3 };
         let config = StorageConfig { seal_after_ms: 3_600_000, compaction, ..StorageConfig::new(dir.path()) };
         let storage = Storage::open(config).unwrap();
-        let ctx = new_session_context(&storage).unwrap();
+        let ctx = new_session_context(&storage, &QueryMemory::default()).unwrap();
 
         let writer = storage.clone();
         let ingest_and_seal = tokio::spawn(async move {
@@ -409,7 +414,7 @@ mod tests {
         storage.append(to_events(&sent[3..])).await.unwrap();
         assert_eq!((storage.stats().segments, storage.stats().buffered_rows), (1, 1));
 
-        let ctx = new_session_context(&storage).unwrap();
+        let ctx = new_session_context(&storage, &QueryMemory::default()).unwrap();
         let rows = |sql: &'static str| {
             let ctx = ctx.clone();
             async move {
@@ -455,7 +460,7 @@ mod tests {
             let sealer = storage.clone();
             tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
         }
-        let ctx = new_session_context(&storage).unwrap();
+        let ctx = new_session_context(&storage, &QueryMemory::default()).unwrap();
         // (segments read, segments pruned, rows) from EXPLAIN and the query.
         let files_scanned = |sql: String| {
             let ctx = ctx.clone();
@@ -485,6 +490,24 @@ mod tests {
         assert_eq!(files_scanned(globex).await, (1, 3, 10));
         let nothing = format!("select * from audit_events where time > {} and org_id = 'acme'", minute(3));
         assert_eq!(files_scanned(nothing).await, (0, 4, 0));
+        storage.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_query_over_its_memory_limit_fails_clearly_and_others_still_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        storage.append(events(0, 20_000)).await.unwrap();
+        let memory = QueryMemory::new(64 * 1024, 1024 * 1024 * 1024);
+        let ctx = new_session_context(&storage, &memory).unwrap();
+        // A hash join builds its whole build side in memory: 20,000 ids do not fit in 64 KiB.
+        let join = "select count(*) from audit_events a join audit_events b on a.id = b.id";
+        let error = ctx.sql(join).await.unwrap().collect().await.unwrap_err().to_string();
+        assert!(error.contains("query memory limit of 65536 bytes reached"), "{error}");
+        let count = ctx.sql("select count(*) from audit_events").await.unwrap().collect().await.unwrap();
+        assert_eq!(int(&count, 0), 20_000, "the session still answers");
+        let roomy = new_session_context(&storage, &QueryMemory::default()).unwrap();
+        assert_eq!(int(&roomy.sql(join).await.unwrap().collect().await.unwrap(), 0), 20_000);
         storage.shutdown();
     }
 
@@ -589,8 +612,8 @@ mod tests {
                         }
                     }
                     let sql = format!("select seq from audit_events where {filter} order by seq");
-                    let pushed = seqs(&new_session_context(&storage).unwrap(), &sql).await;
-                    let reference = session_over(&storage, AuditEventsTable::without_pushdown(storage.clone())).unwrap();
+                    let pushed = seqs(&new_session_context(&storage, &QueryMemory::default()).unwrap(), &sql).await;
+                    let reference = session_over(&storage, &QueryMemory::default(), AuditEventsTable::without_pushdown(storage.clone())).unwrap();
                     let full = seqs(&reference, &sql).await;
                     storage.shutdown();
                     (pushed, full)

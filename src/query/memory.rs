@@ -1,0 +1,111 @@
+//! Memory for queries: one budget for all of them and a cap for each, so a
+//! runaway query (a sort or aggregation over the whole log) fails with a
+//! clear error instead of taking the server, and ingest, down with it.
+//!
+//! Each Postgres connection runs one statement at a time in its own session,
+//! so a session's pool is its running query's. Operators that can spill
+//! (sorts, aggregations) are asked to first; what cannot fit fails.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use datafusion::common::{Result, resources_datafusion_err};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
+
+/// Default cap of one query's working memory (sorts, hash tables, buffers).
+pub const DEFAULT_QUERY_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+/// Default budget of all running queries together.
+pub const DEFAULT_TOTAL_QUERY_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+
+/// The shared budget, and the cap each query gets out of it.
+#[derive(Debug, Clone)]
+pub struct QueryMemory {
+    total: Arc<dyn MemoryPool>,
+    per_query_bytes: usize,
+}
+
+impl QueryMemory {
+    pub fn new(per_query_bytes: usize, total_bytes: usize) -> Self {
+        QueryMemory { total: Arc::new(GreedyMemoryPool::new(total_bytes)), per_query_bytes }
+    }
+
+    /// A pool for one session, drawing on the shared budget.
+    pub(super) fn session_pool(&self) -> Arc<dyn MemoryPool> {
+        Arc::new(QueryPool { total: Arc::clone(&self.total), limit_bytes: self.per_query_bytes, used: 0.into() })
+    }
+}
+
+impl Default for QueryMemory {
+    fn default() -> Self {
+        QueryMemory::new(DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES)
+    }
+}
+
+#[derive(Debug)]
+struct QueryPool {
+    total: Arc<dyn MemoryPool>,
+    limit_bytes: usize,
+    used: AtomicUsize,
+}
+
+impl std::fmt::Display for QueryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "query pool: {} of {} bytes used", self.reserved(), self.limit_bytes)
+    }
+}
+
+impl MemoryPool for QueryPool {
+    fn name(&self) -> &str {
+        "auditlake query pool"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.total.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.total.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.total.grow(reservation, additional);
+        self.used.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.total.shrink(reservation, shrink);
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        let fits = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + additional <= self.limit_bytes).then_some(used + additional)
+            })
+            .is_ok();
+        if !fits {
+            return Err(resources_datafusion_err!(
+                "query memory limit of {} bytes reached ({} wanted {additional} more): \
+                 narrow the query (time range, actor, LIMIT) or raise --query-memory-bytes",
+                self.limit_bytes,
+                reservation.consumer().name()
+            ));
+        }
+        if let Err(e) = self.total.try_grow(reservation, additional) {
+            self.used.fetch_sub(additional, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit_bytes)
+    }
+}
