@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, event, post};
+use crate::harness::{Server, demo_data_dir, event, post};
 
 fn ndjson(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string() + "\n").collect()
@@ -122,4 +122,17 @@ async fn the_sql_endpoint_is_read_only() {
     }
     let rows = pg.query("select count(*) from audit_events", &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 0, "the table is still there");
+}
+
+#[test]
+fn a_query_over_its_memory_limit_fails_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    demo_data_dir(&data, 20_000, 3);
+    let server = Server::start(&data, &["--query-memory-bytes", "65536"]);
+    let join = server.psql("select count(*) from audit_events a join audit_events b on a.id = b.id");
+    let error = join.unwrap_err();
+    assert!(error.contains("query memory limit of 65536 bytes reached"), "{error}");
+    assert!(error.contains("--query-memory-bytes"), "the error says what to change: {error}");
+    assert_eq!(server.psql("select count(*) from audit_events").unwrap(), "20000\n");
 }
