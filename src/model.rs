@@ -197,6 +197,10 @@ pub fn events_to_batch(events: &[Event], first_seq: Seq) -> RecordBatch {
 /// Builds an Arrow batch of [`schema`] one event at a time, for producers
 /// that make events one by one (the demo generator reuses one `Event` for
 /// all of them, so nothing is allocated per event).
+/// Room made for each text value when a batch builder starts: growing the
+/// buffers later copies them.
+const TYPICAL_TEXT_VALUE_BYTES: usize = 16;
+
 pub struct BatchBuilder {
     time: Vec<i64>,
     received_at: Vec<i64>,
@@ -211,7 +215,7 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn with_capacity(events: usize) -> Self {
-        let text = || StringBuilder::with_capacity(events, events * 8);
+        let text = || StringBuilder::with_capacity(events, events * TYPICAL_TEXT_VALUE_BYTES);
         BatchBuilder {
             time: Vec::with_capacity(events),
             received_at: Vec::with_capacity(events),

@@ -19,6 +19,16 @@ use std::fmt::Write;
 use datafusion::arrow::array::RecordBatch;
 
 use crate::model::{BatchBuilder, Event};
+use crate::storage::packed;
+
+/// What a background event carries besides its fields: its id and request
+/// id (random UUIDs, kept as bytes until someone needs them as text), and its
+/// actor's place in segment order.
+#[derive(Debug, Default)]
+struct Background {
+    ids: [[u8; 16]; 2],
+    actor_slot: usize,
+}
 
 /// Organisations (in name order) and how many users each has; `acme` is the
 /// busiest. Events are spread over organisations by their number of users,
@@ -128,10 +138,13 @@ pub struct Generator {
     /// Planted events not yet emitted, latest first.
     incidents: Vec<Event>,
     /// The event background events are made in, reused so that making one
-    /// allocates nothing.
+    /// allocates nothing, and the rest of it.
     scratch: Event,
-    /// Each actor's place in segment order (by org, then actor id).
+    scratch_background: Background,
+    /// Each actor's place in segment order (by org, then actor id), and
+    /// each organisation's first.
     actor_slots: std::collections::HashMap<String, usize>,
+    org_first_slots: Vec<usize>,
 }
 
 impl Generator {
@@ -153,6 +166,7 @@ impl Generator {
             background: count.saturating_sub(incidents.len()),
             incidents,
             scratch: Event::default(),
+            scratch_background: Background::default(),
             actor_slots: ORGS
                 .iter()
                 .enumerate()
@@ -160,6 +174,7 @@ impl Generator {
                 .enumerate()
                 .map(|(slot, user)| (user.id, slot))
                 .collect(),
+            org_first_slots: ORGS.iter().scan(0, |next, (_, n)| Some(std::mem::replace(next, *next + n))).collect(),
         }
     }
 
@@ -167,26 +182,53 @@ impl Generator {
     /// fall among them), in time order; `None` when all are made.
     pub fn next_chunk(&mut self, max_events: usize) -> Option<Vec<Event>> {
         let mut chunk = Vec::new();
-        self.next_each(max_events, |event| chunk.push(event.clone())).then_some(chunk)
+        let made = self.next_each(max_events, |event, background| {
+            let mut event = event.clone();
+            if let Some(Background { ids: [id, request_id], .. }) = background {
+                event.id = uuid::Uuid::from_bytes(*id).to_string();
+                event.request_id = Some(uuid::Uuid::from_bytes(*request_id).to_string());
+            }
+            chunk.push(event)
+        });
+        made.then_some(chunk)
     }
 
     /// The events [`Generator::next_chunk`] would give, as Arrow batches in
     /// the order segments keep (one batch per actor, by organisation and
     /// actor id, each in time order), so a bulk load can write them without
-    /// sorting. Seqs start at 0: whoever stores them assigns the real ones.
-    /// Nothing is allocated per event.
+    /// sorting. The batches are in the segment schema, UUIDs as bytes, which
+    /// spares formatting ids only for the loader to parse them back. Seqs
+    /// start at 0: whoever stores them assigns the real ones. Nothing is
+    /// allocated per event.
     pub fn next_segment(&mut self, max_events: usize) -> Option<Vec<RecordBatch>> {
-        let expected = max_events.min(self.background - self.made) + 1;
-        let mut actors: Vec<BatchBuilder> =
-            (0..TOTAL_USERS).map(|_| BatchBuilder::with_capacity(expected / TOTAL_USERS + 1)).collect();
+        let expected = max_events.min(self.background - self.made) / TOTAL_USERS + 1;
+        let mut actors: Vec<(BatchBuilder, [Vec<Option<[u8; 16]>>; 2])> = (0..TOTAL_USERS)
+            .map(|_| {
+                (BatchBuilder::with_capacity(expected), [Vec::with_capacity(expected), Vec::with_capacity(expected)])
+            })
+            .collect();
         let slots = std::mem::take(&mut self.actor_slots);
-        let made = self.next_each(max_events, |event| actors[slots[event.actor_id.as_str()]].append(event));
+        let made = self.next_each(max_events, |event, background| {
+            let slot = background.map_or_else(|| slots[event.actor_id.as_str()], |b| b.actor_slot);
+            let (batch, uuids) = &mut actors[slot];
+            batch.append(event);
+            for (column, id) in uuids.iter_mut().zip(background.map_or([None, None], |b| b.ids.map(Some))) {
+                column.push(id);
+            }
+        });
         self.actor_slots = slots;
-        made.then(|| actors.into_iter().filter(|b| !b.is_empty()).map(|b| b.finish(0)).collect())
+        made.then(|| {
+            actors
+                .into_iter()
+                .filter(|(batch, _)| !batch.is_empty())
+                .map(|(batch, [ids, request_ids])| packed::pack_with_uuids(&batch.finish(0), [&ids, &request_ids]))
+                .collect()
+        })
     }
 
-    /// Hands the next events to `emit` one by one; `false` when all are made.
-    fn next_each(&mut self, max_events: usize, mut emit: impl FnMut(&Event)) -> bool {
+    /// Hands the next events to `emit` one by one, with their ids as bytes
+    /// for background events; `false` when all are made.
+    fn next_each(&mut self, max_events: usize, mut emit: impl FnMut(&Event, Option<&Background>)) -> bool {
         if self.made == self.background && self.incidents.is_empty() {
             return false;
         }
@@ -196,19 +238,20 @@ impl Generator {
             self.background_event(self.made, &mut event);
             // A planted event goes before the first background event later than it.
             while self.incidents.last().is_some_and(|e| e.time_us < event.time_us) {
-                emit(&self.incidents.pop().expect("checked"));
+                emit(&self.incidents.pop().expect("checked"), None);
             }
-            emit(&event);
+            emit(&event, Some(&self.scratch_background));
             self.made += 1;
         }
         self.scratch = event;
         if self.made == self.background {
-            self.incidents.drain(..).rev().for_each(|e| emit(&e));
+            self.incidents.drain(..).rev().for_each(|e| emit(&e, None));
         }
         true
     }
 
-    /// Overwrites `event` with background event `i`, reusing its strings.
+    /// Overwrites `event` with background event `i`, reusing its strings, and
+    /// `scratch_background` with the rest of it.
     fn background_event(&mut self, i: usize, event: &mut Event) {
         let rng = &mut self.rng;
         // Jitter within the event's own slot keeps events in time order
@@ -219,10 +262,13 @@ impl Generator {
             self.start_us + (self.span_us as i128 * i as i128 / background) as i64 + rng.random_range(0..slot_us);
         let org_index = pick_weighted(rng, ORGS.iter().map(|(_, n)| *n as u32));
         let (org, users) = &self.orgs[org_index];
-        let user = &users[rng.random_range(0..users.len())];
+        let user_index = rng.random_range(0..users.len());
+        let user = &users[user_index];
+        self.scratch_background.actor_slot = self.org_first_slots[org_index] + user_index;
         let (action, product, category, content, _) = ACTIONS[pick_weighted(rng, ACTIONS.iter().map(|a| a.4))];
         event.time_us = time_us;
-        put(&mut event.id, random_uuid(rng).encode_lower(&mut uuid::Uuid::encode_buffer()));
+        self.scratch_background.ids[0] = random_uuid(rng);
+        event.id.clear();
         put(&mut event.org_id, org);
         put(&mut event.actor_id, &user.id);
         put_some(&mut event.actor_name, &user.name);
@@ -235,7 +281,8 @@ impl Generator {
         put_some(&mut event.user_agent, user.agent);
         put_some(&mut event.location, ["US", "DE", "GB", "FR"][org_index % 4]);
         put_fmt(&mut event.session_id, format_args!("s-{}-{}", user.id, time_us / 3_600_000_000));
-        put_some(&mut event.request_id, random_uuid(rng).encode_lower(&mut uuid::Uuid::encode_buffer()));
+        self.scratch_background.ids[1] = random_uuid(rng);
+        event.request_id = None;
         set_content(event, content, rng);
     }
 }
@@ -259,8 +306,8 @@ fn put_fmt(slot: &mut Option<String>, value: std::fmt::Arguments<'_>) {
 /// A random (version 4) UUID from the generator's own random stream: ids
 /// look like real products' and compress like them (barely), yet the same
 /// seed gives the same ids.
-fn random_uuid(rng: &mut ChaCha8Rng) -> uuid::fmt::Hyphenated {
-    uuid::Builder::from_random_bytes(rng.random()).into_uuid().hyphenated()
+fn random_uuid(rng: &mut ChaCha8Rng) -> [u8; 16] {
+    uuid::Builder::from_random_bytes(rng.random()).into_uuid().into_bytes()
 }
 
 /// Index of an item chosen with probability proportional to its weight.
@@ -426,7 +473,8 @@ mod tests {
         while let Some(batches) = generator.next_segment(700) {
             segments += 1;
             assert!(batches.len() > 100 || segments == 5, "one batch per actor: {}", batches.len());
-            let segment = datafusion::arrow::compute::concat_batches(&crate::model::schema(), &batches).unwrap();
+            let segment = datafusion::arrow::compute::concat_batches(&packed::segment_schema(), &batches).unwrap();
+            let segment = packed::unpack_batch(&segment);
             let mut expected = all[made..made + segment.num_rows()].to_vec();
             // Stable: time order within each actor.
             expected.sort_by(|a, b| (&a.org_id, &a.actor_id).cmp(&(&b.org_id, &b.actor_id)));

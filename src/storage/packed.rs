@@ -91,26 +91,39 @@ pub fn parquet_schema() -> Result<SchemaDescriptor, ParquetError> {
     Ok(SchemaDescriptor::new(Arc::new(root)))
 }
 
-/// A batch of the table's schema as segment files store it.
+/// A batch of the table's schema as segment files store it. A batch already
+/// in the segment schema (see [`pack_with_uuids`]) is returned as it is.
 pub fn pack(batch: &RecordBatch) -> RecordBatch {
+    if batch.schema().fields() == segment_schema().fields() {
+        return batch.clone();
+    }
+    pack_with_uuids(batch, [&[], &[]])
+}
+
+/// [`pack`] for a producer that already holds UUID-shaped ids as bytes (the
+/// demo generator), sparing a round trip through text: `uuids[c][row]`, where
+/// present, is the value of `PACKED_COLUMNS[c]` at `row`, and the batch's
+/// text there is ignored; elsewhere the text is packed as usual.
+pub fn pack_with_uuids(batch: &RecordBatch, uuids: [&[Option<[u8; 16]>]; PACKED_COLUMNS.len()]) -> RecordBatch {
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(segment_schema().fields().len());
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if is_packed(field.name()) {
-            let (uuids, others) = split(column.as_string::<i32>());
-            columns.push(Arc::new(uuids));
-            columns.push(Arc::new(others));
-        } else {
-            columns.push(Arc::clone(column));
+        match PACKED_COLUMNS.iter().position(|c| c == field.name()) {
+            Some(c) => {
+                let (packed, others) = split(column.as_string::<i32>(), uuids[c]);
+                columns.push(Arc::new(packed));
+                columns.push(Arc::new(others));
+            }
+            None => columns.push(Arc::clone(column)),
         }
     }
     RecordBatch::try_new(segment_schema(), columns).expect("pack follows the segment schema")
 }
 
-fn split(values: &StringArray) -> (FixedSizeBinaryArray, StringArray) {
+fn split(values: &StringArray, known: &[Option<[u8; 16]>]) -> (FixedSizeBinaryArray, StringArray) {
     let mut uuids = FixedSizeBinaryBuilder::with_capacity(values.len(), UUID_BYTES);
     let mut others = StringBuilder::new();
-    for value in values {
-        match value.and_then(canonical_uuid) {
+    for (row, value) in values.iter().enumerate() {
+        match known.get(row).copied().flatten().or_else(|| value.and_then(canonical_uuid)) {
             Some(bytes) => {
                 uuids.append_value(bytes).expect("sixteen bytes");
                 others.append_null();
@@ -153,6 +166,26 @@ pub fn unpack(uuids: &FixedSizeBinaryArray, others: &StringArray) -> StringArray
     values.finish()
 }
 
+/// A batch of the segment schema back in the table's schema: what [`pack`]
+/// undoes, for callers that read segments outside a query.
+pub fn unpack_batch(batch: &RecordBatch) -> RecordBatch {
+    let columns = model::schema()
+        .fields()
+        .iter()
+        .map(|field| {
+            let name = field.name();
+            let column = |name: &str| batch.column_by_name(name).expect("segment schema column");
+            if is_packed(name) {
+                let (uuids, others) = (column(&uuid_column(name)), column(&text_column(name)));
+                Arc::new(unpack(uuids.as_fixed_size_binary(), others.as_string::<i32>())) as ArrayRef
+            } else {
+                Arc::clone(column(name))
+            }
+        })
+        .collect();
+    RecordBatch::try_new(model::schema(), columns).expect("unpack follows the table schema")
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -161,7 +194,7 @@ mod tests {
     use crate::model::Event;
 
     fn round_trip(ids: &[Option<&str>]) -> Vec<Option<String>> {
-        let (uuids, others) = split(&ids.iter().copied().collect());
+        let (uuids, others) = split(&ids.iter().copied().collect(), &[]);
         unpack(&uuids, &others).iter().map(|v| v.map(str::to_owned)).collect()
     }
 
@@ -178,7 +211,7 @@ mod tests {
             Some(""),
             None,
         ];
-        let (uuids, others) = split(&ids.iter().copied().collect());
+        let (uuids, others) = split(&ids.iter().copied().collect(), &[]);
         assert_eq!(
             uuids.iter().map(|u| u.is_some()).collect::<Vec<_>>(),
             [true, false, false, false, false, false, false, false]
@@ -211,6 +244,18 @@ mod tests {
             assert_eq!(&unpack(uuids, others), batch.column_by_name(column).unwrap().as_string::<i32>());
         }
         assert_eq!(packed.column_by_name("seq").unwrap(), batch.column_by_name("seq").unwrap());
+        assert_eq!(unpack_batch(&packed), batch);
+        assert_eq!(pack(&packed), packed, "packing a packed batch changes nothing");
+    }
+
+    #[test]
+    fn known_uuids_take_the_place_of_the_text() {
+        let uuid = uuid::Uuid::from_u128(0x0b5e_2f4a_9c1d_4e8f_a7b6_3d2c_1b0a_9f8e);
+        let ids = [Event { id: String::new(), ..Event::default() }, Event { id: "evt-2".into(), ..Event::default() }];
+        let batch = model::events_to_batch(&ids, 1);
+        let packed = pack_with_uuids(&batch, [&[Some(uuid.into_bytes()), None], &[]]);
+        let ids = unpack_batch(&packed).column_by_name("id").unwrap().as_string::<i32>().clone();
+        assert_eq!(ids.iter().collect::<Vec<_>>(), [Some(uuid.to_string().as_str()), Some("evt-2")]);
     }
 
     #[test]

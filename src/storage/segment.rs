@@ -37,11 +37,14 @@ const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 /// Near-unique columns: ids (see [`packed`]). A dictionary would only be
 /// built and abandoned.
 const NO_DICTIONARY_COLUMNS: [&str; 4] = ["id_uuid", "id_text", "request_id_uuid", "request_id_text"];
-/// Columns whose values are random or free text, so min/max statistics
-/// prune nothing (ids, titles, user agents; exact lookups of ids are for
-/// bloom filters or an index): computing them was a tenth of a bulk load's
-/// encoding time.
-const NO_STATISTICS_COLUMNS: [&str; 8] = [
+/// Columns whose min/max statistics prune nothing, so computing them (a tenth
+/// of a bulk load's encoding time) is wasted: random or free text (ids,
+/// titles, user agents; exact lookups of ids are for bloom filters), and
+/// small vocabularies that every row group and page of mixed activity spans
+/// from end to end (categories, outcomes, products, locations, content types).
+/// Columns that queries narrow by (time, org, actor, action, content, IP) keep
+/// theirs.
+const NO_STATISTICS_COLUMNS: [&str; 15] = [
     "id_uuid",
     "id_text",
     "request_id_uuid",
@@ -50,6 +53,13 @@ const NO_STATISTICS_COLUMNS: [&str; 8] = [
     "content_title",
     "user_agent",
     "attributes",
+    "actor_type",
+    "category",
+    "outcome",
+    "product",
+    "location",
+    "content_type",
+    "session_id",
 ];
 /// Of those, the text ones get delta-length encoding, which stores lengths
 /// apart from bytes so zstd sees only the characters.
