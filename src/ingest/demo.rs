@@ -202,7 +202,9 @@ impl Generator {
     /// allocated per event.
     pub fn next_segment(&mut self, max_events: usize) -> Option<Vec<RecordBatch>> {
         let expected = max_events.min(self.background - self.made) / TOTAL_USERS + 1;
-        let mut actors: Vec<(BatchBuilder, [Vec<Option<[u8; 16]>>; 2])> = (0..TOTAL_USERS)
+        // Per actor: the batch, and the ids of its rows as bytes where known.
+        type ActorBatch = (BatchBuilder, [Vec<Option<[u8; 16]>>; 2]);
+        let mut actors: Vec<ActorBatch> = (0..TOTAL_USERS)
             .map(|_| {
                 (BatchBuilder::with_capacity(expected), [Vec::with_capacity(expected), Vec::with_capacity(expected)])
             })
