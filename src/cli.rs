@@ -141,6 +141,14 @@ struct ServeArgs {
     /// Working memory all running queries together may use.
     #[arg(long, default_value_t = query::DEFAULT_TOTAL_QUERY_MEMORY_BYTES)]
     total_query_memory_bytes: usize,
+    /// Longest one statement may run (milliseconds) before it is canceled
+    /// with an error.
+    #[arg(long, default_value_t = query::DEFAULT_STATEMENT_TIMEOUT_MS)]
+    statement_timeout_ms: u64,
+    /// Most rows one statement may return; more is an error (export larger
+    /// sets in pieces).
+    #[arg(long, default_value_t = query::DEFAULT_MAX_RESULT_ROWS)]
+    max_result_rows: u64,
 }
 
 #[derive(Debug, Args)]
@@ -240,9 +248,13 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
     // One machine-readable line: tests and scripts wait for it, and it carries
     // the real ports when port 0 was asked for.
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
-    let memory = query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes);
+    let limits = query::QueryLimits {
+        memory: query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes),
+        statement_timeout: std::time::Duration::from_millis(args.statement_timeout_ms),
+        max_result_rows: args.max_result_rows,
+    };
     tokio::select! {
-        () = server::serve(pg, storage.clone(), args.max_pg_connections, memory) => {}
+        () = server::serve(pg, storage.clone(), args.max_pg_connections, limits) => {}
         result = ingest::serve(http, storage.clone(), args.max_body_bytes) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;

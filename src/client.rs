@@ -86,7 +86,7 @@ async fn run_in_process(config: StorageConfig, sql: &str) -> Result<Vec<RecordBa
         .map_err(|e| DataFusionError::External(Box::new(e)))??;
     let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let result = async {
-        let ctx = query::new_session_context(&storage, &query::QueryMemory::default())?;
+        let ctx = query::new_session_context(&storage, &query::QueryLimits::default())?;
         ctx.sql_with_options(sql, read_only).await?.collect().await
     }
     .await;

@@ -3,8 +3,8 @@
 //! clear error instead of taking the server, and ingest, down with it.
 //!
 //! Each Postgres connection runs one statement at a time in its own session,
-//! so a session's pool is its running query's. Operators that can spill
-//! (sorts, aggregations) are asked to first; what cannot fit fails.
+//! so a session's pool is its running query's. Nothing spills to disk (see
+//! `session_over`): what cannot fit fails.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +31,10 @@ impl QueryMemory {
         QueryMemory { total: Arc::new(GreedyMemoryPool::new(total_bytes)), per_query_bytes }
     }
 
+    pub fn per_query_bytes(&self) -> usize {
+        self.per_query_bytes
+    }
+
     /// A pool for one session, drawing on the shared budget.
     pub(super) fn session_pool(&self) -> Arc<dyn MemoryPool> {
         Arc::new(QueryPool { total: Arc::clone(&self.total), limit_bytes: self.per_query_bytes, used: 0.into() })
@@ -41,6 +45,14 @@ impl Default for QueryMemory {
     fn default() -> Self {
         QueryMemory::new(DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES)
     }
+}
+
+/// What a query that ran out of memory is told, whichever operator ran out.
+pub(super) fn out_of_memory(limit_bytes: usize) -> String {
+    format!(
+        "query memory limit of {limit_bytes} bytes reached: narrow the query (time range, actor, LIMIT) or raise \
+         --query-memory-bytes"
+    )
 }
 
 #[derive(Debug)]
@@ -88,9 +100,8 @@ impl MemoryPool for QueryPool {
             .is_ok();
         if !fits {
             return Err(resources_datafusion_err!(
-                "query memory limit of {} bytes reached ({} wanted {additional} more): \
-                 narrow the query (time range, actor, LIMIT) or raise --query-memory-bytes",
-                self.limit_bytes,
+                "{} ({} wanted {additional} more)",
+                out_of_memory(self.limit_bytes),
                 reservation.consumer().name()
             ));
         }

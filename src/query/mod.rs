@@ -23,6 +23,8 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
@@ -42,10 +44,12 @@ use tracing::debug;
 use crate::model;
 use crate::storage::{Storage, packed};
 
+mod limits;
 mod memory;
 mod pruning;
 mod scan_exec;
 
+pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 
 use scan_exec::{AuditEventsScanExec, ScanSummary};
@@ -291,18 +295,38 @@ pub fn statement_verb(statement: &Statement) -> String {
 
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
-pub fn new_session_context(storage: &Storage, memory: &QueryMemory) -> Result<SessionContext> {
-    session_over(storage, memory, AuditEventsTable::new(storage.clone()))
+pub fn new_session_context(storage: &Storage, limits: &QueryLimits) -> Result<SessionContext> {
+    session_over(storage, limits, AuditEventsTable::new(storage.clone()))
 }
 
-fn session_over(storage: &Storage, memory: &QueryMemory, table: AuditEventsTable) -> Result<SessionContext> {
+fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable) -> Result<SessionContext> {
     let mut config =
         SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
     // SQL as Postgres reads it: among others `attributes->>'k' = 'v'` binds
     // `->>` before `=` (the generic dialect does not).
     config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
-    let runtime = RuntimeEnvBuilder::new().with_memory_pool(memory.session_pool()).build_arc()?;
-    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Queries never write to disk: audit rows must not land in temporary
+    // files, and a full disk must not reach the WAL's. A query that does not
+    // fit in its memory fails instead. (This also keeps DataFusion 55's
+    // nested-loop join off its spilling fallback, which re-runs a
+    // repartitioned input and panics.)
+    let no_spilling = DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(limits.memory.session_pool())
+        .with_disk_manager_builder(no_spilling)
+        .build_arc()?;
+    let statement_limits = limits::StatementLimitsRule {
+        statement_timeout: limits.statement_timeout,
+        max_result_rows: limits.max_result_rows,
+        query_memory_bytes: limits.memory.per_query_bytes(),
+    };
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(statement_limits))
+        .build();
+    let mut ctx = SessionContext::new_with_state(state);
     // `attributes` holds JSON text: json_get_str(attributes, 'role'),
     // attributes->>'role', json_contains(...), etc.
     datafusion_functions_json::register_all(&mut ctx)?;
@@ -320,6 +344,7 @@ mod tests {
     use crate::storage::compaction::CompactionPolicy;
     use datafusion::arrow::array::{Array, AsArray, RecordBatch};
     use datafusion::arrow::datatypes::Int64Type;
+    use std::time::Duration;
 
     fn events(batch: usize, n: usize) -> Vec<Event> {
         (0..n)
@@ -346,7 +371,7 @@ mod tests {
         let compaction = CompactionPolicy { target_rows: 500, min_inputs: 3 };
         let config = StorageConfig { seal_after_ms: 3_600_000, compaction, ..StorageConfig::new(dir.path()) };
         let storage = Storage::open(config).unwrap();
-        let ctx = new_session_context(&storage, &QueryMemory::default()).unwrap();
+        let ctx = new_session_context(&storage, &QueryLimits::default()).unwrap();
 
         let writer = storage.clone();
         let ingest_and_seal = tokio::spawn(async move {
@@ -414,7 +439,7 @@ mod tests {
         storage.append(to_events(&sent[3..])).await.unwrap();
         assert_eq!((storage.stats().segments, storage.stats().buffered_rows), (1, 1));
 
-        let ctx = new_session_context(&storage, &QueryMemory::default()).unwrap();
+        let ctx = new_session_context(&storage, &QueryLimits::default()).unwrap();
         let rows = |sql: &'static str| {
             let ctx = ctx.clone();
             async move {
@@ -460,7 +485,7 @@ mod tests {
             let sealer = storage.clone();
             tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
         }
-        let ctx = new_session_context(&storage, &QueryMemory::default()).unwrap();
+        let ctx = new_session_context(&storage, &QueryLimits::default()).unwrap();
         // (segments read, segments pruned, rows) from EXPLAIN and the query.
         let files_scanned = |sql: String| {
             let ctx = ctx.clone();
@@ -498,16 +523,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
         storage.append(events(0, 20_000)).await.unwrap();
-        let memory = QueryMemory::new(64 * 1024, 1024 * 1024 * 1024);
-        let ctx = new_session_context(&storage, &memory).unwrap();
+        let limits = QueryLimits { memory: QueryMemory::new(64 * 1024, 1024 * 1024 * 1024), ..QueryLimits::default() };
+        let ctx = new_session_context(&storage, &limits).unwrap();
         // A hash join builds its whole build side in memory: 20,000 ids do not fit in 64 KiB.
         let join = "select count(*) from audit_events a join audit_events b on a.id = b.id";
         let error = ctx.sql(join).await.unwrap().collect().await.unwrap_err().to_string();
         assert!(error.contains("query memory limit of 65536 bytes reached"), "{error}");
         let count = ctx.sql("select count(*) from audit_events").await.unwrap().collect().await.unwrap();
         assert_eq!(int(&count, 0), 20_000, "the session still answers");
-        let roomy = new_session_context(&storage, &QueryMemory::default()).unwrap();
+        let roomy = new_session_context(&storage, &QueryLimits::default()).unwrap();
         assert_eq!(int(&roomy.sql(join).await.unwrap().collect().await.unwrap(), 0), 20_000);
+        storage.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_over_its_time_fails_clearly_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        storage.append(events(0, 3_000)).await.unwrap();
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        let limits = QueryLimits { statement_timeout: Duration::from_millis(300), ..QueryLimits::default() };
+        let ctx = new_session_context(&storage, &limits).unwrap();
+        // Thirty billion rows to count: hours of work in little memory, unless stopped.
+        let runaway = "select count(*) from audit_events a, generate_series(1, 10000000) g where a.seq + g.value > 0";
+        let started = std::time::Instant::now();
+        let error = ctx.sql(runaway).await.unwrap().collect().await.unwrap_err().to_string();
+        assert!(error.contains("statement timeout of 300 ms"), "{error}");
+        // Generous: the point is that it stopped, not how fast.
+        assert!(started.elapsed() < Duration::from_secs(30), "stopped after {:?}", started.elapsed());
+        let count = ctx.sql("select count(*) from audit_events").await.unwrap().collect().await.unwrap();
+        assert_eq!(int(&count, 0), 3_000, "the session still answers");
+        storage.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_result_over_its_row_limit_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        storage.append(events(0, 1_000)).await.unwrap();
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        storage.append(events(1, 1_000)).await.unwrap();
+        let ctx =
+            new_session_context(&storage, &QueryLimits { max_result_rows: 1_500, ..QueryLimits::default() }).unwrap();
+        let error = ctx.sql("select id from audit_events").await.unwrap().collect().await.unwrap_err().to_string();
+        assert!(error.contains("more than 1500 rows"), "{error}");
+        let rows = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(sql).await.unwrap().collect().await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>() }
+        };
+        assert_eq!(rows("select id from audit_events limit 1500").await, 1_500, "exactly the limit is fine");
+        assert_eq!(rows("select id from audit_events where actor_id = 'u1'").await, 400);
+        let counted = ctx.sql("select count(*) from audit_events").await.unwrap().collect().await.unwrap();
+        assert_eq!(int(&counted, 0), 2_000, "rows an aggregate reads do not count, only rows returned");
         storage.shutdown();
     }
 
@@ -612,8 +681,8 @@ mod tests {
                         }
                     }
                     let sql = format!("select seq from audit_events where {filter} order by seq");
-                    let pushed = seqs(&new_session_context(&storage, &QueryMemory::default()).unwrap(), &sql).await;
-                    let reference = session_over(&storage, &QueryMemory::default(), AuditEventsTable::without_pushdown(storage.clone())).unwrap();
+                    let pushed = seqs(&new_session_context(&storage, &QueryLimits::default()).unwrap(), &sql).await;
+                    let reference = session_over(&storage, &QueryLimits::default(), AuditEventsTable::without_pushdown(storage.clone())).unwrap();
                     let full = seqs(&reference, &sql).await;
                     storage.shutdown();
                     (pushed, full)

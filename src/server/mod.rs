@@ -53,7 +53,7 @@ pub enum ServerError {
 }
 
 /// Accepts Postgres clients on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, storage: Storage, max_connections: usize, memory: query::QueryMemory) {
+pub async fn serve(listener: TcpListener, storage: Storage, max_connections: usize, limits: query::QueryLimits) {
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -67,10 +67,10 @@ pub async fn serve(listener: TcpListener, storage: Storage, max_connections: usi
             warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
             continue;
         };
-        let (storage, memory) = (storage.clone(), memory.clone());
+        let (storage, limits) = (storage.clone(), limits.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let handlers = match ConnectionHandlers::new(&storage, &memory) {
+            let handlers = match ConnectionHandlers::new(&storage, &limits) {
                 Ok(handlers) => handlers,
                 Err(e) => {
                     warn!(%peer, error = %e, "cannot start a session");
@@ -98,8 +98,8 @@ struct ConnectionHandlers {
 }
 
 impl ConnectionHandlers {
-    fn new(storage: &Storage, memory: &query::QueryMemory) -> Result<Self, ServerError> {
-        let ctx = query::new_session_context(storage, memory).map_err(|e| ServerError::Session(e.to_string()))?;
+    fn new(storage: &Storage, limits: &query::QueryLimits) -> Result<Self, ServerError> {
+        let ctx = query::new_session_context(storage, limits).map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;
         let hooks: Vec<Arc<dyn QueryHook>> = vec![

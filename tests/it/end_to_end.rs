@@ -136,3 +136,27 @@ fn a_query_over_its_memory_limit_fails_and_the_server_goes_on() {
     assert!(error.contains("--query-memory-bytes"), "the error says what to change: {error}");
     assert_eq!(server.psql("select count(*) from audit_events").unwrap(), "20000\n");
 }
+
+#[tokio::test]
+async fn runaway_statements_are_stopped_and_ingest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    demo_data_dir(&data, 3_000, 3);
+    let server = Server::start(&data, &["--statement-timeout-ms", "500", "--max-result-rows", "2500"]);
+    let runaway = "select count(*) from audit_events a, generate_series(1, 10000000) g where a.seq + g.value > 0";
+    let error = server.psql(runaway).unwrap_err();
+    assert!(error.contains("statement timeout of 500 ms"), "{error}");
+    assert!(error.contains("--statement-timeout-ms"), "the error says what to change: {error}");
+
+    let error = server.psql("select * from audit_events").unwrap_err();
+    assert!(error.contains("more than 2500 rows"), "{error}");
+    assert!(error.contains("--max-result-rows"), "the error says what to change: {error}");
+    assert_eq!(server.psql("select count(*) from (select id from audit_events limit 2500) t").unwrap(), "2500\n");
+
+    // The server still takes events and answers while and after queries were stopped.
+    let http = reqwest::Client::new();
+    let after = event("after-runaway", "acme", "u1", "page.viewed", 0).to_string();
+    let (status, body) = post(&http, &server.events_url(), after).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.psql("select count(*) from audit_events where id = 'after-runaway'").unwrap(), "1\n");
+}

@@ -1,0 +1,253 @@
+//! Time and result size for one statement: a runaway query (a cross join, a
+//! `select *` over the whole log) fails with an error that says which limit
+//! it hit and how to change it, and frees what it held, instead of running on
+//! while ingest and other clients wait.
+//!
+//! Every physical plan of a session gets a [`StatementLimitsExec`] on top (a
+//! physical optimizer rule puts it there), so the limits hold for execution,
+//! not only planning, whichever way the SQL arrived. The memory limits are in
+//! [`memory`](super::memory); this module only bundles them with these.
+//! It never changes what a query returns within its limits.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::execution::{RecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, ReplaceChildrenOptions,
+    SendableRecordBatchStream,
+};
+use futures::Stream;
+
+use super::memory::{QueryMemory, out_of_memory};
+
+/// Default longest run of one statement.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
+/// Default most rows one statement may return.
+pub const DEFAULT_MAX_RESULT_ROWS: u64 = 1_000_000;
+
+/// Everything one statement may use.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    pub memory: QueryMemory,
+    pub statement_timeout: Duration,
+    pub max_result_rows: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            memory: QueryMemory::default(),
+            statement_timeout: Duration::from_millis(DEFAULT_STATEMENT_TIMEOUT_MS),
+            max_result_rows: DEFAULT_MAX_RESULT_ROWS,
+        }
+    }
+}
+
+/// Puts a [`StatementLimitsExec`] on top of every plan, after every other
+/// rule, merging the plan's partitions first so the row count is the
+/// statement's.
+#[derive(Debug)]
+pub(super) struct StatementLimitsRule {
+    pub statement_timeout: Duration,
+    pub max_result_rows: u64,
+    /// Only to name the limit in errors.
+    pub query_memory_bytes: usize,
+}
+
+impl PhysicalOptimizerRule for StatementLimitsRule {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        if plan.is::<StatementLimitsExec>() {
+            return Ok(plan);
+        }
+        let input: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() > 1 {
+            Arc::new(CoalescePartitionsExec::new(plan))
+        } else {
+            plan
+        };
+        Ok(Arc::new(StatementLimitsExec {
+            input,
+            statement_timeout: self.statement_timeout,
+            max_result_rows: self.max_result_rows,
+            query_memory_bytes: self.query_memory_bytes,
+        }))
+    }
+
+    fn name(&self) -> &str {
+        "auditlake_statement_limits"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Passes its input's rows through until the statement runs out of time or
+/// returns too many rows, then ends it with an error. Errors of running out
+/// of memory come out of it naming the limit, whichever operator hit it and
+/// however it reworded the error (e.g. after failing to spill).
+#[derive(Debug)]
+pub struct StatementLimitsExec {
+    input: Arc<dyn ExecutionPlan>,
+    statement_timeout: Duration,
+    max_result_rows: u64,
+    query_memory_bytes: usize,
+}
+
+impl DisplayAs for StatementLimitsExec {
+    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "StatementLimitsExec: timeout_ms={}, max_result_rows={}",
+            self.statement_timeout.as_millis(),
+            self.max_result_rows
+        )
+    }
+}
+
+impl ExecutionPlan for StatementLimitsExec {
+    fn name(&self) -> &'static str {
+        "StatementLimitsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("StatementLimitsExec has one input, got {}", children.len());
+        }
+        Ok(Arc::new(StatementLimitsExec {
+            input: children.swap_remove(0),
+            statement_timeout: self.statement_timeout,
+            max_result_rows: self.max_result_rows,
+            query_memory_bytes: self.query_memory_bytes,
+        }))
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        Ok(Box::pin(LimitedStream {
+            schema: input.schema(),
+            input,
+            timeout: self.statement_timeout,
+            deadline: None,
+            started: tokio::time::Instant::now(),
+            rows: 0,
+            max_rows: self.max_result_rows,
+            query_memory_bytes: self.query_memory_bytes,
+            ended: false,
+        }))
+    }
+}
+
+struct LimitedStream {
+    schema: SchemaRef,
+    input: SendableRecordBatchStream,
+    timeout: Duration,
+    /// Made at the first poll, inside the runtime whose timer wakes it.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    started: tokio::time::Instant,
+    rows: u64,
+    max_rows: u64,
+    query_memory_bytes: usize,
+    ended: bool,
+}
+
+impl LimitedStream {
+    fn end(&mut self, error: DataFusionError) -> Poll<Option<Result<RecordBatch>>> {
+        self.ended = true;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Stream for LimitedStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let (started, timeout) = (self.started, self.timeout);
+        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + timeout)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            let ms = timeout.as_millis();
+            return self.end(DataFusionError::Execution(format!(
+                "canceling statement after the statement timeout of {ms} ms; narrow it (time range, actor, \
+                 LIMIT) or raise --statement-timeout-ms"
+            )));
+        }
+        match self.input.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.rows += batch.num_rows() as u64;
+                if self.rows > self.max_rows {
+                    let max = self.max_rows;
+                    return self.end(DataFusionError::ResourcesExhausted(format!(
+                        "the result has more than {max} rows, the most one statement may return; add LIMIT, \
+                         aggregate, or raise --max-result-rows"
+                    )));
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let hint = out_of_memory(self.query_memory_bytes);
+                match error.find_root() {
+                    DataFusionError::ResourcesExhausted(message) if !message.contains(&hint) => {
+                        let error = DataFusionError::ResourcesExhausted(format!("{hint} ({message})"));
+                        self.end(error)
+                    }
+                    _ => self.end(error),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl RecordBatchStream for LimitedStream {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
