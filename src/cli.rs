@@ -164,9 +164,20 @@ struct DemoArgs {
     /// Days of activity, ending now.
     #[arg(long, default_value_t = 30)]
     days: u32,
+    /// Who is active: `demo` (4 organisations, 127 users, 400 pages) or
+    /// `realistic` (50 organisations, 20,018 users, 500,000 content ids), the
+    /// scale investigation benchmarks use.
+    #[arg(long, value_enum, default_value_t = DemoShape::Demo)]
+    shape: DemoShape,
     /// Generate only; do not start the server.
     #[arg(long)]
     no_serve: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DemoShape {
+    Demo,
+    Realistic,
 }
 
 impl ServeArgs {
@@ -276,13 +287,17 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     } else {
         let end_us = chrono::Utc::now().timestamp_micros();
         let (seed, count, days) = (args.seed, args.events, args.days);
+        let shape = match args.shape {
+            DemoShape::Demo => demo::Shape::DEMO,
+            DemoShape::Realistic => demo::Shape::REALISTIC,
+        };
         // Generation and segment writing overlap: one thread makes Arrow
         // batches while the bulk loader sorts, compresses and publishes the
         // previous one.
         let (chunks, chunk_rx) = std::sync::mpsc::sync_channel(1);
         set_allocator_purge_delay_ms(BULK_LOAD_PURGE_DELAY_MS);
         let generator = std::thread::Builder::new().name("auditlake-demo".into()).spawn(move || {
-            let mut generator = demo::Generator::new(seed, count, end_us, days);
+            let mut generator = demo::Generator::new(seed, count, end_us, days, shape);
             while let Some(segment) = generator.next_segment(BULK_CHUNK_EVENTS) {
                 if chunks.send(segment).is_err() {
                     return;
@@ -306,8 +321,14 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         say(&format!("Loaded {count} events in {elapsed:.1} s ({:.0} events/s).", count as f64 / elapsed));
         let stats = storage.stats();
         say(&format!(
-            "Generated {} demo events for orgs acme, globex, initech, umbrella (seed {}); {} segment(s), {} bytes.",
-            stats.last_seq, args.seed, stats.segments, stats.segment_bytes
+            "Generated {} demo events ({:?} shape: orgs acme, globex, initech, umbrella{}; seed {}); {} segment(s), \
+             {} bytes.",
+            stats.last_seq,
+            args.shape,
+            if shape.extra_orgs > 0 { " and more" } else { "" },
+            args.seed,
+            stats.segments,
+            stats.segment_bytes
         ));
     }
     if args.no_serve {

@@ -30,11 +30,50 @@ struct Background {
     actor_slot: usize,
 }
 
-/// Organisations (in name order) and how many users each has; `acme` is the
-/// busiest. Events are spread over organisations by their number of users,
-/// whose ids (`acme-u007`) sort in the order they are made.
+/// The demo's organisations and how many users each has; `acme` is the
+/// busiest. Events are spread over users evenly, so over organisations by
+/// their number of users. User ids (`acme-u007`) sort in the order they are
+/// made.
 const ORGS: [(&str, usize); 4] = [("acme", 60), ("globex", 35), ("initech", 20), ("umbrella", 12)];
-const TOTAL_USERS: usize = 60 + 35 + 20 + 12;
+
+/// How much activity, and of whom: the demo's small company, or the scale
+/// investigation benchmarks are measured at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Organisations besides the demo's four (`org-05`, ...), and how many
+    /// users each of them has.
+    pub extra_orgs: usize,
+    pub users_per_extra_org: usize,
+    /// Users of each of the demo's four organisations, as in [`ORGS`] times this.
+    pub demo_org_user_scale: usize,
+    /// Distinct pages, and distinct issues per project ([`PROJECTS`]).
+    pub pages: u32,
+    pub issues_per_project: u32,
+}
+
+impl Shape {
+    /// Four organisations, 127 users, 400 pages, 4,495 issues.
+    pub const DEMO: Shape =
+        Shape { extra_orgs: 0, users_per_extra_org: 0, demo_org_user_scale: 1, pages: 400, issues_per_project: 899 };
+    /// 50 organisations, 20,018 users, 500,000 content ids (250,000 pages and
+    /// 250,000 issues): the scale investigation latencies are measured at.
+    pub const REALISTIC: Shape = Shape {
+        extra_orgs: 46,
+        users_per_extra_org: 391,
+        demo_org_user_scale: 16,
+        pages: 250_000,
+        issues_per_project: 50_000,
+    };
+
+    /// Every organisation with its number of users, in name order.
+    fn orgs(&self) -> Vec<(String, usize)> {
+        let mut orgs: Vec<(String, usize)> =
+            ORGS.iter().map(|(org, n)| (org.to_string(), n * self.demo_org_user_scale)).collect();
+        orgs.extend((0..self.extra_orgs).map(|i| (format!("org-{:02}", i + ORGS.len() + 1), self.users_per_extra_org)));
+        orgs.sort();
+        orgs
+    }
+}
 const FIRST_NAMES: [&str; 16] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj", "olivia",
     "peggy", "rupert", "sybil",
@@ -99,14 +138,16 @@ struct User {
 }
 
 fn users(org_index: usize, org: &str, count: usize) -> Vec<User> {
+    // Wide enough for every number, so that ids sort as they are made.
+    let width = count.saturating_sub(1).to_string().len().max(3);
     (0..count)
         .map(|i| {
             let first = FIRST_NAMES[i % FIRST_NAMES.len()];
             let last = LAST_NAMES[(i / FIRST_NAMES.len() + org_index) % LAST_NAMES.len()];
             User {
-                id: format!("{org}-u{i:03}"),
+                id: format!("{org}-u{i:0width$}"),
                 name: format!("{first}.{last}"),
-                ip: format!("10.{}.{}.{}", org_index + 1, i / 200, i % 200 + 10),
+                ip: format!("10.{}.{}.{}", org_index % 250 + 1, i / 200, i % 200 + 10),
                 agent: USER_AGENTS[i % USER_AGENTS.len()],
             }
         })
@@ -116,7 +157,7 @@ fn users(org_index: usize, org: &str, count: usize) -> Vec<User> {
 /// Generates `count` events ending at `end_us` (microseconds, UTC) over
 /// `days` days, in time order, deterministically from `seed`.
 pub fn generate(seed: u64, count: usize, end_us: i64, days: u32) -> Vec<Event> {
-    let mut generator = Generator::new(seed, count, end_us, days);
+    let mut generator = Generator::new(seed, count, end_us, days, Shape::DEMO);
     let mut events = Vec::with_capacity(count);
     while let Some(mut chunk) = generator.next_chunk(64 * 1024) {
         events.append(&mut chunk);
@@ -131,7 +172,9 @@ pub struct Generator {
     rng: ChaCha8Rng,
     start_us: i64,
     span_us: i64,
-    orgs: Vec<(&'static str, Vec<User>)>,
+    shape: Shape,
+    orgs: Vec<(String, Vec<User>)>,
+    total_users: usize,
     /// Background events made so far, and in all.
     made: usize,
     background: usize,
@@ -148,7 +191,7 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn new(seed: u64, count: usize, end_us: i64, days: u32) -> Self {
+    pub fn new(seed: u64, count: usize, end_us: i64, days: u32, shape: Shape) -> Self {
         let span_us = i64::from(days) * 86_400_000_000;
         let mut incidents = planted_incidents(end_us);
         for (n, event) in incidents.iter_mut().enumerate() {
@@ -157,24 +200,25 @@ impl Generator {
         // Stable sort by time, then reversed so `pop` yields the earliest.
         incidents.sort_by_key(|e| e.time_us);
         incidents.reverse();
+        let orgs: Vec<(String, Vec<User>)> =
+            shape.orgs().into_iter().enumerate().map(|(i, (org, n))| (org.clone(), users(i, &org, n))).collect();
+        let actor_slots = orgs.iter().flat_map(|(_, users)| users).enumerate().map(|(slot, u)| (u.id.clone(), slot));
+        let org_first_slots =
+            orgs.iter().scan(0, |next, (_, users)| Some(std::mem::replace(next, *next + users.len()))).collect();
         Generator {
             rng: ChaCha8Rng::seed_from_u64(seed),
             start_us: end_us - span_us,
             span_us,
-            orgs: ORGS.iter().enumerate().map(|(i, (org, n))| (*org, users(i, org, *n))).collect(),
+            shape,
+            total_users: orgs.iter().map(|(_, users)| users.len()).sum(),
+            actor_slots: actor_slots.collect(),
+            org_first_slots,
+            orgs,
             made: 0,
             background: count.saturating_sub(incidents.len()),
             incidents,
             scratch: Event::default(),
             scratch_background: Background::default(),
-            actor_slots: ORGS
-                .iter()
-                .enumerate()
-                .flat_map(|(i, (org, n))| users(i, org, *n))
-                .enumerate()
-                .map(|(slot, user)| (user.id, slot))
-                .collect(),
-            org_first_slots: ORGS.iter().scan(0, |next, (_, n)| Some(std::mem::replace(next, *next + n))).collect(),
         }
     }
 
@@ -201,10 +245,10 @@ impl Generator {
     /// start at 0: whoever stores them assigns the real ones. Nothing is
     /// allocated per event.
     pub fn next_segment(&mut self, max_events: usize) -> Option<Vec<RecordBatch>> {
-        let expected = max_events.min(self.background - self.made) / TOTAL_USERS + 1;
+        let expected = max_events.min(self.background - self.made) / self.total_users + 1;
         // Per actor: the batch, and the ids of its rows as bytes where known.
         type ActorBatch = (BatchBuilder, [Vec<Option<[u8; 16]>>; 2]);
-        let mut actors: Vec<ActorBatch> = (0..TOTAL_USERS)
+        let mut actors: Vec<ActorBatch> = (0..self.total_users)
             .map(|_| {
                 (BatchBuilder::with_capacity(expected), [Vec::with_capacity(expected), Vec::with_capacity(expected)])
             })
@@ -262,11 +306,11 @@ impl Generator {
         let slot_us = (self.span_us as i128 / background).clamp(1, 1_000_000) as i64;
         let time_us =
             self.start_us + (self.span_us as i128 * i as i128 / background) as i64 + rng.random_range(0..slot_us);
-        let org_index = pick_weighted(rng, ORGS.iter().map(|(_, n)| *n as u32));
+        let slot = rng.random_range(0..self.total_users);
+        let org_index = self.org_first_slots.partition_point(|&first| first <= slot) - 1;
         let (org, users) = &self.orgs[org_index];
-        let user_index = rng.random_range(0..users.len());
-        let user = &users[user_index];
-        self.scratch_background.actor_slot = self.org_first_slots[org_index] + user_index;
+        let user = &users[slot - self.org_first_slots[org_index]];
+        self.scratch_background.actor_slot = slot;
         let (action, product, category, content, _) = ACTIONS[pick_weighted(rng, ACTIONS.iter().map(|a| a.4))];
         event.time_us = time_us;
         self.scratch_background.ids[0] = random_uuid(rng);
@@ -285,7 +329,7 @@ impl Generator {
         put_fmt(&mut event.session_id, format_args!("s-{}-{}", user.id, time_us / 3_600_000_000));
         self.scratch_background.ids[1] = random_uuid(rng);
         event.request_id = None;
-        set_content(event, content, rng);
+        set_content(event, content, self.shape, rng);
     }
 }
 
@@ -325,11 +369,11 @@ fn pick_weighted(rng: &mut ChaCha8Rng, weights: impl Iterator<Item = u32> + Clon
     unreachable!("pick is below the total weight")
 }
 
-fn set_content(event: &mut Event, content: Content, rng: &mut ChaCha8Rng) {
+fn set_content(event: &mut Event, content: Content, shape: Shape, rng: &mut ChaCha8Rng) {
     event.attributes = None;
     match content {
         Content::Page => {
-            let page = rng.random_range(10_000..10_400);
+            let page = rng.random_range(10_000..10_000 + shape.pages);
             put_some(&mut event.content_type, "page");
             put_fmt(&mut event.content_id, format_args!("{page}"));
             put_fmt(
@@ -340,7 +384,7 @@ fn set_content(event: &mut Event, content: Content, rng: &mut ChaCha8Rng) {
         }
         Content::Issue => {
             let project = PROJECTS[rng.random_range(0..PROJECTS.len())];
-            let number = rng.random_range(1..900);
+            let number = rng.random_range(1..=shape.issues_per_project);
             put_some(&mut event.content_type, "issue");
             put_fmt(&mut event.content_id, format_args!("{project}-{number}"));
             put_fmt(&mut event.content_title, format_args!("{project} task {number}"));
@@ -452,7 +496,7 @@ mod tests {
     fn chunks_make_the_same_events_whatever_their_size() {
         let all = generate(5, 3_000, END_US, 3);
         for size in [1, 7, 1_000, 5_000] {
-            let mut generator = Generator::new(5, 3_000, END_US, 3);
+            let mut generator = Generator::new(5, 3_000, END_US, 3, Shape::DEMO);
             let mut chunked = Vec::new();
             while let Some(mut chunk) = generator.next_chunk(size) {
                 chunked.append(&mut chunk);
@@ -463,32 +507,50 @@ mod tests {
 
     #[test]
     fn segments_hold_the_same_events_as_chunks_in_segment_order() {
-        assert_eq!(TOTAL_USERS, ORGS.iter().map(|(_, n)| n).sum::<usize>());
-        assert!(ORGS.windows(2).all(|w| w[0].0 < w[1].0), "organisations are in name order");
-        let generator = Generator::new(9, 1, END_US, 3);
-        let mut slots: Vec<(&String, &usize)> = generator.actor_slots.iter().collect();
-        slots.sort();
-        assert!(slots.iter().enumerate().all(|(i, (_, slot))| **slot == i), "slots follow actor id order");
-        let all = generate(9, 3_000, END_US, 3);
-        let mut generator = Generator::new(9, 3_000, END_US, 3);
-        let (mut made, mut segments) = (0, 0);
-        while let Some(batches) = generator.next_segment(700) {
-            segments += 1;
-            assert!(batches.len() > 100 || segments == 5, "one batch per actor: {}", batches.len());
-            let segment = datafusion::arrow::compute::concat_batches(&packed::segment_schema(), &batches).unwrap();
-            let segment = packed::unpack_batch(&segment);
-            let mut expected = all[made..made + segment.num_rows()].to_vec();
-            // Stable: time order within each actor.
-            expected.sort_by(|a, b| (&a.org_id, &a.actor_id).cmp(&(&b.org_id, &b.actor_id)));
-            let without_seq: Vec<usize> = (0..segment.num_columns() - 1).collect(); // numbered by the loader
-            assert_eq!(
-                segment.project(&without_seq).unwrap(),
-                crate::model::events_to_batch(&expected, 0).project(&without_seq).unwrap(),
-                "segment starting at event {made}"
-            );
-            made += segment.num_rows();
+        for shape in [Shape::DEMO, Shape::REALISTIC] {
+            let generator = Generator::new(9, 1, END_US, 3, shape);
+            let orgs = shape.orgs();
+            assert!(orgs.windows(2).all(|w| w[0].0 < w[1].0), "organisations are in name order");
+            assert_eq!(generator.total_users, orgs.iter().map(|(_, n)| n).sum::<usize>());
+            let mut slots: Vec<(&String, &usize)> = generator.actor_slots.iter().collect();
+            slots.sort();
+            assert!(slots.iter().enumerate().all(|(i, (_, slot))| **slot == i), "slots follow actor id order");
+
+            let all = Generator::new(9, 3_000, END_US, 3, shape).next_chunk(usize::MAX).unwrap();
+            let mut generator = Generator::new(9, 3_000, END_US, 3, shape);
+            let (mut made, mut segments) = (0, 0);
+            while let Some(batches) = generator.next_segment(700) {
+                segments += 1;
+                assert!(batches.len() > 100 || segments == 5, "one batch per actor: {}", batches.len());
+                let segment = datafusion::arrow::compute::concat_batches(&packed::segment_schema(), &batches).unwrap();
+                let segment = packed::unpack_batch(&segment);
+                let mut expected = all[made..made + segment.num_rows()].to_vec();
+                // Stable: time order within each actor.
+                expected.sort_by(|a, b| (&a.org_id, &a.actor_id).cmp(&(&b.org_id, &b.actor_id)));
+                let without_seq: Vec<usize> = (0..segment.num_columns() - 1).collect(); // numbered by the loader
+                assert_eq!(
+                    segment.project(&without_seq).unwrap(),
+                    crate::model::events_to_batch(&expected, 0).project(&without_seq).unwrap(),
+                    "segment starting at event {made}"
+                );
+                made += segment.num_rows();
+            }
+            assert_eq!((made, segments), (all.len(), 5));
         }
-        assert_eq!((made, segments), (all.len(), 5));
+    }
+
+    #[test]
+    fn the_realistic_shape_has_the_benchmark_scale() {
+        let orgs = Shape::REALISTIC.orgs();
+        assert_eq!(orgs.len(), 50);
+        assert_eq!(orgs.iter().map(|(_, n)| n).sum::<usize>(), 20_018);
+        let events = Generator::new(3, 200_000, END_US, 180, Shape::REALISTIC).next_chunk(usize::MAX).unwrap();
+        let content: std::collections::HashSet<_> = events.iter().filter_map(|e| e.content_id.as_deref()).collect();
+        // 200,000 draws over 500,009 ids (pages, issues, spaces): about a third of them.
+        assert!((120_000..200_000).contains(&content.len()), "{} content ids", content.len());
+        let actors: std::collections::HashSet<_> = events.iter().map(|e| e.actor_id.as_str()).collect();
+        assert!(actors.len() > 19_900, "{} actors", actors.len());
+        assert!(actors.contains(INCIDENT_ACTOR));
     }
 
     #[test]

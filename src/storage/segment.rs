@@ -25,10 +25,17 @@ use super::manifest::SegmentMeta;
 use super::objects::SegmentStore;
 use super::packed;
 
-/// Rows per Parquet row group: the page index prunes within a group, so
-/// groups can be large enough for zstd and the footer to stay small.
-pub const SEGMENT_ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per Parquet row group: the unit bloom filters prune. A content id
+/// appears in a few row groups of a segment; at 128Ki rows those few were
+/// most of it (a content lookup over 10M realistic events read 1.1M rows for
+/// 11). Bloom filters are folded to each group's distinct count, so smaller
+/// groups cost little space.
+pub const SEGMENT_ROW_GROUP_ROWS: usize = 32 * 1024;
 const ZSTD_LEVEL: i32 = 3;
+/// Rows per data page (at most, give or take a write batch): the page index
+/// narrows a one-actor read to the pages holding that actor. Smaller pages
+/// restart delta encoding more often: 4Ki cost 2.4 % more bytes.
+const DATA_PAGE_ROWS: usize = 8 * 1024;
 /// Columns investigators look up by equality; each gets a bloom filter.
 const BLOOM_FILTER_COLUMNS: [&str; 3] = ["actor_id", "content_id", "source_ip"];
 /// Integer columns that rise within each `(org_id)` run: delta encoding stores
@@ -74,7 +81,8 @@ pub fn segment_file_name(min_seq: u64, max_seq: u64) -> String {
 pub(super) fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
-        .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS));
+        .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(DATA_PAGE_ROWS);
     for column in BLOOM_FILTER_COLUMNS {
         props = props.set_column_bloom_filter_enabled(ColumnPath::from(column), true);
     }
