@@ -3,7 +3,7 @@
 //! it hit and how to change it, and frees what it held, instead of running on
 //! while ingest and other clients wait.
 //!
-//! Every physical plan of a session gets a [`StatementLimitsExec`] on top (a
+//! Every physical plan of a session gets a `StatementLimitsExec` on top (a
 //! physical optimizer rule puts it there), so the limits hold for execution,
 //! not only planning, whichever way the SQL arrived. The memory limits are in
 //! [`memory`](super::memory); this module only bundles them with these.
@@ -18,19 +18,15 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, internal_err};
-use datafusion::execution::{RecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::RecordBatchStream;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, ReplaceChildrenOptions,
-    SendableRecordBatchStream,
-};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream};
 use futures::Stream;
 
 use super::memory::{QueryMemory, out_of_memory};
+use super::pass_through::{PassThrough, PassThroughExec};
 
 /// Default longest run of one statement.
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -60,10 +56,7 @@ impl Default for QueryLimits {
 /// statement's.
 #[derive(Debug)]
 pub(super) struct StatementLimitsRule {
-    pub statement_timeout: Duration,
-    pub max_result_rows: u64,
-    /// Only to name the limit in errors.
-    pub query_memory_bytes: usize,
+    pub limits: StatementLimits,
 }
 
 impl PhysicalOptimizerRule for StatementLimitsRule {
@@ -76,12 +69,7 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
         } else {
             plan
         };
-        Ok(Arc::new(StatementLimitsExec {
-            input,
-            statement_timeout: self.statement_timeout,
-            max_result_rows: self.max_result_rows,
-            query_memory_bytes: self.query_memory_bytes,
-        }))
+        Ok(Arc::new(StatementLimitsExec::new(input, self.limits.clone())))
     }
 
     fn name(&self) -> &str {
@@ -93,83 +81,30 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
     }
 }
 
-/// Passes its input's rows through until the statement runs out of time or
-/// returns too many rows, then ends it with an error. Errors of running out
-/// of memory come out of it naming the limit, whichever operator hit it and
-/// however it reworded the error (e.g. after failing to spill).
-#[derive(Debug)]
-pub struct StatementLimitsExec {
-    input: Arc<dyn ExecutionPlan>,
-    statement_timeout: Duration,
-    max_result_rows: u64,
-    query_memory_bytes: usize,
+/// The limits one statement runs under. As a plan node, it passes its
+/// input's rows through until the statement runs out of time or returns too
+/// many rows, then ends it with an error. Errors of running out of memory
+/// come out of it naming the limit, whichever operator hit it and however it
+/// reworded the error (e.g. after failing to spill).
+#[derive(Debug, Clone)]
+pub(super) struct StatementLimits {
+    pub statement_timeout: Duration,
+    pub max_result_rows: u64,
+    /// Only to name the limit in errors.
+    pub query_memory_bytes: usize,
 }
 
-impl DisplayAs for StatementLimitsExec {
-    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "StatementLimitsExec: timeout_ms={}, max_result_rows={}",
-            self.statement_timeout.as_millis(),
-            self.max_result_rows
-        )
-    }
-}
+pub(super) type StatementLimitsExec = PassThroughExec<StatementLimits>;
 
-impl ExecutionPlan for StatementLimitsExec {
-    fn name(&self) -> &'static str {
-        "StatementLimitsExec"
+impl PassThrough for StatementLimits {
+    const NAME: &'static str = "StatementLimitsExec";
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timeout_ms={}, max_result_rows={}", self.statement_timeout.as_millis(), self.max_result_rows)
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("StatementLimitsExec has one input, got {}", children.len());
-        }
-        Ok(Arc::new(StatementLimitsExec {
-            input: children.swap_remove(0),
-            statement_timeout: self.statement_timeout,
-            max_result_rows: self.max_result_rows,
-            query_memory_bytes: self.query_memory_bytes,
-        }))
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
-        )
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        Ok(Box::pin(LimitedStream {
+    fn wrap(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        Box::pin(LimitedStream {
             schema: input.schema(),
             input,
             timeout: self.statement_timeout,
@@ -179,7 +114,7 @@ impl ExecutionPlan for StatementLimitsExec {
             max_rows: self.max_result_rows,
             query_memory_bytes: self.query_memory_bytes,
             ended: false,
-        }))
+        })
     }
 }
 

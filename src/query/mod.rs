@@ -46,6 +46,7 @@ use crate::storage::{Storage, packed};
 
 mod limits;
 mod memory;
+mod pass_through;
 mod pruning;
 mod scan_exec;
 
@@ -321,9 +322,11 @@ fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable
         .with_disk_manager_builder(no_spilling)
         .build_arc()?;
     let statement_limits = limits::StatementLimitsRule {
-        statement_timeout: limits.statement_timeout,
-        max_result_rows: limits.max_result_rows,
-        query_memory_bytes: limits.memory.per_query_bytes(),
+        limits: limits::StatementLimits {
+            statement_timeout: limits.statement_timeout,
+            max_result_rows: limits.max_result_rows,
+            query_memory_bytes: limits.memory.per_query_bytes(),
+        },
     };
     let state = SessionStateBuilder::new()
         .with_config(config)
