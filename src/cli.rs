@@ -149,6 +149,11 @@ struct ServeArgs {
     /// sets in pieces).
     #[arg(long, default_value_t = query::DEFAULT_MAX_RESULT_ROWS)]
     max_result_rows: u64,
+    /// Memory for segment bytes queries read again and again (footers, page
+    /// indexes, bloom filters, the pages lookups land on), shared by all
+    /// connections.
+    #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES)]
+    segment_cache_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +268,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
         memory: query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes),
         statement_timeout: std::time::Duration::from_millis(args.statement_timeout_ms),
         max_result_rows: args.max_result_rows,
+        segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
     };
     tokio::select! {
         () = server::serve(pg, storage.clone(), args.max_pg_connections, limits) => {}

@@ -27,18 +27,21 @@ use futures::Stream;
 
 use super::memory::{QueryMemory, out_of_memory};
 use super::pass_through::{PassThrough, PassThroughExec};
+use super::segment_cache::SegmentCache;
 
 /// Default longest run of one statement.
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
 /// Default most rows one statement may return.
 pub const DEFAULT_MAX_RESULT_ROWS: u64 = 1_000_000;
 
-/// Everything one statement may use.
+/// Everything one statement may use: its share of memory, its time, its
+/// result size, and the segment cache all statements share.
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
     pub memory: QueryMemory,
     pub statement_timeout: Duration,
     pub max_result_rows: u64,
+    pub segment_cache: SegmentCache,
 }
 
 impl Default for QueryLimits {
@@ -47,6 +50,7 @@ impl Default for QueryLimits {
             memory: QueryMemory::default(),
             statement_timeout: Duration::from_millis(DEFAULT_STATEMENT_TIMEOUT_MS),
             max_result_rows: DEFAULT_MAX_RESULT_ROWS,
+            segment_cache: SegmentCache::default(),
         }
     }
 }

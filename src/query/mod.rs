@@ -49,9 +49,11 @@ mod memory;
 mod pass_through;
 mod pruning;
 mod scan_exec;
+mod segment_cache;
 
 pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
+pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
 
 use scan_exec::{AuditEventsScanExec, ScanSummary};
 
@@ -67,17 +69,18 @@ pub struct AuditEventsTable {
     /// Whether filters prune segments, row groups and pages; off only to
     /// check pruning against a full scan.
     pushdown: bool,
+    cache: SegmentCache,
 }
 
 impl AuditEventsTable {
-    pub fn new(storage: Storage) -> Self {
-        AuditEventsTable { storage, pushdown: true }
+    pub fn new(storage: Storage, cache: SegmentCache) -> Self {
+        AuditEventsTable { storage, pushdown: true, cache }
     }
 
     /// The same table read in full, filters applied only above the scan: the
     /// reference pruning is checked against.
     pub fn without_pushdown(storage: Storage) -> Self {
-        AuditEventsTable { storage, pushdown: false }
+        AuditEventsTable { storage, pushdown: false, cache: SegmentCache::new(0) }
     }
 }
 
@@ -100,7 +103,10 @@ impl AuditEventsTable {
         let mut options =
             TableParquetOptions { global: state.config_options().execution.parquet.clone(), ..Default::default() };
         options.global.schema_force_view_types = false;
-        let mut source = ParquetSource::new(Arc::clone(&segment)).with_table_parquet_options(options);
+        let store = self.storage.segment_store();
+        let mut source = ParquetSource::new(Arc::clone(&segment))
+            .with_table_parquet_options(options)
+            .with_parquet_file_reader_factory(self.cache.reader_factory(store.object_store()));
         // Filters on packed columns cannot prune segment files; DataFusion
         // applies them above the scan like every other filter.
         let prunable = filters.iter().filter(|f| f.column_refs().iter().all(|c| !packed::is_packed(&c.name)));
@@ -297,7 +303,7 @@ pub fn statement_verb(statement: &Statement) -> String {
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
 pub fn new_session_context(storage: &Storage, limits: &QueryLimits) -> Result<SessionContext> {
-    session_over(storage, limits, AuditEventsTable::new(storage.clone()))
+    session_over(storage, limits, AuditEventsTable::new(storage.clone(), limits.segment_cache.clone()))
 }
 
 fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable) -> Result<SessionContext> {
@@ -585,6 +591,87 @@ mod tests {
         assert_eq!(rows("select id from audit_events where actor_id = 'u1'").await, 400);
         let counted = ctx.sql("select count(*) from audit_events").await.unwrap().collect().await.unwrap();
         assert_eq!(int(&counted, 0), 2_000, "rows an aggregate reads do not count, only rows returned");
+        storage.shutdown();
+    }
+
+    /// `EXPLAIN ANALYZE` of `sql`, as text.
+    async fn explain_analyze(ctx: &SessionContext, sql: &str) -> String {
+        let plan = ctx.sql(&format!("explain analyze {sql}")).await.unwrap().collect().await.unwrap();
+        datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string()
+    }
+
+    /// The number after `key=` in a plan's text.
+    fn metric(text: &str, key: &str) -> usize {
+        let at = text.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key} in {text}")) + key.len() + 1;
+        let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+        let value: f64 = digits.parse().unwrap();
+        // DataFusion shortens large counts: `262.1 K`.
+        let scale = match text[at + digits.len()..].trim_start().chars().next() {
+            Some('K') => 1_000.0,
+            Some('M') => 1_000_000.0,
+            _ => 1.0,
+        };
+        (value * scale).round() as usize
+    }
+
+    /// `(total, matched)` of a pruning metric: `key=A total → B matched`.
+    fn pruned(text: &str, key: &str) -> (usize, usize) {
+        let at = text.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key} in {text}"));
+        let rest = &text[at..];
+        let matched_at = rest.find("→ ").expect("a pruning metric") + "→ ".len();
+        (metric(rest, key), metric(&format!("m={}", &rest[matched_at..]), "m"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_one_actor_lookup_reads_a_small_fraction_of_a_million_events_then_hits_the_cache() {
+        use crate::ingest::demo;
+        const EVENTS: usize = 1_000_000;
+        const END_US: i64 = 1_795_600_000_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        // 40,000-row segments are not small at this target: none is merged.
+        let compaction = CompactionPolicy { target_rows: 40_000, min_inputs: 4 };
+        let storage = Storage::open(StorageConfig { compaction, ..StorageConfig::new(dir.path()) }).unwrap();
+        let mut generator = demo::Generator::new(11, EVENTS, END_US, 30, demo::Shape::REALISTIC);
+        let loader = storage.clone();
+        tokio::task::spawn_blocking(move || loader.bulk_load(std::iter::from_fn(|| generator.next_segment(40_000))))
+            .await
+            .unwrap()
+            .unwrap();
+        let segments = storage.stats().segments;
+        assert!(segments >= 25, "{segments} segments");
+        let since = chrono::DateTime::from_timestamp_micros(END_US - 7 * 86_400_000_000).unwrap().to_rfc3339();
+        let sql = format!(
+            "select time, action from audit_events where actor_id = '{}' and time >= '{since}' order by time, seq",
+            demo::INCIDENT_ACTOR
+        );
+        let limits = QueryLimits::default();
+        let ctx = new_session_context(&storage, &limits).unwrap();
+        let text = explain_analyze(&ctx, &sql).await;
+
+        let (read, skipped) = (metric(&text, "segments_read"), metric(&text, "segments_pruned"));
+        assert_eq!(read + skipped, segments);
+        assert!(read * 3 <= segments, "7 of 30 days: {read} of {segments} segments read\n{text}");
+        // Every segment holds 40,000 rows: one 32Ki-row group and one smaller.
+        let row_groups_in_log = segments * 2;
+        let (_, by_statistics) = pruned(&text, "row_groups_pruned_statistics");
+        let (_, by_bloom_filter) = pruned(&text, "row_groups_pruned_bloom_filter");
+        let (pages_rows, rows_read) = pruned(&text, "page_index_rows_pruned");
+        assert!(by_bloom_filter <= by_statistics);
+        assert!(
+            by_bloom_filter * 10 <= row_groups_in_log,
+            "{by_bloom_filter} of {row_groups_in_log} row groups read\n{text}"
+        );
+        assert!(rows_read * 20 <= EVENTS, "{rows_read} of {EVENTS} rows read ({pages_rows} in the row groups)\n{text}");
+
+        // Another session of the same process: footers, bloom filters and
+        // pages come from the cache, and the answer is the same.
+        let reference = session_over(&storage, &limits, AuditEventsTable::without_pushdown(storage.clone())).unwrap();
+        let expected = reference.sql(&sql).await.unwrap().collect().await.unwrap();
+        assert!(expected.iter().map(|b| b.num_rows()).sum::<usize>() > 0, "the actor was active");
+        let again = new_session_context(&storage, &limits).unwrap();
+        assert!(metric(&text, "bytes_scanned") > 0);
+        assert_eq!(metric(&explain_analyze(&again, &sql).await, "bytes_scanned"), 0, "all from the cache");
+        assert_eq!(again.sql(&sql).await.unwrap().collect().await.unwrap(), expected);
         storage.shutdown();
     }
 
