@@ -237,8 +237,13 @@ impl TableProvider for AuditEventsTable {
             Some(predicate) => Some(state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&schema))?)?),
             None => None,
         };
-        let segments = pruning::prune_segments(&snapshot.segments, predicate)?;
+        let mut segments = pruning::prune_segments(&snapshot.segments, predicate)?;
         debug!(segments = snapshot.segments.len(), kept = segments.len(), "pruned segments with the manifest");
+        // Newest first: investigations mostly want recent activity, and an
+        // `ORDER BY time DESC LIMIT n` fills its top n from the first files
+        // read; its dynamic filter (time above the n-th newest so far) then
+        // prunes the row groups of every older file from the footer alone.
+        segments.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_us));
         if !segments.is_empty() {
             let files = segments
                 .iter()
