@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/auditlake-target}"
-cargo build --release --quiet --bin auditlake
+# With the example, so features resolve as in the other bench builds and the
+# release build is shared rather than redone.
+cargo build --release --quiet --bin auditlake --example ingest_bench
 B=$CARGO_TARGET_DIR/release/auditlake
 N=${1:-10000000}
 rm -rf /tmp/q10m

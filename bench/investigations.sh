@@ -13,6 +13,8 @@ DATA=${BENCH_DATA_DIR:-/tmp/auditlake-investigations-$N}
 bash scripts/setup.sh
 venv="${AUDITLAKE_TEST_VENV:-$HOME/.cache/auditlake-venv}"
 "$venv/bin/python" -c 'import psycopg' 2>/dev/null || "$venv/bin/pip" install -q 'psycopg[binary]>=3.1,<4'
+# With the example, so features resolve as in the other bench builds and the
+# release build is shared rather than redone.
 cargo build --release --quiet --bin auditlake --example ingest_bench
 B=$CARGO_TARGET_DIR/release/auditlake
 if [ ! -f "$DATA/manifest.json" ]; then
