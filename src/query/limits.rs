@@ -112,8 +112,8 @@ impl PassThrough for StatementLimits {
             schema: input.schema(),
             input,
             timeout: self.statement_timeout,
+            deadline_at: tokio::time::Instant::now() + self.statement_timeout,
             deadline: None,
-            started: tokio::time::Instant::now(),
             rows: 0,
             max_rows: self.max_result_rows,
             query_memory_bytes: self.query_memory_bytes,
@@ -126,9 +126,10 @@ struct LimitedStream {
     schema: SchemaRef,
     input: SendableRecordBatchStream,
     timeout: Duration,
-    /// Made at the first poll, inside the runtime whose timer wakes it.
+    deadline_at: tokio::time::Instant,
+    /// The timer for `deadline_at`, made at the first poll, inside the
+    /// runtime whose timer wakes it.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    started: tokio::time::Instant,
     rows: u64,
     max_rows: u64,
     query_memory_bytes: usize,
@@ -149,10 +150,10 @@ impl Stream for LimitedStream {
         if self.ended {
             return Poll::Ready(None);
         }
-        let (started, timeout) = (self.started, self.timeout);
-        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + timeout)));
+        let deadline_at = self.deadline_at;
+        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline_at)));
         if deadline.as_mut().poll(cx).is_ready() {
-            let ms = timeout.as_millis();
+            let ms = self.timeout.as_millis();
             return self.end(DataFusionError::Execution(format!(
                 "canceling statement after the statement timeout of {ms} ms; narrow it (time range, actor, \
                  LIMIT) or raise --statement-timeout-ms"
