@@ -110,7 +110,11 @@ impl AuditEventsTable {
         // Filters on packed columns cannot prune segment files; DataFusion
         // applies them above the scan like every other filter.
         let prunable = filters.iter().filter(|f| f.column_refs().iter().all(|c| !packed::is_packed(&c.name)));
-        if let Some(predicate) = conjunction(prunable.cloned()) {
+        // With `pushdown_filters` on, DataFusion's physical optimizer pushes
+        // the filters it keeps above the scan down into this source itself;
+        // handing them over here too made every row filter run twice.
+        let pushed_later = state.config_options().execution.parquet.pushdown_filters;
+        if let Some(predicate) = conjunction(prunable.cloned()).filter(|_| !pushed_later) {
             let df_schema = DFSchema::try_from(Arc::clone(&segment))?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
