@@ -12,7 +12,7 @@ B=$CARGO_TARGET_DIR/release/auditlake
 N=${1:-10000000}
 rm -rf /tmp/q10m
 /usr/bin/time -f "%e s %M KiB" $B demo --no-serve --events $N --data-dir /tmp/q10m 2>&1 | grep -E "Loaded|KiB|Generated"
-$B serve --data-dir /tmp/q10m --pg-listen 127.0.0.1:55440 --http-listen 127.0.0.1:58090 > /tmp/q10m.log 2>&1 &
+$B serve --data-dir /tmp/q10m --pg-listen 127.0.0.1:55440 --http-listen 127.0.0.1:58090 --insecure-trust-loopback > /tmp/q10m.log 2>&1 &
 PID=$!
 sleep 3
 run() {

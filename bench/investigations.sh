@@ -21,7 +21,7 @@ if [ ! -f "$DATA/manifest.json" ]; then
   /usr/bin/time -f "%e s %M KiB" $B demo --no-serve --shape realistic --events "$N" --days "$DAYS" --data-dir "$DATA"
 fi
 du -sb "$DATA/segments"
-$B serve --data-dir "$DATA" --pg-listen 127.0.0.1:55441 --http-listen 127.0.0.1:58091 > "$DATA.log" 2>&1 &
+$B serve --data-dir "$DATA" --pg-listen 127.0.0.1:55441 --http-listen 127.0.0.1:58091 --insecure-trust-loopback > "$DATA.log" 2>&1 &
 PID=$!
 trap 'kill $PID' EXIT
 for _ in $(seq 1 50); do grep -q "auditlake ready" "$DATA.log" && break; sleep 0.2; done

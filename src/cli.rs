@@ -1,4 +1,4 @@
-//! The command line: `auditlake serve`, `demo`, `query` and `report`.
+//! The command line: `auditlake serve`, `demo`, `query`, `report` and `user`.
 //!
 //! This is the only module that writes to stdout (what the user asked for:
 //! connection strings, a ready line scripts can wait for). Logs go to stderr
@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::ingest::{self, demo};
+use crate::server::users::{Role, Users};
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{Storage, StorageConfig};
 use crate::{client, reports};
@@ -37,6 +38,38 @@ enum Command {
     /// Run a saved compliance report from `sql/` (or any SQL file written for
     /// psql variables) the same way.
     Report(ReportArgs),
+    /// Manage who may connect to the Postgres endpoint.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user, or give an existing one a new role and password. The
+    /// password comes from AUDITLAKE_PASSWORD or is asked for; only a
+    /// SCRAM-SHA-256 verifier of it is stored.
+    Add {
+        name: String,
+        /// The user sees every organisation's events.
+        #[arg(long, required_unless_present = "org", conflicts_with = "org")]
+        admin: bool,
+        /// The user sees only this organisation's events.
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// List the users and what each may see.
+    List {
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Remove a user; their open connections keep running until they close.
+    Remove {
+        name: String,
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +187,11 @@ struct ServeArgs {
     /// connections.
     #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES)]
     segment_cache_bytes: usize,
+    /// Let anyone connect to the Postgres endpoint without a password, as an
+    /// admin. Only for trying auditlake out, and only on a loopback
+    /// `--pg-listen`; without it the server needs users (`auditlake user add`).
+    #[arg(long)]
+    insecure_trust_loopback: bool,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +224,14 @@ enum DemoShape {
 }
 
 impl ServeArgs {
+    fn auth(&self) -> server::AuthMethod {
+        if self.insecure_trust_loopback {
+            server::AuthMethod::TrustLoopback
+        } else {
+            server::AuthMethod::Scram(Users::in_data_dir(&self.data_dir))
+        }
+    }
+
     fn storage_config(&self) -> StorageConfig {
         StorageConfig {
             data_dir: self.data_dir.clone(),
@@ -217,6 +263,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Demo(args) => run_demo(args).await,
             Command::Query(args) => query(args).await,
             Command::Report(args) => report(args).await,
+            Command::User(command) => user(command),
         }
     })
 }
@@ -243,7 +290,45 @@ async fn run_and_print(target: &TargetArgs, sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn user(command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { name, admin, org, data_dir } => {
+            let role = match (admin, org) {
+                (true, _) => Role::Admin,
+                (false, Some(org)) => Role::Org(org),
+                (false, None) => unreachable!("clap requires --admin or --org"),
+            };
+            let password = match std::env::var("AUDITLAKE_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    let password = rpassword::prompt_password(format!("Password for {name}: "))?;
+                    if rpassword::prompt_password("Again: ")? != password {
+                        anyhow::bail!("the two passwords differ; nothing changed");
+                    }
+                    password
+                }
+            };
+            let users = Users::in_data_dir(&data_dir);
+            users.upsert(&name, role.clone(), &password)?;
+            say(&format!("User {name} ({role}) saved in {}.", users.path().display()));
+        }
+        UserCommand::List { data_dir } => {
+            for user in Users::in_data_dir(&data_dir).load()? {
+                say(&format!("{}\t{}", user.name, user.role));
+            }
+        }
+        UserCommand::Remove { name, data_dir } => {
+            Users::in_data_dir(&data_dir).remove(&name)?;
+            say(&format!("User {name} removed."));
+        }
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the data directory opens: a server nobody may log in to (or
+    // everybody, off loopback) must not start at all.
+    server::check_auth(&args.auth(), args.pg_listen)?;
     let storage = open_storage(&args).await?;
     serve_storage(args, storage).await
 }
@@ -271,7 +356,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
         segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
     };
     tokio::select! {
-        () = server::serve(pg, storage.clone(), args.max_pg_connections, limits) => {}
+        () = server::serve(pg, storage.clone(), args.auth(), args.max_pg_connections, limits) => {}
         result = ingest::serve(http, storage.clone(), args.max_body_bytes) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;
@@ -342,12 +427,22 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let pg = args.serve.pg_listen;
+    let connection = if args.serve.insecure_trust_loopback {
+        format!("postgresql://{DEMO_USER}@{pg}/auditlake")
+    } else {
+        // A fresh password at every start: only its verifier is stored, so
+        // this is the one moment it can be shown.
+        let password: String =
+            rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric).take(20).map(char::from).collect();
+        Users::in_data_dir(&args.serve.data_dir).upsert(DEMO_USER, Role::Admin, &password)?;
+        format!("postgresql://{DEMO_USER}:{password}@{pg}/auditlake")
+    };
+    server::check_auth(&args.serve.auth(), pg)?;
     say(&format!(
-        "\nConnect with:\n  psql -h {} -p {} -d auditlake\n\nThen try (what did the phished account do, and from where?):\n  \
+        "\nConnect with (user {DEMO_USER}, an admin: it sees every demo organisation):\n  psql \"{connection}\"\n\n\
+         Then try (what did the phished account do, and from where?):\n  \
          select time, action, source_ip, content_title from audit_events\n  \
          where actor_id = '{}' and time > now() - interval '3 days' order by time;\n",
-        pg.ip(),
-        pg.port(),
         demo::INCIDENT_ACTOR
     ));
     serve_storage(args.serve, storage).await
@@ -372,6 +467,9 @@ pub fn set_allocator_purge_delay_ms(ms: i64) {
 /// again all the time, and memory the OS must zero again at every reuse cost
 /// about a tenth of the load's CPU time.
 const BULK_LOAD_PURGE_DELAY_MS: i64 = 250;
+
+/// The Postgres user `auditlake demo` creates and prints a password for.
+const DEMO_USER: &str = "demo";
 
 /// Events per segment written by the demo's bulk load: at the default
 /// compaction policy, large enough not to be merged again.

@@ -10,14 +10,14 @@
 //!
 //! This layer never writes to storage and never sees a connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::{Dialect, TableParquetOptions};
-use datafusion::common::{DFSchema, Result, internal_err};
+use datafusion::common::{DFSchema, Result, internal_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -35,9 +35,10 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use datafusion::sql::sqlparser::ast::Statement;
 use tracing::debug;
 
@@ -62,6 +63,26 @@ pub const CATALOG: &str = "auditlake";
 pub const SCHEMA: &str = "public";
 pub const TABLE: &str = "audit_events";
 
+/// Which events a session may read. Fixed once, when the connection logs
+/// in, and enforced inside the scan: no SQL (joins, subqueries, `UNION`,
+/// window functions) reaches a row outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every organisation's events (admins, and the data directory's owner).
+    All,
+    /// One organisation's events.
+    Org(String),
+}
+
+/// A session's scope, set at login; a session without one reads nothing.
+pub type SessionScope = Arc<OnceLock<Scope>>;
+
+/// The scope of sessions opened on the data directory itself (`auditlake
+/// query --data-dir`): whoever can read the files can read every event.
+pub fn owner_scope() -> SessionScope {
+    Arc::new(OnceLock::from(Scope::All))
+}
+
 /// The `audit_events` table: buffered and sealed events of one storage engine.
 #[derive(Debug)]
 pub struct AuditEventsTable {
@@ -70,17 +91,18 @@ pub struct AuditEventsTable {
     /// check pruning against a full scan.
     pushdown: bool,
     cache: SegmentCache,
+    scope: SessionScope,
 }
 
 impl AuditEventsTable {
-    pub fn new(storage: Storage, cache: SegmentCache) -> Self {
-        AuditEventsTable { storage, pushdown: true, cache }
+    pub fn new(storage: Storage, cache: SegmentCache, scope: SessionScope) -> Self {
+        AuditEventsTable { storage, pushdown: true, cache, scope }
     }
 
     /// The same table read in full, filters applied only above the scan: the
     /// reference pruning is checked against.
     pub fn without_pushdown(storage: Storage) -> Self {
-        AuditEventsTable { storage, pushdown: false, cache: SegmentCache::new(0) }
+        AuditEventsTable { storage, pushdown: false, cache: SegmentCache::new(0), scope: owner_scope() }
     }
 }
 
@@ -232,6 +254,48 @@ impl TableProvider for AuditEventsTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(scope) = self.scope.get() else {
+            return plan_err!("{TABLE} cannot be read before the session has logged in");
+        };
+        let Scope::Org(org) = scope else {
+            return self.scan_all(state, projection, filters, limit).await;
+        };
+        // The organisation's filter prunes like any other, and a filter of our
+        // own inside the scan applies it exactly, whatever the session's
+        // pruning settings. It needs `org_id`, which the query may not read:
+        // scan it too, then project it away again.
+        let schema = model::schema();
+        let org_column = schema.index_of("org_id")?;
+        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
+        let mut scanned = wanted.clone();
+        if !scanned.contains(&org_column) {
+            scanned.push(org_column);
+        }
+        let in_org = col("org_id").eq(lit(org.as_str()));
+        let mut scoped_filters = filters.to_vec();
+        scoped_filters.push(in_org.clone());
+        // No `LIMIT` below the filter: it would count rows of other organisations.
+        let all = self.scan_all(state, Some(&scanned), &scoped_filters, None).await?;
+        let scanned_schema = DFSchema::try_from(Arc::new(schema.project(&scanned)?))?;
+        let predicate = state.create_physical_expr(in_org, &scanned_schema)?;
+        // The filter's output keeps only the columns the query asked for.
+        let filter = FilterExecBuilder::new(predicate, all)
+            .with_fetch(limit)
+            .apply_projection(Some((0..wanted.len()).collect()))?
+            .build()?;
+        Ok(Arc::new(filter))
+    }
+}
+
+impl AuditEventsTable {
+    /// Every event the filters do not rule out, of every organisation.
+    async fn scan_all(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = model::schema();
         let snapshot = self.storage.snapshot();
         let buffered_batches = snapshot.buffer.len();
@@ -324,8 +388,19 @@ pub fn statement_verb(statement: &Statement) -> String {
 
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
+/// Its scope is the data directory owner's (every event); see
+/// [`new_scoped_session_context`] for sessions of logged-in users.
 pub fn new_session_context(storage: &Storage, limits: &QueryLimits) -> Result<SessionContext> {
-    session_over(storage, limits, AuditEventsTable::new(storage.clone(), limits.segment_cache.clone()))
+    new_scoped_session_context(storage, limits, owner_scope())
+}
+
+/// A session that reads only what `scope` allows, once it is set.
+pub fn new_scoped_session_context(
+    storage: &Storage,
+    limits: &QueryLimits,
+    scope: SessionScope,
+) -> Result<SessionContext> {
+    session_over(storage, limits, AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), scope))
 }
 
 fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable) -> Result<SessionContext> {

@@ -28,7 +28,6 @@ use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use pgwire::api::auth::StartupHandler;
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::Response;
 use pgwire::api::{ClientInfo, PgWireServerHandlers};
@@ -39,6 +38,11 @@ use tracing::{debug, info, warn};
 
 use crate::query;
 use crate::storage::Storage;
+use auth::Login;
+pub use auth::{AuthMethod, Identity};
+
+pub mod auth;
+pub mod users;
 
 /// Default cap on concurrent Postgres connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
@@ -50,11 +54,28 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot set up a query session: {0}")]
     Session(String),
+    #[error(
+        "no Postgres users in {path}: add one with `auditlake user add NAME --admin` (or --org ORG), \
+         or, on a loopback address only, start with --insecure-trust-loopback"
+    )]
+    NoUsers { path: std::path::PathBuf },
+    #[error("--insecure-trust-loopback only works on a loopback address, not on {addr}")]
+    TrustNotLoopback { addr: SocketAddr },
+    #[error(transparent)]
+    Users(#[from] users::UserError),
 }
 
-/// Accepts Postgres clients on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, storage: Storage, max_connections: usize, limits: query::QueryLimits) {
+/// Accepts Postgres clients on `listener` until the process ends; each logs
+/// in by `auth` (see [`check_auth`] for when the server may start at all).
+pub async fn serve(
+    listener: TcpListener,
+    storage: Storage,
+    auth: AuthMethod,
+    max_connections: usize,
+    limits: query::QueryLimits,
+) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let mock_secret: Arc<[u8; 32]> = Arc::new(rand::random());
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -67,10 +88,11 @@ pub async fn serve(listener: TcpListener, storage: Storage, max_connections: usi
             warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
             continue;
         };
-        let (storage, limits) = (storage.clone(), limits.clone());
+        let (storage, limits, auth, mock_secret) =
+            (storage.clone(), limits.clone(), auth.clone(), Arc::clone(&mock_secret));
         tokio::spawn(async move {
             let _slot = slot;
-            let handlers = match ConnectionHandlers::new(&storage, &limits) {
+            let handlers = match ConnectionHandlers::new(&storage, &limits, auth, mock_secret) {
                 Ok(handlers) => handlers,
                 Err(e) => {
                     warn!(%peer, error = %e, "cannot start a session");
@@ -92,14 +114,40 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     Ok(listener)
 }
 
+/// Whether the endpoint may start with `auth` on `addr`: without users only
+/// when trusting loopback was asked for and the address is loopback.
+pub fn check_auth(auth: &AuthMethod, addr: SocketAddr) -> Result<(), ServerError> {
+    match auth {
+        AuthMethod::TrustLoopback if !addr.ip().is_loopback() => Err(ServerError::TrustNotLoopback { addr }),
+        AuthMethod::TrustLoopback => {
+            warn!(%addr, "Postgres endpoint accepts anyone on loopback without a password (--insecure-trust-loopback)");
+            Ok(())
+        }
+        AuthMethod::Scram(users) => match users.load() {
+            Ok(found) if found.is_empty() => Err(ServerError::NoUsers { path: users.path().to_path_buf() }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(ServerError::Users(e)),
+        },
+    }
+}
+
 /// The handlers of one connection, around that connection's own session.
 struct ConnectionHandlers {
     session: Arc<DfSessionService>,
+    login: Arc<Login>,
 }
 
 impl ConnectionHandlers {
-    fn new(storage: &Storage, limits: &query::QueryLimits) -> Result<Self, ServerError> {
-        let ctx = query::new_session_context(storage, limits).map_err(|e| ServerError::Session(e.to_string()))?;
+    fn new(
+        storage: &Storage,
+        limits: &query::QueryLimits,
+        auth: AuthMethod,
+        mock_secret: Arc<[u8; 32]>,
+    ) -> Result<Self, ServerError> {
+        let scope = query::SessionScope::default();
+        let login = Arc::new(Login::new(auth, Arc::default(), Arc::clone(&scope), mock_secret));
+        let ctx = query::new_scoped_session_context(storage, limits, scope)
+            .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
@@ -108,7 +156,7 @@ impl ConnectionHandlers {
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
-        Ok(ConnectionHandlers { session: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)) })
+        Ok(ConnectionHandlers { session: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)), login })
     }
 }
 
@@ -122,15 +170,9 @@ impl PgWireServerHandlers for ConnectionHandlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::new(TrustStartupHandler)
+        Arc::clone(&self.login)
     }
 }
-
-/// Accepts any user without a password. Authentication (SCRAM) replaces this;
-/// until then the endpoint listens on loopback by default.
-struct TrustStartupHandler;
-
-impl NoopStartupHandler for TrustStartupHandler {}
 
 /// Refuses every statement that could change anything.
 #[derive(Debug)]

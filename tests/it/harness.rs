@@ -29,8 +29,13 @@ impl Server {
         Self::try_start_with_env(data_dir, extra, env).unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
-    /// Like [`Server::start_with_env`], but returns what the server said when it fails.
-    fn try_start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
+    /// Like [`Server::start_with_env`], but returns what the server said when
+    /// it fails. Unless the flags trust loopback, the admin [`TEST_USER`] is
+    /// added first, as an operator would.
+    pub fn try_start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
+        if !extra.contains(&"--insecure-trust-loopback") {
+            add_user(data_dir, TEST_USER, &["--admin"]);
+        }
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
@@ -78,23 +83,39 @@ impl Server {
         format!("{}/v1/events", self.http_url)
     }
 
+    /// A `postgres://` URL logging in as `user` with [`TEST_PASSWORD`].
+    pub fn url_as(&self, user: &str) -> String {
+        format!("postgres://{user}:{TEST_PASSWORD}@127.0.0.1:{}/auditlake", self.pg_port)
+    }
+
+    /// A `postgres://` URL logging in as the admin [`TEST_USER`].
+    pub fn url(&self) -> String {
+        self.url_as(TEST_USER)
+    }
+
     pub async fn pg(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={} dbname=auditlake user=tester", self.pg_port),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect over the Postgres wire");
+        self.pg_as(TEST_USER).await.expect("connect over the Postgres wire")
+    }
+
+    /// A tokio-postgres connection as `user` with [`TEST_PASSWORD`].
+    pub async fn pg_as(&self, user: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.url_as(user), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        client
+        Ok(client)
     }
 
     /// Runs SQL through the real `psql` binary, unaligned and tuples-only.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
+        self.psql_as(TEST_USER, sql)
+    }
+
+    /// [`Server::psql`] logged in as `user` with [`TEST_PASSWORD`].
+    pub fn psql_as(&self, user: &str, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-d", "auditlake", "-U", "tester"])
+            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-d", "auditlake", "-U", user])
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGPASSWORD", TEST_PASSWORD)
             .output()
             .expect("psql is installed (see .ci/setup)");
         if out.status.success() {
@@ -110,6 +131,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The admin every test server has (see [`Server::try_start_with_env`]).
+pub const TEST_USER: &str = "tester";
+/// The password of every user tests add.
+pub const TEST_PASSWORD: &str = "test-password-0";
+
+/// `auditlake user add NAME ROLE...` on `data_dir`, password [`TEST_PASSWORD`].
+pub fn add_user(data_dir: &Path, name: &str, role: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["user", "add", name, "--data-dir"])
+        .arg(data_dir)
+        .args(role)
+        .env("AUDITLAKE_PASSWORD", TEST_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "user add {name}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A program from the Python venv `scripts/setup.sh` makes (override its

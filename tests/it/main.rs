@@ -1,6 +1,7 @@
 //! The integration suite: one binary (one link of the dependency graph), each
 //! module driving the real `auditlake` binary through real clients.
 
+mod access;
 mod crash;
 mod end_to_end;
 mod harness;

@@ -56,7 +56,7 @@ fn query_reads_a_data_directory_or_a_server_and_prints_table_csv_or_json() {
     );
 
     // Against the server, typed: counts are JSON numbers, times strings.
-    let url = format!("postgres://investigator@127.0.0.1:{}/auditlake", server.pg_port);
+    let url = server.url();
     let json = stdout(query(&["--server", &url, "--format", "json", PER_ORG]));
     let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
     let from_json: Vec<String> =
@@ -80,7 +80,7 @@ fn query_reads_a_data_directory_or_a_server_and_prints_table_csv_or_json() {
     // A saved report gives what psql gives for the same file and parameters.
     let sql_file = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/actor_timeline.sql");
     let psql = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string(), "-d", "auditlake", "-U", "investigator"])
+        .args(["-d", &server.url()])
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "actor='acme-u007'", "-v", "since='2000-01-01'"])
         .args(["-f", sql_file])
         .output()

@@ -96,7 +96,7 @@ async fn each_saved_report_finds_exactly_the_planted_incidents() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let (status, body) = post(&reqwest::Client::new(), &server.events_url(), FIXTURE.to_owned()).await;
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(29)), "{body}");
-    let url = format!("postgres://auditor@127.0.0.1:{}/auditlake", server.pg_port);
+    let url = server.url();
 
     let saved = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql")).unwrap().count();
     assert_eq!(EXPECTED.len(), saved, "every file of sql/ has its expected rows here");
@@ -111,15 +111,7 @@ async fn each_saved_report_finds_exactly_the_planted_incidents() {
 
         // The same file under psql, parameters as psql variables: same rows.
         let mut psql = Command::new("psql");
-        psql.args(["-h", "127.0.0.1", "-p", &server.pg_port.to_string(), "-d", "auditlake", "-U", "auditor"]).args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-v",
-            "since='2026-11-01'",
-        ]);
+        psql.args(["-d", &server.url()]).args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v", "since='2026-11-01'"]);
         for param in *params {
             let (name, value) = param.split_once('=').unwrap();
             let value = if value.parse::<f64>().is_ok() { value.to_owned() } else { format!("'{value}'") };

@@ -1,0 +1,306 @@
+//! Logging in to the Postgres endpoint: SCRAM-SHA-256 against stored
+//! verifiers, or (only when asked for, only on loopback) no password at all.
+//!
+//! pgwire's own SCRAM support needs the salted password itself, which is as
+//! good as the password for logging in; PostgreSQL keeps only StoredKey and
+//! ServerKey and so do we. So the server side of RFC 5802 is here: a few
+//! lines of message parsing and the proof check, over pgwire's framing.
+//!
+//! A successful login fixes the connection's [`Identity`] once; the query
+//! layer reads the tenant scope from it and refuses to scan without one.
+
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::{Sink, SinkExt};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use ring::hmac;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, Users, sha256};
+use crate::query::{Scope, SessionScope};
+
+/// The only SASL mechanism offered (no channel binding: `-PLUS` needs TLS).
+const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// Who is logged in on one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub role: Role,
+}
+
+impl Identity {
+    pub fn scope(&self) -> Scope {
+        match &self.role {
+            Role::Admin => Scope::All,
+            Role::Org(org) => Scope::Org(org.clone()),
+        }
+    }
+}
+
+/// How the endpoint checks who connects.
+#[derive(Debug, Clone)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 against the users of the data directory.
+    Scram(Users),
+    /// Anyone, as admin, without a password: only on a loopback listener and
+    /// only with `--insecure-trust-loopback`.
+    TrustLoopback,
+}
+
+/// The login of one connection: pgwire calls it for every startup message.
+pub struct Login {
+    method: AuthMethod,
+    identity: Arc<OnceLock<Identity>>,
+    /// The query session's scope, which only a login sets.
+    scope: SessionScope,
+    exchange: Mutex<Exchange>,
+    /// Answers for users that do not exist, so that a wrong name and a wrong
+    /// password look the same from outside.
+    mock_secret: Arc<[u8; 32]>,
+}
+
+enum Exchange {
+    Start,
+    /// The server-first message went out; the client's proof is next.
+    Sent(Box<ServerFirst>),
+    Done,
+}
+
+impl Login {
+    pub fn new(
+        method: AuthMethod,
+        identity: Arc<OnceLock<Identity>>,
+        scope: SessionScope,
+        mock_secret: Arc<[u8; 32]>,
+    ) -> Self {
+        Login { method, identity, scope, exchange: Mutex::new(Exchange::Start), mock_secret }
+    }
+
+    /// The user's verifier, or a made-up one that no password matches.
+    fn verifier_for(&self, user: &str) -> PgWireResult<(Option<Role>, ScramVerifier)> {
+        let AuthMethod::Scram(users) = &self.method else { unreachable!("only SCRAM logins exchange") };
+        match users.find(user).map_err(|e| fatal("XX000", e.to_string()))? {
+            Some(found) => Ok((Some(found.role), found.verifier)),
+            None => {
+                let mut seed = self.mock_secret.to_vec();
+                seed.extend_from_slice(user.as_bytes());
+                let salt = sha256(&seed)[..16].to_vec();
+                let never =
+                    ScramVerifier { iterations: SCRAM_ITERATIONS, salt, stored_key: [0; 32], server_key: [0; 32] };
+                Ok((None, never))
+            }
+        }
+    }
+}
+
+fn fatal(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
+}
+
+fn protocol_violation(message: &str) -> PgWireError {
+    fatal("08P01", format!("malformed SCRAM message: {message}"))
+}
+
+fn password_failed(user: &str) -> PgWireError {
+    fatal("28P01", format!("password authentication failed for user \"{user}\""))
+}
+
+#[async_trait]
+impl StartupHandler for Login {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                if user.is_empty() {
+                    return Err(PgWireError::UserNameRequired);
+                }
+                if let AuthMethod::TrustLoopback = self.method {
+                    return self.logged_in(client, Identity { user, role: Role::Admin }).await;
+                }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(Authentication::SASL(vec![SCRAM_SHA_256.into()])))
+                    .await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let state = std::mem::replace(&mut *self.exchange.lock().expect("login state"), Exchange::Done);
+                match state {
+                    Exchange::Start => {
+                        let initial = message.into_sasl_initial_response()?;
+                        if initial.auth_method != SCRAM_SHA_256 {
+                            return Err(PgWireError::UnsupportedSASLAuthMethod(initial.auth_method));
+                        }
+                        let data = initial.data.as_deref().ok_or_else(|| protocol_violation("no client-first"))?;
+                        let (role, verifier) = self.verifier_for(&user)?;
+                        let server_nonce = BASE64.encode(rand::random::<[u8; 18]>());
+                        let first = ServerFirst::answer(data, &server_nonce, verifier, role)?;
+                        let reply = first.message.clone();
+                        *self.exchange.lock().expect("login state") = Exchange::Sent(Box::new(first));
+                        client
+                            .send(PgWireBackendMessage::Authentication(Authentication::SASLContinue(reply.into())))
+                            .await?;
+                    }
+                    Exchange::Sent(first) => {
+                        let response = message.into_sasl_response()?;
+                        let outcome = first.check_final(&response.data);
+                        let (Ok(server_final), Some(role)) = (outcome, first.role.clone()) else {
+                            warn!(user = %user, "Postgres login failed: wrong user name or password");
+                            return Err(password_failed(&user));
+                        };
+                        client
+                            .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(server_final.into())))
+                            .await?;
+                        return self.logged_in(client, Identity { user, role }).await;
+                    }
+                    Exchange::Done => return Err(protocol_violation("unexpected message after the exchange")),
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Login {
+    async fn logged_in<C>(&self, client: &mut C, identity: Identity) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        info!(user = %identity.user, role = %identity.role, "Postgres login");
+        let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
+        client.set_pid_and_secret_key(pid, secret_key);
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.is_superuser = false;
+        parameters.default_transaction_read_only = true;
+        self.scope.set(identity.scope()).map_err(|_| protocol_violation("logged in twice"))?;
+        self.identity.set(identity).map_err(|_| protocol_violation("logged in twice"))?;
+        finish_authentication(client, &parameters).await
+    }
+}
+
+/// The server's half of the exchange after the client-first message.
+struct ServerFirst {
+    /// What we sent: `r=<nonce>,s=<salt>,i=<iterations>`.
+    message: String,
+    client_first_bare: String,
+    /// The channel-binding header the client chose, which it must echo.
+    gs2_header: String,
+    nonce: String,
+    verifier: ScramVerifier,
+    /// `None` for a user that does not exist: the proof is checked anyway.
+    role: Option<Role>,
+}
+
+impl ServerFirst {
+    /// Parses `gs2-header client-first-message-bare` (RFC 5802 §7).
+    fn answer(
+        client_first: &[u8],
+        server_nonce: &str,
+        verifier: ScramVerifier,
+        role: Option<Role>,
+    ) -> PgWireResult<Self> {
+        let text = std::str::from_utf8(client_first).map_err(|_| protocol_violation("not UTF-8"))?;
+        let mut parts = text.splitn(3, ',');
+        let (Some(flag), Some(_authzid), Some(bare)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(protocol_violation("no GS2 header"));
+        };
+        match flag {
+            "n" | "y" => {}
+            _ => return Err(protocol_violation("channel binding was not offered")),
+        }
+        let gs2_header = text[..text.len() - bare.len()].to_string();
+        let client_nonce = bare
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| protocol_violation("no client nonce"))?;
+        let nonce = format!("{client_nonce}{server_nonce}");
+        let message = format!("r={nonce},s={},i={}", BASE64.encode(&verifier.salt), verifier.iterations);
+        Ok(ServerFirst { message, client_first_bare: bare.to_string(), gs2_header, nonce, verifier, role })
+    }
+
+    /// Checks `c=...,r=...,p=<proof>` and returns the server-final message.
+    fn check_final(&self, client_final: &[u8]) -> PgWireResult<String> {
+        let text = std::str::from_utf8(client_final).map_err(|_| protocol_violation("not UTF-8"))?;
+        let (without_proof, proof) = text.rsplit_once(",p=").ok_or_else(|| protocol_violation("no proof"))?;
+        let mut binding = None;
+        let mut nonce = None;
+        for attribute in without_proof.split(',') {
+            if let Some(v) = attribute.strip_prefix("c=") {
+                binding = Some(v);
+            } else if let Some(v) = attribute.strip_prefix("r=") {
+                nonce = Some(v);
+            }
+        }
+        if binding != Some(BASE64.encode(&self.gs2_header).as_str()) || nonce != Some(self.nonce.as_str()) {
+            return Err(protocol_violation("channel binding or nonce does not match"));
+        }
+        let proof = BASE64.decode(proof).map_err(|_| protocol_violation("proof is not base64"))?;
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.message, without_proof);
+        let signature =
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.verifier.stored_key), auth_message.as_bytes());
+        if proof.len() != 32 {
+            return Err(protocol_violation("proof has the wrong length"));
+        }
+        let client_key: Vec<u8> = proof.iter().zip(signature.as_ref()).map(|(p, s)| p ^ s).collect();
+        if !bool::from(sha256(&client_key).ct_eq(&self.verifier.stored_key)) {
+            return Err(protocol_violation("wrong proof"));
+        }
+        let server_signature =
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.verifier.server_key), auth_message.as_bytes());
+        Ok(format!("v={}", BASE64.encode(server_signature.as_ref())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rfc_7677_exchange_passes_and_a_wrong_proof_fails() {
+        let salt = BASE64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let verifier = ScramVerifier::with_salt("pencil", &salt, 4096);
+        let first = ServerFirst::answer(
+            b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            verifier,
+            Some(Role::Admin),
+        )
+        .unwrap();
+        assert_eq!(
+            first.message,
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+        );
+        let final_without_proof = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let good = format!("{final_without_proof},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        assert_eq!(first.check_final(good.as_bytes()).unwrap(), "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        let wrong = format!("{final_without_proof},p=eHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
+        assert!(first.check_final(wrong.as_bytes()).is_err());
+        let replayed_nonce = "c=biws,r=rOprNGfwEbeRWgbNEkqOother,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        assert!(first.check_final(replayed_nonce.as_bytes()).is_err());
+        assert!(ServerFirst::answer(b"p=tls-unique,,n=,r=x", "s", ScramVerifier::new("long password"), None).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Who may connect and what they see: SCRAM logins with real clients, the
+//! start-up refusals, and organisation users scoped below SQL.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, TEST_PASSWORD, add_user, event, post};
+
+fn ndjson(events: &[serde_json::Value]) -> String {
+    events.iter().map(|e| e.to_string() + "\n").collect()
+}
+
+#[tokio::test]
+async fn logins_need_the_password_and_an_org_user_sees_only_its_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "acme-analyst", &["--org", "acme"]);
+    add_user(&data, "globex-analyst", &["--org", "globex"]);
+    // Small seals: the organisations' events lie in segments and in the buffer.
+    let server = Server::start(&data, &["--seal-max-buffered-rows", "4"]);
+    let http = reqwest::Client::new();
+    let orgs = ["acme", "globex", "acme", "initech", "acme", "globex", "acme"];
+    for (i, org) in orgs.iter().enumerate() {
+        let body = ndjson(&[event(&format!("e{i}"), org, &format!("{org}-u{i}"), "jira.issue.viewed", i as i64)]);
+        assert_eq!(post(&http, &server.events_url(), body).await.0, 200);
+    }
+    let users = std::fs::read_to_string(data.join("users.json")).unwrap();
+    assert!(users.contains("SCRAM-SHA-256$4096:") && !users.contains(TEST_PASSWORD), "{users}");
+
+    // The admin sees everything.
+    let admin = server.pg().await;
+    let all: i64 = admin.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
+    assert_eq!(all, 7);
+
+    // A wrong password and an unknown user get the same answer.
+    for (user, password) in [("acme-analyst", "wrong-password"), ("nobody", TEST_PASSWORD)] {
+        let url = format!("postgres://{user}:{password}@127.0.0.1:{}/auditlake", server.pg_port);
+        let error = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.err().expect("login refused");
+        let db = error.as_db_error().unwrap_or_else(|| panic!("a server error, not {error}"));
+        assert_eq!(db.code().code(), "28P01", "{db}");
+        assert_eq!(db.message(), format!("password authentication failed for user \"{user}\""));
+    }
+
+    // Whatever the SQL, acme's analyst reads acme's rows only.
+    let acme = server.pg_as("acme-analyst").await.unwrap();
+    for (sql, expected) in [
+        ("select count(*) from audit_events", 4),
+        ("select count(*) from audit_events where org_id <> 'acme'", 0),
+        ("select count(*) from audit_events a join audit_events b on a.actor_id <> b.actor_id", 12),
+        ("select count(*) from (select * from audit_events where org_id = 'globex') t", 0),
+        ("with o as (select distinct org_id from audit_events) select count(*) from o", 1),
+        (
+            "select count(*) from (select id from audit_events where org_id = 'globex' \
+             union all select id from audit_events where org_id = 'initech') t",
+            0,
+        ),
+        ("select max(n) from (select count(*) over () as n from audit_events) t", 4),
+        ("select count(*) from (select * from audit_events limit 3) t", 3),
+        ("select count(*) from audit_events where id in (select id from audit_events)", 4),
+    ] {
+        let n: i64 = acme.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0);
+        assert_eq!(n, expected, "{sql}");
+    }
+    let actors: Vec<String> = acme
+        .query("select actor_id from audit_events order by seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actors, ["acme-u0", "acme-u2", "acme-u4", "acme-u6"]);
+
+    // psql logs in with SCRAM too; globex's analyst sees globex.
+    let rows = server.psql_as("globex-analyst", "select id from audit_events order by seq").unwrap();
+    assert_eq!(rows, "e1\ne5\n");
+}
+
+/// Runs `auditlake serve ARGS` and returns what it printed, expecting it to
+/// exit by itself within a minute.
+fn serve_refused(data: &Path, args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["serve", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("auditlake serve {args:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[tokio::test]
+async fn without_users_the_endpoint_starts_only_when_told_to_trust_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let error = serve_refused(&data, &["--pg-listen", "127.0.0.1:0"]);
+    assert!(error.contains("no Postgres users") && error.contains("auditlake user add"), "{error}");
+    let error = serve_refused(&data, &["--pg-listen", "0.0.0.0:0", "--insecure-trust-loopback"]);
+    assert!(error.contains("only works on a loopback address"), "{error}");
+
+    let server = Server::start(&data, &["--insecure-trust-loopback"]);
+    let url = format!("host=127.0.0.1 port={} dbname=auditlake user=anyone", server.pg_port);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let n: i64 = client.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+}
