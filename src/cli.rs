@@ -192,6 +192,15 @@ struct ServeArgs {
     /// `--pg-listen`; without it the server needs users (`auditlake user add`).
     #[arg(long)]
     insecure_trust_loopback: bool,
+    /// PEM certificate chain for TLS on the Postgres endpoint.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Refuse Postgres clients that do not use TLS.
+    #[arg(long)]
+    require_tls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +238,15 @@ impl ServeArgs {
             server::AuthMethod::TrustLoopback
         } else {
             server::AuthMethod::Scram(Users::in_data_dir(&self.data_dir))
+        }
+    }
+
+    /// TLS for the Postgres endpoint, loaded (and checked) before anything starts.
+    fn tls(&self) -> Result<Option<pgwire::tokio::TlsAcceptor>, server::ServerError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(server::tls_acceptor(cert, key)?)),
+            _ if self.require_tls => Err(server::ServerError::RequireTlsWithoutCert),
+            _ => Ok(None),
         }
     }
 
@@ -329,6 +347,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the data directory opens: a server nobody may log in to (or
     // everybody, off loopback) must not start at all.
     server::check_auth(&args.auth(), args.pg_listen)?;
+    args.tls()?;
     let storage = open_storage(&args).await?;
     serve_storage(args, storage).await
 }
@@ -342,6 +361,18 @@ async fn open_storage(args: &ServeArgs) -> anyhow::Result<Storage> {
 }
 
 async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> {
+    let endpoint = server::Endpoint {
+        auth: args.auth(),
+        tls: args.tls()?,
+        require_tls: args.require_tls,
+        max_connections: args.max_pg_connections,
+        limits: query::QueryLimits {
+            memory: query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes),
+            statement_timeout: std::time::Duration::from_millis(args.statement_timeout_ms),
+            max_result_rows: args.max_result_rows,
+            segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
+        },
+    };
     let pg = server::bind(args.pg_listen).await?;
     let http = ingest::bind(args.http_listen).await?;
     let pg_addr = pg.local_addr()?;
@@ -349,14 +380,8 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
     // One machine-readable line: tests and scripts wait for it, and it carries
     // the real ports when port 0 was asked for.
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
-    let limits = query::QueryLimits {
-        memory: query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes),
-        statement_timeout: std::time::Duration::from_millis(args.statement_timeout_ms),
-        max_result_rows: args.max_result_rows,
-        segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
-    };
     tokio::select! {
-        () = server::serve(pg, storage.clone(), args.auth(), args.max_pg_connections, limits) => {}
+        () = server::serve(pg, storage.clone(), endpoint) => {}
         result = ingest::serve(http, storage.clone(), args.max_body_bytes) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;

@@ -70,6 +70,8 @@ pub struct Login {
     /// Answers for users that do not exist, so that a wrong name and a wrong
     /// password look the same from outside.
     mock_secret: Arc<[u8; 32]>,
+    /// Refuse a client that did not switch to TLS before logging in.
+    require_tls: bool,
 }
 
 enum Exchange {
@@ -85,8 +87,14 @@ impl Login {
         identity: Arc<OnceLock<Identity>>,
         scope: SessionScope,
         mock_secret: Arc<[u8; 32]>,
+        require_tls: bool,
     ) -> Self {
-        Login { method, identity, scope, exchange: Mutex::new(Exchange::Start), mock_secret }
+        Login { method, identity, scope, exchange: Mutex::new(Exchange::Start), mock_secret, require_tls }
+    }
+
+    /// The scope this login sets, for the connection's query session.
+    pub fn scope(&self) -> SessionScope {
+        Arc::clone(&self.scope)
     }
 
     /// The user's verifier, or a made-up one that no password matches.
@@ -134,6 +142,10 @@ impl StartupHandler for Login {
                 let user = client.metadata().get("user").cloned().unwrap_or_default();
                 if user.is_empty() {
                     return Err(PgWireError::UserNameRequired);
+                }
+                if self.require_tls && !client.is_secure() {
+                    warn!(user = %user, "Postgres login refused: not over TLS");
+                    return Err(fatal("28000", "this server accepts only TLS connections (sslmode=require)".into()));
                 }
                 if let AuthMethod::TrustLoopback = self.method {
                     return self.logged_in(client, Identity { user, role: Role::Admin }).await;

@@ -13,6 +13,7 @@
 //! It never writes to storage.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -32,8 +33,12 @@ use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::Response;
 use pgwire::api::{ClientInfo, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::tokio::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, info, warn};
 
 use crate::query;
@@ -58,22 +63,54 @@ pub enum ServerError {
         "no Postgres users in {path}: add one with `auditlake user add NAME --admin` (or --org ORG), \
          or, on a loopback address only, start with --insecure-trust-loopback"
     )]
-    NoUsers { path: std::path::PathBuf },
+    NoUsers { path: PathBuf },
     #[error("--insecure-trust-loopback only works on a loopback address, not on {addr}")]
     TrustNotLoopback { addr: SocketAddr },
     #[error(transparent)]
     Users(#[from] users::UserError),
+    #[error("TLS is not usable with {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    #[error("--require-tls needs --tls-cert and --tls-key")]
+    RequireTlsWithoutCert,
+}
+
+/// How the Postgres endpoint lets clients in.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub auth: AuthMethod,
+    /// TLS for clients that ask for it (`sslmode=require` and stricter).
+    pub tls: Option<TlsAcceptor>,
+    /// Refuse clients that did not switch to TLS.
+    pub require_tls: bool,
+    pub max_connections: usize,
+    pub limits: query::QueryLimits,
+}
+
+/// Loads the certificate chain and private key (PEM) TLS clients see. Any
+/// problem stops the server from starting: it never falls back to plaintext.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError> {
+    let bad = |path: &Path, reason: String| ServerError::Tls { path: path.to_path_buf(), reason };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(cert, "no certificate in the file".into()));
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(|e| bad(key, format!("does not go with the certificate: {e}")))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Accepts Postgres clients on `listener` until the process ends; each logs
-/// in by `auth` (see [`check_auth`] for when the server may start at all).
-pub async fn serve(
-    listener: TcpListener,
-    storage: Storage,
-    auth: AuthMethod,
-    max_connections: usize,
-    limits: query::QueryLimits,
-) {
+/// in by `endpoint.auth` (see [`check_auth`] for when the server may start).
+pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) {
+    let Endpoint { auth, tls, require_tls, max_connections, limits } = endpoint;
     let slots = Arc::new(Semaphore::new(max_connections));
     let mock_secret: Arc<[u8; 32]> = Arc::new(rand::random());
     loop {
@@ -88,11 +125,12 @@ pub async fn serve(
             warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
             continue;
         };
-        let (storage, limits, auth, mock_secret) =
-            (storage.clone(), limits.clone(), auth.clone(), Arc::clone(&mock_secret));
+        let (storage, limits, auth, mock_secret, tls) =
+            (storage.clone(), limits.clone(), auth.clone(), Arc::clone(&mock_secret), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let handlers = match ConnectionHandlers::new(&storage, &limits, auth, mock_secret) {
+            let login = Login::new(auth, Arc::default(), query::SessionScope::default(), mock_secret, require_tls);
+            let handlers = match ConnectionHandlers::new(&storage, &limits, login) {
                 Ok(handlers) => handlers,
                 Err(e) => {
                     warn!(%peer, error = %e, "cannot start a session");
@@ -100,7 +138,7 @@ pub async fn serve(
                 }
             };
             debug!(%peer, "Postgres connection opened");
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 debug!(%peer, error = %e, "Postgres connection ended with an error");
             }
         });
@@ -138,15 +176,9 @@ struct ConnectionHandlers {
 }
 
 impl ConnectionHandlers {
-    fn new(
-        storage: &Storage,
-        limits: &query::QueryLimits,
-        auth: AuthMethod,
-        mock_secret: Arc<[u8; 32]>,
-    ) -> Result<Self, ServerError> {
-        let scope = query::SessionScope::default();
-        let login = Arc::new(Login::new(auth, Arc::default(), Arc::clone(&scope), mock_secret));
-        let ctx = query::new_scoped_session_context(storage, limits, scope)
+    fn new(storage: &Storage, limits: &query::QueryLimits, login: Login) -> Result<Self, ServerError> {
+        let login = Arc::new(login);
+        let ctx = query::new_scoped_session_context(storage, limits, login.scope())
             .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;

@@ -116,3 +116,66 @@ async fn without_users_the_endpoint_starts_only_when_told_to_trust_loopback() {
     let n: i64 = client.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
 }
+
+/// A CA and a certificate for `localhost` it signed, as PEM files in `dir`:
+/// (ca.pem, server.pem, server.key).
+fn certificates(dir: &Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name.push(DnType::CommonName, "auditlake test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut server_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    server_params.distinguished_name.push(DnType::CommonName, "localhost");
+    let server = server_params.signed_by(&key, &ca, &ca_key).unwrap();
+    let path = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    (path("ca.pem", ca.pem()), path("server.pem", server.pem()), path("server.key", key.serialize_pem()))
+}
+
+fn psql_with(conninfo: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", "select count(*) from audit_events", conninfo])
+        .env("PGPASSWORD", TEST_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn tls_clients_verify_the_server_and_plaintext_is_refused_when_tls_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--tls-cert", &cert, "--tls-key", &key, "--require-tls"]);
+    let base = format!("hostaddr=127.0.0.1 port={} dbname=auditlake user=tester", server.pg_port);
+
+    for sslmode in
+        [format!("sslmode=verify-full host=localhost sslrootcert={ca}"), "host=127.0.0.1 sslmode=require".into()]
+    {
+        assert_eq!(psql_with(&format!("{base} {sslmode}")), Ok("0\n".into()), "{sslmode}");
+    }
+    let plaintext = psql_with(&format!("{base} sslmode=disable")).unwrap_err();
+    assert!(plaintext.contains("accepts only TLS connections"), "{plaintext}");
+    // verify-full checks the name: the certificate is not for 127.0.0.1.
+    let wrong_name = psql_with(&format!("{base} host=127.0.0.1 sslmode=verify-full sslrootcert={ca}")).unwrap_err();
+    assert!(wrong_name.contains("127.0.0.1"), "{wrong_name}");
+    drop(server);
+
+    // A key that cannot be loaded stops the start; there is no plaintext fallback.
+    let error = serve_refused(&data, &["--pg-listen", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &ca]);
+    assert!(error.contains("TLS is not usable with"), "{error}");
+    let error = serve_refused(&data, &["--pg-listen", "127.0.0.1:0", "--require-tls"]);
+    assert!(error.contains("--require-tls needs --tls-cert"), "{error}");
+}
