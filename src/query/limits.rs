@@ -12,6 +12,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream};
 use futures::Stream;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 
 use super::memory::{QueryMemory, out_of_memory};
 use super::pass_through::{PassThrough, PassThroughExec};
@@ -85,6 +88,22 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
     }
 }
 
+/// Cancels whatever statement a session is running when asked from outside
+/// it (a client's cancel request arrives on a connection of its own). A
+/// request while no statement runs cancels nothing, as in PostgreSQL.
+#[derive(Debug, Clone, Default)]
+pub struct StatementCancel {
+    requests: Arc<AtomicU64>,
+    wake: Arc<Notify>,
+}
+
+impl StatementCancel {
+    pub fn cancel(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+}
+
 /// The limits one statement runs under. As a plan node, it passes its
 /// input's rows through until the statement runs out of time or returns too
 /// many rows, then ends it with an error. Errors of running out of memory
@@ -96,6 +115,7 @@ pub(super) struct StatementLimits {
     pub max_result_rows: u64,
     /// Only to name the limit in errors.
     pub query_memory_bytes: usize,
+    pub cancel: StatementCancel,
 }
 
 pub(super) type StatementLimitsExec = PassThroughExec<StatementLimits>;
@@ -118,6 +138,9 @@ impl PassThrough for StatementLimits {
             max_rows: self.max_result_rows,
             query_memory_bytes: self.query_memory_bytes,
             ended: false,
+            cancel: self.cancel.clone(),
+            cancels_before: self.cancel.requests.load(Ordering::SeqCst),
+            cancel_wake: None,
         })
     }
 }
@@ -134,6 +157,10 @@ struct LimitedStream {
     max_rows: u64,
     query_memory_bytes: usize,
     ended: bool,
+    cancel: StatementCancel,
+    /// Cancel requests made before this statement started: not for it.
+    cancels_before: u64,
+    cancel_wake: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl LimitedStream {
@@ -149,6 +176,17 @@ impl Stream for LimitedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.ended {
             return Poll::Ready(None);
+        }
+        // Listen first, then look: a request between the two still wakes us.
+        let wake = Arc::clone(&self.cancel.wake);
+        let cancel_wake = self.cancel_wake.get_or_insert_with(|| Box::pin(wake.notified_owned()));
+        if cancel_wake.as_mut().poll(cx).is_ready() {
+            self.cancel_wake = None;
+            // Poll again so that a later request wakes us too.
+            cx.waker().wake_by_ref();
+        }
+        if self.cancel.requests.load(Ordering::SeqCst) > self.cancels_before {
+            return self.end(DataFusionError::Execution("canceling statement due to user request".into()));
         }
         let deadline_at = self.deadline_at;
         let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline_at)));

@@ -52,7 +52,7 @@ mod pruning;
 mod scan_exec;
 mod segment_cache;
 
-pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits};
+pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits, StatementCancel};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
 
@@ -391,19 +391,32 @@ pub fn statement_verb(statement: &Statement) -> String {
 /// Its scope is the data directory owner's (every event); see
 /// [`new_scoped_session_context`] for sessions of logged-in users.
 pub fn new_session_context(storage: &Storage, limits: &QueryLimits) -> Result<SessionContext> {
-    new_scoped_session_context(storage, limits, owner_scope())
+    new_scoped_session_context(storage, limits, owner_scope(), StatementCancel::default())
 }
 
-/// A session that reads only what `scope` allows, once it is set.
+/// A session that reads only what `scope` allows, once it is set, and whose
+/// running statement `cancel` stops.
 pub fn new_scoped_session_context(
     storage: &Storage,
     limits: &QueryLimits,
     scope: SessionScope,
+    cancel: StatementCancel,
 ) -> Result<SessionContext> {
-    session_over(storage, limits, AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), scope))
+    let table = AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), scope);
+    session_with_cancel(storage, limits, table, cancel)
 }
 
+#[cfg(test)]
 fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable) -> Result<SessionContext> {
+    session_with_cancel(storage, limits, table, StatementCancel::default())
+}
+
+fn session_with_cancel(
+    storage: &Storage,
+    limits: &QueryLimits,
+    table: AuditEventsTable,
+    cancel: StatementCancel,
+) -> Result<SessionContext> {
     let mut config =
         SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
     // SQL as Postgres reads it: among others `attributes->>'k' = 'v'` binds
@@ -429,6 +442,7 @@ fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable
             statement_timeout: limits.statement_timeout,
             max_result_rows: limits.max_result_rows,
             query_memory_bytes: limits.memory.per_query_bytes(),
+            cancel,
         },
     };
     let state = SessionStateBuilder::new()

@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, Users, sha256};
-use crate::query::{Scope, SessionScope};
+use crate::query::{Scope, SessionScope, StatementCancel};
 
 /// The only SASL mechanism offered (no channel binding: `-PLUS` needs TLS).
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -72,6 +72,10 @@ pub struct Login {
     mock_secret: Arc<[u8; 32]>,
     /// Refuse a client that did not switch to TLS before logging in.
     require_tls: bool,
+    /// Where a logged-in connection's statements become cancellable.
+    cancel: Option<(super::RunningStatements, StatementCancel)>,
+    /// The backend pid given to the client at login.
+    pid: OnceLock<i32>,
 }
 
 enum Exchange {
@@ -89,7 +93,27 @@ impl Login {
         mock_secret: Arc<[u8; 32]>,
         require_tls: bool,
     ) -> Self {
-        Login { method, identity, scope, exchange: Mutex::new(Exchange::Start), mock_secret, require_tls }
+        Login {
+            method,
+            identity,
+            scope,
+            exchange: Mutex::new(Exchange::Start),
+            mock_secret,
+            require_tls,
+            cancel: None,
+            pid: OnceLock::new(),
+        }
+    }
+
+    /// At login, makes the session's statements cancellable by the client's
+    /// cancel requests (its pid and secret key).
+    pub(crate) fn on_login_register(self, running: super::RunningStatements, cancel: StatementCancel) -> Self {
+        Login { cancel: Some((running, cancel)), ..self }
+    }
+
+    /// The backend pid of the logged-in connection.
+    pub fn pid(&self) -> Option<i32> {
+        self.pid.get().copied()
     }
 
     /// The scope this login sets, for the connection's query session.
@@ -203,6 +227,10 @@ impl Login {
     {
         info!(user = %identity.user, role = %identity.role, "Postgres login");
         let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
+        if let Some((running, cancel)) = &self.cancel {
+            running.register(pid, secret_key.to_bytes(), cancel.clone());
+        }
+        let _ = self.pid.set(pid);
         client.set_pid_and_secret_key(pid, secret_key);
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.is_superuser = false;

@@ -12,11 +12,13 @@
 //! transactions and cursors is refused with SQLSTATE 25006 before planning.
 //! It never writes to storage.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
@@ -29,11 +31,14 @@ use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::Response;
 use pgwire::api::{ClientInfo, PgWireServerHandlers};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::tokio::TlsAcceptor;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::rustls::ServerConfig;
@@ -113,6 +118,7 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
     let Endpoint { auth, tls, require_tls, max_connections, limits } = endpoint;
     let slots = Arc::new(Semaphore::new(max_connections));
     let mock_secret: Arc<[u8; 32]> = Arc::new(rand::random());
+    let running = RunningStatements::default();
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -125,12 +131,12 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
             warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
             continue;
         };
-        let (storage, limits, auth, mock_secret, tls) =
-            (storage.clone(), limits.clone(), auth.clone(), Arc::clone(&mock_secret), tls.clone());
+        let (storage, limits, auth, mock_secret, tls, running) =
+            (storage.clone(), limits.clone(), auth.clone(), Arc::clone(&mock_secret), tls.clone(), running.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let login = Login::new(auth, Arc::default(), query::SessionScope::default(), mock_secret, require_tls);
-            let handlers = match ConnectionHandlers::new(&storage, &limits, login) {
+            let handlers = match ConnectionHandlers::new(&storage, &limits, login, running) {
                 Ok(handlers) => handlers,
                 Err(e) => {
                     warn!(%peer, error = %e, "cannot start a session");
@@ -138,8 +144,12 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
                 }
             };
             debug!(%peer, "Postgres connection opened");
+            let (login, running) = (Arc::clone(&handlers.login), handlers.running.clone());
             if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                 debug!(%peer, error = %e, "Postgres connection ended with an error");
+            }
+            if let Some(pid) = login.pid() {
+                running.forget(pid);
             }
         });
     }
@@ -169,16 +179,57 @@ pub fn check_auth(auth: &AuthMethod, addr: SocketAddr) -> Result<(), ServerError
     }
 }
 
+/// The statements that cancel requests can reach: each logged-in
+/// connection's backend pid and secret key, and its session's cancel.
+#[derive(Clone, Default)]
+pub(crate) struct RunningStatements {
+    by_pid: Arc<std::sync::Mutex<HashMap<i32, (Bytes, query::StatementCancel)>>>,
+}
+
+impl RunningStatements {
+    pub(crate) fn register(&self, pid: i32, secret_key: Bytes, cancel: query::StatementCancel) {
+        self.by_pid.lock().expect("cancel registry").insert(pid, (secret_key, cancel));
+    }
+
+    fn forget(&self, pid: i32) {
+        self.by_pid.lock().expect("cancel registry").remove(&pid);
+    }
+}
+
+#[async_trait]
+impl CancelHandler for RunningStatements {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let target = self.by_pid.lock().expect("cancel registry").get(&request.pid).cloned();
+        match target {
+            // The secret key proves the request comes from the session's client.
+            Some((secret_key, cancel))
+                if bool::from(secret_key.as_ref().ct_eq(request.secret_key.to_bytes().as_ref())) =>
+            {
+                info!(pid = request.pid, "canceling the running statement on request");
+                cancel.cancel();
+            }
+            _ => warn!(pid = request.pid, "ignoring a cancel request that matches no connection"),
+        }
+    }
+}
+
 /// The handlers of one connection, around that connection's own session.
 struct ConnectionHandlers {
     session: Arc<DfSessionService>,
     login: Arc<Login>,
+    running: RunningStatements,
 }
 
 impl ConnectionHandlers {
-    fn new(storage: &Storage, limits: &query::QueryLimits, login: Login) -> Result<Self, ServerError> {
-        let login = Arc::new(login);
-        let ctx = query::new_scoped_session_context(storage, limits, login.scope())
+    fn new(
+        storage: &Storage,
+        limits: &query::QueryLimits,
+        login: Login,
+        running: RunningStatements,
+    ) -> Result<Self, ServerError> {
+        let cancel = query::StatementCancel::default();
+        let login = Arc::new(login.on_login_register(running.clone(), cancel.clone()));
+        let ctx = query::new_scoped_session_context(storage, limits, login.scope(), cancel)
             .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;
@@ -188,7 +239,8 @@ impl ConnectionHandlers {
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
-        Ok(ConnectionHandlers { session: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)), login })
+        let session = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
+        Ok(ConnectionHandlers { session, login, running })
     }
 }
 
@@ -203,6 +255,10 @@ impl PgWireServerHandlers for ConnectionHandlers {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         Arc::clone(&self.login)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(self.running.clone())
     }
 }
 

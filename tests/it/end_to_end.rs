@@ -160,3 +160,35 @@ async fn runaway_statements_are_stopped_and_ingest_goes_on() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.psql("select count(*) from audit_events where id = 'after-runaway'").unwrap(), "1\n");
 }
+
+#[tokio::test]
+async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    demo_data_dir(&data, 3_000, 3);
+    let server = Server::start(&data, &[]);
+    let client = server.pg().await;
+    let runaway = "select count(*) from audit_events a, generate_series(1, 100000000) g where a.seq + g.value > 0";
+
+    // A cancel before any statement runs cancels nothing later.
+    client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let n: i64 = client.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3_000);
+
+    let started = std::time::Instant::now();
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let error = client.query_one(runaway, &[]).await.unwrap_err();
+    canceller.await.unwrap();
+    let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_else(|| error.to_string());
+    assert!(message.contains("canceling statement due to user request"), "{message}");
+    // Well before the 60 s statement timeout: execution stopped, not only planning.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+
+    // The connection goes on; the next statement is not canceled.
+    let n: i64 = client.query_one("select count(*) from audit_events where org_id = 'acme'", &[]).await.unwrap().get(0);
+    assert!(n > 0);
+}
