@@ -10,7 +10,7 @@
 //! layer reads the tenant scope from it and refuses to scan without one.
 
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -33,6 +33,10 @@ use crate::query::{Scope, SessionScope, StatementCancel};
 
 /// The only SASL mechanism offered (no channel binding: `-PLUS` needs TLS).
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// Backend pids (and secret keys) for cancel requests: one generator for
+/// the process, so no two connections share a pid.
+static BACKEND_PIDS: LazyLock<RandomPidSecretKeyGenerator> = LazyLock::new(RandomPidSecretKeyGenerator::default);
 
 /// Who is logged in on one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +230,7 @@ impl Login {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         info!(user = %identity.user, role = %identity.role, "Postgres login");
-        let (pid, secret_key) = RandomPidSecretKeyGenerator::default().generate(client);
+        let (pid, secret_key) = BACKEND_PIDS.generate(client);
         if let Some((running, cancel)) = &self.cancel {
             running.register(pid, secret_key.to_bytes(), cancel.clone());
         }

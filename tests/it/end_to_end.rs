@@ -175,6 +175,9 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     let n: i64 = client.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
     assert_eq!(n, 3_000);
 
+    // Cancel requests name a connection: a second one opened later must not
+    // take over the first one's pid.
+    let bystander = server.pg().await;
     let started = std::time::Instant::now();
     let token = client.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -188,7 +191,14 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     // Well before the 60 s statement timeout: execution stopped, not only planning.
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
 
+    // Another connection's cancel request reaches only its own statements.
+    let other = server.pg().await;
+    other.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    drop(other);
+
     // The connection goes on; the next statement is not canceled.
     let n: i64 = client.query_one("select count(*) from audit_events where org_id = 'acme'", &[]).await.unwrap().get(0);
     assert!(n > 0);
+    let n: i64 = bystander.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
+    assert_eq!(n, 3_000);
 }
