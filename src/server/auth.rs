@@ -6,8 +6,8 @@
 //! ServerKey and so do we. So the server side of RFC 5802 is here: a few
 //! lines of message parsing and the proof check, over pgwire's framing.
 //!
-//! A successful login fixes the connection's [`Identity`] once; the query
-//! layer reads the tenant scope from it and refuses to scan without one.
+//! A successful login fixes the session's tenant scope (from the user's
+//! [`Identity`]) once; the query layer refuses to scan without one.
 
 use std::fmt::Debug;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -64,20 +64,27 @@ pub enum AuthMethod {
     TrustLoopback,
 }
 
+/// How every connection of one endpoint logs in.
+#[derive(Debug, Clone)]
+pub struct LoginPolicy {
+    pub method: AuthMethod,
+    /// Refuse a client that did not switch to TLS before logging in.
+    pub require_tls: bool,
+    /// Answers for users that do not exist, so that a wrong name and a wrong
+    /// password look the same from outside. One per server process.
+    pub mock_secret: Arc<[u8; 32]>,
+}
+
 /// The login of one connection: pgwire calls it for every startup message.
 pub struct Login {
-    method: AuthMethod,
-    identity: Arc<OnceLock<Identity>>,
+    policy: LoginPolicy,
     /// The query session's scope, which only a login sets.
     scope: SessionScope,
     exchange: Mutex<Exchange>,
-    /// Answers for users that do not exist, so that a wrong name and a wrong
-    /// password look the same from outside.
-    mock_secret: Arc<[u8; 32]>,
-    /// Refuse a client that did not switch to TLS before logging in.
-    require_tls: bool,
-    /// Where a logged-in connection's statements become cancellable.
-    cancel: Option<(super::RunningStatements, StatementCancel)>,
+    /// Where the logged-in connection's statements become cancellable by its
+    /// client's cancel requests (pid and secret key).
+    running: super::RunningStatements,
+    cancel: StatementCancel,
     /// The backend pid given to the client at login.
     pid: OnceLock<i32>,
 }
@@ -90,29 +97,15 @@ enum Exchange {
 }
 
 impl Login {
-    pub fn new(
-        method: AuthMethod,
-        identity: Arc<OnceLock<Identity>>,
-        scope: SessionScope,
-        mock_secret: Arc<[u8; 32]>,
-        require_tls: bool,
-    ) -> Self {
+    pub(crate) fn new(policy: LoginPolicy, running: super::RunningStatements, cancel: StatementCancel) -> Self {
         Login {
-            method,
-            identity,
-            scope,
+            policy,
+            scope: SessionScope::default(),
             exchange: Mutex::new(Exchange::Start),
-            mock_secret,
-            require_tls,
-            cancel: None,
+            running,
+            cancel,
             pid: OnceLock::new(),
         }
-    }
-
-    /// At login, makes the session's statements cancellable by the client's
-    /// cancel requests (its pid and secret key).
-    pub(crate) fn on_login_register(self, running: super::RunningStatements, cancel: StatementCancel) -> Self {
-        Login { cancel: Some((running, cancel)), ..self }
     }
 
     /// The backend pid of the logged-in connection.
@@ -127,11 +120,11 @@ impl Login {
 
     /// The user's verifier, or a made-up one that no password matches.
     fn verifier_for(&self, user: &str) -> PgWireResult<(Option<Role>, ScramVerifier)> {
-        let AuthMethod::Scram(users) = &self.method else { unreachable!("only SCRAM logins exchange") };
+        let AuthMethod::Scram(users) = &self.policy.method else { unreachable!("only SCRAM logins exchange") };
         match users.find(user).map_err(|e| fatal("XX000", e.to_string()))? {
             Some(found) => Ok((Some(found.role), found.verifier)),
             None => {
-                let mut seed = self.mock_secret.to_vec();
+                let mut seed = self.policy.mock_secret.to_vec();
                 seed.extend_from_slice(user.as_bytes());
                 let salt = sha256(&seed)[..16].to_vec();
                 let never =
@@ -171,11 +164,11 @@ impl StartupHandler for Login {
                 if user.is_empty() {
                     return Err(PgWireError::UserNameRequired);
                 }
-                if self.require_tls && !client.is_secure() {
+                if self.policy.require_tls && !client.is_secure() {
                     warn!(user = %user, "Postgres login refused: not over TLS");
                     return Err(fatal("28000", "this server accepts only TLS connections (sslmode=require)".into()));
                 }
-                if let AuthMethod::TrustLoopback = self.method {
+                if let AuthMethod::TrustLoopback = self.policy.method {
                     return self.logged_in(client, Identity { user, role: Role::Admin }).await;
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -231,16 +224,13 @@ impl Login {
     {
         info!(user = %identity.user, role = %identity.role, "Postgres login");
         let (pid, secret_key) = BACKEND_PIDS.generate(client);
-        if let Some((running, cancel)) = &self.cancel {
-            running.register(pid, secret_key.to_bytes(), cancel.clone());
-        }
+        self.running.register(pid, secret_key.to_bytes(), self.cancel.clone());
         let _ = self.pid.set(pid);
         client.set_pid_and_secret_key(pid, secret_key);
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
         self.scope.set(identity.scope()).map_err(|_| protocol_violation("logged in twice"))?;
-        self.identity.set(identity).map_err(|_| protocol_violation("logged in twice"))?;
         finish_authentication(client, &parameters).await
     }
 }

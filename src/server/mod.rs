@@ -48,8 +48,8 @@ use tracing::{debug, info, warn};
 
 use crate::query;
 use crate::storage::Storage;
-use auth::Login;
 pub use auth::{AuthMethod, Identity};
+use auth::{Login, LoginPolicy};
 
 pub mod auth;
 pub mod users;
@@ -117,7 +117,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError>
 pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) {
     let Endpoint { auth, tls, require_tls, max_connections, limits } = endpoint;
     let slots = Arc::new(Semaphore::new(max_connections));
-    let mock_secret: Arc<[u8; 32]> = Arc::new(rand::random());
+    let policy = LoginPolicy { method: auth, require_tls, mock_secret: Arc::new(rand::random()) };
     let running = RunningStatements::default();
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -131,12 +131,11 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
             warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
             continue;
         };
-        let (storage, limits, auth, mock_secret, tls, running) =
-            (storage.clone(), limits.clone(), auth.clone(), Arc::clone(&mock_secret), tls.clone(), running.clone());
+        let (storage, limits, policy, tls, running) =
+            (storage.clone(), limits.clone(), policy.clone(), tls.clone(), running.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let login = Login::new(auth, Arc::default(), query::SessionScope::default(), mock_secret, require_tls);
-            let handlers = match ConnectionHandlers::new(&storage, &limits, login, running) {
+            let handlers = match ConnectionHandlers::new(&storage, &limits, policy, running) {
                 Ok(handlers) => handlers,
                 Err(e) => {
                     warn!(%peer, error = %e, "cannot start a session");
@@ -224,11 +223,11 @@ impl ConnectionHandlers {
     fn new(
         storage: &Storage,
         limits: &query::QueryLimits,
-        login: Login,
+        policy: LoginPolicy,
         running: RunningStatements,
     ) -> Result<Self, ServerError> {
         let cancel = query::StatementCancel::default();
-        let login = Arc::new(login.on_login_register(running.clone(), cancel.clone()));
+        let login = Arc::new(Login::new(policy, running.clone(), cancel.clone()));
         let ctx = query::new_scoped_session_context(storage, limits, login.scope(), cancel)
             .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
