@@ -161,6 +161,9 @@ async fn runaway_statements_are_stopped_and_ingest_goes_on() {
     assert_eq!(server.psql("select count(*) from audit_events where id = 'after-runaway'").unwrap(), "1\n");
 }
 
+/// What the server logs when a cancel request names one of its connections.
+const HANDLED_CANCEL: &str = "canceling the running statement on request";
+
 #[tokio::test]
 async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,8 +173,12 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     let client = server.pg().await;
     let runaway = "select count(*) from audit_events a, generate_series(1, 100000000) g where a.seq + g.value > 0";
 
-    // A cancel before any statement runs cancels nothing later.
+    // A cancel before any statement runs cancels nothing later. The protocol
+    // never answers a cancel request, so wait for the server to have handled
+    // it: otherwise it may arrive during the next statement and rightly
+    // cancel that one.
     client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    server.wait_for_log(HANDLED_CANCEL, 1);
     let n: i64 = client.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
     assert_eq!(n, 3_000);
 
@@ -194,6 +201,7 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     // Another connection's cancel request reaches only its own statements.
     let other = server.pg().await;
     other.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
+    server.wait_for_log(HANDLED_CANCEL, 3);
     drop(other);
 
     // The connection goes on; the next statement is not canceled.

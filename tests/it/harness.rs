@@ -15,6 +15,9 @@ pub struct Server {
     child: Child,
     pub pg_port: u16,
     pub http_url: String,
+    log_path: PathBuf,
+    /// Where this run's lines start in a log shared with earlier runs.
+    log_start: usize,
 }
 
 impl Server {
@@ -38,6 +41,7 @@ impl Server {
         }
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let log_start = log.metadata().unwrap().len() as usize;
         let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
             .args(["serve", "--pg-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -62,7 +66,13 @@ impl Server {
                 let field =
                     |name: &str| ready.split_whitespace().find_map(|kv| kv.strip_prefix(name)).unwrap().to_string();
                 let pg: std::net::SocketAddr = field("pg=").parse().unwrap();
-                Ok(Server { child, pg_port: pg.port(), http_url: format!("http://{}", field("http=")) })
+                Ok(Server {
+                    child,
+                    pg_port: pg.port(),
+                    http_url: format!("http://{}", field("http=")),
+                    log_path,
+                    log_start,
+                })
             }
             Err(_) => {
                 let _ = child.kill();
@@ -70,6 +80,22 @@ impl Server {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 Err(format!("exit {status:?}; log:\n{log}"))
             }
+        }
+    }
+
+    /// Waits until this run's log holds `needle` `times` times: the only way
+    /// to know the server handled something that has no answer, such as a
+    /// cancel request.
+    pub fn wait_for_log(&self, needle: &str, times: usize) {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let log = std::fs::read(&self.log_path).unwrap_or_default();
+            let run = String::from_utf8_lossy(log.get(self.log_start..).unwrap_or_default());
+            if run.matches(needle).count() >= times {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the log never said {needle:?} {times} times:\n{run}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
