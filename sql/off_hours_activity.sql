@@ -26,6 +26,8 @@
 select org_id, actor_id, count(*) as events, min(time) as first_event, max(time) as last_event
 from audit_events
 where time >= :since
+  -- Product activity only: use of the log itself is in audit_log_access.sql.
+  and (category is distinct from 'audit_access')
   and (date_part('hour', time) < :start_hour
        or date_part('hour', time) >= :end_hour
        or date_part('dow', time) in (0, 6))

@@ -361,6 +361,7 @@ async fn open_storage(args: &ServeArgs) -> anyhow::Result<Storage> {
 }
 
 async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> {
+    let access_log = server::AccessLog::start(storage.clone());
     let endpoint = server::Endpoint {
         auth: args.auth(),
         tls: args.tls()?,
@@ -372,6 +373,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
             max_result_rows: args.max_result_rows,
             segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
         },
+        access_log: access_log.clone(),
     };
     let pg = server::bind(args.pg_listen).await?;
     let http = ingest::bind(args.http_listen).await?;
@@ -388,6 +390,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
             info!("shutting down");
         }
     }
+    access_log.flush().await;
     tokio::task::spawn_blocking(move || storage.shutdown()).await?;
     Ok(())
 }

@@ -22,6 +22,24 @@ pub const MAX_TEXT_FIELD_BYTES: usize = 4096;
 /// Largest accepted `attributes` object, serialized as compact JSON, in bytes.
 pub const MAX_ATTRIBUTES_BYTES: usize = 64 * 1024;
 
+/// The category of the server's own records of who used the audit log
+/// (queries over the wire, logins). Ingest refuses it, so such a record
+/// cannot be forged by an application.
+pub const AUDIT_ACCESS_CATEGORY: &str = "audit_access";
+/// The organisation of the server's own records that belong to no tenant:
+/// what admins did, and logins by names no user has. Ingest refuses it.
+pub const SYSTEM_ORG_ID: &str = "_auditlake";
+
+/// Why a value sent to ingest is the server's own, if it is.
+fn reserved(field: &str, value: &str) -> Option<String> {
+    let reserved = match field {
+        "org_id" => SYSTEM_ORG_ID,
+        "category" => AUDIT_ACCESS_CATEGORY,
+        _ => return None,
+    };
+    (value == reserved).then(|| format!("{value:?} is reserved for auditlake's own records"))
+}
+
 /// Server-assigned, strictly increasing position of an event in the log.
 pub type Seq = u64;
 
@@ -140,7 +158,7 @@ macro_rules! wire_event {
                     }
                     Some(_) => return None,
                 };
-                Some(Event {
+                let event = Event {
                     time_us,
                     received_at_us,
                     id,
@@ -149,7 +167,10 @@ macro_rules! wire_event {
                     action: required(self.action)?,
                     $($name: optional(self.$name).ok()?,)*
                     attributes,
-                })
+                };
+                let own = reserved("org_id", &event.org_id).is_some()
+                    || event.category.as_deref().is_some_and(|c| reserved("category", c).is_some());
+                (!own).then_some(event)
             }
         }
     };
@@ -397,6 +418,10 @@ fn validate_event(line: usize, value: Value, received_at_us: i64) -> Result<Even
             }
             Some(Value::String(s)) if s.len() > max_bytes => {
                 err(field, format!("field is {} bytes, longer than the limit of {max_bytes} bytes", s.len()));
+                None
+            }
+            Some(Value::String(s)) if reserved(field, &s).is_some() => {
+                err(field, reserved(field, &s).unwrap_or_default());
                 None
             }
             Some(Value::String(s)) => Some(s),
@@ -654,6 +679,20 @@ mod tests {
         assert!(has(3, "colour", "unknown field"), "{errors:?}");
         assert!(has(3, "seq", "assigned by the server"), "{errors:?}");
         assert_eq!(errors.len(), 5, "{errors:?}");
+    }
+
+    #[test]
+    fn refuses_the_servers_own_org_and_category() {
+        let body = format!(
+            "{GOOD}\n{}\n{}\n",
+            r#"{"time":"2026-11-25T09:00:00Z","org_id":"_auditlake","actor_id":"u","action":"x"}"#,
+            r#"{"time":"2026-11-25T09:00:00Z","org_id":"acme","actor_id":"u","action":"x","category":"audit_access"}"#
+        );
+        let errors = errors_of(&body);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!((errors[0].0, errors[0].1.as_deref()), (2, Some("org_id")));
+        assert_eq!((errors[1].0, errors[1].1.as_deref()), (3, Some("category")));
+        assert!(errors.iter().all(|(_, _, e)| e.contains("reserved for auditlake's own records")), "{errors:?}");
     }
 
     #[test]

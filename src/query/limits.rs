@@ -94,6 +94,9 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
 #[derive(Debug, Clone, Default)]
 pub struct StatementCancel {
     requests: Arc<AtomicU64>,
+    /// `requests` when the session's current statement arrived: later
+    /// requests are for it, even while it is still being planned.
+    requests_at_begin: Arc<AtomicU64>,
     wake: Arc<Notify>,
 }
 
@@ -101,6 +104,11 @@ impl StatementCancel {
     pub fn cancel(&self) {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_waiters();
+    }
+
+    /// Marks the arrival of the session's next statement.
+    pub fn begin_statement(&self) {
+        self.requests_at_begin.store(self.requests.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 }
 
@@ -139,7 +147,7 @@ impl PassThrough for StatementLimits {
             query_memory_bytes: self.query_memory_bytes,
             ended: false,
             cancel: self.cancel.clone(),
-            cancels_before: self.cancel.requests.load(Ordering::SeqCst),
+            cancels_before: self.cancel.requests_at_begin.load(Ordering::SeqCst),
             cancel_wake: None,
         })
     }

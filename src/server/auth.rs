@@ -28,6 +28,7 @@ use ring::hmac;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
+use super::access_log::{AccessLog, Accessor};
 use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, Users, sha256};
 use crate::query::{Scope, SessionScope, StatementCancel};
 
@@ -73,6 +74,8 @@ pub struct LoginPolicy {
     /// Answers for users that do not exist, so that a wrong name and a wrong
     /// password look the same from outside. One per server process.
     pub mock_secret: Arc<[u8; 32]>,
+    /// Where logins, failed or not, are recorded.
+    pub access_log: AccessLog,
 }
 
 /// The login of one connection: pgwire calls it for every startup message.
@@ -87,6 +90,8 @@ pub struct Login {
     cancel: StatementCancel,
     /// The backend pid given to the client at login.
     pid: OnceLock<i32>,
+    /// Who the connection's statements are recorded as, set at login.
+    accessor: Arc<OnceLock<Accessor>>,
 }
 
 enum Exchange {
@@ -105,7 +110,26 @@ impl Login {
             running,
             cancel,
             pid: OnceLock::new(),
+            accessor: Arc::default(),
         }
+    }
+
+    /// Who this connection's statements are recorded as, once logged in.
+    pub fn accessor(&self) -> Arc<OnceLock<Accessor>> {
+        Arc::clone(&self.accessor)
+    }
+
+    /// Records a refused login of `user`, under its org if it has one.
+    fn refused<C: ClientInfo>(&self, client: &C, user: &str, role: Option<Role>, error: PgWireError) -> PgWireError {
+        let role = role.or_else(|| match &self.policy.method {
+            AuthMethod::Scram(users) => users.find(user).ok().flatten().map(|found| found.role),
+            AuthMethod::TrustLoopback => None,
+        });
+        let accessor = accessor_of(client, user, role.as_ref(), None);
+        if let PgWireError::UserError(info) = &error {
+            self.policy.access_log.login(&accessor, Some((&info.code, &info.message)));
+        }
+        error
     }
 
     /// The backend pid of the logged-in connection.
@@ -166,7 +190,8 @@ impl StartupHandler for Login {
                 }
                 if self.policy.require_tls && !client.is_secure() {
                     warn!(user = %user, "Postgres login refused: not over TLS");
-                    return Err(fatal("28000", "this server accepts only TLS connections (sslmode=require)".into()));
+                    let error = fatal("28000", "this server accepts only TLS connections (sslmode=require)".into());
+                    return Err(self.refused(client, &user, None, error));
                 }
                 if let AuthMethod::TrustLoopback = self.policy.method {
                     return self.logged_in(client, Identity { user, role: Role::Admin }).await;
@@ -199,7 +224,7 @@ impl StartupHandler for Login {
                         let outcome = first.check_final(&response.data);
                         let (Ok(server_final), Some(role)) = (outcome, first.role.clone()) else {
                             warn!(user = %user, "Postgres login failed: wrong user name or password");
-                            return Err(password_failed(&user));
+                            return Err(self.refused(client, &user, first.role.clone(), password_failed(&user)));
                         };
                         client
                             .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(server_final.into())))
@@ -231,7 +256,25 @@ impl Login {
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
         self.scope.set(identity.scope()).map_err(|_| protocol_violation("logged in twice"))?;
+        let accessor = accessor_of(client, &identity.user, Some(&identity.role), Some(pid));
+        self.policy.access_log.login(&accessor, None);
+        let _ = self.accessor.set(accessor);
         finish_authentication(client, &parameters).await
+    }
+}
+
+/// Who a connection's records name: `pid` once logged in.
+fn accessor_of<C: ClientInfo>(client: &C, user: &str, role: Option<&Role>, pid: Option<i32>) -> Accessor {
+    Accessor {
+        user: user.to_string(),
+        org: match role {
+            Some(Role::Org(org)) => Some(org.clone()),
+            Some(Role::Admin) | None => None,
+        },
+        address: client.socket_addr().ip(),
+        application: client.metadata().get("application_name").filter(|name| !name.is_empty()).cloned(),
+        tls: client.is_secure(),
+        session: pid.map(|pid| format!("pg-{pid}")),
     }
 }
 

@@ -48,9 +48,12 @@ use tracing::{debug, info, warn};
 
 use crate::query;
 use crate::storage::Storage;
+pub use access_log::AccessLog;
+use access_log::AuditedSession;
 pub use auth::{AuthMethod, Identity};
 use auth::{Login, LoginPolicy};
 
+pub mod access_log;
 pub mod auth;
 pub mod users;
 
@@ -89,6 +92,8 @@ pub struct Endpoint {
     pub require_tls: bool,
     pub max_connections: usize,
     pub limits: query::QueryLimits,
+    /// Where every login and statement is recorded.
+    pub access_log: AccessLog,
 }
 
 /// Loads the certificate chain and private key (PEM) TLS clients see. Any
@@ -115,9 +120,9 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError>
 /// Accepts Postgres clients on `listener` until the process ends; each logs
 /// in by `endpoint.auth` (see [`check_auth`] for when the server may start).
 pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) {
-    let Endpoint { auth, tls, require_tls, max_connections, limits } = endpoint;
+    let Endpoint { auth, tls, require_tls, max_connections, limits, access_log } = endpoint;
     let slots = Arc::new(Semaphore::new(max_connections));
-    let policy = LoginPolicy { method: auth, require_tls, mock_secret: Arc::new(rand::random()) };
+    let policy = LoginPolicy { method: auth, require_tls, mock_secret: Arc::new(rand::random()), access_log };
     let running = RunningStatements::default();
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -214,7 +219,7 @@ impl CancelHandler for RunningStatements {
 
 /// The handlers of one connection, around that connection's own session.
 struct ConnectionHandlers {
-    session: Arc<DfSessionService>,
+    session: Arc<AuditedSession>,
     login: Arc<Login>,
     running: RunningStatements,
 }
@@ -227,8 +232,9 @@ impl ConnectionHandlers {
         running: RunningStatements,
     ) -> Result<Self, ServerError> {
         let cancel = query::StatementCancel::default();
+        let log = policy.access_log.clone();
         let login = Arc::new(Login::new(policy, running.clone(), cancel.clone()));
-        let ctx = query::new_scoped_session_context(storage, limits, login.scope(), cancel)
+        let ctx = query::new_scoped_session_context(storage, limits, login.scope(), cancel.clone())
             .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;
@@ -238,7 +244,13 @@ impl ConnectionHandlers {
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
-        let session = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
+        let session = Arc::new(AuditedSession {
+            inner: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+            log,
+            accessor: login.accessor(),
+            cancel,
+            prepared_sql: Default::default(),
+        });
         Ok(ConnectionHandlers { session, login, running })
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, demo_data_dir, event, post};
+use crate::harness::{APP, Server, demo_data_dir, event, post};
 
 fn ndjson(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string() + "\n").collect()
@@ -53,7 +53,7 @@ async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
     assert_eq!(rows[0].get::<_, Option<String>>(5), None);
 
     // Simple protocol through the real psql binary.
-    assert_eq!(server.psql("select count(*) from audit_events").unwrap().trim(), "3");
+    assert_eq!(server.psql(&format!("select count(*) from audit_events where {APP}")).unwrap().trim(), "3");
     assert_eq!(
         server.psql("select actor_id || ':' || action from audit_events where org_id = 'acme' order by time").unwrap(),
         "alice:confluence.page.viewed\nbob:jira.issue.deleted\n"
@@ -76,7 +76,8 @@ async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() 
             assert_eq!(status, 200);
         }
         let pg = server.pg().await;
-        let row = pg.query_one("select count(*), count(distinct id), max(seq) from audit_events", &[]).await.unwrap();
+        let sql = format!("select count(*), count(distinct id), max(seq) from audit_events where {APP}");
+        let row = pg.query_one(&sql, &[]).await.unwrap();
         assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (300, 300, 300));
         server.kill();
     }
@@ -98,9 +99,11 @@ async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() 
     );
     let per_actor = pg.query_one("select count(*) from audit_events where actor_id = $1", &[&"u3"]).await.unwrap();
     assert_eq!(per_actor.get::<_, i64>(0), 45);
-    // Sequence numbers continue after recovery.
+    // Sequence numbers continue after recovery (the server's own records of
+    // these queries took some of them).
     let (status, body) = post(&http, &server.events_url(), event("after", "acme", "u1", "x", 0).to_string()).await;
-    assert_eq!((status, body["first_seq"].as_i64()), (200, Some(301)));
+    assert_eq!(status, 200);
+    assert!(body["first_seq"].as_i64().unwrap() > 300, "{body}");
 }
 
 #[tokio::test]
@@ -120,7 +123,7 @@ async fn the_sql_endpoint_is_read_only() {
         let err = pg.prepare(sql).await.expect_err(sql);
         assert_eq!(err.as_db_error().unwrap().code().code(), "25006", "{sql} (extended)");
     }
-    let rows = pg.query("select count(*) from audit_events", &[]).await.unwrap();
+    let rows = pg.query(&format!("select count(*) from audit_events where {APP}"), &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 0, "the table is still there");
 }
 
@@ -134,7 +137,7 @@ fn a_query_over_its_memory_limit_fails_and_the_server_goes_on() {
     let error = join.unwrap_err();
     assert!(error.contains("query memory limit of 65536 bytes reached"), "{error}");
     assert!(error.contains("--query-memory-bytes"), "the error says what to change: {error}");
-    assert_eq!(server.psql("select count(*) from audit_events").unwrap(), "20000\n");
+    assert_eq!(server.psql(&format!("select count(*) from audit_events where {APP}")).unwrap(), "20000\n");
 }
 
 #[tokio::test]
@@ -179,7 +182,8 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     // cancel that one.
     client.cancel_token().cancel_query(tokio_postgres::NoTls).await.unwrap();
     server.wait_for_log(HANDLED_CANCEL, 1);
-    let n: i64 = client.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
+    let count = format!("select count(*) from audit_events where {APP}");
+    let n: i64 = client.query_one(&count, &[]).await.unwrap().get(0);
     assert_eq!(n, 3_000);
 
     // Cancel requests name a connection: a second one opened later must not
@@ -207,6 +211,6 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     // The connection goes on; the next statement is not canceled.
     let n: i64 = client.query_one("select count(*) from audit_events where org_id = 'acme'", &[]).await.unwrap().get(0);
     assert!(n > 0);
-    let n: i64 = bystander.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0);
+    let n: i64 = bystander.query_one(&count, &[]).await.unwrap().get(0);
     assert_eq!(n, 3_000);
 }

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+/// The events applications sent, as opposed to the server's own records of
+/// who used the audit log, which every statement adds to.
+pub const APP: &str = "(category is distinct from 'audit_access')";
+
 /// How long a server may take to open its data directory and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -128,6 +132,20 @@ impl Server {
         let (client, connection) = tokio_postgres::connect(&self.url_as(user), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// Runs `sql` through psql until it prints `expected` (for what the
+    /// server writes in the background, such as its records of access), and
+    /// returns what it printed last.
+    pub fn psql_until(&self, sql: &str, expected: &str) -> String {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let out = self.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            if out == expected || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs SQL through the real `psql` binary, unaligned and tuples-only.

@@ -9,4 +9,5 @@ mod object_storage;
 mod open_layout;
 mod query_command;
 mod saved_reports;
+mod self_audit;
 mod validation;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Server, event, post, venv_bin};
+use crate::harness::{APP, Server, event, post, venv_bin};
 
 const BUCKET: &str = "audit-archive";
 const PREFIX: &str = "logs/eu";
@@ -128,7 +128,7 @@ async fn segments_and_manifest_live_in_the_bucket_and_survive_kill_9() {
     assert_eq!(keys.len(), 2, "compacted inputs are deleted from the bucket: {keys:?}");
     assert!(!data.join("manifest.json").exists() && !data.join("segments").exists(), "nothing sealed is local");
 
-    assert_eq!(count(&server, "select count(distinct id) from audit_events").await, 1000);
+    assert_eq!(count(&server, &format!("select count(distinct id) from audit_events where {APP}")).await, 1000);
     // A filtered scan: row-group pruning reads through the object store.
     let u3 = 5 * (0..200).filter(|i| i % 7 == 3).count() as i64;
     assert_eq!(count(&server, "select count(*) from audit_events where actor_id = 'u3'").await, u3);
@@ -139,6 +139,10 @@ async fn segments_and_manifest_live_in_the_bucket_and_survive_kill_9() {
     server.kill();
 
     let server = start(&data, &s3);
-    assert_eq!(count(&server, "select count(*) from audit_events").await, 1001, "bucket plus local WAL");
+    assert_eq!(
+        count(&server, &format!("select count(*) from audit_events where {APP}")).await,
+        1001,
+        "bucket plus local WAL"
+    );
     assert_eq!(count(&server, "select count(*) from audit_events where actor_id = 'u3'").await, u3 + 1);
 }

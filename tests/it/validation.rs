@@ -2,13 +2,13 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, event, post};
+use crate::harness::{APP, Server, event, post};
 
 /// An expected `(line, field, words in the error)` of a 400 answer.
 type Expected = (usize, &'static str, &'static str);
 
 async fn count(server: &Server) -> i64 {
-    server.pg().await.query_one("select count(*) from audit_events", &[]).await.unwrap().get(0)
+    server.pg().await.query_one(&format!("select count(*) from audit_events where {APP}"), &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
     assert!(answer["error"].as_str().unwrap().contains("16384 bytes"), "{answer}");
 
     assert_eq!(count(&server).await, 1, "only the first, valid request was stored");
-    let ids = server.psql("select id from audit_events").unwrap();
+    let ids = server.psql(&format!("select id from audit_events where {APP}")).unwrap();
     assert_eq!(ids, "kept\n");
 }
 

@@ -1,0 +1,537 @@
+//! The audit log's own audit trail: every statement a client sends over the
+//! wire, and every login, becomes an event of `audit_events` with
+//! `category = 'audit_access'`, so auditors can ask who searched the log,
+//! for what, and who tried to get in.
+//!
+//! A statement's record is made when it ends (only then are its rows,
+//! duration and outcome known) and goes to one background writer, which
+//! appends records in batches through the same durable path as ingest. A
+//! statement never waits for its record; a record is lost only if the
+//! process dies before the writer's next group commit, or if storage has
+//! shut down. Records name the database user, the tenant (the user's org;
+//! [`SYSTEM_ORG_ID`] for admins and unknown names), the client address and
+//! application, the SQL text and its parameters.
+//!
+//! It never records a password, nor any value a statement returned.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion_postgres::DfSessionService;
+use futures::{Sink, Stream};
+use pgwire::api::portal::Portal;
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{Response, SendableRowStream};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::data::DataRow;
+use pgwire::messages::extendedquery::Parse;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
+use crate::query::StatementCancel;
+use crate::storage::{Storage, StorageError};
+
+/// Most records the writer appends in one batch.
+pub const MAX_RECORDS_PER_APPEND: usize = 1_000;
+/// Longest SQL text kept in a record, in bytes; longer text is cut (and the
+/// record says so), as one statement could otherwise fill the log.
+pub const MAX_RECORDED_SQL_BYTES: usize = 16 * 1024;
+/// Longest error message or parameter value kept in a record, in bytes.
+pub const MAX_RECORDED_VALUE_BYTES: usize = 1024;
+/// Pause before the writer tries again after storage refused a batch.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+/// What a record says was done.
+pub const ACTION_QUERY: &str = "audit_log.query";
+pub const ACTION_LOGIN: &str = "audit_log.login";
+pub const ACTION_LOGIN_FAILED: &str = "audit_log.login_failed";
+
+enum Message {
+    Record(Box<Event>),
+    /// Answered once every record sent before it is stored.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Where records go: a handle on the background writer, one per server.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    records: mpsc::UnboundedSender<Message>,
+}
+
+impl AccessLog {
+    /// Starts the writer on the current runtime.
+    pub fn start(storage: Storage) -> AccessLog {
+        let (records, received) = mpsc::unbounded_channel();
+        tokio::spawn(write_records(storage, received));
+        AccessLog { records }
+    }
+
+    fn record(&self, event: Event) {
+        if self.records.send(Message::Record(Box::new(event))).is_err() {
+            error!("the access-log writer has stopped; a record of audit-log use is lost");
+        }
+    }
+
+    /// Waits until every record made before this call is stored.
+    pub async fn flush(&self) {
+        let (done, stored) = oneshot::channel();
+        if self.records.send(Message::Flush(done)).is_ok() {
+            let _ = stored.await;
+        }
+    }
+
+    /// Records a login, or with `failure` (SQLSTATE, reason) a refused one.
+    pub fn login(&self, accessor: &Accessor, failure: Option<(&str, &str)>) {
+        let (action, attributes) = match failure {
+            None => (ACTION_LOGIN, json!({ "tls": accessor.tls })),
+            Some((sqlstate, reason)) => {
+                (ACTION_LOGIN_FAILED, json!({ "tls": accessor.tls, "sqlstate": sqlstate, "error": reason }))
+            }
+        };
+        self.record(accessor.event(action, failure.is_none(), now_us(), attributes));
+    }
+}
+
+async fn write_records(storage: Storage, mut received: mpsc::UnboundedReceiver<Message>) {
+    let mut batch = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = received.recv().await {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(event) => batch.push(*event),
+                Message::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_RECORDS_PER_APPEND {
+                next = received.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            append_until_stored(&storage, std::mem::take(&mut batch)).await;
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Storage refuses a batch only for a while (back-pressure, a full disk
+/// being cleared) or for good (shut down): records wait, in order, until
+/// it takes them.
+async fn append_until_stored(storage: &Storage, records: Vec<Event>) {
+    loop {
+        match storage.append(records.clone()).await {
+            Ok(_) => return,
+            Err(StorageError::ShutDown) => {
+                error!(lost = records.len(), "storage shut down before these records of audit-log use were stored");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, waiting = records.len(), "storing records of audit-log use failed; retrying");
+                tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+            }
+        }
+    }
+}
+
+/// Who is on one connection, as its records name them.
+#[derive(Debug, Clone)]
+pub struct Accessor {
+    pub user: String,
+    /// The user's tenant; `None` for admins and names no user has.
+    pub org: Option<String>,
+    pub address: IpAddr,
+    /// The client's `application_name`.
+    pub application: Option<String>,
+    pub tls: bool,
+    /// The connection, as `pg-<backend pid>` once logged in.
+    pub session: Option<String>,
+}
+
+impl Accessor {
+    fn event(&self, action: &str, success: bool, time_us: i64, attributes: Value) -> Event {
+        Event {
+            time_us,
+            received_at_us: now_us(),
+            id: uuid::Uuid::now_v7().to_string(),
+            org_id: self.org.clone().unwrap_or_else(|| SYSTEM_ORG_ID.to_string()),
+            actor_id: self.user.clone(),
+            actor_type: Some("database_user".into()),
+            action: action.into(),
+            category: Some(AUDIT_ACCESS_CATEGORY.into()),
+            outcome: Some(if success { "success" } else { "failure" }.into()),
+            product: Some("auditlake".into()),
+            source_ip: Some(self.address.to_string()),
+            user_agent: self.application.clone(),
+            session_id: self.session.clone(),
+            attributes: Some(attributes.to_string()),
+            ..Event::default()
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Cuts `text` to at most `max_bytes` on a character boundary; says whether it cut.
+fn cut(text: &str, max_bytes: usize) -> (&str, bool) {
+    if text.len() <= max_bytes {
+        return (text, false);
+    }
+    let end = (0..=max_bytes).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    (&text[..end], true)
+}
+
+/// One statement being recorded: shared by the streams of its results, and
+/// written when the last of them ends (or is dropped unread).
+struct StatementRecord {
+    log: AccessLog,
+    accessor: Accessor,
+    sql: String,
+    protocol: &'static str,
+    parameters: Option<Vec<Value>>,
+    time_us: i64,
+    started: Instant,
+    tally: Mutex<Tally>,
+}
+
+#[derive(Default)]
+struct Tally {
+    rows: u64,
+    /// SQLSTATE and message of the first error.
+    error: Option<(String, String)>,
+    open_streams: usize,
+    /// A result stream was dropped before its end (client gone, portal closed).
+    unfinished: bool,
+    written: bool,
+}
+
+impl StatementRecord {
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().expect("statement record")
+    }
+
+    fn failed(&self, error: &PgWireError) {
+        let mut tally = self.tally();
+        if tally.error.is_none() {
+            tally.error = Some(sqlstate_and_message(error));
+        }
+    }
+
+    /// Watches one response of the statement: its rows are counted as the
+    /// client reads them.
+    fn watch(self: &Arc<Self>, response: Response) -> Response {
+        match response {
+            Response::Query(mut query) => {
+                self.tally().open_streams += 1;
+                let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
+                query.data_rows = Box::pin(CountedRows { rows, count: 0, record: Arc::clone(self), ended: false });
+                Response::Query(query)
+            }
+            Response::Error(info) => {
+                let mut tally = self.tally();
+                if tally.error.is_none() {
+                    tally.error = Some((info.code.clone(), info.message.clone()));
+                }
+                drop(tally);
+                Response::Error(info)
+            }
+            other => other,
+        }
+    }
+
+    fn stream_ended(&self, rows: u64, ended: bool) {
+        let mut tally = self.tally();
+        tally.rows += rows;
+        tally.unfinished |= !ended;
+        tally.open_streams -= 1;
+        if tally.open_streams == 0 {
+            self.write(&mut tally);
+        }
+    }
+
+    fn write(&self, tally: &mut Tally) {
+        if std::mem::replace(&mut tally.written, true) {
+            return;
+        }
+        let (sql, sql_cut) = cut(&self.sql, MAX_RECORDED_SQL_BYTES);
+        let mut attributes = json!({
+            "sql": sql,
+            "rows": tally.rows,
+            "duration_ms": self.started.elapsed().as_secs_f64() * 1000.0,
+            "protocol": self.protocol,
+        });
+        let fields = attributes.as_object_mut().expect("an object");
+        if sql_cut {
+            fields.insert("sql_cut_at_bytes".into(), json!(MAX_RECORDED_SQL_BYTES));
+        }
+        if let Some(parameters) = &self.parameters {
+            fields.insert("parameters".into(), json!(parameters));
+        }
+        if let Some((sqlstate, message)) = &tally.error {
+            fields.insert("sqlstate".into(), json!(sqlstate));
+            fields.insert("error".into(), json!(cut(message, MAX_RECORDED_VALUE_BYTES).0));
+        }
+        if tally.unfinished {
+            fields.insert("unfinished".into(), json!(true));
+        }
+        self.log.record(self.accessor.event(ACTION_QUERY, tally.error.is_none(), self.time_us, attributes));
+    }
+}
+
+impl Drop for StatementRecord {
+    fn drop(&mut self) {
+        let mut tally = std::mem::take(&mut *self.tally());
+        self.write(&mut tally);
+    }
+}
+
+fn sqlstate_and_message(error: &PgWireError) -> (String, String) {
+    match error {
+        PgWireError::UserError(info) => (info.code.clone(), info.message.clone()),
+        other => ("XX000".into(), other.to_string()),
+    }
+}
+
+/// A result's rows on their way to the client, counted.
+struct CountedRows {
+    rows: SendableRowStream,
+    count: u64,
+    record: Arc<StatementRecord>,
+    ended: bool,
+}
+
+impl Stream for CountedRows {
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.rows.as_mut().poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => self.count += 1,
+            Poll::Ready(Some(Err(error))) => self.record.failed(error),
+            Poll::Ready(None) if !self.ended => {
+                self.ended = true;
+                self.record.stream_ended(self.count, true);
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for CountedRows {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.record.stream_ended(self.count, false);
+        }
+    }
+}
+
+/// A connection's query handlers (datafusion-postgres' session service),
+/// with every statement recorded and made cancellable from its start.
+pub(super) struct AuditedSession {
+    pub inner: Arc<DfSessionService>,
+    pub log: AccessLog,
+    /// Set by the login, before any statement.
+    pub accessor: Arc<OnceLock<Accessor>>,
+    pub cancel: StatementCancel,
+    /// The SQL of each prepared statement as the client wrote it (the parsed
+    /// statement only keeps a rendering), by statement name.
+    pub prepared_sql: Mutex<HashMap<String, String>>,
+}
+
+impl AuditedSession {
+    fn begin(&self, sql: &str, protocol: &'static str, parameters: Option<Vec<Value>>) -> Arc<StatementRecord> {
+        self.cancel.begin_statement();
+        let accessor = self.accessor.get().cloned().unwrap_or_else(|| Accessor {
+            user: String::new(),
+            org: None,
+            address: IpAddr::from([0, 0, 0, 0]),
+            application: None,
+            tls: false,
+            session: None,
+        });
+        Arc::new(StatementRecord {
+            log: self.log.clone(),
+            accessor,
+            sql: sql.to_string(),
+            protocol,
+            parameters,
+            time_us: now_us(),
+            started: Instant::now(),
+            tally: Mutex::default(),
+        })
+    }
+}
+
+/// The bound parameters as a record shows them: text as sent; binary values
+/// decoded by the type the plan gives the parameter (text, integers,
+/// booleans, timestamps), else as `\x` hex.
+fn parameter_values(portal: &Portal<<DfSessionService as ExtendedQueryHandler>::Statement>) -> Vec<Value> {
+    let types = match &portal.statement.statement.1 {
+        Some((_, plan)) => plan.get_parameter_types().unwrap_or_default(),
+        None => Default::default(),
+    };
+    let value = |index: usize, bytes: &[u8]| {
+        if !portal.parameter_format.is_binary(index) {
+            return Value::String(cut(&String::from_utf8_lossy(bytes), MAX_RECORDED_VALUE_BYTES).0.to_string());
+        }
+        let data_type = types.get(&format!("${}", index + 1)).cloned().flatten();
+        decode_binary(data_type.as_ref(), bytes).unwrap_or_else(|| {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            Value::String(format!("\\x{}", cut(&hex, MAX_RECORDED_VALUE_BYTES).0))
+        })
+    };
+    portal
+        .parameters
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| bytes.as_deref().map_or(Value::Null, |bytes| value(index, bytes)))
+        .collect()
+}
+
+/// A value in PostgreSQL's binary format for the types investigations bind.
+fn decode_binary(data_type: Option<&DataType>, bytes: &[u8]) -> Option<Value> {
+    /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+    const PG_EPOCH_US: i64 = 946_684_800_000_000;
+    let int = |bytes: &[u8]| -> Option<i64> {
+        Some(match bytes.len() {
+            2 => i16::from_be_bytes(bytes.try_into().ok()?).into(),
+            4 => i32::from_be_bytes(bytes.try_into().ok()?).into(),
+            8 => i64::from_be_bytes(bytes.try_into().ok()?),
+            _ => return None,
+        })
+    };
+    match data_type? {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let text = std::str::from_utf8(bytes).ok()?;
+            Some(Value::String(cut(text, MAX_RECORDED_VALUE_BYTES).0.to_string()))
+        }
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => int(bytes).map(Value::from),
+        DataType::Boolean => (bytes.len() == 1).then(|| Value::Bool(bytes[0] != 0)),
+        DataType::Timestamp(_, _) => {
+            let micros = PG_EPOCH_US.checked_add(int(bytes)?)?;
+            let time = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)?;
+            Some(Value::String(time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
+        }
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for AuditedSession {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let record = self.begin(query, "simple", None);
+        let result = SimpleQueryHandler::do_query(&*self.inner, client, query).await;
+        match result {
+            Ok(responses) => Ok(responses.into_iter().map(|response| record.watch(response)).collect()),
+            Err(error) => {
+                record.failed(&error);
+                Err(error)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for AuditedSession {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.inner.query_parser()
+    }
+
+    /// A statement refused while parsing (a write, bad SQL) never executes:
+    /// it is recorded here.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let sql = message.query.clone();
+        let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_string());
+        let result = self.inner.on_parse(client, message).await;
+        match &result {
+            Ok(()) => _ = self.prepared_sql.lock().expect("prepared SQL").insert(name, sql),
+            Err(error) => self.begin(&sql, "extended", None).failed(error),
+        }
+        result
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = self.prepared_sql.lock().expect("prepared SQL").get(&portal.statement.id).cloned();
+        let sql = prepared.as_deref().unwrap_or(&portal.statement.statement.0);
+        let record = self.begin(sql, "extended", Some(parameter_values(portal)));
+        let result = ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
+        match result {
+            Ok(response) => Ok(record.watch(response)),
+            Err(error) => {
+                record.failed(&error);
+                Err(error)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_parameters_read_by_their_planned_type() {
+        let text = decode_binary(Some(&DataType::Utf8), b"alice");
+        assert_eq!(text, Some(json!("alice")));
+        assert_eq!(decode_binary(Some(&DataType::Int64), &7i64.to_be_bytes()), Some(json!(7)));
+        assert_eq!(decode_binary(Some(&DataType::Int32), &(-3i32).to_be_bytes()), Some(json!(-3)));
+        assert_eq!(decode_binary(Some(&DataType::Boolean), &[1]), Some(json!(true)));
+        // 2026-11-20T08:00:00Z is 848 476 800 s after 2000-01-01.
+        let micros = 848_476_800_000_000i64.to_be_bytes();
+        let time = decode_binary(
+            Some(&DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None)),
+            &micros,
+        );
+        assert_eq!(time, Some(json!("2026-11-20T08:00:00Z")));
+        assert_eq!(decode_binary(None, b"x"), None);
+        assert_eq!(decode_binary(Some(&DataType::Int64), &[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn cuts_on_character_boundaries() {
+        assert_eq!(cut("select 1", 100), ("select 1", false));
+        assert_eq!(cut("äöü", 3), ("ä", true));
+        assert_eq!(cut("äöü", 4), ("äö", true));
+    }
+}
