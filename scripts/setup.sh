@@ -3,8 +3,11 @@
 # Debian machine:
 # - the real `psql` client the integration tests drive;
 # - a Python venv with DuckDB (PyPI), which the tests use to prove segments are
-#   plain Parquet that other engines read, and moto's S3 server (PyPI), the
-#   S3-compatible bucket the object-storage tests keep segments in.
+#   plain Parquet that other engines read, moto's S3 server (PyPI), the
+#   S3-compatible bucket the object-storage tests keep segments in, and the
+#   Python clients the client tests drive (psycopg 3, SQLAlchemy, pandas);
+# - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
+#   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -28,3 +31,23 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/pip" install -q 'moto[server]>=5,<6'
 fi
 "$venv/bin/python" -c 'import moto; print("moto", moto.__version__)' >&2
+if ! "$venv/bin/python" -c 'import psycopg, sqlalchemy, pandas' >/dev/null 2>&1; then
+  echo "installing psycopg, SQLAlchemy and pandas into $venv for the client tests" >&2
+  "$venv/bin/pip" install -q 'psycopg[binary]>=3.1,<4' 'sqlalchemy>=2,<3' 'pandas>=2,<3'
+fi
+"$venv/bin/python" -c 'import psycopg, sqlalchemy, pandas; print("psycopg", psycopg.__version__, "sqlalchemy", sqlalchemy.__version__, "pandas", pandas.__version__)' >&2
+
+node_dir="$HOME/.cache/auditlake-node"
+if [ ! -d "$node_dir/node_modules/pg" ]; then
+  echo "installing node pg into $node_dir for the client tests" >&2
+  mkdir -p "$node_dir"
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund 'pg@8' >/dev/null)
+fi
+node -e "console.log('node pg', require('$node_dir/node_modules/pg/package.json').version)" >&2
+
+if [ ! -f /usr/share/java/postgresql.jar ] || ! command -v javac >/dev/null 2>&1; then
+  echo "installing the PostgreSQL JDBC driver and a JDK for the client tests" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >/dev/null
+fi
+ls /usr/share/java/postgresql.jar >&2

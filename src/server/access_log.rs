@@ -28,12 +28,11 @@ use datafusion_postgres::DfSessionService;
 use futures::{Sink, Stream};
 use pgwire::api::portal::Portal;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{Response, SendableRowStream};
+use pgwire::api::results::Response;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
-use pgwire::messages::data::DataRow;
 use pgwire::messages::extendedquery::Parse;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -236,10 +235,14 @@ impl StatementRecord {
     fn watch(self: &Arc<Self>, response: Response) -> Response {
         match response {
             Response::Query(mut query) => {
-                self.tally().open_streams += 1;
                 let rows = std::mem::replace(&mut query.data_rows, Box::pin(futures::stream::empty()));
-                query.data_rows = Box::pin(CountedRows { rows, count: 0, record: Arc::clone(self), ended: false });
+                query.data_rows = Box::pin(self.count(rows));
                 Response::Query(query)
+            }
+            Response::CopyOut(mut copy) => {
+                let rows = std::mem::replace(&mut copy.data_stream, Box::pin(futures::stream::empty()));
+                copy.data_stream = Box::pin(self.count(rows));
+                Response::CopyOut(copy)
             }
             Response::Error(info) => {
                 let mut tally = self.tally();
@@ -251,6 +254,11 @@ impl StatementRecord {
             }
             other => other,
         }
+    }
+
+    fn count<T>(self: &Arc<Self>, rows: RowStream<T>) -> CountedRows<T> {
+        self.tally().open_streams += 1;
+        CountedRows { rows, count: 0, record: Arc::clone(self), ended: false }
     }
 
     fn stream_ended(&self, rows: u64, ended: bool) {
@@ -306,16 +314,19 @@ fn sqlstate_and_message(error: &PgWireError) -> (String, String) {
     }
 }
 
+/// Rows on their way to the client: data rows, or COPY data.
+type RowStream<T> = Pin<Box<dyn Stream<Item = PgWireResult<T>> + Send>>;
+
 /// A result's rows on their way to the client, counted.
-struct CountedRows {
-    rows: SendableRowStream,
+struct CountedRows<T> {
+    rows: RowStream<T>,
     count: u64,
     record: Arc<StatementRecord>,
     ended: bool,
 }
 
-impl Stream for CountedRows {
-    type Item = PgWireResult<DataRow>;
+impl<T> Stream for CountedRows<T> {
+    type Item = PgWireResult<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let polled = self.rows.as_mut().poll_next(cx);
@@ -332,7 +343,7 @@ impl Stream for CountedRows {
     }
 }
 
-impl Drop for CountedRows {
+impl<T> Drop for CountedRows<T> {
     fn drop(&mut self) {
         if !self.ended {
             self.record.stream_ended(self.count, false);

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{CopyTarget, Statement};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::HookClient;
@@ -55,6 +55,8 @@ use auth::{Login, LoginPolicy};
 
 pub mod access_log;
 pub mod auth;
+mod compat;
+mod copy_out;
 pub mod users;
 
 /// Default cap on concurrent Postgres connections.
@@ -238,8 +240,11 @@ impl ConnectionHandlers {
             .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;
+        compat::register(&ctx);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),
+            Arc::new(copy_out::CopyToClientHook),
+            Arc::new(compat::SavepointHook),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
@@ -278,12 +283,25 @@ impl PgWireServerHandlers for ConnectionHandlers {
 struct ReadOnlyHook;
 
 fn read_only_error(statement: &Statement) -> PgWireError {
-    let verb = query::statement_verb(statement);
-    PgWireError::UserError(Box::new(ErrorInfo::new(
-        "ERROR".into(),
-        "25006".into(),
-        format!("cannot execute {verb}: the auditlake SQL endpoint is read-only"),
-    )))
+    let (code, message) = match statement {
+        // As PostgreSQL answers a user without pg_read/write_server_files.
+        Statement::Copy { target: CopyTarget::File { .. } | CopyTarget::Program { .. }, .. } => (
+            "42501",
+            "COPY to or from a file or program on the server is not allowed; use COPY ... TO STDOUT \
+             (psql's \\copy ... to 'file') to save rows on the client"
+                .to_string(),
+        ),
+        _ => {
+            let verb = query::statement_verb(statement);
+            ("25006", format!("cannot execute {verb}: the auditlake SQL endpoint is read-only"))
+        }
+    };
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
+}
+
+/// Reads, and copies of query results to the client.
+fn allowed(statement: &Statement) -> bool {
+    query::is_read_only(statement) || copy_out::is_copy_to_client(statement) || compat::is_savepoint(statement)
 }
 
 #[async_trait]
@@ -294,7 +312,7 @@ impl QueryHook for ReadOnlyHook {
         _session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        (!query::is_read_only(statement)).then(|| Err(read_only_error(statement)))
+        (!allowed(statement)).then(|| Err(read_only_error(statement)))
     }
 
     async fn handle_extended_parse_query(
@@ -303,7 +321,7 @@ impl QueryHook for ReadOnlyHook {
         _session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        (!query::is_read_only(statement)).then(|| Err(read_only_error(statement)))
+        (!allowed(statement)).then(|| Err(read_only_error(statement)))
     }
 
     async fn handle_extended_query(

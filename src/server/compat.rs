@@ -1,0 +1,359 @@
+//! PostgreSQL functions that drivers, ORMs and BI tools call when they
+//! connect or look at the schema, which neither DataFusion nor
+//! datafusion-postgres' catalog emulation provides (or provides in a shape
+//! clients reject). Each is registered in every connection's session.
+//!
+//! Also the statements they wrap around their work that have no meaning on
+//! a read-only endpoint (savepoints), answered as PostgreSQL would.
+//!
+//! They describe the server and the one table; they never read events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Int32Array, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::cast::as_string_array;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::plan_err;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{DFSchema, ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::functions_aggregate::expr_fn::max;
+use datafusion::logical_expr::expr::Like;
+use datafusion::logical_expr::{
+    ColumnarValue, EmptyRelation, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, create_udf,
+};
+use datafusion::logical_expr::{LogicalPlanBuilder, Subquery};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::QueryHook;
+use datafusion_postgres::hooks::HookClient;
+use pgwire::api::results::{Response, Tag};
+use pgwire::api::{ClientInfo, Type};
+use pgwire::error::PgWireResult;
+
+/// What `version()` answers: PostgreSQL's shape first, because clients parse
+/// it (SQLAlchemy refuses to connect to a server whose version string does
+/// not start with `PostgreSQL N.N`); the protocol and catalog we emulate are
+/// PostgreSQL 15's.
+pub fn version_string() -> String {
+    format!(
+        "PostgreSQL 15.0 (auditlake {}, Apache DataFusion {}) on {}-linux, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION,
+        std::env::consts::ARCH
+    )
+}
+
+fn constant_text(name: &str, value: String) -> ScalarUDF {
+    let value = ScalarValue::Utf8(Some(value));
+    create_udf(
+        name,
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(value.clone()))),
+    )
+}
+
+/// The oid of each built-in type by name (`text`, `int8`, `timestamptz`, ...).
+static BUILT_IN_TYPES: LazyLock<HashMap<String, i32>> = LazyLock::new(|| {
+    (0..=MAX_BUILT_IN_TYPE_OID)
+        .filter_map(|oid| Type::from_oid(oid).map(|t| (t.name().to_string(), oid as i32)))
+        .collect()
+});
+/// Built-in type oids stay below this (PostgreSQL 15's highest is 4600s).
+const MAX_BUILT_IN_TYPE_OID: u32 = 10_000;
+
+/// `to_regtype(name)`: the type's oid, or NULL for a type this server does
+/// not have (psycopg asks for `hstore` this way when SQLAlchemy connects).
+fn to_regtype() -> ScalarUDF {
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let names = match &args[0] {
+                ColumnarValue::Array(array) => Arc::clone(array),
+                ColumnarValue::Scalar(scalar) => scalar.to_array()?,
+            };
+            let names = as_string_array(&names)?;
+            let oids: Int32Array = names.iter().map(|name| name.and_then(|n| BUILT_IN_TYPES.get(n).copied())).collect();
+            Ok(ColumnarValue::Array(Arc::new(oids)))
+        }),
+    )
+}
+
+/// A LIKE pattern written with escape character `escape`, rewritten for
+/// the backslash, the only escape DataFusion's LIKE takes.
+fn pattern_for_backslash(pattern: &str, escape: char) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c == escape => {
+                out.push('\\');
+                out.extend(chars.next());
+            }
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn like_pattern_for_backslash(escape: char) -> ScalarUDF {
+    create_udf(
+        "auditlake_like_pattern_for_backslash",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let patterns = match &args[0] {
+                ColumnarValue::Array(array) => Arc::clone(array),
+                ColumnarValue::Scalar(scalar) => scalar.cast_to(&DataType::Utf8)?.to_array()?,
+            };
+            let rewritten: StringArray =
+                as_string_array(&patterns)?.iter().map(|p| p.map(|p| pattern_for_backslash(p, escape))).collect();
+            Ok(ColumnarValue::Array(Arc::new(rewritten)))
+        }),
+    )
+}
+
+/// Plan rewrites for what catalog queries of clients use and DataFusion
+/// does not run as written:
+/// - `x LIKE p ESCAPE '/'` (SQLAlchemy's schema listing) becomes `x LIKE p'`
+///   with `p'` escaped by backslashes, the only escape DataFusion's LIKE takes;
+/// - a correlated scalar subquery that is not an aggregate (SQLAlchemy's
+///   column introspection: `(select pg_get_expr(...) from pg_attrdef where
+///   ...)`) gets `max(...)` around its one column, which DataFusion needs to
+///   decorrelate it. PostgreSQL would fail if such a subquery returned two
+///   rows; over the catalog they return at most one.
+///
+/// Both work on the plan, never on SQL text.
+#[derive(Debug)]
+struct ClientCatalogRule;
+
+fn rewrite_for_datafusion(expr: Expr) -> datafusion::error::Result<Transformed<Expr>> {
+    match expr {
+        Expr::Like(like) if like.escape_char.is_some_and(|c| c != '\\') => {
+            let escape = like.escape_char.unwrap_or('\\');
+            let pattern = like_pattern_for_backslash(escape).call(vec![*like.pattern]);
+            Ok(Transformed::yes(Expr::Like(Like { escape_char: None, pattern: Box::new(pattern), ..like })))
+        }
+        Expr::ScalarSubquery(subquery) if !subquery.outer_ref_columns.is_empty() && !aggregated(&subquery.subquery) => {
+            let plan = subquery.subquery.as_ref().clone();
+            let [column] = plan.schema().columns().try_into().map_err(|columns: Vec<_>| {
+                DataFusionError::Plan(format!("a scalar subquery returns one column, not {}", columns.len()))
+            })?;
+            let name = column.name.clone();
+            let aggregated = LogicalPlanBuilder::from(plan)
+                .aggregate(Vec::<Expr>::new(), vec![max(Expr::Column(column)).alias(name)])?
+                .build()?;
+            Ok(Transformed::yes(Expr::ScalarSubquery(Subquery { subquery: Arc::new(aggregated), ..subquery })))
+        }
+        other => Ok(Transformed::no(other)),
+    }
+}
+
+/// Whether a subquery's plan ends in an aggregate (through projections,
+/// aliases, sorts and limits).
+fn aggregated(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Aggregate(_) => true,
+        LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
+            plan.inputs().iter().all(|input| aggregated(input))
+        }
+        _ => false,
+    }
+}
+
+impl AnalyzerRule for ClientCatalogRule {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> datafusion::error::Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(rewrite_for_datafusion)))
+            .data()
+    }
+
+    fn name(&self) -> &str {
+        "auditlake_client_catalog"
+    }
+}
+
+/// `json_build_object(k1, v1, ...)`: a JSON object of the pairs, as text
+/// (SQLAlchemy's column introspection asks for it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return plan_err!("json_build_object takes pairs of keys and values, got {} arguments", args.args.len());
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let objects = (0..args.number_rows)
+            .map(|row| {
+                let mut object = serde_json::Map::new();
+                for pair in arrays.chunks(2) {
+                    let key = ScalarValue::try_from_array(&pair[0], row)?;
+                    let value = ScalarValue::try_from_array(&pair[1], row)?;
+                    object.insert(json_text(&key), json_value(&value));
+                }
+                Ok(Some(serde_json::Value::Object(object).to_string()))
+            })
+            .collect::<datafusion::error::Result<StringArray>>()?;
+        Ok(ColumnarValue::Array(Arc::new(objects)))
+    }
+}
+
+fn json_text(value: &ScalarValue) -> String {
+    match value {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn json_value(value: &ScalarValue) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        v if v.is_null() => Value::Null,
+        ScalarValue::Boolean(Some(b)) => Value::Bool(*b),
+        ScalarValue::Int8(Some(n)) => (*n).into(),
+        ScalarValue::Int16(Some(n)) => (*n).into(),
+        ScalarValue::Int32(Some(n)) => (*n).into(),
+        ScalarValue::Int64(Some(n)) => (*n).into(),
+        ScalarValue::UInt32(Some(n)) => (*n).into(),
+        ScalarValue::UInt64(Some(n)) => (*n).into(),
+        ScalarValue::Float64(Some(n)) => (*n).into(),
+        other => Value::String(json_text(other)),
+    }
+}
+
+/// `pg_get_serial_sequence(table, column)`: NULL, as for every column
+/// without a sequence (nothing here has one).
+fn pg_get_serial_sequence() -> ScalarUDF {
+    create_udf(
+        "pg_get_serial_sequence",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    )
+}
+
+/// `pg_collation_is_visible(oid)` and friends: true, one schema holds all.
+fn always_visible(name: &str) -> ScalarUDF {
+    create_udf(
+        name,
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
+    )
+}
+
+/// Registers the functions and plan rewrites in `session`.
+pub fn register(session: &SessionContext) {
+    session.register_udf(constant_text("version", version_string()));
+    session.register_udf(to_regtype());
+    session.register_udf(pg_get_serial_sequence());
+    session
+        .register_udf(ScalarUDF::from(JsonBuildObject { signature: Signature::variadic_any(Volatility::Immutable) }));
+    for name in ["pg_collation_is_visible", "pg_function_is_visible", "pg_type_is_visible"] {
+        session.register_udf(always_visible(name));
+    }
+    session.add_analyzer_rule(Arc::new(ClientCatalogRule));
+}
+
+/// Savepoints, which ORMs wrap around statements (SQLAlchemy's psycopg
+/// dialect, JDBC's autosave): nothing is ever written, so there is nothing
+/// to roll back to and each is answered as done, inside the transaction.
+#[derive(Debug)]
+pub(super) struct SavepointHook;
+
+fn savepoint_tag(statement: &Statement) -> Option<&'static str> {
+    match statement {
+        Statement::Savepoint { .. } => Some("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => Some("RELEASE"),
+        Statement::Rollback { savepoint: Some(_), .. } => Some("ROLLBACK"),
+        _ => None,
+    }
+}
+
+/// Whether `statement` is one [`SavepointHook`] answers.
+pub fn is_savepoint(statement: &Statement) -> bool {
+    savepoint_tag(statement).is_some()
+}
+
+#[async_trait]
+impl QueryHook for SavepointHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        savepoint_tag(statement).map(|tag| Ok(Response::Execution(Tag::new(tag))))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _session_context: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        savepoint_tag(statement).map(|_| {
+            let nothing = EmptyRelation { produce_one_row: false, schema: Arc::new(DFSchema::empty()) };
+            Ok(LogicalPlan::EmptyRelation(nothing))
+        })
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _logical_plan: &LogicalPlan,
+        _params: &ParamValues,
+        _session_context: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        savepoint_tag(statement).map(|tag| Ok(Response::Execution(Tag::new(tag))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_move_to_the_backslash_escape() {
+        assert_eq!(pattern_for_backslash("pg/_%", '/'), "pg\\_%");
+        assert_eq!(pattern_for_backslash("a//b", '/'), "a\\/b");
+        assert_eq!(pattern_for_backslash("c:\\x", '/'), "c:\\\\x");
+    }
+
+    #[test]
+    fn built_in_types_by_name() {
+        assert_eq!(BUILT_IN_TYPES.get("text"), Some(&25));
+        assert_eq!(BUILT_IN_TYPES.get("timestamptz"), Some(&1184));
+        assert_eq!(BUILT_IN_TYPES.get("hstore"), None);
+        assert!(version_string().starts_with("PostgreSQL 15.0 (auditlake "));
+    }
+}
