@@ -12,7 +12,10 @@
 //! [`SYSTEM_ORG_ID`] for admins and unknown names), the client address and
 //! application, the SQL text and its parameters.
 //!
-//! It never records a password, nor any value a statement returned.
+//! It never records a password, nor any value a statement returned. Errors
+//! pass through [`classify`](super::sqlstate::classify) here, the one place
+//! every statement's outcome goes by, so clients and records see the same
+//! SQLSTATE.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -38,6 +41,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
+use super::sqlstate::classify;
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
 use crate::query::StatementCancel;
 use crate::storage::{Storage, StorageError};
@@ -329,7 +333,10 @@ impl<T> Stream for CountedRows<T> {
     type Item = PgWireResult<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let polled = self.rows.as_mut().poll_next(cx);
+        let polled = match self.rows.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(classify(error)))),
+            other => other,
+        };
         match &polled {
             Poll::Ready(Some(Ok(_))) => self.count += 1,
             Poll::Ready(Some(Err(error))) => self.record.failed(error),
@@ -452,7 +459,7 @@ impl SimpleQueryHandler for AuditedSession {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let record = self.begin(query, "simple", None);
-        let result = SimpleQueryHandler::do_query(&*self.inner, client, query).await;
+        let result = SimpleQueryHandler::do_query(&*self.inner, client, query).await.map_err(classify);
         match result {
             Ok(responses) => Ok(responses.into_iter().map(|response| record.watch(response)).collect()),
             Err(error) => {
@@ -483,7 +490,7 @@ impl ExtendedQueryHandler for AuditedSession {
     {
         let sql = message.query.clone();
         let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_string());
-        let result = self.inner.on_parse(client, message).await;
+        let result = self.inner.on_parse(client, message).await.map_err(classify);
         match &result {
             Ok(()) => _ = self.prepared_sql.lock().expect("prepared SQL").insert(name, sql),
             Err(error) => self.begin(&sql, "extended", None).failed(error),
@@ -506,7 +513,7 @@ impl ExtendedQueryHandler for AuditedSession {
         let prepared = self.prepared_sql.lock().expect("prepared SQL").get(&portal.statement.id).cloned();
         let sql = prepared.as_deref().unwrap_or(&portal.statement.statement.0);
         let record = self.begin(sql, "extended", Some(parameter_values(portal)));
-        let result = ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await;
+        let result = ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await.map_err(classify);
         match result {
             Ok(response) => Ok(record.watch(response)),
             Err(error) => {

@@ -57,6 +57,7 @@ pub mod access_log;
 pub mod auth;
 mod compat;
 mod copy_out;
+mod sqlstate;
 pub mod users;
 
 /// Default cap on concurrent Postgres connections.

@@ -111,17 +111,43 @@ async fn the_sql_endpoint_is_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let pg = server.pg().await;
-    for sql in [
-        "drop table audit_events",
-        "create table t (a int)",
-        "insert into audit_events (id) values ('x')",
-        "delete from audit_events",
+    for (sql, code) in [
+        ("drop table audit_events", "25006"),
+        ("create table t (a int)", "25006"),
+        ("insert into audit_events (id) values ('x')", "25006"),
+        ("delete from audit_events", "25006"),
+        ("update audit_events set org_id = 'x'", "25006"),
+        ("truncate audit_events", "25006"),
+        ("alter table audit_events add column x int", "25006"),
+        ("create view v as select 1", "25006"),
+        ("grant select on audit_events to public", "25006"),
+        ("copy audit_events from stdin", "25006"),
+        ("create external table t stored as parquet location '/etc'", "25006"),
+        // Server files, as PostgreSQL refuses them to unprivileged users.
+        ("copy audit_events to '/tmp/auditlake-copy.csv'", "42501"),
+        ("copy audit_events from '/etc/passwd'", "42501"),
+        ("copy (select 1) to program 'id'", "42501"),
     ] {
         let err = pg.simple_query(sql).await.expect_err(sql);
         let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
-        assert_eq!(db.code().code(), "25006", "{sql}: {}", db.message());
+        assert_eq!(db.code().code(), code, "{sql}: {}", db.message());
         let err = pg.prepare(sql).await.expect_err(sql);
-        assert_eq!(err.as_db_error().unwrap().code().code(), "25006", "{sql} (extended)");
+        assert_eq!(err.as_db_error().unwrap().code().code(), code, "{sql} (extended)");
+    }
+    assert!(!std::path::Path::new("/tmp/auditlake-copy.csv").exists());
+    // Files cannot be read by other routes either: paths are not tables and
+    // file-reading table functions do not exist; unknown names get their class.
+    for (sql, code) in [
+        ("create external table t stored as csv location '/etc/passwd'", "42601"),
+        ("select * from '/etc/passwd'", "42P01"),
+        ("select * from read_csv('/etc/passwd')", "42883"),
+        ("select * from no_such_table", "42P01"),
+        ("select no_such_function(1)", "42883"),
+        ("select no_such_column from audit_events", "42703"),
+    ] {
+        let err = pg.simple_query(sql).await.expect_err(sql);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), code, "{sql}: {}", db.message());
     }
     let rows = pg.query(&format!("select count(*) from audit_events where {APP}"), &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 0, "the table is still there");
@@ -199,6 +225,7 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     canceller.await.unwrap();
     let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_else(|| error.to_string());
     assert!(message.contains("canceling statement due to user request"), "{message}");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "query_canceled, as PostgreSQL answers");
     // Well before the 60 s statement timeout: execution stopped, not only planning.
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
 

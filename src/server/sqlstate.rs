@@ -1,0 +1,84 @@
+//! The one mapping of query errors to SQLSTATE codes. DataFusion reports
+//! every failure as its own error type, which pgwire would send as `XX000`
+//! (internal error); clients (and the self-audit records) need the class of
+//! what went wrong: bad SQL, an unknown name, a limit, a cancel.
+//!
+//! It changes only the code, never the message.
+
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::parser::ParserError;
+use pgwire::error::{ErrorInfo, PgWireError};
+
+/// `error` with the SQLSTATE its cause calls for, when we know one.
+pub fn classify(error: PgWireError) -> PgWireError {
+    let code = match &error {
+        PgWireError::ApiError(inner) if inner.is::<ParserError>() => Some("42601"),
+        PgWireError::ApiError(inner) => match inner.downcast_ref::<DataFusionError>() {
+            Some(cause) => sqlstate(cause.find_root()),
+            None => None,
+        },
+        _ => None,
+    };
+    match code {
+        Some(code) => PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), error_text(&error)))),
+        None => error,
+    }
+}
+
+fn error_text(error: &PgWireError) -> String {
+    match error {
+        PgWireError::ApiError(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
+    Some(match cause {
+        DataFusionError::SQL(..) => "42601",
+        DataFusionError::SchemaError(error, _) => match error.as_ref() {
+            SchemaError::FieldNotFound { .. } => "42703",
+            SchemaError::AmbiguousReference { .. } => "42702",
+            _ => "42P18",
+        },
+        DataFusionError::Plan(message)
+            if message.contains("Invalid function") || message.starts_with("table function '") =>
+        {
+            "42883"
+        }
+        DataFusionError::Plan(message) if message.starts_with("table '") && message.ends_with("not found") => "42P01",
+        DataFusionError::Plan(_) => "42804",
+        DataFusionError::NotImplemented(_) => "0A000",
+        // Our statement limits: too many rows, or out of memory.
+        DataFusionError::ResourcesExhausted(message) if message.contains("rows") => "54000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::Execution(message) if message.starts_with("canceling statement") => "57014",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(error: DataFusionError) -> String {
+        match classify(PgWireError::ApiError(Box::new(error))) {
+            PgWireError::UserError(info) => info.code,
+            other => format!("unclassified: {other}"),
+        }
+    }
+
+    #[test]
+    fn causes_map_to_their_class() {
+        let cancel = DataFusionError::Execution("canceling statement due to user request".into());
+        assert_eq!(code(cancel), "57014");
+        let wrapped = DataFusionError::Context(
+            "while streaming".into(),
+            Box::new(DataFusionError::Execution("canceling statement after the statement timeout".into())),
+        );
+        assert_eq!(code(wrapped), "57014");
+        assert_eq!(code(DataFusionError::Plan("table 'auditlake.public.x' not found".into())), "42P01");
+        assert_eq!(code(DataFusionError::ResourcesExhausted("more than 10 rows".into())), "54000");
+        assert!(code(DataFusionError::Internal("bug".into())).starts_with("unclassified"));
+    }
+}
