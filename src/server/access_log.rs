@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
+use super::compat::refuse_nulled_subqueries;
 use super::sqlstate::classify;
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
 use crate::query::StatementCancel;
@@ -459,7 +460,10 @@ impl SimpleQueryHandler for AuditedSession {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let record = self.begin(query, "simple", None);
-        let result = SimpleQueryHandler::do_query(&*self.inner, client, query).await.map_err(classify);
+        let result = match refuse_nulled_subqueries(query) {
+            Ok(()) => SimpleQueryHandler::do_query(&*self.inner, client, query).await.map_err(classify),
+            Err(refused) => Err(refused),
+        };
         match result {
             Ok(responses) => Ok(responses.into_iter().map(|response| record.watch(response)).collect()),
             Err(error) => {
@@ -490,7 +494,10 @@ impl ExtendedQueryHandler for AuditedSession {
     {
         let sql = message.query.clone();
         let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_string());
-        let result = self.inner.on_parse(client, message).await.map_err(classify);
+        let result = match refuse_nulled_subqueries(&sql) {
+            Ok(()) => self.inner.on_parse(client, message).await.map_err(classify),
+            Err(refused) => Err(refused),
+        };
         match &result {
             Ok(()) => _ = self.prepared_sql.lock().expect("prepared SQL").insert(name, sql),
             Err(error) => self.begin(&sql, "extended", None).failed(error),

@@ -8,7 +8,8 @@
 //!
 //! They describe the server and the one table; they never read events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -19,22 +20,24 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::plan_err;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, ParamValues, ScalarValue};
-use datafusion::error::DataFusionError;
-use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::logical_expr::expr::Like;
 use datafusion::logical_expr::{
     ColumnarValue, EmptyRelation, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility, create_udf,
 };
-use datafusion::logical_expr::{LogicalPlanBuilder, Subquery};
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
+    visit_expressions,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::HookClient;
 use pgwire::api::results::{Response, Tag};
 use pgwire::api::{ClientInfo, Type};
-use pgwire::error::PgWireResult;
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 
 /// What `version()` answers: PostgreSQL's shape first, because clients parse
 /// it (SQLAlchemy refuses to connect to a server whose version string does
@@ -125,58 +128,26 @@ fn like_pattern_for_backslash(escape: char) -> ScalarUDF {
     )
 }
 
-/// Plan rewrites for what catalog queries of clients use and DataFusion
-/// does not run as written:
-/// - `x LIKE p ESCAPE '/'` (SQLAlchemy's schema listing) becomes `x LIKE p'`
-///   with `p'` escaped by backslashes, the only escape DataFusion's LIKE takes;
-/// - a correlated scalar subquery that is not an aggregate (SQLAlchemy's
-///   column introspection: `(select pg_get_expr(...) from pg_attrdef where
-///   ...)`) gets `max(...)` around its one column, which DataFusion needs to
-///   decorrelate it. PostgreSQL would fail if such a subquery returned two
-///   rows; over the catalog they return at most one.
-///
-/// Both work on the plan, never on SQL text.
+/// `x LIKE p ESCAPE '/'` (SQLAlchemy's schema listing) as `x LIKE p'` with
+/// `p'` escaped by backslashes, on the plan (never on SQL text): DataFusion
+/// refuses any other escape character at execution.
 #[derive(Debug)]
 struct ClientCatalogRule;
 
-fn rewrite_for_datafusion(expr: Expr) -> datafusion::error::Result<Transformed<Expr>> {
+fn like_with_backslash(expr: Expr) -> datafusion::error::Result<Transformed<Expr>> {
     match expr {
         Expr::Like(like) if like.escape_char.is_some_and(|c| c != '\\') => {
             let escape = like.escape_char.unwrap_or('\\');
             let pattern = like_pattern_for_backslash(escape).call(vec![*like.pattern]);
             Ok(Transformed::yes(Expr::Like(Like { escape_char: None, pattern: Box::new(pattern), ..like })))
         }
-        Expr::ScalarSubquery(subquery) if !subquery.outer_ref_columns.is_empty() && !aggregated(&subquery.subquery) => {
-            let plan = subquery.subquery.as_ref().clone();
-            let [column] = plan.schema().columns().try_into().map_err(|columns: Vec<_>| {
-                DataFusionError::Plan(format!("a scalar subquery returns one column, not {}", columns.len()))
-            })?;
-            let name = column.name.clone();
-            let aggregated = LogicalPlanBuilder::from(plan)
-                .aggregate(Vec::<Expr>::new(), vec![max(Expr::Column(column)).alias(name)])?
-                .build()?;
-            Ok(Transformed::yes(Expr::ScalarSubquery(Subquery { subquery: Arc::new(aggregated), ..subquery })))
-        }
         other => Ok(Transformed::no(other)),
-    }
-}
-
-/// Whether a subquery's plan ends in an aggregate (through projections,
-/// aliases, sorts and limits).
-fn aggregated(plan: &LogicalPlan) -> bool {
-    match plan {
-        LogicalPlan::Aggregate(_) => true,
-        LogicalPlan::Projection(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) => {
-            plan.inputs().iter().all(|input| aggregated(input))
-        }
-        _ => false,
     }
 }
 
 impl AnalyzerRule for ClientCatalogRule {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> datafusion::error::Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(rewrite_for_datafusion)))
-            .data()
+        plan.transform_up_with_subqueries(|node| node.map_expressions(|e| e.transform_up(like_with_backslash))).data()
     }
 
     fn name(&self) -> &str {
@@ -343,6 +314,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn correlated_select_list_subqueries_over_audit_events_are_refused() {
+        let refused = |sql: &str| refuse_nulled_subqueries(sql).is_err();
+        assert!(refused(
+            "select a.actor_id, (select count(*) from audit_events b where b.actor_id = a.actor_id) from audit_events a"
+        ));
+        assert!(refused("select id, (select max(seq) from audit_events x where x.org_id = $1) as m from audit_events"));
+        assert!(!refused("select (select max(seq) from audit_events) as newest"));
+        assert!(!refused("select actor_id from audit_events where seq = (select max(seq) from audit_events)"));
+        // Catalog queries keep datafusion-postgres' behaviour (BI tools need them to plan).
+        assert!(!refused(
+            "select c.relname, (select n.nspname from pg_namespace n where n.oid = c.relnamespace) from pg_class c"
+        ));
+    }
+
+    #[test]
     fn like_patterns_move_to_the_backslash_escape() {
         assert_eq!(pattern_for_backslash("pg/_%", '/'), "pg\\_%");
         assert_eq!(pattern_for_backslash("a//b", '/'), "a\\/b");
@@ -356,4 +342,84 @@ mod tests {
         assert_eq!(BUILT_IN_TYPES.get("hstore"), None);
         assert!(version_string().starts_with("PostgreSQL 15.0 (auditlake "));
     }
+}
+
+/// datafusion-postgres' SQL rewriting replaces every correlated subquery in
+/// a select list with NULL (so catalog queries of BI tools plan), and the
+/// answer is silently wrong. Over `audit_events` that would be a false
+/// finding in an investigation, so such a statement is refused (with the
+/// same test of "correlated" that rewriting uses) before it is parsed there.
+pub fn refuse_nulled_subqueries(sql: &str) -> PgWireResult<()> {
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Ok(()); // the normal path reports the syntax error
+    };
+    let mut check = NulledSubqueries::default();
+    for statement in &statements {
+        let _ = statement.visit(&mut check);
+    }
+    if check.reads_audit_events && check.correlated {
+        return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "0A000".into(),
+            "a subquery in the select list that refers to the outer query is not supported over audit_events \
+             (it would answer NULL); write it as a join or move it to WHERE"
+                .into(),
+        ))));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct NulledSubqueries {
+    reads_audit_events: bool,
+    correlated: bool,
+}
+
+impl Visitor for NulledSubqueries {
+    type Break = ();
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        let last = relation.0.last().and_then(|part| part.as_ident()).map(|ident| ident.value.to_lowercase());
+        self.reads_audit_events |= last.as_deref() == Some("audit_events");
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_ref() {
+            for item in &select.projection {
+                if let SelectItem::UnnamedExpr(SqlExpr::Subquery(subquery))
+                | SelectItem::ExprWithAlias { expr: SqlExpr::Subquery(subquery), .. } = item
+                {
+                    self.correlated |= refers_outside(subquery);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Whether a subquery names a table it does not alias itself, or holds a
+/// parameter: what the rewriting treats as correlated.
+fn refers_outside(subquery: &Query) -> bool {
+    let SetExpr::Select(select) = subquery.body.as_ref() else { return false };
+    let mut aliases = HashSet::new();
+    for from in &select.from {
+        for factor in std::iter::once(&from.relation).chain(from.joins.iter().map(|join| &join.relation)) {
+            if let TableFactor::Table { alias: Some(alias), .. } = factor {
+                aliases.insert(alias.name.value.clone());
+            }
+        }
+    }
+    let mut outside = false;
+    let _ = visit_expressions(subquery, |expr| {
+        match expr {
+            SqlExpr::Value(value) if matches!(value.value, Value::Placeholder(_)) => outside = true,
+            SqlExpr::CompoundIdentifier(idents) if idents.first().is_some_and(|i| !aliases.contains(&i.value)) => {
+                outside = true
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    outside
 }

@@ -136,7 +136,8 @@ async fn the_sql_endpoint_is_read_only() {
     }
     assert!(!std::path::Path::new("/tmp/auditlake-copy.csv").exists());
     // Files cannot be read by other routes either: paths are not tables and
-    // file-reading table functions do not exist; unknown names get their class.
+    // file-reading table functions do not exist; unknown names get their class;
+    // what cannot be answered right is refused, not answered wrong.
     for (sql, code) in [
         ("create external table t stored as csv location '/etc/passwd'", "42601"),
         ("select * from '/etc/passwd'", "42P01"),
@@ -144,6 +145,11 @@ async fn the_sql_endpoint_is_read_only() {
         ("select * from no_such_table", "42P01"),
         ("select no_such_function(1)", "42883"),
         ("select no_such_column from audit_events", "42703"),
+        // Would silently answer NULL (datafusion-postgres' rewriting): refused.
+        (
+            "select a.id, (select count(*) from audit_events b where b.actor_id = a.actor_id) from audit_events a",
+            "0A000",
+        ),
     ] {
         let err = pg.simple_query(sql).await.expect_err(sql);
         let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
