@@ -56,6 +56,9 @@ enum UserCommand {
         /// The user sees only this organisation's events.
         #[arg(long)]
         org: Option<String>,
+        /// This user's longest statement, instead of the server's --statement-timeout-ms.
+        #[arg(long)]
+        statement_timeout_ms: Option<u64>,
         #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
         data_dir: PathBuf,
     },
@@ -310,7 +313,7 @@ async fn run_and_print(target: &TargetArgs, sql: &str) -> anyhow::Result<()> {
 
 fn user(command: UserCommand) -> anyhow::Result<()> {
     match command {
-        UserCommand::Add { name, admin, org, data_dir } => {
+        UserCommand::Add { name, admin, org, statement_timeout_ms, data_dir } => {
             let role = match (admin, org) {
                 (true, _) => Role::Admin,
                 (false, Some(org)) => Role::Org(org),
@@ -327,12 +330,13 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
                 }
             };
             let users = Users::in_data_dir(&data_dir);
-            users.upsert(&name, role.clone(), &password)?;
+            users.upsert(&name, role.clone(), &password, statement_timeout_ms)?;
             say(&format!("User {name} ({role}) saved in {}.", users.path().display()));
         }
         UserCommand::List { data_dir } => {
             for user in Users::in_data_dir(&data_dir).load()? {
-                say(&format!("{}\t{}", user.name, user.role));
+                let timeout = user.statement_timeout_ms.map(|ms| format!("\tstatement timeout {ms} ms"));
+                say(&format!("{}\t{}{}", user.name, user.role, timeout.unwrap_or_default()));
             }
         }
         UserCommand::Remove { name, data_dir } => {
@@ -462,7 +466,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         // this is the one moment it can be shown.
         let password: String =
             rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric).take(20).map(char::from).collect();
-        Users::in_data_dir(&args.serve.data_dir).upsert(DEMO_USER, Role::Admin, &password)?;
+        Users::in_data_dir(&args.serve.data_dir).upsert(DEMO_USER, Role::Admin, &password, None)?;
         format!("postgresql://{DEMO_USER}:{password}@{pg}/auditlake")
     };
     server::check_auth(&args.serve.auth(), pg)?;

@@ -112,6 +112,27 @@ impl StatementCancel {
     }
 }
 
+/// A session's statement timeout: the server's default until a login sets
+/// the user's own (`auditlake user add --statement-timeout-ms`).
+#[derive(Debug, Clone)]
+pub struct SessionTimeout {
+    millis: Arc<AtomicU64>,
+}
+
+impl SessionTimeout {
+    pub fn new(timeout: Duration) -> Self {
+        SessionTimeout { millis: Arc::new(AtomicU64::new(timeout.as_millis() as u64)) }
+    }
+
+    pub fn set(&self, timeout: Duration) {
+        self.millis.store(timeout.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.millis.load(Ordering::SeqCst))
+    }
+}
+
 /// The limits one statement runs under. As a plan node, it passes its
 /// input's rows through until the statement runs out of time or returns too
 /// many rows, then ends it with an error. Errors of running out of memory
@@ -119,7 +140,7 @@ impl StatementCancel {
 /// reworded the error (e.g. after failing to spill).
 #[derive(Debug, Clone)]
 pub(super) struct StatementLimits {
-    pub statement_timeout: Duration,
+    pub statement_timeout: SessionTimeout,
     pub max_result_rows: u64,
     /// Only to name the limit in errors.
     pub query_memory_bytes: usize,
@@ -132,15 +153,16 @@ impl PassThrough for StatementLimits {
     const NAME: &'static str = "StatementLimitsExec";
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "timeout_ms={}, max_result_rows={}", self.statement_timeout.as_millis(), self.max_result_rows)
+        write!(f, "timeout_ms={}, max_result_rows={}", self.statement_timeout.get().as_millis(), self.max_result_rows)
     }
 
     fn wrap(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+        let timeout = self.statement_timeout.get();
         Box::pin(LimitedStream {
             schema: input.schema(),
             input,
-            timeout: self.statement_timeout,
-            deadline_at: tokio::time::Instant::now() + self.statement_timeout,
+            timeout,
+            deadline_at: tokio::time::Instant::now() + timeout,
             deadline: None,
             rows: 0,
             max_rows: self.max_result_rows,

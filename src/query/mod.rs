@@ -52,7 +52,7 @@ mod pruning;
 mod scan_exec;
 mod segment_cache;
 
-pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits, StatementCancel};
+pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits, SessionTimeout, StatementCancel};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
 
@@ -391,30 +391,52 @@ pub fn statement_verb(statement: &Statement) -> String {
 /// Its scope is the data directory owner's (every event); see
 /// [`new_scoped_session_context`] for sessions of logged-in users.
 pub fn new_session_context(storage: &Storage, limits: &QueryLimits) -> Result<SessionContext> {
-    new_scoped_session_context(storage, limits, owner_scope(), StatementCancel::default())
+    let controls = SessionControls { scope: owner_scope(), ..SessionControls::new(limits) };
+    new_scoped_session_context(storage, limits, controls)
 }
 
-/// A session that reads only what `scope` allows, once it is set, and whose
-/// running statement `cancel` stops.
+/// What a login decides about a session after it is made: whose rows it
+/// reads, how long its statements may run, and how to stop the running one.
+#[derive(Debug, Clone)]
+pub struct SessionControls {
+    pub scope: SessionScope,
+    pub timeout: SessionTimeout,
+    pub cancel: StatementCancel,
+}
+
+impl SessionControls {
+    /// Unset scope (nothing can be read until it is set), the server's timeout.
+    pub fn new(limits: &QueryLimits) -> Self {
+        SessionControls {
+            scope: SessionScope::default(),
+            timeout: SessionTimeout::new(limits.statement_timeout),
+            cancel: StatementCancel::default(),
+        }
+    }
+}
+
+/// A session that reads only what its controls' scope allows, once it is
+/// set, under their timeout and cancel.
 pub fn new_scoped_session_context(
     storage: &Storage,
     limits: &QueryLimits,
-    scope: SessionScope,
-    cancel: StatementCancel,
+    controls: SessionControls,
 ) -> Result<SessionContext> {
-    let table = AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), scope);
-    session_with_cancel(storage, limits, table, cancel)
+    let table = AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), controls.scope);
+    session_with_controls(storage, limits, table, controls.timeout, controls.cancel)
 }
 
 #[cfg(test)]
 fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable) -> Result<SessionContext> {
-    session_with_cancel(storage, limits, table, StatementCancel::default())
+    let timeout = SessionTimeout::new(limits.statement_timeout);
+    session_with_controls(storage, limits, table, timeout, StatementCancel::default())
 }
 
-fn session_with_cancel(
+fn session_with_controls(
     storage: &Storage,
     limits: &QueryLimits,
     table: AuditEventsTable,
+    timeout: SessionTimeout,
     cancel: StatementCancel,
 ) -> Result<SessionContext> {
     let mut config =
@@ -439,7 +461,7 @@ fn session_with_cancel(
         .build_arc()?;
     let statement_limits = limits::StatementLimitsRule {
         limits: limits::StatementLimits {
-            statement_timeout: limits.statement_timeout,
+            statement_timeout: timeout,
             max_result_rows: limits.max_result_rows,
             query_memory_bytes: limits.memory.per_query_bytes(),
             cancel,

@@ -11,6 +11,7 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -29,8 +30,8 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::access_log::{AccessLog, Accessor};
-use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, Users, sha256};
-use crate::query::{Scope, SessionScope, StatementCancel};
+use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, User, Users, sha256};
+use crate::query::{Scope, SessionControls};
 
 /// The only SASL mechanism offered (no channel binding: `-PLUS` needs TLS).
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -44,6 +45,8 @@ static BACKEND_PIDS: LazyLock<RandomPidSecretKeyGenerator> = LazyLock::new(Rando
 pub struct Identity {
     pub user: String,
     pub role: Role,
+    /// The user's own statement timeout, instead of the server's.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Identity {
@@ -81,13 +84,13 @@ pub struct LoginPolicy {
 /// The login of one connection: pgwire calls it for every startup message.
 pub struct Login {
     policy: LoginPolicy,
-    /// The query session's scope, which only a login sets.
-    scope: SessionScope,
+    /// The query session's scope and timeout, which only a login sets, and
+    /// its cancel.
+    controls: SessionControls,
     exchange: Mutex<Exchange>,
     /// Where the logged-in connection's statements become cancellable by its
     /// client's cancel requests (pid and secret key).
     running: super::RunningStatements,
-    cancel: StatementCancel,
     /// The backend pid given to the client at login.
     pid: OnceLock<i32>,
     /// Who the connection's statements are recorded as, set at login.
@@ -102,13 +105,12 @@ enum Exchange {
 }
 
 impl Login {
-    pub(crate) fn new(policy: LoginPolicy, running: super::RunningStatements, cancel: StatementCancel) -> Self {
+    pub(crate) fn new(policy: LoginPolicy, running: super::RunningStatements, controls: SessionControls) -> Self {
         Login {
             policy,
-            scope: SessionScope::default(),
+            controls,
             exchange: Mutex::new(Exchange::Start),
             running,
-            cancel,
             pid: OnceLock::new(),
             accessor: Arc::default(),
         }
@@ -137,16 +139,14 @@ impl Login {
         self.pid.get().copied()
     }
 
-    /// The scope this login sets, for the connection's query session.
-    pub fn scope(&self) -> SessionScope {
-        Arc::clone(&self.scope)
-    }
-
     /// The user's verifier, or a made-up one that no password matches.
-    fn verifier_for(&self, user: &str) -> PgWireResult<(Option<Role>, ScramVerifier)> {
+    fn verifier_for(&self, user: &str) -> PgWireResult<(Option<User>, ScramVerifier)> {
         let AuthMethod::Scram(users) = &self.policy.method else { unreachable!("only SCRAM logins exchange") };
         match users.find(user).map_err(|e| fatal("XX000", e.to_string()))? {
-            Some(found) => Ok((Some(found.role), found.verifier)),
+            Some(found) => {
+                let verifier = found.verifier.clone();
+                Ok((Some(found), verifier))
+            }
             None => {
                 let mut seed = self.policy.mock_secret.to_vec();
                 seed.extend_from_slice(user.as_bytes());
@@ -194,7 +194,7 @@ impl StartupHandler for Login {
                     return Err(self.refused(client, &user, None, error));
                 }
                 if let AuthMethod::TrustLoopback = self.policy.method {
-                    return self.logged_in(client, Identity { user, role: Role::Admin }).await;
+                    return self.logged_in(client, Identity { user, role: Role::Admin, statement_timeout: None }).await;
                 }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client
@@ -210,9 +210,11 @@ impl StartupHandler for Login {
                             return Err(PgWireError::UnsupportedSASLAuthMethod(initial.auth_method));
                         }
                         let data = initial.data.as_deref().ok_or_else(|| protocol_violation("no client-first"))?;
-                        let (role, verifier) = self.verifier_for(&user)?;
+                        let (found, verifier) = self.verifier_for(&user)?;
                         let server_nonce = BASE64.encode(rand::random::<[u8; 18]>());
-                        let first = ServerFirst::answer(data, &server_nonce, verifier, role)?;
+                        let role = found.as_ref().map(|u| u.role.clone());
+                        let mut first = ServerFirst::answer(data, &server_nonce, verifier, role)?;
+                        first.statement_timeout = found.and_then(|u| u.statement_timeout_ms).map(Duration::from_millis);
                         let reply = first.message.clone();
                         *self.exchange.lock().expect("login state") = Exchange::Sent(Box::new(first));
                         client
@@ -229,7 +231,8 @@ impl StartupHandler for Login {
                         client
                             .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(server_final.into())))
                             .await?;
-                        return self.logged_in(client, Identity { user, role }).await;
+                        let statement_timeout = first.statement_timeout;
+                        return self.logged_in(client, Identity { user, role, statement_timeout }).await;
                     }
                     Exchange::Done => return Err(protocol_violation("unexpected message after the exchange")),
                 }
@@ -249,13 +252,16 @@ impl Login {
     {
         info!(user = %identity.user, role = %identity.role, "Postgres login");
         let (pid, secret_key) = BACKEND_PIDS.generate(client);
-        self.running.register(pid, secret_key.to_bytes(), self.cancel.clone());
+        self.running.register(pid, secret_key.to_bytes(), self.controls.cancel.clone());
         let _ = self.pid.set(pid);
         client.set_pid_and_secret_key(pid, secret_key);
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
-        self.scope.set(identity.scope()).map_err(|_| protocol_violation("logged in twice"))?;
+        self.controls.scope.set(identity.scope()).map_err(|_| protocol_violation("logged in twice"))?;
+        if let Some(timeout) = identity.statement_timeout {
+            self.controls.timeout.set(timeout);
+        }
         let accessor = accessor_of(client, &identity.user, Some(&identity.role), Some(pid));
         self.policy.access_log.login(&accessor, None);
         let _ = self.accessor.set(accessor);
@@ -289,6 +295,7 @@ struct ServerFirst {
     verifier: ScramVerifier,
     /// `None` for a user that does not exist: the proof is checked anyway.
     role: Option<Role>,
+    statement_timeout: Option<Duration>,
 }
 
 impl ServerFirst {
@@ -316,7 +323,15 @@ impl ServerFirst {
             .ok_or_else(|| protocol_violation("no client nonce"))?;
         let nonce = format!("{client_nonce}{server_nonce}");
         let message = format!("r={nonce},s={},i={}", BASE64.encode(&verifier.salt), verifier.iterations);
-        Ok(ServerFirst { message, client_first_bare: bare.to_string(), gs2_header, nonce, verifier, role })
+        Ok(ServerFirst {
+            message,
+            client_first_bare: bare.to_string(),
+            gs2_header,
+            nonce,
+            verifier,
+            role,
+            statement_timeout: None,
+        })
     }
 
     /// Checks `c=...,r=...,p=<proof>` and returns the server-final message.

@@ -234,10 +234,11 @@ impl ConnectionHandlers {
         policy: LoginPolicy,
         running: RunningStatements,
     ) -> Result<Self, ServerError> {
-        let cancel = query::StatementCancel::default();
+        let controls = query::SessionControls::new(limits);
+        let cancel = controls.cancel.clone();
         let log = policy.access_log.clone();
-        let login = Arc::new(Login::new(policy, running.clone(), cancel.clone()));
-        let ctx = query::new_scoped_session_context(storage, limits, login.scope(), cancel.clone())
+        let login = Arc::new(Login::new(policy, running.clone(), controls.clone()));
+        let ctx = query::new_scoped_session_context(storage, limits, controls)
             .map_err(|e| ServerError::Session(e.to_string()))?;
         setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
             .map_err(|e| ServerError::Session(e.to_string()))?;

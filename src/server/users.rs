@@ -158,6 +158,8 @@ pub struct User {
     pub name: String,
     pub role: Role,
     pub verifier: ScramVerifier,
+    /// This user's longest statement, instead of the server's `--statement-timeout-ms`.
+    pub statement_timeout_ms: Option<u64>,
 }
 
 /// How a user is stored in `users.json`.
@@ -166,6 +168,8 @@ struct StoredUser {
     name: String,
     role: Role,
     scram_sha_256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    statement_timeout_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -203,7 +207,7 @@ impl Users {
             .map(|u| {
                 let verifier =
                     ScramVerifier::parse(&u.scram_sha_256).map_err(|e| damaged(format!("user {:?}: {e}", u.name)))?;
-                Ok(User { name: u.name, role: u.role, verifier })
+                Ok(User { name: u.name, role: u.role, verifier, statement_timeout_ms: u.statement_timeout_ms })
             })
             .collect()
     }
@@ -212,8 +216,15 @@ impl Users {
         Ok(self.load()?.into_iter().find(|u| u.name == name))
     }
 
-    /// Adds `name`, or gives an existing `name` a new role and password.
-    pub fn upsert(&self, name: &str, role: Role, password: &str) -> Result<(), UserError> {
+    /// Adds `name`, or gives an existing `name` a new role, password and
+    /// statement timeout (`None`: the server's).
+    pub fn upsert(
+        &self,
+        name: &str,
+        role: Role,
+        password: &str,
+        statement_timeout_ms: Option<u64>,
+    ) -> Result<(), UserError> {
         check_name(name)?;
         if let Role::Org(org) = &role
             && (org.is_empty() || org.chars().count() > 128 || org.chars().any(char::is_control))
@@ -225,7 +236,8 @@ impl Users {
         }
         let mut users = self.load()?;
         users.retain(|u| u.name != name);
-        users.push(User { name: name.to_string(), role, verifier: ScramVerifier::new(password) });
+        let verifier = ScramVerifier::new(password);
+        users.push(User { name: name.to_string(), role, verifier, statement_timeout_ms });
         self.store(&users)
     }
 
@@ -250,6 +262,7 @@ impl Users {
                     name: u.name.clone(),
                     role: u.role.clone(),
                     scram_sha_256: u.verifier.to_string(),
+                    statement_timeout_ms: u.statement_timeout_ms,
                 })
                 .collect(),
         };
@@ -306,21 +319,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let users = Users::in_data_dir(dir.path());
         assert!(users.load().unwrap().is_empty());
-        users.upsert("alice", Role::Org("acme".into()), "correct horse battery").unwrap();
-        users.upsert("root", Role::Admin, "another long secret").unwrap();
-        users.upsert("alice", Role::Org("globex".into()), "a changed password").unwrap();
+        users.upsert("alice", Role::Org("acme".into()), "correct horse battery", None).unwrap();
+        users.upsert("root", Role::Admin, "another long secret", Some(5_000)).unwrap();
+        users.upsert("alice", Role::Org("globex".into()), "a changed password", None).unwrap();
         let text = std::fs::read_to_string(users.path()).unwrap();
         assert!(!text.contains("correct horse") && !text.contains("changed password"), "{text}");
         let all = users.load().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(users.find("alice").unwrap().unwrap().role, Role::Org("globex".into()));
+        assert_eq!(users.find("root").unwrap().unwrap().statement_timeout_ms, Some(5_000));
+        assert_eq!(users.find("alice").unwrap().unwrap().statement_timeout_ms, None);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(users.path()).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        assert!(matches!(users.upsert("bob", Role::Admin, "short"), Err(UserError::ShortPassword)));
-        assert!(matches!(users.upsert("bad name", Role::Admin, "long enough"), Err(UserError::BadName(_))));
+        assert!(matches!(users.upsert("bob", Role::Admin, "short", None), Err(UserError::ShortPassword)));
+        assert!(matches!(users.upsert("bad name", Role::Admin, "long enough", None), Err(UserError::BadName(_))));
         users.remove("root").unwrap();
         assert!(matches!(users.remove("root"), Err(UserError::NoSuchUser(_))));
         assert_eq!(users.load().unwrap().len(), 1);

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{APP, Server, demo_data_dir, event, post};
+use crate::harness::{APP, Server, add_user, demo_data_dir, event, post};
 
 fn ndjson(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string() + "\n").collect()
@@ -187,6 +187,18 @@ async fn runaway_statements_are_stopped_and_ingest_goes_on() {
     assert!(error.contains("more than 2500 rows"), "{error}");
     assert!(error.contains("--max-result-rows"), "the error says what to change: {error}");
     assert_eq!(server.psql("select count(*) from (select id from audit_events limit 2500) t").unwrap(), "2500\n");
+
+    // A user's own statement timeout replaces the server's, for that user only.
+    drop(server);
+    add_user(&data, "patient", &["--admin", "--statement-timeout-ms", "60000"]);
+    add_user(&data, "hasty", &["--admin", "--statement-timeout-ms", "200"]);
+    let server = Server::start(&data, &["--statement-timeout-ms", "500", "--max-result-rows", "2500"]);
+    let error = server.psql_as("hasty", runaway).unwrap_err();
+    assert!(error.contains("statement timeout of 200 ms"), "{error}");
+    let explain = "explain select count(*) from audit_events";
+    assert!(server.psql_as("patient", explain).unwrap().contains("timeout_ms=60000"));
+    assert!(server.psql_as("hasty", explain).unwrap().contains("timeout_ms=200"));
+    assert!(server.psql(explain).unwrap().contains("timeout_ms=500"), "others keep the server's");
 
     // The server still takes events and answers while and after queries were stopped.
     let http = reqwest::Client::new();
