@@ -41,8 +41,8 @@ fn transcript(source: &str) -> Vec<String> {
         let (before, from) = rest.split_at(at);
         if from.starts_with("//") {
             rest = from.find('\n').map_or("", |end| &from[end..]);
-        } else if from.starts_with('/') {
-            rest = &from[1..];
+        } else if let Some(after) = from.strip_prefix('/') {
+            rest = after;
         } else if before.ends_with("r#") {
             let end = from[1..].find("\"#").expect("raw string end") + 1;
             queries.push(from[1..end].to_string());
@@ -59,8 +59,7 @@ fn transcript(source: &str) -> Vec<String> {
                         '\n' => {
                             // A line continuation: skip the next line's indentation.
                             let mut peek = chars.clone();
-                            while let Some((_, c)) = peek.next().filter(|(_, c)| c.is_whitespace()) {
-                                let _ = c;
+                            while peek.next().is_some_and(|(_, c)| c.is_whitespace()) {
                                 chars = peek.clone();
                             }
                         }
