@@ -66,6 +66,43 @@ async fn logins_need_the_password_and_an_org_user_sees_only_its_org() {
         let n: i64 = acme.query_one(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0);
         assert_eq!(n, expected, "{sql}");
     }
+    // Session settings, cursors, EXPLAIN and the catalog do not widen it.
+    acme.batch_execute("set datafusion.execution.parquet.pushdown_filters = false").await.unwrap();
+    acme.batch_execute("set datafusion.optimizer.filter_null_join_keys = true").await.unwrap();
+    let orgs = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    };
+    let all_orgs = format!("select distinct org_id from audit_events where {APP} order by 1");
+    assert_eq!(orgs(acme.simple_query(&all_orgs).await.unwrap()), ["acme"]);
+    let cursor = acme
+        .simple_query(&format!("begin; declare c cursor for {all_orgs}; fetch all from c; close c; commit"))
+        .await
+        .unwrap();
+    assert_eq!(orgs(cursor), ["acme"]);
+    let explained: Vec<String> = acme
+        .simple_query("explain select * from audit_events where org_id = 'globex'")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    let plan = explained.join("\n");
+    assert!(plan.contains("org_id@3 = acme AND org_id@3 = globex"), "the scope is in the plan: {plan}");
+    let catalog = "select count(*) from information_schema.tables where table_name = 'audit_events'";
+    assert_eq!(orgs(acme.simple_query(catalog).await.unwrap()), ["1"]);
+    let copied = dir.path().join("acme.csv");
+    let copy = format!("\\copy (select org_id from audit_events where {APP}) to '{}' csv", copied.display());
+    server.psql_as("acme-analyst", &copy).unwrap();
+    assert_eq!(std::fs::read_to_string(&copied).unwrap(), "acme\nacme\nacme\nacme\n");
+
     let actors: Vec<String> = acme
         .query(&format!("select actor_id from audit_events where {APP} order by seq"), &[])
         .await
@@ -146,17 +183,12 @@ fn certificates(dir: &Path) -> (String, String, String) {
 }
 
 fn psql_with(conninfo: &str) -> Result<String, String> {
+    psql_sql_with(conninfo, &format!("select count(*) from audit_events where {APP}"))
+}
+
+fn psql_sql_with(conninfo: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("select count(*) from audit_events where {APP}"),
-            conninfo,
-        ])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, conninfo])
         .env("PGPASSWORD", TEST_PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
@@ -186,6 +218,19 @@ async fn tls_clients_verify_the_server_and_plaintext_is_refused_when_tls_is_requ
     // verify-full checks the name: the certificate is not for 127.0.0.1.
     let wrong_name = psql_with(&format!("{base} host=127.0.0.1 sslmode=verify-full sslrootcert={ca}")).unwrap_err();
     assert!(wrong_name.contains("127.0.0.1"), "{wrong_name}");
+    // The refused plaintext login is on record, with its reason.
+    let verified = format!("{base} sslmode=verify-full host=localhost sslrootcert={ca}");
+    let refusals = "select actor_id, outcome, attributes->>'sqlstate', json_get_bool(attributes, 'tls') from audit_events \
+                    where action = 'audit_log.login_failed'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let recorded = loop {
+        let out = psql_sql_with(&verified, refusals).unwrap();
+        if !out.is_empty() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(recorded, "tester|failure|28000|f\n");
     drop(server);
 
     // A key that cannot be loaded stops the start; there is no plaintext fallback.
