@@ -47,7 +47,6 @@ fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
             "42883"
         }
         DataFusionError::Plan(message) if message.starts_with("table '") && message.ends_with("not found") => "42P01",
-        DataFusionError::Plan(_) => "42804",
         DataFusionError::NotImplemented(_) => "0A000",
         // Our statement limits: too many rows, or out of memory.
         DataFusionError::ResourcesExhausted(message) if message.contains("rows") => "54000",

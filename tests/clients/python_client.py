@@ -34,6 +34,13 @@ engine = sqlalchemy.create_engine(URL.replace("postgresql://", "postgresql+psyco
 inspector = sqlalchemy.inspect(engine)
 print("sqlalchemy tables", inspector.get_table_names())
 print("sqlalchemy schemas", inspector.get_schema_names())
+# Not yet: its correlated subqueries inside CASE are beyond DataFusion's
+# decorrelation. Printed so the test notices when that changes.
+for name, call in [("get_columns", inspector.get_columns), ("get_pk_constraint", inspector.get_pk_constraint)]:
+    try:
+        print("sqlalchemy", name, call("audit_events"))
+    except sqlalchemy.exc.DBAPIError as error:
+        print("sqlalchemy", name, "fails:", type(error.orig).__name__)
 with engine.connect() as conn:
     n = conn.execute(sqlalchemy.text("select count(*) from audit_events where actor_id = :a"), {"a": ACTOR}).scalar()
     print("sqlalchemy count", n)

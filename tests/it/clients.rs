@@ -113,6 +113,8 @@ async fn python_psycopg_sqlalchemy_and_pandas() {
     expected += "psycopg other orgs 0\n\
                  sqlalchemy tables ['audit_events']\n\
                  sqlalchemy schemas ['public']\n\
+                 sqlalchemy get_columns fails: InternalError_\n\
+                 sqlalchemy get_pk_constraint fails: InternalError_\n\
                  sqlalchemy count 11\n\
                  pandas ['action', 'n', 'last'] ['auth.login.failed', 'auth.login.succeeded', \
                  'confluence.page.exported', 'confluence.page.viewed'] [3, 2, 5, 1]\n\
