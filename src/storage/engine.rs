@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::compute::concat_batches;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -37,6 +38,11 @@ const MAX_GROUP_COMMIT_REQUESTS: usize = 1024;
 const WAL_QUEUE_REQUESTS: usize = 4096;
 /// How often the sealer checks its triggers when nobody wakes it.
 const SEAL_CHECK_INTERVAL_MS: u64 = 250;
+/// Small appends (one self-audit record, one event) are merged into the
+/// buffer's last batch while the two together stay under this many rows:
+/// every query scans the buffer, and thousands of one-row batches cost far
+/// more to scan than their rows.
+const BUFFER_MERGE_MAX_ROWS: usize = 4096;
 
 /// Limits and paths of one engine.
 #[derive(Debug, Clone)]
@@ -109,11 +115,30 @@ struct State {
     oldest_buffered_at: Option<Instant>,
     last_seq: Seq,
     shutting_down: bool,
+    /// The last seq of the latest WAL rotation: a seal may be taking the
+    /// buffered batches up to it, so appends are never merged into those.
+    merge_barrier: Seq,
 }
 
 type AppendReply = oneshot::Sender<Result<(Seq, Seq), StorageError>>;
 
 impl State {
+    /// Adds an acknowledged batch to the buffer, merged into the last one
+    /// when both are small (see [`BUFFER_MERGE_MAX_ROWS`]).
+    fn push_buffered(&mut self, batch: &RecordBatch, first: Seq, last: Seq) {
+        if let Some((previous, previous_first, previous_last)) = self.buffer.last_mut()
+            && *previous_first > self.merge_barrier
+            && *previous_last + 1 == first
+            && previous.num_rows() + batch.num_rows() <= BUFFER_MERGE_MAX_ROWS
+            && let Ok(merged) = concat_batches(&previous.schema(), [&*previous, batch])
+        {
+            *previous = merged;
+            *previous_last = last;
+            return;
+        }
+        self.buffer.push((batch.clone(), first, last));
+    }
+
     /// Recomputes the buffer's counters after replay or after rows left it (a
     /// seal); the age of what remains counts from now.
     fn recount_buffer(&mut self) {
@@ -234,6 +259,7 @@ impl Storage {
             oldest_buffered_at: None,
             last_seq,
             shutting_down: false,
+            merge_barrier: 0,
         };
         state.recount_buffer();
         info!(
@@ -742,7 +768,7 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                         debug_assert!(*first > state.last_seq, "seq strictly increases");
                         state.buffered_rows += batch.num_rows();
                         state.buffered_bytes += batch.get_array_memory_size();
-                        state.buffer.push((batch.clone(), *first, *last));
+                        state.push_buffered(batch, *first, *last);
                         state.last_seq = *last;
                     }
                     state.oldest_buffered_at.get_or_insert_with(Instant::now);
@@ -795,6 +821,9 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
 
         for (reserve, reply) in rotations {
             let last_written = next_seq - 1;
+            // A seal may take everything up to here: no later append may be
+            // merged into a batch it takes.
+            shared.state.lock().expect("storage state lock poisoned").merge_barrier = last_written;
             let result = if let Some(reason) = &poisoned {
                 Err(StorageError::WalPoisoned(reason.clone()))
             } else if reserve == 0 && writer.first_seq() == next_seq {
@@ -878,6 +907,42 @@ mod tests {
         assert_eq!(append_n(&storage, 9, 1).await, (10, 10));
         // Only the WAL file written after the seal remains.
         assert_eq!(wal::list_files(&dir.path().join("wal")).unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_appends_share_buffer_batches_and_seals_taken_meanwhile_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(config(dir.path())).unwrap();
+        for i in 0..200 {
+            append_n(&storage, i, 1).await;
+        }
+        let snapshot = storage.snapshot();
+        assert_eq!((snapshot.buffer.len(), rows(&snapshot)), (1, 200), "200 one-event appends, one batch");
+
+        // One-event appends from many tasks while seals run: every seq once.
+        let appends: Vec<_> = (0..400)
+            .map(|i| {
+                let s = storage.clone();
+                tokio::spawn(async move { append_n(&s, 200 + i, 1).await })
+            })
+            .collect();
+        let sealer = storage.clone();
+        let seals = tokio::task::spawn_blocking(move || {
+            for _ in 0..20 {
+                sealer.seal_now().unwrap();
+            }
+        });
+        for append in appends {
+            append.await.unwrap();
+        }
+        seals.await.unwrap();
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.seal_now()).await.unwrap().unwrap();
+        let snapshot = storage.snapshot();
+        assert_eq!(rows(&snapshot), 600);
+        let covered: u64 = snapshot.segments.iter().map(|s| s.meta.max_seq - s.meta.min_seq + 1).sum();
+        assert_eq!(covered, 600, "segments cover every seq once");
+        assert_eq!(snapshot.segments.iter().map(|s| s.meta.rows).sum::<u64>(), 600);
     }
 
     #[tokio::test]
