@@ -26,6 +26,7 @@ cargo build --release --quiet --bin auditlake --example ingest_bench
 B=$CARGO_TARGET_DIR/release/auditlake
 if [ ! -f "$DATA/manifest.json" ]; then
   $B demo --no-serve --shape realistic --events "$N" --days 180 --data-dir "$DATA"
+  rm -rf "$PGDATA_DIR" # new events: PostgreSQL loads them afresh
 fi
 AUDITLAKE_PASSWORD=$PASSWORD $B user add bench --admin --data-dir "$DATA" >/dev/null
 $B serve --data-dir "$DATA" --pg-listen 127.0.0.1:$AL_PORT --http-listen 127.0.0.1:0 --max-pg-connections 200 \
