@@ -350,6 +350,12 @@ mod tests {
 /// finding in an investigation, so such a statement is refused (with the
 /// same test of "correlated" that rewriting uses) before it is parsed there.
 pub fn refuse_nulled_subqueries(sql: &str) -> PgWireResult<()> {
+    // Most statements need no second parse: the table must be named, and a
+    // subquery needs a SELECT of its own.
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("audit_events") || lower.matches("select").count() < 2 {
+        return Ok(());
+    }
     let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Ok(()); // the normal path reports the syntax error
     };
