@@ -37,7 +37,9 @@ use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::HookClient;
 use pgwire::api::results::{Response, Tag};
 use pgwire::api::{ClientInfo, Type};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::PgWireResult;
+
+use super::sqlstate::statement_error;
 
 /// What `version()` answers: PostgreSQL's shape first, because clients parse
 /// it (SQLAlchemy refuses to connect to a server whose version string does
@@ -364,13 +366,12 @@ pub fn refuse_nulled_subqueries(sql: &str) -> PgWireResult<()> {
         let _ = statement.visit(&mut check);
     }
     if check.reads_audit_events && check.correlated {
-        return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-            "ERROR".into(),
-            "0A000".into(),
+        return Err(statement_error(
+            "0A000",
             "a subquery in the select list that refers to the outer query is not supported over audit_events \
              (it would answer NULL); write it as a join or move it to WHERE"
                 .into(),
-        ))));
+        ));
     }
     Ok(())
 }

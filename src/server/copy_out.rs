@@ -24,16 +24,14 @@ use futures::StreamExt;
 use pgwire::api::ClientInfo;
 use pgwire::api::portal::Format;
 use pgwire::api::results::{CopyCsvOptions, CopyEncoder, CopyResponse, CopyTextOptions, Response};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::CopyData;
+
+use super::sqlstate::statement_error;
 
 /// Whether `statement` is a COPY this endpoint serves: to the client only.
 pub fn is_copy_to_client(statement: &Statement) -> bool {
     matches!(statement, Statement::Copy { to: true, target: CopyTarget::Stdout, .. })
-}
-
-fn refused(code: &str, message: String) -> PgWireError {
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
 }
 
 /// How the rows are written, from the statement's options (new and legacy syntax).
@@ -48,7 +46,7 @@ struct CopyFormat {
 }
 
 fn copy_format(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> PgWireResult<CopyFormat> {
-    let unsupported = |what: String| refused("0A000", format!("COPY TO STDOUT does not support {what}"));
+    let unsupported = |what: String| statement_error("0A000", format!("COPY TO STDOUT does not support {what}"));
     let mut format = CopyFormat { csv: false, header: false, delimiter: None, null: None, quote: None, escape: None };
     for option in options {
         match option {
@@ -210,7 +208,7 @@ impl QueryHook for CopyToClientHook {
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         is_copy_to_client(statement).then(|| {
-            Err(refused(
+            Err(statement_error(
                 "0A000",
                 "COPY TO STDOUT works in the simple query protocol (as psql's \\copy sends it)".into(),
             ))

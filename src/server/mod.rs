@@ -35,7 +35,7 @@ use pgwire::api::cancel::CancelHandler;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::Response;
 use pgwire::api::{ClientInfo, PgWireServerHandlers};
-use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::tokio::TlsAcceptor;
 use subtle::ConstantTimeEq;
@@ -298,7 +298,7 @@ fn read_only_error(statement: &Statement) -> PgWireError {
             ("25006", format!("cannot execute {verb}: the auditlake SQL endpoint is read-only"))
         }
     };
-    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
+    sqlstate::statement_error(code, message)
 }
 
 /// Reads, and copies of query results to the client.

@@ -10,6 +10,12 @@ use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::parser::ParserError;
 use pgwire::error::{ErrorInfo, PgWireError};
 
+/// A statement's error with SQLSTATE `code`: the one way this endpoint
+/// builds one.
+pub fn statement_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
+}
+
 /// `error` with the SQLSTATE its cause calls for, when we know one.
 pub fn classify(error: PgWireError) -> PgWireError {
     let code = match &error {
@@ -21,7 +27,7 @@ pub fn classify(error: PgWireError) -> PgWireError {
         _ => None,
     };
     match code {
-        Some(code) => PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), error_text(&error)))),
+        Some(code) => statement_error(code, error_text(&error)),
         None => error,
     }
 }
