@@ -57,7 +57,7 @@ enum UserCommand {
         #[arg(long)]
         org: Option<String>,
         /// This user's longest statement, instead of the server's --statement-timeout-ms.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         statement_timeout_ms: Option<u64>,
         #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
         data_dir: PathBuf,
