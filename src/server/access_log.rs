@@ -41,7 +41,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-use super::compat::refuse_nulled_subqueries;
+use super::compat::client_sql;
 use super::sqlstate::classify;
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
 use crate::query::StatementCancel;
@@ -460,8 +460,8 @@ impl SimpleQueryHandler for AuditedSession {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let record = self.begin(query, "simple", None);
-        let result = match refuse_nulled_subqueries(query) {
-            Ok(()) => SimpleQueryHandler::do_query(&*self.inner, client, query).await.map_err(classify),
+        let result = match client_sql(query) {
+            Ok(sql) => SimpleQueryHandler::do_query(&*self.inner, client, &sql).await.map_err(classify),
             Err(refused) => Err(refused),
         };
         match result {
@@ -494,8 +494,12 @@ impl ExtendedQueryHandler for AuditedSession {
     {
         let sql = message.query.clone();
         let name = message.name.clone().unwrap_or_else(|| DEFAULT_NAME.to_string());
-        let result = match refuse_nulled_subqueries(&sql) {
-            Ok(()) => self.inner.on_parse(client, message).await.map_err(classify),
+        let result = match client_sql(&sql) {
+            Ok(restated) => {
+                let mut message = message;
+                message.query = restated.into_owned();
+                self.inner.on_parse(client, message).await.map_err(classify)
+            }
             Err(refused) => Err(refused),
         };
         match &result {

@@ -8,6 +8,7 @@
 //!
 //! They describe the server and the one table; they never read events.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
@@ -28,8 +29,8 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, Value, Visit, Visitor,
-    visit_expressions,
+    BinaryOperator, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Query, SelectItem,
+    SetExpr, Statement, TableFactor, Value, Visit, Visitor, visit_expressions, visit_expressions_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -254,6 +255,7 @@ pub fn register(session: &SessionContext) {
         session.register_udf(always_visible(name));
     }
     session.add_analyzer_rule(Arc::new(ClientCatalogRule));
+    session.add_analyzer_rule(Arc::new(super::subqueries::SingleRowSubqueries));
 }
 
 /// Savepoints, which ORMs wrap around statements (SQLAlchemy's psycopg
@@ -331,6 +333,29 @@ mod tests {
     }
 
     #[test]
+    fn catalog_types_kept_as_text_are_read_as_their_type() {
+        let sql = "select unnest(i.indkey) as k, generate_subscripts(i.indkey, $1::INTEGER) as o, \
+                   unnest(c.conkey) from pg_catalog.pg_index i";
+        assert_eq!(
+            restate_catalog_types(sql).unwrap(),
+            "SELECT unnest(CAST(string_to_array(i.indkey, ' ') AS SMALLINT[])) AS k, \
+             unnest(CASE WHEN $1::INTEGER = 1 THEN generate_series(0, \
+             CAST(array_length(CAST(string_to_array(i.indkey, ' ') AS SMALLINT[]), 1) AS BIGINT) - 1) END) AS o, \
+             unnest(c.conkey) FROM pg_catalog.pg_index i"
+        );
+        assert_eq!(restate_catalog_types("select unnest(tags) from audit_events"), None);
+        assert_eq!(
+            restate_catalog_types("SELECT typinput='pg_catalog.array_in'::regproc AS a, 'x'::regproc <> t.typoutput")
+                .unwrap(),
+            "SELECT typinput = 'array_in' AS a, 'x' <> t.typoutput"
+        );
+        assert_eq!(
+            client_sql("select indkey from pg_catalog.pg_index").unwrap(),
+            "select indkey from pg_catalog.pg_index"
+        );
+    }
+
+    #[test]
     fn like_patterns_move_to_the_backslash_escape() {
         assert_eq!(pattern_for_backslash("pg/_%", '/'), "pg\\_%");
         assert_eq!(pattern_for_backslash("a//b", '/'), "a\\/b");
@@ -346,12 +371,141 @@ mod tests {
     }
 }
 
+/// What the endpoint hands datafusion-postgres for the SQL a client sent:
+/// the same text, refused where rewriting would answer wrongly
+/// ([`refuse_nulled_subqueries`]), restated where the catalog emulation
+/// keeps a PostgreSQL type as text ([`restate_catalog_types`]). The
+/// self-audit records what the client sent.
+pub fn client_sql(sql: &str) -> PgWireResult<Cow<'_, str>> {
+    refuse_nulled_subqueries(sql)?;
+    Ok(restate_catalog_types(sql).map_or(Cow::Borrowed(sql), Cow::Owned))
+}
+
+/// The catalog emulation keeps some PostgreSQL types as their text, and
+/// clients use them as those types:
+///
+/// - `pg_index.indkey`, an `int2vector` (`"1 5"`): ORMs list a primary key's
+///   columns with `unnest(indkey)` and their order with
+///   `generate_subscripts(indkey, 1)` (SQLAlchemy's `get_pk_constraint`),
+///   which DataFusion cannot plan over text. Both are restated over the
+///   parsed vector; an `int2vector` is indexed from 0.
+/// - `regproc` columns (`pg_type.typinput`, ...) hold the function's name:
+///   `typinput = 'pg_catalog.array_in'::regproc` (DBeaver telling array
+///   types apart) compares names, as PostgreSQL's text form of a regproc
+///   in a visible schema is its bare name.
+///
+/// Returns the restated statement's text when something was restated.
+fn restate_catalog_types(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    let vectors = lower.contains("indkey") && (lower.contains("unnest") || lower.contains("generate_subscripts"));
+    if !vectors && !lower.contains("regproc") {
+        return None;
+    }
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut restated = false;
+    let _ = visit_expressions_mut(&mut statements, |expr| {
+        if let Some(by_type) = int2vector_function(expr).or_else(|| regproc_by_name(expr)) {
+            *expr = by_type;
+            restated = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    restated.then(|| statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+/// The `regproc` columns of the emulated catalog, which hold names.
+const REGPROC_COLUMNS: [&str; 13] = [
+    "typinput",
+    "typoutput",
+    "typreceive",
+    "typsend",
+    "typmodin",
+    "typmodout",
+    "typanalyze",
+    "typsubscript",
+    "aggfnoid",
+    "aggtransfn",
+    "aggfinalfn",
+    "oprcode",
+    "oprrest",
+];
+
+fn column_named(expr: &SqlExpr, names: &[&str]) -> bool {
+    let last = match expr {
+        SqlExpr::Identifier(ident) => ident,
+        SqlExpr::CompoundIdentifier(parts) => match parts.last() {
+            Some(last) => last,
+            None => return false,
+        },
+        _ => return false,
+    };
+    names.iter().any(|name| last.value.eq_ignore_ascii_case(name))
+}
+
+/// `column = 'schema.name'::regproc` (or `<>`) as `column = 'name'`.
+fn regproc_by_name(expr: &SqlExpr) -> Option<SqlExpr> {
+    let SqlExpr::BinaryOp { left, op, right } = expr else { return None };
+    if !matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) {
+        return None;
+    }
+    let name_of = |cast: &SqlExpr| match cast {
+        SqlExpr::Cast { expr, data_type, .. } if data_type.to_string().eq_ignore_ascii_case("regproc") => {
+            match expr.as_ref() {
+                SqlExpr::Value(value) => match &value.value {
+                    Value::SingleQuotedString(name) => {
+                        let bare = name.strip_prefix("pg_catalog.").unwrap_or(name);
+                        Some(SqlExpr::Value(Value::SingleQuotedString(bare.to_string()).into()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let (left, right) = if column_named(left, &REGPROC_COLUMNS) {
+        ((**left).clone(), name_of(right)?)
+    } else if column_named(right, &REGPROC_COLUMNS) {
+        (name_of(left)?, (**right).clone())
+    } else {
+        return None;
+    };
+    Some(SqlExpr::BinaryOp { left: Box::new(left), op: op.clone(), right: Box::new(right) })
+}
+
+/// `unnest(x.indkey)` or `generate_subscripts(x.indkey, 1)` over the vector.
+fn int2vector_function(expr: &SqlExpr) -> Option<SqlExpr> {
+    let SqlExpr::Function(function) = expr else { return None };
+    let name = function.name.0.last()?.as_ident()?.value.to_ascii_lowercase();
+    let FunctionArguments::List(list) = &function.args else { return None };
+    let args: Vec<&SqlExpr> = list
+        .args
+        .iter()
+        .map(|arg| match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let is_indkey = |expr: &SqlExpr| column_named(expr, &["indkey"]);
+    let vector = |column: &SqlExpr| format!("CAST(string_to_array({column}, ' ') AS SMALLINT[])");
+    let restated = match (name.as_str(), args.as_slice()) {
+        ("unnest", [column]) if is_indkey(column) => format!("unnest({})", vector(column)),
+        // The dimension is often a bound parameter; a vector has only the first.
+        ("generate_subscripts", [column, dimension]) if is_indkey(column) => format!(
+            "unnest(CASE WHEN {dimension} = 1 THEN generate_series(0, CAST(array_length({}, 1) AS BIGINT) - 1) END)",
+            vector(column)
+        ),
+        _ => return None,
+    };
+    Parser::new(&PostgreSqlDialect {}).try_with_sql(&restated).ok()?.parse_expr().ok()
+}
+
 /// datafusion-postgres' SQL rewriting replaces every correlated subquery in
 /// a select list with NULL (so catalog queries of BI tools plan), and the
 /// answer is silently wrong. Over `audit_events` that would be a false
 /// finding in an investigation, so such a statement is refused (with the
 /// same test of "correlated" that rewriting uses) before it is parsed there.
-pub fn refuse_nulled_subqueries(sql: &str) -> PgWireResult<()> {
+fn refuse_nulled_subqueries(sql: &str) -> PgWireResult<()> {
     // Most statements need no second parse: the table must be named, and a
     // subquery needs a SELECT of its own.
     let lower = sql.to_ascii_lowercase();

@@ -58,6 +58,7 @@ pub mod auth;
 mod compat;
 mod copy_out;
 mod sqlstate;
+mod subqueries;
 pub mod users;
 
 /// Default cap on concurrent Postgres connections.

@@ -105,15 +105,18 @@ async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
         }
     }
     assert!(replayed >= 20, "replayed {replayed} statements");
-    // The one known gap, asserted so that its fix (or any new failure) shows:
-    // datafusion-postgres turns `'pg_catalog.array_in'::regproc` into an oid
-    // subquery but pg_type.typinput is text, so the comparison cannot cast.
-    // DBeaver sends it to tell array types apart; here it fails.
-    assert_eq!(failed.len(), 1, "{}", failed.join("\n\n"));
-    assert!(
-        failed[0].starts_with("dbeaver sent:\nSELECT typinput='pg_catalog.array_in'::regproc")
-            && failed[0].contains("Cannot cast string 'array_in' to value of Int32 type"),
-        "{}",
-        failed[0]
-    );
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+
+    // Answering is not enough: DBeaver's test for array types (a regproc
+    // compared with a function name) must tell them apart as PostgreSQL does.
+    let rows = client
+        .query(
+            "SELECT typname, typinput = 'pg_catalog.array_in'::regproc AS is_array FROM pg_catalog.pg_type \
+             WHERE oid IN (23, 1007) ORDER BY oid",
+            &[],
+        )
+        .await
+        .unwrap();
+    let answers: Vec<(String, bool)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(answers, [("int4".to_string(), false), ("_int4".to_string(), true)]);
 }

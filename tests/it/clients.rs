@@ -111,10 +111,15 @@ async fn python_psycopg_sqlalchemy_and_pandas() {
         expected += &format!("psycopg {action} {n} {last}\n");
     }
     expected += "psycopg other orgs 0\n\
+                 psycopg pg_attribute key [(1, 0), (5, 1)]\n\
                  sqlalchemy tables ['audit_events']\n\
                  sqlalchemy schemas ['public']\n\
-                 sqlalchemy get_columns fails: InternalError_\n\
-                 sqlalchemy get_pk_constraint fails: InternalError_\n\
+                 sqlalchemy columns 22 ['time', 'received_at', 'id']\n\
+                 sqlalchemy column time TIMESTAMP(timezone=True) not null None\n\
+                 sqlalchemy column actor_id TEXT() not null None\n\
+                 sqlalchemy column actor_name TEXT() null None\n\
+                 sqlalchemy column seq BIGINT() not null None\n\
+                 sqlalchemy primary key {'name': None, 'constrained_columns': []}\n\
                  sqlalchemy count 11\n\
                  pandas ['action', 'n', 'last'] ['auth.login.failed', 'auth.login.succeeded', \
                  'confluence.page.exported', 'confluence.page.viewed'] [3, 2, 5, 1]\n\
