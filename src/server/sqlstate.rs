@@ -85,6 +85,8 @@ mod tests {
         assert_eq!(code(wrapped), "57014");
         assert_eq!(code(DataFusionError::Plan("table 'auditlake.public.x' not found".into())), "42P01");
         assert_eq!(code(DataFusionError::ResourcesExhausted("more than 10 rows".into())), "54000");
+        let two_rows = DataFusionError::Execution(crate::server::subqueries::MORE_THAN_ONE_ROW.into());
+        assert_eq!(code(two_rows), "21000");
         assert!(code(DataFusionError::Internal("bug".into())).starts_with("unclassified"));
     }
 }

@@ -61,6 +61,15 @@ async fn logins_need_the_password_and_an_org_user_sees_only_its_org() {
         ("select max(n) from (select count(*) over () as n from audit_events) t", 4),
         ("select count(*) from (select * from audit_events limit 3) t", 3),
         ("select count(*) from audit_events where id in (select id from audit_events)", 4),
+        (
+            "select count(*) from audit_events e where (select o.org_id from audit_events o where o.id = e.id) = 'acme'",
+            4,
+        ),
+        (
+            "select count(*) from audit_events e where exists (select 1 from audit_events o \
+             where o.actor_id = e.actor_id and o.org_id <> 'acme')",
+            0,
+        ),
     ] {
         let sql = sql.replace("audit_events", &format!("(select * from audit_events where {APP})"));
         let n: i64 = acme.query_one(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0);
