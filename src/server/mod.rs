@@ -23,8 +23,6 @@ use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{CopyTarget, Statement};
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
@@ -55,6 +53,7 @@ use auth::{Login, LoginPolicy};
 
 pub mod access_log;
 pub mod auth;
+mod catalog;
 mod compat;
 mod copy_out;
 mod sqlstate;
@@ -241,8 +240,7 @@ impl ConnectionHandlers {
         let login = Arc::new(Login::new(policy, running.clone(), controls.clone()));
         let ctx = query::new_scoped_session_context(storage, limits, controls)
             .map_err(|e| ServerError::Session(e.to_string()))?;
-        setup_pg_catalog(&ctx, query::CATALOG, EmptyContextProvider)
-            .map_err(|e| ServerError::Session(e.to_string()))?;
+        catalog::register(&ctx, query::CATALOG).map_err(|e| ServerError::Session(e.to_string()))?;
         compat::register(&ctx);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),
