@@ -179,7 +179,7 @@ struct ServeArgs {
     total_query_memory_bytes: usize,
     /// Longest one statement may run (milliseconds) before it is canceled
     /// with an error.
-    #[arg(long, default_value_t = query::DEFAULT_STATEMENT_TIMEOUT_MS)]
+    #[arg(long, default_value_t = query::DEFAULT_STATEMENT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     statement_timeout_ms: u64,
     /// Most rows one statement may return; more is an error (export larger
     /// sets in pieces).

@@ -160,6 +160,9 @@ async fn without_users_the_endpoint_starts_only_when_told_to_trust_loopback() {
     assert!(error.contains("no Postgres users") && error.contains("auditlake user add"), "{error}");
     let error = serve_refused(&data, &["--pg-listen", "0.0.0.0:0", "--insecure-trust-loopback"]);
     assert!(error.contains("only works on a loopback address"), "{error}");
+    // A timeout of 0 ms would cancel every statement; it is refused by name.
+    let error = serve_refused(&data, &["--insecure-trust-loopback", "--statement-timeout-ms", "0"]);
+    assert!(error.contains("--statement-timeout-ms"), "{error}");
 
     let server = Server::start(&data, &["--insecure-trust-loopback"]);
     let url = format!("host=127.0.0.1 port={} dbname=auditlake user=anyone", server.pg_port);
