@@ -74,8 +74,18 @@ async fn main() {
     );
     let actor = demo::INCIDENT_ACTOR;
 
+    // Ingest is timed with a token, as applications send it; the Postgres
+    // side trusts loopback (a benchmark, not a deployment).
+    let token = Command::new(&o.binary)
+        .args(["token", "create", "--any-org", "--data-dir"])
+        .arg(&o.data_dir)
+        .output()
+        .expect("auditlake token create");
+    assert!(token.status.success(), "{}", String::from_utf8_lossy(&token.stderr));
+    let authorization = format!("Bearer {}", String::from_utf8(token.stdout).unwrap().trim());
     let mut child = Command::new(&o.binary)
         .args(["serve", "--pg-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--seal-after-ms", "1000"])
+        .arg("--insecure-trust-loopback")
         .arg("--data-dir")
         .arg(&o.data_dir)
         .env("RUST_LOG", "warn")
@@ -93,13 +103,20 @@ async fn main() {
     let clients: Vec<_> = (0..o.clients)
         .map(|_| {
             let (bodies, next, url) = (Arc::clone(&bodies), Arc::clone(&next), format!("{http_url}/v1/events"));
+            let authorization = authorization.clone();
             tokio::spawn(async move {
                 let http = reqwest::Client::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(i) else { return };
                     loop {
-                        let response = http.post(&url).body(body.clone()).send().await.expect("POST");
+                        let response = http
+                            .post(&url)
+                            .header("authorization", &authorization)
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .expect("POST");
                         match response.status().as_u16() {
                             200 => break,
                             503 => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -7,11 +7,13 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::ingest::tokens::{TokenScope, Tokens};
 use crate::ingest::{self, demo};
 use crate::server::users::{Role, Users};
 use crate::storage::compaction::CompactionPolicy;
@@ -41,6 +43,39 @@ enum Command {
     /// Manage who may connect to the Postgres endpoint.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the API tokens applications send events with.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it: it is shown this once, and only a hash of
+    /// it is stored.
+    Create {
+        /// The one organisation the token may send events for.
+        #[arg(long, required_unless_present = "any_org", conflicts_with = "any_org")]
+        org: Option<String>,
+        /// The token may send events for every organisation (a product's own
+        /// backend, sending for all its tenants).
+        #[arg(long)]
+        any_org: bool,
+        #[arg(long, value_enum, default_value_t = TokenScope::Ingest)]
+        scope: TokenScope,
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// List the tokens (never their secrets).
+    List {
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token by its id; requests with it are refused at once.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,8 +226,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES)]
     segment_cache_bytes: usize,
     /// Let anyone connect to the Postgres endpoint without a password, as an
-    /// admin. Only for trying auditlake out, and only on a loopback
-    /// `--pg-listen`; without it the server needs users (`auditlake user add`).
+    /// admin, and send events without a token. Only for trying auditlake
+    /// out, and only on loopback `--pg-listen` and `--http-listen`; without it
+    /// the server needs users (`auditlake user add`) and tokens (`auditlake
+    /// token create`).
     #[arg(long)]
     insecure_trust_loopback: bool,
     /// PEM certificate chain for TLS on the Postgres endpoint.
@@ -285,6 +322,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Query(args) => query(args).await,
             Command::Report(args) => report(args).await,
             Command::User(command) => user(command),
+            Command::Token(command) => token(command),
         }
     })
 }
@@ -347,10 +385,39 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { org, any_org: _, scope, data_dir } => {
+            let (token, text) = Tokens::in_data_dir(&data_dir).create(org.as_deref(), scope)?;
+            let org = token.org.as_deref().unwrap_or("any organisation");
+            // The token alone on stdout, so scripts can capture it.
+            say(&text);
+            eprintln!("Token {} ({:?}, {org}) created; it is not shown again.", token.id, token.scope);
+        }
+        TokenCommand::List { data_dir } => {
+            for token in Tokens::in_data_dir(&data_dir).list()? {
+                let org = token.org.as_deref().unwrap_or("*");
+                say(&format!("{}\t{:?}\t{org}\t{}", token.id, token.scope, token.created));
+            }
+        }
+        TokenCommand::Revoke { id, data_dir } => {
+            Tokens::in_data_dir(&data_dir).revoke(&id)?;
+            say(&format!("Token {id} revoked."));
+        }
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the data directory opens: a server nobody may log in to (or
     // everybody, off loopback) must not start at all.
     server::check_auth(&args.auth(), args.pg_listen)?;
+    if args.insecure_trust_loopback && !args.http_listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--insecure-trust-loopback only works on a loopback address; --http-listen is {}",
+            args.http_listen
+        );
+    }
     args.tls()?;
     let storage = open_storage(&args).await?;
     serve_storage(args, storage).await
@@ -379,6 +446,10 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
         },
         access_log: access_log.clone(),
     };
+    let ingest_auth = ingest::IngestAuth {
+        tokens: Arc::new(Tokens::in_data_dir(&args.data_dir)),
+        trust_without_token: args.insecure_trust_loopback,
+    };
     let pg = server::bind(args.pg_listen).await?;
     let http = ingest::bind(args.http_listen).await?;
     let pg_addr = pg.local_addr()?;
@@ -388,7 +459,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
     tokio::select! {
         () = server::serve(pg, storage.clone(), endpoint) => {}
-        result = ingest::serve(http, storage.clone(), args.max_body_bytes) => result?,
+        result = ingest::serve(http, storage.clone(), args.max_body_bytes, ingest_auth) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;
             info!("shutting down");

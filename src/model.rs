@@ -305,7 +305,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(line: usize, field: Option<&str>, error: impl Into<String>) -> Self {
+    pub fn new(line: usize, field: Option<&str>, error: impl Into<String>) -> Self {
         FieldError { line, field: field.map(str::to_owned), error: error.into() }
     }
 }
@@ -358,6 +358,18 @@ fn parse_valid_batch(text: &str, received_at_us: i64) -> Option<Vec<Event>> {
             .collect::<Option<_>>()?
     };
     (!events.is_empty()).then_some(events)
+}
+
+/// The line (or array position) each event of an accepted body came from,
+/// in the order [`parse_batch`] returns them, for errors found after parsing.
+pub fn event_lines(body: &[u8]) -> Vec<usize> {
+    let text = std::str::from_utf8(body).unwrap_or_default();
+    if text.trim_start().starts_with('[') {
+        // Each element is one event: its position.
+        let count = serde_json::from_str::<Vec<serde::de::IgnoredAny>>(text).map_or(0, |items| items.len());
+        return (1..=count).collect();
+    }
+    text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, _)| i + 1).collect()
 }
 
 /// Splits a body into `(line, value)` pairs: a JSON array when the first

@@ -9,15 +9,17 @@
 //! Status codes are decided in one place, [`IngestError::status`].
 
 pub mod demo;
+pub mod tokens;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -26,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::model::{self, FieldError};
 use crate::storage::{Storage, StorageError};
+use tokens::{TokenScope, Tokens, Unauthenticated};
 
 /// Default largest request body accepted by `POST /v1/events`, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -41,6 +44,12 @@ pub enum IngestError {
     TooLarge { limit_bytes: usize },
     #[error("cannot read the request body: {0}")]
     Body(String),
+    #[error("{0}")]
+    Unauthenticated(#[from] Unauthenticated),
+    #[error("this token may not send events: its scope is {0:?}")]
+    WrongScope(TokenScope),
+    #[error("this token may send events of organisation {org:?} only: {} event(s) of others", .errors.len())]
+    OtherOrg { org: String, errors: Vec<FieldError> },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -51,6 +60,8 @@ impl IngestError {
         match self {
             IngestError::Invalid(_) | IngestError::Body(_) => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            IngestError::WrongScope(_) | IngestError::OtherOrg { .. } => StatusCode::FORBIDDEN,
             IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -64,36 +75,69 @@ impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            IngestError::Invalid(errors) => json!({ "error": self.to_string(), "errors": errors }),
+            IngestError::Invalid(errors) | IngestError::OtherOrg { errors, .. } => {
+                json!({ "error": self.to_string(), "errors": errors })
+            }
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
+}
+
+/// Who may send events.
+#[derive(Debug, Clone)]
+pub struct IngestAuth {
+    pub tokens: Arc<Tokens>,
+    /// Requests without a token are taken as from an any-organisation
+    /// ingest token (`--insecure-trust-loopback`, on loopback only).
+    pub trust_without_token: bool,
 }
 
 #[derive(Debug, Clone)]
 struct AppState {
     storage: Storage,
     max_body_bytes: usize,
+    auth: IngestAuth,
 }
 
 /// The HTTP API over one storage engine.
-pub fn router(storage: Storage, max_body_bytes: usize) -> Router {
+pub fn router(storage: Storage, max_body_bytes: usize, auth: IngestAuth) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(AppState { storage, max_body_bytes })
+        .with_state(AppState { storage, max_body_bytes, auth })
+}
+
+/// The organisation a request may send events for (`None`: any), from its
+/// token. Checked before the body is read.
+fn sender_org(auth: &IngestAuth, headers: &HeaderMap) -> Result<Option<String>, IngestError> {
+    let authorization = headers.get(header::AUTHORIZATION);
+    if authorization.is_none() && auth.trust_without_token {
+        return Ok(None);
+    }
+    let authorization =
+        authorization.map(|value| value.to_str().map_err(|_| Unauthenticated::Malformed)).transpose()?;
+    let token = auth.tokens.authenticate(authorization)?;
+    if token.scope != TokenScope::Ingest {
+        return Err(IngestError::WrongScope(token.scope));
+    }
+    Ok(token.org)
 }
 
 async fn post_events(
     State(app): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IngestError> {
+    let org = sender_org(&app.auth, &headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             IngestError::TooLarge { limit_bytes: app.max_body_bytes }
@@ -102,6 +146,21 @@ async fn post_events(
         }
     })?;
     let events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
+    if let Some(org) = org
+        && events.iter().any(|event| event.org_id != org)
+    {
+        // Named by the line each event came from, as other rejections are.
+        let lines = model::event_lines(&body);
+        let errors = events
+            .iter()
+            .zip(lines)
+            .filter(|(event, _)| event.org_id != org)
+            .map(|(event, line)| {
+                FieldError::new(line, Some("org_id"), format!("{:?} is not this token's organisation", event.org_id))
+            })
+            .collect();
+        return Err(IngestError::OtherOrg { org, errors });
+    }
     let accepted = events.len();
     let (first_seq, last_seq) = app.storage.append(events).await.inspect_err(|e| {
         warn!(error = %e, "ingest batch not stored");
@@ -131,8 +190,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the HTTP API until the process ends.
-pub async fn serve(listener: TcpListener, storage: Storage, max_body_bytes: usize) -> std::io::Result<()> {
-    axum::serve(listener, router(storage, max_body_bytes)).await
+pub async fn serve(
+    listener: TcpListener,
+    storage: Storage,
+    max_body_bytes: usize,
+    auth: IngestAuth,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(storage, max_body_bytes, auth)).await
 }
 
 #[cfg(test)]
@@ -152,6 +216,9 @@ mod tests {
             (IngestError::Invalid(Vec::new()), 400, None),
             (IngestError::Body("cut off".into()), 400, None),
             (IngestError::TooLarge { limit_bytes: 1 }, 413, None),
+            (Unauthenticated::Unknown.into(), 401, None),
+            (IngestError::WrongScope(TokenScope::Read), 403, None),
+            (IngestError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),
             (StorageError::Backpressure { buffered_bytes: 2, limit_bytes: 1 }.into(), 503, Some("1")),
             (StorageError::ShutDown.into(), 503, Some("1")),
             (StorageError::DiskFull("ENOSPC".into()).into(), 507, Some("1")),

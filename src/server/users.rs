@@ -267,24 +267,7 @@ impl Users {
                 .collect(),
         };
         let text = serde_json::to_string_pretty(&file).expect("users serialise");
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(write)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut out = options.open(&tmp).map_err(write)?;
-            out.write_all(text.as_bytes()).map_err(write)?;
-            out.sync_all().map_err(write)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(write)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write)?;
-        }
+        crate::storage::write_private_file(&self.path, text.as_bytes()).map_err(write)?;
         Ok(())
     }
 }

@@ -1,11 +1,12 @@
 //! Who may connect and what they see: SCRAM logins with real clients, the
-//! start-up refusals, and organisation users scoped below SQL.
+//! start-up refusals, organisation users scoped below SQL, and the API
+//! tokens applications send events with.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{APP, Server, TEST_PASSWORD, add_user, event, post};
+use crate::harness::{APP, Server, TEST_PASSWORD, add_user, bearer_client, create_token, event, post};
 
 fn ndjson(events: &[serde_json::Value]) -> String {
     events.iter().map(|e| e.to_string() + "\n").collect()
@@ -19,7 +20,7 @@ async fn logins_need_the_password_and_an_org_user_sees_only_its_org() {
     add_user(&data, "globex-analyst", &["--org", "globex"]);
     // Small seals: the organisations' events lie in segments and in the buffer.
     let server = Server::start(&data, &["--seal-max-buffered-rows", "4"]);
-    let http = reqwest::Client::new();
+    let http = server.http();
     let orgs = ["acme", "globex", "acme", "initech", "acme", "globex", "acme"];
     for (i, org) in orgs.iter().enumerate() {
         let body = ndjson(&[event(&format!("e{i}"), org, &format!("{org}-u{i}"), "jira.issue.viewed", i as i64)]);
@@ -168,8 +169,22 @@ async fn without_users_the_endpoint_starts_only_when_told_to_trust_loopback() {
     let url = format!("host=127.0.0.1 port={} dbname=auditlake user=anyone", server.pg_port);
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
+    // Trusting loopback covers ingest too: events without a token.
+    let (status, body) =
+        post(&reqwest::Client::new(), &server.events_url(), event("t1", "acme", "u1", "x", 0).to_string()).await;
+    assert_eq!(status, 200, "{body}");
     let n: i64 = client.query_one(&format!("select count(*) from audit_events where {APP}"), &[]).await.unwrap().get(0);
-    assert_eq!(n, 0);
+    assert_eq!(n, 1);
+    drop(server);
+    // ... and only on a loopback HTTP address.
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["serve", "--insecure-trust-loopback", "--pg-listen", "127.0.0.1:0", "--http-listen", "0.0.0.0:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && error.contains("--http-listen is 0.0.0.0:0"), "{error}");
 }
 
 /// A CA and a certificate for `localhost` it signed, as PEM files in `dir`:
@@ -250,4 +265,62 @@ async fn tls_clients_verify_the_server_and_plaintext_is_refused_when_tls_is_requ
     assert!(error.contains("TLS is not usable with"), "{error}");
     let error = serve_refused(&data, &["--pg-listen", "127.0.0.1:0", "--require-tls"]);
     assert!(error.contains("--require-tls needs --tls-cert"), "{error}");
+}
+
+#[tokio::test]
+async fn sending_events_takes_an_ingest_token_for_their_organisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let acme = create_token(&data, &["--org", "acme"]);
+    let reader = create_token(&data, &["--org", "acme", "--scope", "read"]);
+    let url = server.events_url();
+    let one = |id: &str, org: &str| event(id, org, "u1", "page.viewed", 0).to_string();
+
+    // No token, a forged one, a token not for sending: refused, nothing stored.
+    let response = reqwest::Client::new().post(&url).body(one("n1", "acme")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let forged = format!("{}0", &acme[..acme.len() - 1]);
+    let forged = if forged == acme { format!("{}1", &acme[..acme.len() - 1]) } else { forged };
+    assert_eq!(post(&bearer_client(&forged), &url, one("n2", "acme")).await.0, 401);
+    let (status, answer) = post(&bearer_client(&reader), &url, one("n3", "acme")).await;
+    assert_eq!(status, 403, "{answer}");
+
+    // acme's token sends acme's events; a batch holding another org's event
+    // is refused whole, naming the line.
+    let acme_http = bearer_client(&acme);
+    assert_eq!(post(&acme_http, &url, one("a1", "acme")).await.0, 200);
+    let mixed = format!("{}\n{}\n{}\n", one("a2", "acme"), one("g1", "globex"), one("a3", "acme"));
+    let (status, answer) = post(&acme_http, &url, mixed).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["errors"][0]["line"], 2, "{answer}");
+    assert_eq!(answer["errors"][0]["field"], "org_id", "{answer}");
+    assert_eq!(answer["errors"].as_array().unwrap().len(), 1, "{answer}");
+
+    let pg = server.pg().await;
+    let ids: Vec<String> = pg
+        .query(&format!("select id from audit_events where {APP} order by id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, ["a1"]);
+
+    // Revoked while the server runs: refused at once.
+    let id = acme.strip_prefix("alk_").unwrap().split('_').next().unwrap();
+    let revoke = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["token", "revoke", id, "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(revoke.status.success(), "{}", String::from_utf8_lossy(&revoke.stderr));
+    assert_eq!(post(&acme_http, &url, one("a4", "acme")).await.0, 401);
+
+    // The data directory keeps no token's secret.
+    let stored = std::fs::read_to_string(data.join("tokens.json")).unwrap();
+    for token in [&acme, &reader] {
+        assert!(!stored.contains(token.rsplit('_').next().unwrap()), "a secret is on disk");
+    }
 }

@@ -24,7 +24,7 @@ const BY_ACTION: [(&str, u32, &str); 4] = [
 async fn server(data: &Path) -> Server {
     add_user(data, "analyst", &["--org", "acme"]);
     let server = Server::start(data, &[]);
-    let (status, body) = post(&reqwest::Client::new(), &server.events_url(), FIXTURE.to_owned()).await;
+    let (status, body) = post(&server.http(), &server.events_url(), FIXTURE.to_owned()).await;
     assert_eq!(status, 200, "{body}");
     server
 }

@@ -26,11 +26,11 @@ async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> Hash
     );
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let url = server.events_url();
+    let http = server.http();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let (acked, url) = (Arc::clone(&acked), url.clone());
+            let (acked, url, http) = (Arc::clone(&acked), url.clone(), http.clone());
             tokio::spawn(async move {
-                let http = reqwest::Client::new();
                 for batch in 0.. {
                     let ids: Vec<String> =
                         (0..EVENTS_PER_BATCH).map(|i| format!("c{cycle}-w{w}-b{batch}-{i}")).collect();

@@ -12,7 +12,7 @@ fn ndjson(events: &[Value]) -> String {
 async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let http = reqwest::Client::new();
+    let http = server.http();
 
     let first = vec![
         event("e1", "acme", "alice", "confluence.page.viewed", 0),
@@ -64,10 +64,10 @@ async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
 async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let http = reqwest::Client::new();
     {
         // Seal every 100 rows, so the data ends up split over segments and buffer.
         let server = Server::start(&data, &["--seal-max-buffered-rows", "100"]);
+        let http = server.http();
         for batch in 0..5 {
             let events: Vec<Value> = (0..60)
                 .map(|i| event(&format!("b{batch}-{i}"), "acme", &format!("u{}", i % 7), "page.viewed", i))
@@ -101,7 +101,8 @@ async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() 
     assert_eq!(per_actor.get::<_, i64>(0), 45);
     // Sequence numbers continue after recovery (the server's own records of
     // these queries took some of them).
-    let (status, body) = post(&http, &server.events_url(), event("after", "acme", "u1", "x", 0).to_string()).await;
+    let (status, body) =
+        post(&server.http(), &server.events_url(), event("after", "acme", "u1", "x", 0).to_string()).await;
     assert_eq!(status, 200);
     assert!(body["first_seq"].as_i64().unwrap() > 300, "{body}");
 }
@@ -201,7 +202,7 @@ async fn runaway_statements_are_stopped_and_ingest_goes_on() {
     assert!(server.psql(explain).unwrap().contains("timeout_ms=500"), "others keep the server's");
 
     // The server still takes events and answers while and after queries were stopped.
-    let http = reqwest::Client::new();
+    let http = server.http();
     let after = event("after-runaway", "acme", "u1", "page.viewed", 0).to_string();
     let (status, body) = post(&http, &server.events_url(), after).await;
     assert_eq!(status, 200, "{body}");

@@ -22,6 +22,8 @@ pub struct Server {
     log_path: PathBuf,
     /// Where this run's lines start in a log shared with earlier runs.
     log_start: usize,
+    /// An any-organisation ingest token made for this run.
+    ingest_token: String,
 }
 
 impl Server {
@@ -43,6 +45,7 @@ impl Server {
         if !extra.contains(&"--insecure-trust-loopback") {
             add_user(data_dir, TEST_USER, &["--admin"]);
         }
+        let ingest_token = create_token(data_dir, &["--any-org"]);
         let log_path = data_dir.with_extension("log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let log_start = log.metadata().unwrap().len() as usize;
@@ -76,6 +79,7 @@ impl Server {
                     http_url: format!("http://{}", field("http=")),
                     log_path,
                     log_start,
+                    ingest_token,
                 })
             }
             Err(_) => {
@@ -107,6 +111,11 @@ impl Server {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// An HTTP client that sends this run's ingest token with every request.
+    pub fn http(&self) -> reqwest::Client {
+        bearer_client(&self.ingest_token)
     }
 
     pub fn events_url(&self) -> String {
@@ -192,6 +201,25 @@ pub fn add_user(data_dir: &Path, name: &str, role: &[&str]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "user add {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `auditlake token create ARGS` on `data_dir`: the token's text.
+pub fn create_token(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["token", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "token create {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// An HTTP client that sends `Authorization: Bearer TOKEN`.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
 }
 
 /// A program from the Python venv `scripts/setup.sh` makes (override its

@@ -98,7 +98,7 @@ async fn segments_and_manifest_live_in_the_bucket_and_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = start(&data, &s3);
-    let http = reqwest::Client::new();
+    let http = server.http();
     for batch in 0..5 {
         let body: String = (0..200)
             .map(|i| {

@@ -98,7 +98,7 @@ async fn each_saved_report_finds_exactly_the_planted_incidents() {
     let data = dir.path().join("data");
     add_user(&data, "erin", &["--org", "acme"]);
     let server = Server::start(&data, &[]);
-    let (status, body) = post(&reqwest::Client::new(), &server.events_url(), FIXTURE.to_owned()).await;
+    let (status, body) = post(&server.http(), &server.events_url(), FIXTURE.to_owned()).await;
     assert_eq!((status, body["accepted"].as_u64()), (200, Some(28)), "{body}");
     // An investigator looks up an account; the server records it.
     let lookup = server.psql_as("erin", "select * from audit_events where actor_id = 'acme-u1'").unwrap();

@@ -17,7 +17,7 @@ async fn statements_and_logins_are_recorded_and_each_org_sees_its_own() {
     let data = dir.path().join("data");
     add_user(&data, "acme-analyst", &["--org", "acme"]);
     let server = Server::start(&data, &[]);
-    let http = reqwest::Client::new();
+    let http = server.http();
     let events: String = [("a1", "alice"), ("a2", "alice"), ("a3", "bob")]
         .iter()
         .map(|(id, actor)| event(id, "acme", actor, "page.viewed", 0).to_string() + "\n")

@@ -15,7 +15,7 @@ async fn count(server: &Server) -> i64 {
 async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--max-body-bytes", "16384"]);
-    let http = reqwest::Client::new();
+    let http = server.http();
     let url = server.events_url();
 
     let (status, _) = post(&http, &url, event("kept", "acme", "u1", "x", 0).to_string()).await;
@@ -82,7 +82,7 @@ async fn a_full_buffer_answers_503_with_retry_after_and_recovers_once_sealed() {
         &dir.path().join("data"),
         &["--max-buffered-bytes", "1", "--seal-after-ms", "1500", "--seal-max-buffered-rows", "1000000"],
     );
-    let http = reqwest::Client::new();
+    let http = server.http();
     let body =
         |n: usize| (0..n).map(|i| event(&format!("b{n}-{i}"), "acme", "u1", "x", 0).to_string() + "\n").collect();
     let (status, _) = post(&http, &server.events_url(), body(10)).await;

@@ -1,0 +1,277 @@
+//! API tokens of the HTTP API: who may send events, and for which
+//! organisation.
+//!
+//! A token is `alk_<id>_<secret>`, with 32 random bytes of secret. It is
+//! shown once, when `auditlake token create` makes it; `tokens.json` in the
+//! data directory keeps only its id, its organisation (or none: any
+//! organisation, for a product's own backend that sends for all its
+//! tenants), its scope and the SHA-256 of the secret. A plain hash is enough
+//! because the secret is random, not chosen by a person; it is compared in
+//! constant time. This module never logs or stores a token's text.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::server::users::sha256;
+
+pub const TOKENS_FILE: &str = "tokens.json";
+const TOKEN_PREFIX: &str = "alk_";
+const ID_BYTES: usize = 8;
+const SECRET_BYTES: usize = 32;
+
+/// What a token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Send events (`POST /v1/events`).
+    Ingest,
+    /// Read events back (the export API).
+    Read,
+}
+
+/// A token as the server knows it: everything but its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    /// The one organisation it may act for; `None`: any.
+    pub org: Option<String>,
+    pub scope: TokenScope,
+    /// When it was created (RFC 3339, UTC).
+    pub created: String,
+}
+
+impl Token {
+    /// Whether it may act for organisation `org`.
+    pub fn allows_org(&self, org: &str) -> bool {
+        self.org.as_deref().is_none_or(|own| own == org)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct StoredToken {
+    #[serde(flatten)]
+    token: Token,
+    secret_sha256: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct TokensFile {
+    tokens: Vec<StoredToken>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("organisation name {0:?} is empty, too long or holds control characters")]
+    BadOrg(String),
+    #[error("no token with id {0:?}")]
+    NoSuchToken(String),
+}
+
+/// Why a request's token was not accepted (all answered 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthenticated {
+    #[error("missing `Authorization: Bearer <token>` (create a token with `auditlake token create`)")]
+    Missing,
+    #[error("the Authorization header is not `Bearer <token>`")]
+    Malformed,
+    #[error("unknown or revoked token")]
+    Unknown,
+    #[error("the token store cannot be read: {0}")]
+    Store(String),
+}
+
+/// Every token with the SHA-256 of its secret, as last read.
+type Known = Arc<Vec<(Token, [u8; 32])>>;
+
+/// The tokens of one data directory, read again when the file changes, so
+/// tokens created or revoked while the server runs apply at once.
+#[derive(Debug)]
+pub struct Tokens {
+    path: PathBuf,
+    loaded: Mutex<Option<(FileVersion, Known)>>,
+}
+
+impl Tokens {
+    pub fn in_data_dir(data_dir: &Path) -> Self {
+        Tokens { path: data_dir.join(TOKENS_FILE), loaded: Mutex::new(None) }
+    }
+
+    fn read(&self) -> Result<TokensFile, TokenError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokensFile::default()),
+            Err(source) => return Err(TokenError::Read { path: self.path.clone(), source }),
+        };
+        serde_json::from_str(&text).map_err(|e| TokenError::Damaged { path: self.path.clone(), reason: e.to_string() })
+    }
+
+    fn write(&self, file: &TokensFile) -> Result<(), TokenError> {
+        let text = serde_json::to_string_pretty(file).expect("tokens serialise");
+        crate::storage::write_private_file(&self.path, text.as_bytes())
+            .map_err(|source| TokenError::Write { path: self.path.clone(), source })
+    }
+
+    /// Makes a token and returns it with its text, which exists nowhere else.
+    pub fn create(&self, org: Option<&str>, scope: TokenScope) -> Result<(Token, String), TokenError> {
+        if let Some(org) = org
+            && (org.is_empty() || org.chars().count() > 128 || org.chars().any(char::is_control))
+        {
+            return Err(TokenError::BadOrg(org.to_string()));
+        }
+        let random = SystemRandom::new();
+        let mut id = [0u8; ID_BYTES];
+        let mut secret = [0u8; SECRET_BYTES];
+        random.fill(&mut id).and_then(|()| random.fill(&mut secret)).expect("the system's random source works");
+        let (id, secret) = (hex(&id), hex(&secret));
+        let token = Token {
+            id: id.clone(),
+            org: org.map(str::to_string),
+            scope,
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let mut file = self.read()?;
+        file.tokens.push(StoredToken { token: token.clone(), secret_sha256: hex(&sha256(secret.as_bytes())) });
+        self.write(&file)?;
+        Ok((token, format!("{TOKEN_PREFIX}{id}_{secret}")))
+    }
+
+    pub fn list(&self) -> Result<Vec<Token>, TokenError> {
+        Ok(self.read()?.tokens.into_iter().map(|stored| stored.token).collect())
+    }
+
+    pub fn revoke(&self, id: &str) -> Result<(), TokenError> {
+        let mut file = self.read()?;
+        let before = file.tokens.len();
+        file.tokens.retain(|stored| stored.token.id != id);
+        if file.tokens.len() == before {
+            return Err(TokenError::NoSuchToken(id.to_string()));
+        }
+        self.write(&file)
+    }
+
+    /// The token an `Authorization` header value names.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Token, Unauthenticated> {
+        let header = authorization.ok_or(Unauthenticated::Missing)?;
+        let text = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(Unauthenticated::Malformed)?
+            .trim();
+        let (id, secret) =
+            text.strip_prefix(TOKEN_PREFIX).and_then(|rest| rest.split_once('_')).ok_or(Unauthenticated::Unknown)?;
+        let presented = sha256(secret.as_bytes());
+        let tokens = self.current().map_err(|e| Unauthenticated::Store(e.to_string()))?;
+        tokens
+            .iter()
+            .find(|(token, hash)| token.id == id && bool::from(hash.ct_eq(&presented)))
+            .map(|(token, _)| token.clone())
+            .ok_or(Unauthenticated::Unknown)
+    }
+
+    /// The tokens as the file holds them now; read again only when it changed.
+    fn current(&self) -> Result<Known, TokenError> {
+        let modified = match std::fs::metadata(&self.path) {
+            Ok(meta) => FileVersion::of(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileVersion::default(),
+            Err(source) => return Err(TokenError::Read { path: self.path.clone(), source }),
+        };
+        let mut loaded = self.loaded.lock().expect("tokens lock");
+        if let Some((at, tokens)) = loaded.as_ref()
+            && *at == modified
+        {
+            return Ok(Arc::clone(tokens));
+        }
+        let damaged = |reason: String| TokenError::Damaged { path: self.path.clone(), reason };
+        let tokens = self
+            .read()?
+            .tokens
+            .into_iter()
+            .map(|stored| {
+                let hash = unhex(&stored.secret_sha256)
+                    .ok_or_else(|| damaged(format!("token {}: bad secret_sha256", stored.token.id)))?;
+                Ok((stored.token, hash))
+            })
+            .collect::<Result<Vec<_>, TokenError>>()?;
+        let tokens = Arc::new(tokens);
+        *loaded = Some((modified, Arc::clone(&tokens)));
+        Ok(tokens)
+    }
+}
+
+/// What tells one version of the file from the next: every write replaces
+/// it by rename, so its inode changes even within one mtime tick.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    modified: Option<SystemTime>,
+    inode: u64,
+    len: u64,
+}
+
+impl FileVersion {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileVersion { modified: meta.modified().ok(), inode, len: meta.len() }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_stored_as_a_hash_and_recognised_by_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::in_data_dir(dir.path());
+        let (token, text) = tokens.create(Some("acme"), TokenScope::Ingest).unwrap();
+        let (_, other) = tokens.create(None, TokenScope::Read).unwrap();
+        let stored = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
+        let secret = text.rsplit('_').next().unwrap();
+        assert!(!stored.contains(secret), "the secret is not on disk");
+        assert!(stored.contains(&hex(&sha256(secret.as_bytes()))));
+
+        assert_eq!(tokens.authenticate(Some(&format!("Bearer {text}"))), Ok(token.clone()));
+        assert!(token.allows_org("acme") && !token.allows_org("globex"));
+        let any = tokens.authenticate(Some(&format!("Bearer {other}"))).unwrap();
+        assert!(any.allows_org("globex") && any.scope == TokenScope::Read);
+
+        let mut forged = text.clone();
+        forged.replace_range(forged.len() - 1.., if forged.ends_with('0') { "1" } else { "0" });
+        assert_eq!(tokens.authenticate(Some(&format!("Bearer {forged}"))), Err(Unauthenticated::Unknown));
+        assert_eq!(tokens.authenticate(None), Err(Unauthenticated::Missing));
+        assert_eq!(tokens.authenticate(Some(&text)), Err(Unauthenticated::Malformed));
+
+        tokens.revoke(&token.id).unwrap();
+        assert_eq!(tokens.authenticate(Some(&format!("Bearer {text}"))), Err(Unauthenticated::Unknown));
+        assert_eq!(tokens.list().unwrap().len(), 1);
+        assert!(matches!(tokens.revoke(&token.id), Err(TokenError::NoSuchToken(_))));
+    }
+}
