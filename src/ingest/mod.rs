@@ -44,6 +44,8 @@ pub enum IngestError {
     TooLarge { limit_bytes: usize },
     #[error("cannot read the request body: {0}")]
     Body(String),
+    #[error("{0}; send application/json or application/x-ndjson, plain or gzip")]
+    UnsupportedMedia(String),
     #[error("{0}")]
     Unauthenticated(#[from] Unauthenticated),
     #[error("this token may not send events: its scope is {0:?}")]
@@ -60,6 +62,7 @@ impl IngestError {
         match self {
             IngestError::Invalid(_) | IngestError::Body(_) => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             IngestError::WrongScope(_) | IngestError::OtherOrg { .. } => StatusCode::FORBIDDEN,
             IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
@@ -145,6 +148,7 @@ async fn post_events(
             IngestError::Body(rejection.body_text())
         }
     })?;
+    let body = decoded_body(&headers, body, app.max_body_bytes)?;
     let events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
     if let Some(org) = org
         && events.iter().any(|event| event.org_id != org)
@@ -166,6 +170,48 @@ async fn post_events(
         warn!(error = %e, "ingest batch not stored");
     })?;
     Ok(Json(json!({ "accepted": accepted, "first_seq": first_seq, "last_seq": last_seq })))
+}
+
+/// Content types a batch may be sent as (parameters aside). No content type
+/// at all is taken as JSON too.
+const ACCEPTED_CONTENT_TYPES: [&str; 4] =
+    ["application/json", "application/x-ndjson", "application/ndjson", "application/jsonl"];
+
+/// The request body as JSON text: its content type checked, a gzip body
+/// inflated, and never more than `max_body_bytes` once inflated (a small
+/// gzip body can inflate without bound).
+fn decoded_body(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Result<Bytes, IngestError> {
+    let text_header = |name: header::HeaderName| {
+        headers
+            .get(&name)
+            .map(|value| value.to_str().map(|v| v.trim().to_ascii_lowercase()))
+            .transpose()
+            .map_err(|_| IngestError::UnsupportedMedia(format!("{name} is not text")))
+    };
+    if let Some(content_type) = text_header(header::CONTENT_TYPE)? {
+        let mut parts = content_type.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let utf8 = parts.all(|p| p.strip_prefix("charset=").is_none_or(|c| c.trim_matches('"') == "utf-8"));
+        if !ACCEPTED_CONTENT_TYPES.contains(&media) || !utf8 {
+            return Err(IngestError::UnsupportedMedia(format!("Content-Type {content_type:?} is not accepted")));
+        }
+    }
+    match text_header(header::CONTENT_ENCODING)?.as_deref() {
+        None | Some("identity") => Ok(body),
+        Some("gzip") => {
+            use std::io::Read;
+            let mut inflated = Vec::new();
+            flate2::read::GzDecoder::new(body.as_ref())
+                .take(max_body_bytes as u64 + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| IngestError::Body(format!("the gzip body cannot be inflated: {e}")))?;
+            if inflated.len() > max_body_bytes {
+                return Err(IngestError::TooLarge { limit_bytes: max_body_bytes });
+            }
+            Ok(Bytes::from(inflated))
+        }
+        Some(other) => Err(IngestError::UnsupportedMedia(format!("Content-Encoding {other:?} is not accepted"))),
+    }
 }
 
 async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
@@ -216,6 +262,7 @@ mod tests {
             (IngestError::Invalid(Vec::new()), 400, None),
             (IngestError::Body("cut off".into()), 400, None),
             (IngestError::TooLarge { limit_bytes: 1 }, 413, None),
+            (IngestError::UnsupportedMedia("br".into()), 415, None),
             (Unauthenticated::Unknown.into(), 401, None),
             (IngestError::WrongScope(TokenScope::Read), 403, None),
             (IngestError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),

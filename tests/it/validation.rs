@@ -109,3 +109,49 @@ async fn a_full_buffer_answers_503_with_retry_after_and_recovers_once_sealed() {
     assert!(accepted, "ingest did not recover after sealing");
     assert_eq!(count(&server).await, 30);
 }
+
+#[tokio::test]
+async fn gzip_bodies_are_inflated_within_the_limit_and_other_encodings_and_types_refused() {
+    use std::io::Write;
+    let gzip = |bytes: &[u8]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-body-bytes", "16384"]);
+    let http = server.http();
+    let url = server.events_url();
+    let send = |body: Vec<u8>, content_type: &'static str, encoding: Option<&'static str>| {
+        let mut request = http.post(&url).body(body).header("content-type", content_type);
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let batch = format!("{}\n{}\n", event("z1", "acme", "u1", "x", 0), event("z2", "acme", "u1", "x", 1));
+
+    let (status, answer) = send(gzip(batch.as_bytes()), "application/x-ndjson", Some("gzip")).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = send(batch.clone().into_bytes(), "application/json; charset=utf-8", None).await;
+    assert_eq!(status, 200, "{answer}");
+    // 1 MiB of spaces inflates past the 16 KiB limit from a tiny body.
+    let bomb = gzip(format!("{}{}", " ".repeat(1 << 20), event("z3", "acme", "u1", "x", 2)).as_bytes());
+    assert!(bomb.len() < 16384);
+    let (status, answer) = send(bomb, "application/json", Some("gzip")).await;
+    assert_eq!(status, 413, "{answer}");
+    let (status, answer) = send(batch.clone().into_bytes(), "application/json", Some("gzip")).await;
+    assert_eq!(status, 400, "not gzip: {answer}");
+    assert!(answer.contains("gzip"), "{answer}");
+    let (status, answer) = send(gzip(batch.as_bytes()), "application/json", Some("br")).await;
+    assert_eq!(status, 415, "{answer}");
+    assert!(answer.contains("Content-Encoding \\\"br\\\""), "{answer}");
+    for content_type in ["application/x-www-form-urlencoded", "text/csv", "application/json; charset=latin1"] {
+        let (status, answer) = send(batch.clone().into_bytes(), content_type, None).await;
+        assert_eq!(status, 415, "{content_type}: {answer}");
+    }
+    assert_eq!(count(&server).await, 4, "two accepted batches of two events, nothing else");
+}
