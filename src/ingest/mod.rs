@@ -115,6 +115,7 @@ pub fn router(storage: Storage, max_body_bytes: usize, auth: IngestAuth) -> Rout
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/healthz", get(health))
+        .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(AppState { storage, max_body_bytes, auth })
 }
@@ -214,6 +215,14 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Resu
     }
 }
 
+/// The API's OpenAPI document, kept in the repository (`api/openapi.json`)
+/// and served as it is there.
+pub const OPENAPI_JSON: &str = include_str!("../../api/openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
 async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
     let stats = app.storage.stats();
     Json(json!({
@@ -253,6 +262,29 @@ mod tests {
         let response = error.into_response();
         let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
         (response.status().as_u16(), retry_after)
+    }
+
+    #[test]
+    fn the_openapi_document_describes_the_events_we_take() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("api/openapi.json is JSON");
+        let properties = document["components"]["schemas"]["Event"]["properties"].as_object().unwrap();
+        let mut described: Vec<&str> = properties.keys().map(String::as_str).collect();
+        described.sort_unstable();
+        // Every column but those the server sets.
+        let mut columns: Vec<String> = model::schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|name| name != "received_at" && name != "seq")
+            .collect();
+        columns.sort_unstable();
+        assert_eq!(described, columns);
+        for path in ["/v1/events", "/healthz", "/openapi.json"] {
+            assert!(document["paths"].get(path).is_some(), "{path} is described");
+        }
+        for status in ["200", "400", "401", "403", "413", "415", "503", "507"] {
+            assert!(document["paths"]["/v1/events"]["post"]["responses"].get(status).is_some(), "{status}");
+        }
     }
 
     #[test]

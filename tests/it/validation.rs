@@ -154,4 +154,11 @@ async fn gzip_bodies_are_inflated_within_the_limit_and_other_encodings_and_types
         assert_eq!(status, 415, "{content_type}: {answer}");
     }
     assert_eq!(count(&server).await, 4, "two accepted batches of two events, nothing else");
+
+    // The API describes itself, as the repository keeps it, without a token.
+    let response = reqwest::get(format!("{}/openapi.json", server.http_url)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let document = response.text().await.unwrap();
+    let kept = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.json")).unwrap();
+    assert_eq!(document, kept);
 }
