@@ -446,6 +446,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
         },
         access_log: access_log.clone(),
     };
+    let export_limits = endpoint.limits.clone();
     let ingest_auth = ingest::IngestAuth {
         tokens: Arc::new(Tokens::in_data_dir(&args.data_dir)),
         trust_without_token: args.insecure_trust_loopback,
@@ -459,7 +460,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
     tokio::select! {
         () = server::serve(pg, storage.clone(), endpoint) => {}
-        result = ingest::serve(http, storage.clone(), args.max_body_bytes, ingest_auth) => result?,
+        result = ingest::serve(http, storage.clone(), args.max_body_bytes, ingest_auth, export_limits) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;
             info!("shutting down");

@@ -1,4 +1,5 @@
-//! The HTTP API applications send events to, and the demo-data generator.
+//! The HTTP API applications send events to (and SIEMs read them back
+//! from), and the demo-data generator.
 //!
 //! `POST /v1/events` takes a JSON array or NDJSON. The batch is validated as a
 //! whole (one bad event rejects all of it, and every bad line is named), then
@@ -9,6 +10,7 @@
 //! Status codes are decided in one place, [`IngestError::status`].
 
 pub mod demo;
+pub mod export;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +29,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::model::{self, FieldError};
+use crate::query::QueryLimits;
 use crate::storage::{Storage, StorageError};
 use tokens::{TokenScope, Tokens, Unauthenticated};
 
@@ -48,8 +51,14 @@ pub enum IngestError {
     UnsupportedMedia(String),
     #[error("{0}")]
     Unauthenticated(#[from] Unauthenticated),
-    #[error("this token may not send events: its scope is {0:?}")]
+    #[error("this token's scope is {0:?}, which does not allow this")]
     WrongScope(TokenScope),
+    #[error("this token is not for organisation {0:?}")]
+    NotThisOrg(String),
+    #[error("{0}")]
+    BadParameter(String),
+    #[error("the query failed: {0}")]
+    Query(String),
     #[error("this token may send events of organisation {org:?} only: {} event(s) of others", .errors.len())]
     OtherOrg { org: String, errors: Vec<FieldError> },
     #[error(transparent)]
@@ -60,11 +69,14 @@ impl IngestError {
     /// The one mapping from ingest errors to HTTP status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::Invalid(_) | IngestError::Body(_) => StatusCode::BAD_REQUEST,
+            IngestError::Invalid(_) | IngestError::Body(_) | IngestError::BadParameter(_) => StatusCode::BAD_REQUEST,
+            IngestError::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            IngestError::WrongScope(_) | IngestError::OtherOrg { .. } => StatusCode::FORBIDDEN,
+            IngestError::WrongScope(_) | IngestError::NotThisOrg(_) | IngestError::OtherOrg { .. } => {
+                StatusCode::FORBIDDEN
+            }
             IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -108,21 +120,23 @@ struct AppState {
     storage: Storage,
     max_body_bytes: usize,
     auth: IngestAuth,
+    limits: QueryLimits,
 }
 
-/// The HTTP API over one storage engine.
-pub fn router(storage: Storage, max_body_bytes: usize, auth: IngestAuth) -> Router {
+/// The HTTP API over one storage engine; export queries run under `limits`.
+pub fn router(storage: Storage, max_body_bytes: usize, auth: IngestAuth, limits: QueryLimits) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
+        .route("/v1/orgs/{org}/events", get(export_events))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(AppState { storage, max_body_bytes, auth })
+        .with_state(AppState { storage, max_body_bytes, auth, limits })
 }
 
-/// The organisation a request may send events for (`None`: any), from its
-/// token. Checked before the body is read.
-fn sender_org(auth: &IngestAuth, headers: &HeaderMap) -> Result<Option<String>, IngestError> {
+/// The organisation a request may act for (`None`: any), from its token,
+/// which must have `scope`. Checked before the body is read.
+fn token_org(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<String>, IngestError> {
     let authorization = headers.get(header::AUTHORIZATION);
     if authorization.is_none() && auth.trust_without_token {
         return Ok(None);
@@ -130,10 +144,25 @@ fn sender_org(auth: &IngestAuth, headers: &HeaderMap) -> Result<Option<String>, 
     let authorization =
         authorization.map(|value| value.to_str().map_err(|_| Unauthenticated::Malformed)).transpose()?;
     let token = auth.tokens.authenticate(authorization)?;
-    if token.scope != TokenScope::Ingest {
+    if token.scope != scope {
         return Err(IngestError::WrongScope(token.scope));
     }
     Ok(token.org)
+}
+
+async fn export_events(
+    State(app): State<AppState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    request: Result<Query<export::PageRequest>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    if let Some(own) = token_org(&app.auth, &headers, TokenScope::Read)?
+        && own != org
+    {
+        return Err(IngestError::NotThisOrg(org));
+    }
+    let Query(request) = request.map_err(|rejection| IngestError::BadParameter(rejection.body_text()))?;
+    Ok(Json(export::page(&app.storage, &app.limits, &org, &request).await?))
 }
 
 async fn post_events(
@@ -141,7 +170,7 @@ async fn post_events(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IngestError> {
-    let org = sender_org(&app.auth, &headers)?;
+    let org = token_org(&app.auth, &headers, TokenScope::Ingest)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             IngestError::TooLarge { limit_bytes: app.max_body_bytes }
@@ -250,8 +279,9 @@ pub async fn serve(
     storage: Storage,
     max_body_bytes: usize,
     auth: IngestAuth,
+    limits: QueryLimits,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(storage, max_body_bytes, auth)).await
+    axum::serve(listener, router(storage, max_body_bytes, auth, limits)).await
 }
 
 #[cfg(test)]
@@ -279,7 +309,7 @@ mod tests {
             .collect();
         columns.sort_unstable();
         assert_eq!(described, columns);
-        for path in ["/v1/events", "/healthz", "/openapi.json"] {
+        for path in ["/v1/events", "/v1/orgs/{org}/events", "/healthz", "/openapi.json"] {
             assert!(document["paths"].get(path).is_some(), "{path} is described");
         }
         for status in ["200", "400", "401", "403", "413", "415", "503", "507"] {
@@ -297,6 +327,9 @@ mod tests {
             (IngestError::UnsupportedMedia("br".into()), 415, None),
             (Unauthenticated::Unknown.into(), 401, None),
             (IngestError::WrongScope(TokenScope::Read), 403, None),
+            (IngestError::NotThisOrg("acme".into()), 403, None),
+            (IngestError::BadParameter("limit".into()), 400, None),
+            (IngestError::Query("boom".into()), 500, None),
             (IngestError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),
             (StorageError::Backpressure { buffered_bytes: 2, limit_bytes: 1 }.into(), 503, Some("1")),
             (StorageError::ShutDown.into(), 503, Some("1")),

@@ -6,6 +6,7 @@ mod bi_tools;
 mod clients;
 mod crash;
 mod end_to_end;
+mod export;
 mod harness;
 mod object_storage;
 mod open_layout;
