@@ -117,7 +117,28 @@ pub async fn page(
     if !(1..=MAX_PAGE_EVENTS).contains(&limit) {
         return Err(bad(format!("limit={limit} is not between 1 and {MAX_PAGE_EVENTS}")));
     }
-    let condition = condition(request)?;
+    let events = events(storage, limits, org, condition(request)?, limit).await?;
+    let next_cursor = match events.last() {
+        Some(last) => last["seq"].as_i64().expect("every event has a seq").to_string(),
+        None => request.cursor.clone().unwrap_or_else(|| "0".to_string()),
+    };
+    Ok(json!({ "events": events, "next_cursor": next_cursor, "more": events.len() == limit }))
+}
+
+/// The event of `org` with id `id`, if there is one.
+pub async fn one(storage: &Storage, limits: &QueryLimits, org: &str, id: &str) -> Result<Option<Value>, IngestError> {
+    Ok(events(storage, limits, org, col("id").eq(lit(id)), 1).await?.pop())
+}
+
+/// Up to `limit` of `org`'s events matching `condition`, in `seq` order, as
+/// JSON objects.
+async fn events(
+    storage: &Storage,
+    limits: &QueryLimits,
+    org: &str,
+    condition: Expr,
+    limit: usize,
+) -> Result<Vec<Value>, IngestError> {
     let failed = |e: datafusion::error::DataFusionError| IngestError::Query(e.to_string());
     let controls = SessionControls::new(limits);
     controls.scope.set(Scope::Org(org.to_string())).expect("a fresh session has no scope yet");
@@ -152,11 +173,7 @@ pub async fn page(
             event["attributes"] = object;
         }
     }
-    let next_cursor = match events.last() {
-        Some(last) => last["seq"].as_i64().expect("every event has a seq").to_string(),
-        None => request.cursor.clone().unwrap_or_else(|| "0".to_string()),
-    };
-    Ok(json!({ "events": events, "next_cursor": next_cursor, "more": events.len() == limit }))
+    Ok(events)
 }
 
 #[cfg(test)]

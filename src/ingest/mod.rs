@@ -59,6 +59,8 @@ pub enum IngestError {
     BadParameter(String),
     #[error("the query failed: {0}")]
     Query(String),
+    #[error("no event {id:?} in organisation {org:?}")]
+    NotFound { org: String, id: String },
     #[error("this token may send events of organisation {org:?} only: {} event(s) of others", .errors.len())]
     OtherOrg { org: String, errors: Vec<FieldError> },
     #[error(transparent)]
@@ -71,6 +73,7 @@ impl IngestError {
         match self {
             IngestError::Invalid(_) | IngestError::Body(_) | IngestError::BadParameter(_) => StatusCode::BAD_REQUEST,
             IngestError::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::NotFound { .. } => StatusCode::NOT_FOUND,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -128,6 +131,7 @@ pub fn router(storage: Storage, max_body_bytes: usize, auth: IngestAuth, limits:
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/orgs/{org}/events", get(export_events))
+        .route("/v1/orgs/{org}/events/{id}", get(export_event))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -163,6 +167,22 @@ async fn export_events(
     }
     let Query(request) = request.map_err(|rejection| IngestError::BadParameter(rejection.body_text()))?;
     Ok(Json(export::page(&app.storage, &app.limits, &org, &request).await?))
+}
+
+async fn export_event(
+    State(app): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    if let Some(own) = token_org(&app.auth, &headers, TokenScope::Read)?
+        && own != org
+    {
+        return Err(IngestError::NotThisOrg(org));
+    }
+    match export::one(&app.storage, &app.limits, &org, &id).await? {
+        Some(event) => Ok(Json(event)),
+        None => Err(IngestError::NotFound { org, id }),
+    }
 }
 
 async fn post_events(
@@ -309,7 +329,7 @@ mod tests {
             .collect();
         columns.sort_unstable();
         assert_eq!(described, columns);
-        for path in ["/v1/events", "/v1/orgs/{org}/events", "/healthz", "/openapi.json"] {
+        for path in ["/v1/events", "/v1/orgs/{org}/events", "/v1/orgs/{org}/events/{id}", "/healthz", "/openapi.json"] {
             assert!(document["paths"].get(path).is_some(), "{path} is described");
         }
         for status in ["200", "400", "401", "403", "413", "415", "503", "507"] {
@@ -330,6 +350,7 @@ mod tests {
             (IngestError::NotThisOrg("acme".into()), 403, None),
             (IngestError::BadParameter("limit".into()), 400, None),
             (IngestError::Query("boom".into()), 500, None),
+            (IngestError::NotFound { org: "acme".into(), id: "x".into() }, 404, None),
             (IngestError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),
             (StorageError::Backpressure { buffered_bytes: 2, limit_bytes: 1 }.into(), 503, Some("1")),
             (StorageError::ShutDown.into(), 503, Some("1")),

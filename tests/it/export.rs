@@ -79,6 +79,14 @@ async fn paging_returns_every_event_once_in_seq_order_while_ingest_goes_on() {
     let (_, page) = get(&reader, &format!("{events_url}?q=PAGE.VIEWED&limit=3")).await;
     assert_eq!((page["events"].as_array().unwrap().len(), &page["more"]), (3, &json!(true)));
 
+    // One event by id; another organisation's id is not found here.
+    let (status, one) = get(&reader, &format!("{events_url}/a7")).await;
+    assert_eq!(
+        (status, &one["id"], &one["actor_id"], &one["attributes"]["n"]),
+        (200, &json!("a7"), &json!("u2"), &json!(7))
+    );
+    assert_eq!(get(&reader, &format!("{events_url}/g7")).await.0, 404);
+
     // Only acme's read token reads acme; bad parameters are named.
     let (status, _) = get(&reader, &format!("{}/v1/orgs/globex/events", server.http_url)).await;
     assert_eq!(status, 403);
