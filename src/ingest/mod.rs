@@ -154,17 +154,21 @@ fn token_org(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Resul
     Ok(token.org)
 }
 
+/// Whether the request's token may read `org`'s events.
+fn may_read(auth: &IngestAuth, headers: &HeaderMap, org: &str) -> Result<(), IngestError> {
+    match token_org(auth, headers, TokenScope::Read)? {
+        Some(own) if own != org => Err(IngestError::NotThisOrg(org.to_string())),
+        _ => Ok(()),
+    }
+}
+
 async fn export_events(
     State(app): State<AppState>,
     Path(org): Path<String>,
     headers: HeaderMap,
     request: Result<Query<export::PageRequest>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, IngestError> {
-    if let Some(own) = token_org(&app.auth, &headers, TokenScope::Read)?
-        && own != org
-    {
-        return Err(IngestError::NotThisOrg(org));
-    }
+    may_read(&app.auth, &headers, &org)?;
     let Query(request) = request.map_err(|rejection| IngestError::BadParameter(rejection.body_text()))?;
     Ok(Json(export::page(&app.storage, &app.limits, &org, &request).await?))
 }
@@ -174,11 +178,7 @@ async fn export_event(
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, IngestError> {
-    if let Some(own) = token_org(&app.auth, &headers, TokenScope::Read)?
-        && own != org
-    {
-        return Err(IngestError::NotThisOrg(org));
-    }
+    may_read(&app.auth, &headers, &org)?;
     match export::one(&app.storage, &app.limits, &org, &id).await? {
         Some(event) => Ok(Json(event)),
         None => Err(IngestError::NotFound { org, id }),
