@@ -13,11 +13,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
+use crate::exporter::{self, ExportFormat, ExportRequest};
 use crate::ingest::tokens::{TokenScope, Tokens};
 use crate::ingest::{self, demo};
+use crate::policy::{OrgPolicy, Policies, UgcKey, UgcMode};
 use crate::server::users::{Role, Users};
 use crate::storage::compaction::CompactionPolicy;
-use crate::storage::{Storage, StorageConfig};
+use crate::storage::{self, Storage, StorageConfig};
 use crate::{client, reports};
 use crate::{query, server};
 
@@ -46,6 +48,53 @@ enum Command {
     /// Manage the API tokens applications send events with.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage organisations' policies: what is kept of user-generated content.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Export one organisation's events to a JSON Lines or Parquet file, a
+    /// page at a time in seq order, with a progress bar.
+    Export(ExportArgs),
+    /// Create a key file (owner-only, never overwritten).
+    Keygen {
+        /// The UGC key organisations' hashing keys derive from; give it to
+        /// `serve --ugc-key-file`. Keep it outside the data directory.
+        #[arg(long, value_name = "PATH")]
+        ugc_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgCommand {
+    /// Show an organisation's policy, or set it for events received from now
+    /// on (a running server applies it to the next batch).
+    Policy {
+        org: String,
+        /// store: keep UGC as sent; hash: keep a keyed hash of each value
+        /// (the server needs --ugc-key-file); drop: keep nothing of it.
+        #[arg(long, value_enum)]
+        ugc: Option<UgcMode>,
+        /// A top-level key of `attributes` that holds UGC too (repeatable);
+        /// replaces the policy's list when given.
+        #[arg(long = "attribute-key", value_name = "KEY", requires = "ugc")]
+        attribute_keys: Vec<String>,
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Apply the organisation's current policy to the events already stored:
+    /// seals the WAL into segments, then rewrites every segment holding the
+    /// organisation's events with its UGC hashed or dropped. Run it with the
+    /// server stopped.
+    Rewrite {
+        org: String,
+        /// The UGC key, when the policy hashes.
+        #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
+        ugc_key_file: Option<PathBuf>,
+        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Segments location of that data directory, if not inside it.
+        #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
+        segments_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +160,28 @@ enum UserCommand {
 }
 
 #[derive(Debug, Args)]
+struct ExportArgs {
+    #[arg(long)]
+    org: String,
+    /// Events at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    format: ExportFormat,
+    /// A new local file, or s3://bucket/key (AWS_* variables as for serve).
+    #[arg(long)]
+    out: String,
+    /// Events read per statement.
+    #[arg(long, default_value_t = exporter::EXPORT_PAGE_EVENTS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    page_events: u64,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Debug, Args)]
 struct QueryArgs {
     /// The statement, e.g. "select action, count(*) from audit_events group by action".
     sql: String,
@@ -137,6 +208,16 @@ struct ReportArgs {
 /// Where `query` and `report` run, and how they print.
 #[derive(Debug, Args)]
 struct TargetArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// How to print the rows.
+    #[arg(long, value_enum, default_value_t = client::Format::Table)]
+    format: client::Format,
+}
+
+/// Where `query`, `report` and `export` read.
+#[derive(Debug, Args)]
+struct SourceArgs {
     /// Data directory to read in-process (the server must not be running on it).
     #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR", conflicts_with = "server")]
     data_dir: PathBuf,
@@ -147,12 +228,9 @@ struct TargetArgs {
     /// e.g. postgres://investigator@127.0.0.1:5433/auditlake.
     #[arg(long, env = "AUDITLAKE_SERVER")]
     server: Option<String>,
-    /// How to print the rows.
-    #[arg(long, value_enum, default_value_t = client::Format::Table)]
-    format: client::Format,
 }
 
-impl TargetArgs {
+impl SourceArgs {
     fn target(&self) -> client::Target {
         match &self.server {
             Some(connection) => client::Target::Server(connection.clone()),
@@ -202,6 +280,11 @@ struct ServeArgs {
     /// Merge only runs of at least this many segments.
     #[arg(long, default_value_t = StorageConfig::new("").compaction.min_inputs)]
     compaction_min_segments: usize,
+    /// An event whose organisation sent its id within this many hours (by
+    /// receive time) is acknowledged again instead of stored twice. Costs
+    /// about 40 bytes of memory per event received in the window.
+    #[arg(long, default_value_t = storage::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS)]
+    idempotency_window_hours: u64,
     /// Most concurrent Postgres connections.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_pg_connections: usize,
@@ -225,6 +308,10 @@ struct ServeArgs {
     /// connections.
     #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES)]
     segment_cache_bytes: usize,
+    /// The UGC key (`auditlake keygen --ugc-key`): needed when an
+    /// organisation's policy hashes UGC, and by `ugc_hash()` in SQL.
+    #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
+    ugc_key_file: Option<PathBuf>,
     /// Let anyone connect to the Postgres endpoint without a password, as an
     /// admin, and send events without a token. Only for trying auditlake
     /// out, and only on loopback `--pg-listen` and `--http-listen`; without it
@@ -281,6 +368,15 @@ impl ServeArgs {
         }
     }
 
+    /// The organisations' policies, with the UGC key if one was given;
+    /// refused when a policy hashes UGC and there is no key.
+    fn policies(&self) -> anyhow::Result<Policies> {
+        let key = self.ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
+        let policies = Policies::in_data_dir(&self.data_dir, key);
+        policies.check_key()?;
+        Ok(policies)
+    }
+
     /// TLS for the Postgres endpoint, loaded (and checked) before anything starts.
     fn tls(&self) -> Result<Option<pgwire::tokio::TlsAcceptor>, server::ServerError> {
         match (&self.tls_cert, &self.tls_key) {
@@ -302,6 +398,7 @@ impl ServeArgs {
                 target_rows: self.compaction_target_rows,
                 min_inputs: self.compaction_min_segments,
             },
+            idempotency_window_ms: self.idempotency_window_hours.saturating_mul(3_600_000),
         }
     }
 }
@@ -321,14 +418,51 @@ pub fn main() -> anyhow::Result<()> {
             Command::Demo(args) => run_demo(args).await,
             Command::Query(args) => query(args).await,
             Command::Report(args) => report(args).await,
+            Command::Export(args) => export(args).await,
             Command::User(command) => user(command),
             Command::Token(command) => token(command),
+            // A rewrite reads segments on the store's own runtime: off this one.
+            Command::Org(command) => tokio::task::spawn_blocking(move || org(command)).await?,
+            Command::Keygen { ugc_key } => {
+                UgcKey::create(&ugc_key)?;
+                say(&format!("UGC key written to {} (mode 600).", ugc_key.display()));
+                Ok(())
+            }
         }
     })
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<()> {
     run_and_print(&args.target, &args.sql).await
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let request = ExportRequest {
+        org: args.org,
+        from: args.from,
+        to: args.to,
+        format: args.format,
+        out: args.out,
+        page_events: args.page_events as usize,
+    };
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} {eta}").expect("valid template"),
+    );
+    let started = std::time::Instant::now();
+    let written = exporter::export(&args.source.target(), &request, |total, written| {
+        bar.set_length(total);
+        bar.set_position(written);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    say(&format!(
+        "{written} events of {} written to {} in {seconds:.1} s ({:.0} events/s)",
+        request.org,
+        request.out,
+        written as f64 / seconds.max(1e-9)
+    ));
+    Ok(())
 }
 
 async fn report(args: ReportArgs) -> anyhow::Result<()> {
@@ -342,7 +476,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
 }
 
 async fn run_and_print(target: &TargetArgs, sql: &str) -> anyhow::Result<()> {
-    let batches = client::run(&target.target(), sql).await?;
+    let batches = client::run(&target.source.target(), sql).await?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&client::render(&batches, target.format)?)?;
     stdout.flush()?;
@@ -408,6 +542,40 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn org(command: OrgCommand) -> anyhow::Result<()> {
+    match command {
+        OrgCommand::Policy { org, ugc, attribute_keys, data_dir } => {
+            let policies = Policies::in_data_dir(&data_dir, None);
+            if let Some(ugc) = ugc {
+                policies.set(&org, OrgPolicy { ugc, ugc_attribute_keys: attribute_keys })?;
+            }
+            let policy = policies.of(&org)?;
+            let keys = policy.ugc_attribute_keys.join(",");
+            say(&format!("{org}\tugc={}\tattribute_keys={keys}", policy.ugc));
+            if ugc == Some(UgcMode::Hash) {
+                eprintln!("The server must run with --ugc-key-file to accept events of {org}.");
+            }
+        }
+        OrgCommand::Rewrite { org, ugc_key_file, data_dir, segments_url } => {
+            let key = ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
+            let policies = Policies::in_data_dir(&data_dir, key);
+            let Some(rewrite) = policies.rewriter(&org)? else {
+                say(&format!("{org} stores UGC as sent: nothing to rewrite."));
+                return Ok(());
+            };
+            let storage =
+                Storage::open(StorageConfig { segments_url, ..StorageConfig::new(&data_dir) }).with_context(|| {
+                    format!("cannot open data directory {} (is a server running on it?)", data_dir.display())
+                })?;
+            let rewritten = storage
+                .rewrite_org(&org, &|batch| rewrite(batch).map_err(|e| storage::StorageError::Rewrite(e.to_string())));
+            storage.shutdown();
+            say(&format!("{org}: {} segment(s) rewritten to its policy ({}).", rewritten?, policies.of(&org)?.ugc));
+        }
+    }
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the data directory opens: a server nobody may log in to (or
     // everybody, off loopback) must not start at all.
@@ -432,7 +600,8 @@ async fn open_storage(args: &ServeArgs) -> anyhow::Result<Storage> {
 }
 
 async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> {
-    let access_log = server::AccessLog::start(storage.clone());
+    let policies = Arc::new(args.policies()?);
+    let access_log = server::AccessLog::start(storage.clone(), Arc::clone(&policies));
     let endpoint = server::Endpoint {
         auth: args.auth(),
         tls: args.tls()?,
@@ -443,13 +612,19 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
             statement_timeout: std::time::Duration::from_millis(args.statement_timeout_ms),
             max_result_rows: args.max_result_rows,
             segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
+            ugc_key: policies.key().cloned(),
         },
         access_log: access_log.clone(),
     };
-    let export_limits = endpoint.limits.clone();
-    let ingest_auth = ingest::IngestAuth {
-        tokens: Arc::new(Tokens::in_data_dir(&args.data_dir)),
-        trust_without_token: args.insecure_trust_loopback,
+    let api = ingest::Api {
+        storage: storage.clone(),
+        max_body_bytes: args.max_body_bytes,
+        auth: ingest::IngestAuth {
+            tokens: Arc::new(Tokens::in_data_dir(&args.data_dir)),
+            trust_without_token: args.insecure_trust_loopback,
+        },
+        limits: endpoint.limits.clone(),
+        policies,
     };
     let pg = server::bind(args.pg_listen).await?;
     let http = ingest::bind(args.http_listen).await?;
@@ -460,7 +635,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
     tokio::select! {
         () = server::serve(pg, storage.clone(), endpoint) => {}
-        result = ingest::serve(http, storage.clone(), args.max_body_bytes, ingest_auth, export_limits) => result?,
+        result = ingest::serve(http, api) => result?,
         result = tokio::signal::ctrl_c() => {
             result?;
             info!("shutting down");

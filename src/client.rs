@@ -64,45 +64,91 @@ pub enum ClientError {
 
 /// Runs one read-only statement at `target`.
 pub async fn run(target: &Target, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
-    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-    for statement in datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)? {
-        if !query::is_read_only(&statement) {
-            return Err(ClientError::ReadOnly(query::statement_verb(&statement)));
+    let connection = Connection::open(target).await?;
+    let result = connection.query(sql).await;
+    connection.close().await;
+    result
+}
+
+/// An open connection to a target, for several statements in a row.
+pub enum Connection {
+    /// A session of the data directory's owner (every event).
+    Local {
+        storage: Storage,
+        session: datafusion::prelude::SessionContext,
+    },
+    Remote {
+        client: tokio_postgres::Client,
+        driver: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Connection {
+    pub async fn open(target: &Target) -> Result<Connection, ClientError> {
+        match target {
+            Target::DataDir(config) => {
+                // Opening storage creates a missing directory; a query must not.
+                if !config.data_dir.is_dir() {
+                    return Err(ClientError::NoDataDir(config.data_dir.clone()));
+                }
+                let config = config.clone();
+                let storage = tokio::task::spawn_blocking(move || Storage::open(config))
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                match query::new_session_context(&storage, &query::QueryLimits::default()) {
+                    Ok(session) => Ok(Connection::Local { storage, session }),
+                    Err(e) => {
+                        close_storage(storage).await;
+                        Err(e.into())
+                    }
+                }
+            }
+            Target::Server(connection) => {
+                let (client, driver) = tokio_postgres::connect(connection, tokio_postgres::NoTls).await?;
+                let driver = tokio::spawn(async move {
+                    let _ = driver.await;
+                });
+                Ok(Connection::Remote { client, driver })
+            }
         }
     }
-    match target {
-        Target::DataDir(config) => run_in_process(config.clone(), sql).await,
-        Target::Server(connection) => run_on_server(connection, sql).await,
+
+    /// Runs one read-only statement.
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        for statement in datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)? {
+            if !query::is_read_only(&statement) {
+                return Err(ClientError::ReadOnly(query::statement_verb(&statement)));
+            }
+        }
+        match self {
+            Connection::Local { session, .. } => {
+                let read_only =
+                    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+                Ok(session.sql_with_options(sql, read_only).await?.collect().await?)
+            }
+            Connection::Remote { client, .. } => query_on_server(client, sql).await,
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            Connection::Local { storage, .. } => close_storage(storage).await,
+            Connection::Remote { client, driver } => {
+                drop(client);
+                let _ = driver.await;
+            }
+        }
     }
 }
 
-async fn run_in_process(config: StorageConfig, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
-    // Opening storage creates a missing directory; a query must not.
-    if !config.data_dir.is_dir() {
-        return Err(ClientError::NoDataDir(config.data_dir));
-    }
-    let storage = tokio::task::spawn_blocking(move || Storage::open(config))
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))??;
-    let read_only = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let result = async {
-        let ctx = query::new_session_context(&storage, &query::QueryLimits::default())?;
-        ctx.sql_with_options(sql, read_only).await?.collect().await
-    }
-    .await;
-    let closing = storage.clone();
-    let _ = tokio::task::spawn_blocking(move || closing.shutdown()).await;
-    Ok(result?)
+async fn close_storage(storage: Storage) {
+    let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
 }
 
-async fn run_on_server(connection: &str, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
-    let (client, driver) = tokio_postgres::connect(connection, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(driver);
+async fn query_on_server(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
     let statement = client.prepare(sql).await?;
     let rows = client.query(&statement, &[]).await?;
-    drop(client);
-    let _ = driver.await;
-
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (i, column) in statement.columns().iter().enumerate() {

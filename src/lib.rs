@@ -13,14 +13,18 @@
 //! - [`query`]: the DataFusion `audit_events` table provider and session setup.
 //! - [`server`]: the Postgres wire endpoint (read-only, one session per connection).
 //! - [`ingest`]: the HTTP API and the demo-data generator.
+//! - [`policy`]: per-organisation policy: what is kept of user-generated content.
 //! - [`client`]: SQL from the command line, in-process or against a server.
+//! - [`exporter`]: `auditlake export`, one organisation's events to a JSONL or Parquet file.
 //! - [`reports`]: the saved compliance SQL of `sql/` and its psql variables.
 //! - [`cli`]: the command line (`serve`, `demo`, `query`, `report`).
 
 pub mod cli;
 pub mod client;
+pub mod exporter;
 pub mod ingest;
 pub mod model;
+pub mod policy;
 pub mod query;
 pub mod reports;
 pub mod server;

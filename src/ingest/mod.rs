@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::model::{self, FieldError};
+use crate::policy::{HASHED_PREFIX, OrgPolicy, Policies, PolicyError, UgcMode};
 use crate::query::QueryLimits;
 use crate::storage::{Storage, StorageError};
 use tokens::{TokenScope, Tokens, Unauthenticated};
@@ -63,6 +64,12 @@ pub enum IngestError {
     NotFound { org: String, id: String },
     #[error("this token may send events of organisation {org:?} only: {} event(s) of others", .errors.len())]
     OtherOrg { org: String, errors: Vec<FieldError> },
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error(
+        "this server has no UGC key, so it cannot hash UGC; restart it with --ugc-key-file (create one with `auditlake keygen --ugc-key PATH`)"
+    )]
+    NoUgcKey,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -85,6 +92,9 @@ impl IngestError {
             }
             IngestError::Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
             IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::Policy(PolicyError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            IngestError::Policy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::NoUgcKey => StatusCode::CONFLICT,
         }
     }
 }
@@ -118,24 +128,29 @@ pub struct IngestAuth {
     pub trust_without_token: bool,
 }
 
+/// What the HTTP API serves from.
 #[derive(Debug, Clone)]
-struct AppState {
-    storage: Storage,
-    max_body_bytes: usize,
-    auth: IngestAuth,
-    limits: QueryLimits,
+pub struct Api {
+    pub storage: Storage,
+    pub max_body_bytes: usize,
+    pub auth: IngestAuth,
+    /// What export queries may use.
+    pub limits: QueryLimits,
+    /// Applied to every batch before it reaches storage.
+    pub policies: Arc<Policies>,
 }
 
-/// The HTTP API over one storage engine; export queries run under `limits`.
-pub fn router(storage: Storage, max_body_bytes: usize, auth: IngestAuth, limits: QueryLimits) -> Router {
+/// The HTTP API.
+pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/orgs/{org}/events", get(export_events))
         .route("/v1/orgs/{org}/events/{id}", get(export_event))
+        .route("/v1/orgs/{org}/policy", get(get_policy).put(put_policy))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(AppState { storage, max_body_bytes, auth, limits })
+        .layer(DefaultBodyLimit::max(api.max_body_bytes))
+        .with_state(api)
 }
 
 /// The organisation a request may act for (`None`: any), from its token,
@@ -154,27 +169,72 @@ fn token_org(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Resul
     Ok(token.org)
 }
 
-/// Whether the request's token may read `org`'s events.
-fn may_read(auth: &IngestAuth, headers: &HeaderMap, org: &str) -> Result<(), IngestError> {
-    match token_org(auth, headers, TokenScope::Read)? {
+/// Whether the request's token has `scope` for organisation `org`.
+fn may(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope, org: &str) -> Result<(), IngestError> {
+    match token_org(auth, headers, scope)? {
         Some(own) if own != org => Err(IngestError::NotThisOrg(org.to_string())),
         _ => Ok(()),
     }
 }
 
+/// Whether the request's token may read `org`'s events.
+fn may_read(auth: &IngestAuth, headers: &HeaderMap, org: &str) -> Result<(), IngestError> {
+    may(auth, headers, TokenScope::Read, org)
+}
+
+/// An organisation's policy as the API shows it.
+fn policy_json(org: &str, policy: &OrgPolicy) -> serde_json::Value {
+    json!({ "org": org, "ugc": policy.ugc, "ugc_attribute_keys": policy.ugc_attribute_keys })
+}
+
+async fn get_policy(
+    State(app): State<Api>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    may(&app.auth, &headers, TokenScope::Admin, &org)?;
+    Ok(Json(policy_json(&org, &app.policies.of(&org)?)))
+}
+
+/// Sets the policy for events received from now on; `auditlake org rewrite`
+/// applies a stricter one to what is stored already.
+async fn put_policy(
+    State(app): State<Api>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<OrgPolicy>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    may(&app.auth, &headers, TokenScope::Admin, &org)?;
+    let Json(policy) = body.map_err(|rejection| IngestError::Body(rejection.body_text()))?;
+    if policy.ugc == UgcMode::Hash && app.policies.key().is_none() {
+        return Err(IngestError::NoUgcKey);
+    }
+    app.policies.set(&org, policy.clone())?;
+    info!(org, ugc = ?policy.ugc, attribute_keys = policy.ugc_attribute_keys.len(), "UGC policy changed");
+    Ok(Json(policy_json(&org, &policy)))
+}
+
 async fn export_events(
-    State(app): State<AppState>,
+    State(app): State<Api>,
     Path(org): Path<String>,
     headers: HeaderMap,
     request: Result<Query<export::PageRequest>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, IngestError> {
     may_read(&app.auth, &headers, &org)?;
-    let Query(request) = request.map_err(|rejection| IngestError::BadParameter(rejection.body_text()))?;
+    let Query(mut request) = request.map_err(|rejection| IngestError::BadParameter(rejection.body_text()))?;
+    // Where the organisation hashes UGC, `content=X` means the events about X.
+    if let Some(content) = &request.content
+        && !content.starts_with(HASHED_PREFIX)
+        && app.policies.of(&org)?.ugc == UgcMode::Hash
+    {
+        let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.clone() })?;
+        request.content = Some(key.hash(&org, content));
+    }
     Ok(Json(export::page(&app.storage, &app.limits, &org, &request).await?))
 }
 
 async fn export_event(
-    State(app): State<AppState>,
+    State(app): State<Api>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, IngestError> {
@@ -186,7 +246,7 @@ async fn export_event(
 }
 
 async fn post_events(
-    State(app): State<AppState>,
+    State(app): State<Api>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, IngestError> {
@@ -199,7 +259,7 @@ async fn post_events(
         }
     })?;
     let body = decoded_body(&headers, body, app.max_body_bytes)?;
-    let events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
+    let mut events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
     if let Some(org) = org
         && events.iter().any(|event| event.org_id != org)
     {
@@ -215,11 +275,23 @@ async fn post_events(
             .collect();
         return Err(IngestError::OtherOrg { org, errors });
     }
+    // Before storage sees the batch: what a policy drops or hashes never
+    // reaches the WAL.
+    app.policies.apply(&mut events)?;
     let accepted = events.len();
-    let (first_seq, last_seq) = app.storage.append(events).await.inspect_err(|e| {
+    let appended = app.storage.append(events).await.inspect_err(|e| {
         warn!(error = %e, "ingest batch not stored");
     })?;
-    Ok(Json(json!({ "accepted": accepted, "first_seq": first_seq, "last_seq": last_seq })))
+    // Every event of the batch is durable now; `duplicates` of them were
+    // stored by an earlier request (a retry) and were not stored again.
+    let (first_seq, last_seq) = appended.seqs.unzip();
+    Ok(Json(json!({
+        "accepted": accepted,
+        "stored": accepted - appended.duplicates,
+        "duplicates": appended.duplicates,
+        "first_seq": first_seq,
+        "last_seq": last_seq,
+    })))
 }
 
 /// Content types a batch may be sent as (parameters aside). No content type
@@ -272,7 +344,7 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
-async fn health(State(app): State<AppState>) -> Json<serde_json::Value> {
+async fn health(State(app): State<Api>) -> Json<serde_json::Value> {
     let stats = app.storage.stats();
     Json(json!({
         "status": "ok",
@@ -294,14 +366,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the HTTP API until the process ends.
-pub async fn serve(
-    listener: TcpListener,
-    storage: Storage,
-    max_body_bytes: usize,
-    auth: IngestAuth,
-    limits: QueryLimits,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(storage, max_body_bytes, auth, limits)).await
+pub async fn serve(listener: TcpListener, api: Api) -> std::io::Result<()> {
+    axum::serve(listener, router(api)).await
 }
 
 #[cfg(test)]
@@ -329,7 +395,14 @@ mod tests {
             .collect();
         columns.sort_unstable();
         assert_eq!(described, columns);
-        for path in ["/v1/events", "/v1/orgs/{org}/events", "/v1/orgs/{org}/events/{id}", "/healthz", "/openapi.json"] {
+        for path in [
+            "/v1/events",
+            "/v1/orgs/{org}/events",
+            "/v1/orgs/{org}/events/{id}",
+            "/v1/orgs/{org}/policy",
+            "/healthz",
+            "/openapi.json",
+        ] {
             assert!(document["paths"].get(path).is_some(), "{path} is described");
         }
         for status in ["200", "400", "401", "403", "413", "415", "503", "507"] {
@@ -358,6 +431,9 @@ mod tests {
             (StorageError::WalWrite("EIO".into()).into(), 500, None),
             (StorageError::WalPoisoned("fsync".into()).into(), 500, None),
             (StorageError::Io { path: "/x".into(), source: io() }.into(), 500, None),
+            (PolicyError::Invalid("keys".into()).into(), 400, None),
+            (PolicyError::NoKey { org: "acme".into() }.into(), 500, None),
+            (IngestError::NoUgcKey, 409, None),
         ];
         for (error, status, retry_after) in cases {
             let name = format!("{error:?}");

@@ -10,14 +10,14 @@
 //! constant time. This module never logs or stores a token's text.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::server::users::sha256;
+use crate::storage::WatchedFile;
 
 pub const TOKENS_FILE: &str = "tokens.json";
 const TOKEN_PREFIX: &str = "alk_";
@@ -32,6 +32,8 @@ pub enum TokenScope {
     Ingest,
     /// Read events back (the export API).
     Read,
+    /// Set the organisation's policy (`PUT /v1/orgs/{org}/policy`).
+    Admin,
 }
 
 /// A token as the server knows it: everything but its secret.
@@ -99,12 +101,13 @@ type Known = Arc<Vec<(Token, [u8; 32])>>;
 #[derive(Debug)]
 pub struct Tokens {
     path: PathBuf,
-    loaded: Mutex<Option<(FileVersion, Known)>>,
+    known: WatchedFile<Vec<(Token, [u8; 32])>>,
 }
 
 impl Tokens {
     pub fn in_data_dir(data_dir: &Path) -> Self {
-        Tokens { path: data_dir.join(TOKENS_FILE), loaded: Mutex::new(None) }
+        let path = data_dir.join(TOKENS_FILE);
+        Tokens { known: WatchedFile::new(path.clone()), path }
     }
 
     fn read(&self) -> Result<TokensFile, TokenError> {
@@ -181,50 +184,19 @@ impl Tokens {
 
     /// The tokens as the file holds them now; read again only when it changed.
     fn current(&self) -> Result<Known, TokenError> {
-        let modified = match std::fs::metadata(&self.path) {
-            Ok(meta) => FileVersion::of(&meta),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileVersion::default(),
-            Err(source) => return Err(TokenError::Read { path: self.path.clone(), source }),
-        };
-        let mut loaded = self.loaded.lock().expect("tokens lock");
-        if let Some((at, tokens)) = loaded.as_ref()
-            && *at == modified
-        {
-            return Ok(Arc::clone(tokens));
-        }
         let damaged = |reason: String| TokenError::Damaged { path: self.path.clone(), reason };
-        let tokens = self
-            .read()?
-            .tokens
-            .into_iter()
-            .map(|stored| {
-                let hash = unhex(&stored.secret_sha256)
-                    .ok_or_else(|| damaged(format!("token {}: bad secret_sha256", stored.token.id)))?;
-                Ok((stored.token, hash))
-            })
-            .collect::<Result<Vec<_>, TokenError>>()?;
-        let tokens = Arc::new(tokens);
-        *loaded = Some((modified, Arc::clone(&tokens)));
-        Ok(tokens)
-    }
-}
-
-/// What tells one version of the file from the next: every write replaces
-/// it by rename, so its inode changes even within one mtime tick.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct FileVersion {
-    modified: Option<SystemTime>,
-    inode: u64,
-    len: u64,
-}
-
-impl FileVersion {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        let inode = std::os::unix::fs::MetadataExt::ino(meta);
-        #[cfg(not(unix))]
-        let inode = 0;
-        FileVersion { modified: meta.modified().ok(), inode, len: meta.len() }
+        let parse = |_: &Path| {
+            self.read()?
+                .tokens
+                .into_iter()
+                .map(|stored| {
+                    let hash = unhex(&stored.secret_sha256)
+                        .ok_or_else(|| damaged(format!("token {}: bad secret_sha256", stored.token.id)))?;
+                    Ok((stored.token, hash))
+                })
+                .collect::<Result<Vec<_>, TokenError>>()
+        };
+        self.known.current(parse, |source| TokenError::Read { path: self.path.clone(), source })
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::sync::futures::OwnedNotified;
 use super::memory::{QueryMemory, out_of_memory};
 use super::pass_through::{PassThrough, PassThroughExec};
 use super::segment_cache::SegmentCache;
+use crate::policy::UgcKey;
 
 /// Default longest run of one statement.
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -38,13 +39,15 @@ pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_MAX_RESULT_ROWS: u64 = 1_000_000;
 
 /// Everything one statement may use: its share of memory, its time, its
-/// result size, and the segment cache all statements share.
+/// result size, and what all statements share: the segment cache and the
+/// UGC key `ugc_hash` hashes with.
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
     pub memory: QueryMemory,
     pub statement_timeout: Duration,
     pub max_result_rows: u64,
     pub segment_cache: SegmentCache,
+    pub ugc_key: Option<Arc<UgcKey>>,
 }
 
 impl Default for QueryLimits {
@@ -54,6 +57,7 @@ impl Default for QueryLimits {
             statement_timeout: Duration::from_millis(DEFAULT_STATEMENT_TIMEOUT_MS),
             max_result_rows: DEFAULT_MAX_RESULT_ROWS,
             segment_cache: SegmentCache::default(),
+            ugc_key: None,
         }
     }
 }

@@ -51,6 +51,7 @@ mod pass_through;
 mod pruning;
 mod scan_exec;
 mod segment_cache;
+mod ugc_hash;
 
 pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits, SessionTimeout, StatementCancel};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
@@ -422,8 +423,10 @@ pub fn new_scoped_session_context(
     limits: &QueryLimits,
     controls: SessionControls,
 ) -> Result<SessionContext> {
-    let table = AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), controls.scope);
-    session_with_controls(storage, limits, table, controls.timeout, controls.cancel)
+    let table = AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), Arc::clone(&controls.scope));
+    let ctx = session_with_controls(storage, limits, table, controls.timeout, controls.cancel)?;
+    ctx.register_udf(ugc_hash::ugc_hash(controls.scope, limits.ugc_key.clone()));
+    Ok(ctx)
 }
 
 #[cfg(test)]
@@ -625,6 +628,7 @@ mod tests {
                 .map(|i| Event {
                     time_us: 1_795_000_000_000_000 + minute * 60_000_000 + i * 1_000_000,
                     org_id: if minute == 3 { "globex" } else { "acme" }.into(),
+                    id: format!("m{minute}-{i}"),
                     ..events(0, 1)[0].clone()
                 })
                 .collect();

@@ -44,6 +44,7 @@ use tracing::{error, warn};
 use super::compat::client_sql;
 use super::sqlstate::classify;
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
+use crate::policy::Policies;
 use crate::query::StatementCancel;
 use crate::storage::{Storage, StorageError};
 
@@ -75,10 +76,11 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer on the current runtime.
-    pub fn start(storage: Storage) -> AccessLog {
+    /// Starts the writer on the current runtime. Records pass through the
+    /// organisations' UGC policies before they are stored.
+    pub fn start(storage: Storage, policies: Arc<Policies>) -> AccessLog {
         let (records, received) = mpsc::unbounded_channel();
-        tokio::spawn(write_records(storage, received));
+        tokio::spawn(write_records(storage, policies, received));
         AccessLog { records }
     }
 
@@ -108,7 +110,7 @@ impl AccessLog {
     }
 }
 
-async fn write_records(storage: Storage, mut received: mpsc::UnboundedReceiver<Message>) {
+async fn write_records(storage: Storage, policies: Arc<Policies>, mut received: mpsc::UnboundedReceiver<Message>) {
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
     while let Some(first) = received.recv().await {
@@ -123,6 +125,7 @@ async fn write_records(storage: Storage, mut received: mpsc::UnboundedReceiver<M
             }
         }
         if !batch.is_empty() {
+            policies.protect_statement_records(&mut batch, SYSTEM_ORG_ID);
             append_until_stored(&storage, std::mem::take(&mut batch)).await;
         }
         for done in flushes.drain(..) {

@@ -19,23 +19,18 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::compute::SortOptions;
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::execution::TaskContext;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::union::UnionExec;
-use futures::StreamExt;
 
 use super::StorageError;
 use super::manifest::SegmentMeta;
 use super::objects::SegmentStore;
 use super::packed;
-use super::segment::{LiveSegment, SORT_COLUMNS, segment_file_name};
+use super::segment::{self, LiveSegment, SORT_COLUMNS, segment_file_name};
 
 /// When to compact, and how big a merged segment may get.
 #[derive(Debug, Clone, Copy)]
@@ -113,45 +108,36 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
         max_time_us: inputs.iter().map(|s| s.meta.max_time_us).max().expect("inputs"),
         min_org_id: inputs.iter().map(|s| s.meta.min_org_id.clone()).min().expect("inputs"),
         max_org_id: inputs.iter().map(|s| s.meta.max_org_id.clone()).max().expect("inputs"),
+        // Unknown for one input means unknown for the merge.
+        max_received_at_us: inputs
+            .iter()
+            .map(|s| s.meta.max_received_at_us)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().max()),
     })
 }
 
 /// Streams the sort-preserving merge of the inputs into segment `file`;
 /// returns rows and bytes.
 fn write_merged(inputs: &[Arc<LiveSegment>], store: &SegmentStore, file: &str) -> Result<(u64, u64), StorageError> {
-    let schema = packed::segment_schema();
     let order = sort_order()?;
     let df = |e: datafusion::error::DataFusionError| StorageError::Compaction(e.to_string());
     let scans = inputs
         .iter()
         .map(|segment| {
-            let config =
-                FileScanConfigBuilder::new(store.url().clone(), Arc::new(ParquetSource::new(Arc::clone(&schema))))
-                    .with_file_group(FileGroup::new(vec![PartitionedFile::new(
-                        segment.object_location(),
-                        segment.meta.size_bytes,
-                    )]))
-                    .with_output_ordering(vec![order.clone()])
-                    .build();
+            let config = segment.scan().with_output_ordering(vec![order.clone()]).build();
             DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>
         })
         .collect::<Vec<_>>();
     let union = UnionExec::try_new(scans).map_err(df)?;
     let merged = Arc::new(SortPreservingMergeExec::new(order, union));
 
-    // The inputs are read from the segment store, on its runtime: the sealer
-    // thread has none of its own.
-    let runtime_env = RuntimeEnvBuilder::new().build_arc().map_err(df)?;
-    runtime_env.register_object_store(store.url().as_ref(), store.object_store());
-    let task = Arc::new(TaskContext::default().with_runtime(runtime_env));
-    let mut stream = merged.execute(0, task).map_err(df)?;
     let mut writer = store.create_segment(file)?;
     let mut rows = 0u64;
-    while let Some(batch) = store.block_on(stream.next()) {
-        let batch = batch.map_err(df)?;
+    segment::for_each_batch(store, merged, |batch| {
         rows += batch.num_rows() as u64;
-        writer.write(&batch)?;
-    }
+        writer.write(&batch)
+    })?;
     Ok((rows, writer.finish()?))
 }
 

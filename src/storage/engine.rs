@@ -8,23 +8,31 @@
 //!   durable *and* visible, and concurrent appenders share one fsync.
 //! - One **sealer thread** turns the buffer into a Parquet segment when it holds
 //!   too many rows or its oldest row is too old.
+//! - The WAL writer also decides which events are new: an event whose
+//!   `(org_id, id)` was stored within the idempotency window is acknowledged
+//!   again without a second copy (see `idempotency.rs`). Deciding on the one
+//!   thread that orders all writes means two concurrent retries of the same
+//!   batch store it once.
 //! - Readers take a [`Snapshot`]: the segment list and the buffered batches,
 //!   copied under the same lock the sealer uses to publish a segment and drop its
 //!   rows from the buffer. A snapshot therefore sees every event exactly once.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::datasource::source::DataSourceExec;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::compaction::{self, CompactionPolicy};
 use super::faults::Faults;
+use super::idempotency::{self, EventKey, RecentIds};
 use super::manifest::{Manifest, SegmentMeta};
 use super::objects::SegmentStore;
 use super::segment::LiveSegment;
@@ -38,6 +46,8 @@ const MAX_GROUP_COMMIT_REQUESTS: usize = 1024;
 const WAL_QUEUE_REQUESTS: usize = 4096;
 /// How often the sealer checks its triggers when nobody wakes it.
 const SEAL_CHECK_INTERVAL_MS: u64 = 250;
+/// How often the sealer forgets ids that left the idempotency window.
+const FORGET_EXPIRED_IDS_INTERVAL_MS: u64 = 60_000;
 /// Small appends (one self-audit record, one event) are merged into the
 /// buffer's last batch while the two together stay under this many rows:
 /// every query scans the buffer, and thousands of one-row batches cost far
@@ -64,6 +74,9 @@ pub struct StorageConfig {
     pub max_buffered_bytes: usize,
     /// Which small segments the sealer thread merges.
     pub compaction: CompactionPolicy,
+    /// An event whose organisation sent its id this recently (by receive
+    /// time) is acknowledged again instead of being stored twice.
+    pub idempotency_window_ms: u64,
 }
 
 impl StorageConfig {
@@ -76,8 +89,20 @@ impl StorageConfig {
             seal_after_ms: 60_000,
             max_buffered_bytes: 384 * 1024 * 1024,
             compaction: CompactionPolicy { target_rows: 1_000_000, min_inputs: 4 },
+            idempotency_window_ms: idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS * 3_600_000,
         }
     }
+}
+
+/// What one append stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The seqs given to the new events, in batch order; `None` when every
+    /// event of the batch was already stored.
+    pub seqs: Option<(Seq, Seq)>,
+    /// Events acknowledged again without a second copy: their id was stored
+    /// within the idempotency window, or repeats an earlier line of the batch.
+    pub duplicates: usize,
 }
 
 /// A consistent view of the log for one query.
@@ -120,7 +145,7 @@ struct State {
     merge_barrier: Seq,
 }
 
-type AppendReply = oneshot::Sender<Result<(Seq, Seq), StorageError>>;
+type AppendReply = oneshot::Sender<Result<Appended, StorageError>>;
 
 impl State {
     /// Adds an acknowledged batch to the buffer, merged into the last one
@@ -153,6 +178,9 @@ enum WalCommand {
         /// The batch as Arrow IPC (see `wal::encode_batch`).
         ipc: Vec<u8>,
         batch: RecordBatch,
+        /// Idempotency keys of the batch's rows, in row order.
+        keys: Vec<EventKey>,
+        received_at_us: i64,
         reply: AppendReply,
     },
     /// Close the current WAL file and start a new one, first setting aside
@@ -168,6 +196,8 @@ struct Shared {
     wal_dir: PathBuf,
     segments: Arc<SegmentStore>,
     state: Mutex<State>,
+    /// Ids stored within the idempotency window; only the WAL writer adds to it.
+    recent_ids: Mutex<RecentIds>,
     /// Wakes the sealer early (buffer over its row trigger, or shutdown).
     seal_wakeup: Condvar,
     /// One seal at a time, whether from the sealer thread or `seal_now`.
@@ -262,6 +292,12 @@ impl Storage {
             merge_barrier: 0,
         };
         state.recount_buffer();
+        let recent_ids = recall_recent_ids(&segments, &state, config.idempotency_window_ms)?;
+        info!(
+            remembered_ids = recent_ids.len(),
+            window_ms = config.idempotency_window_ms,
+            "idempotency window rebuilt"
+        );
         info!(
             data_dir = %data_dir.display(),
             segments_at = segments.display(),
@@ -275,6 +311,7 @@ impl Storage {
             wal_dir,
             segments,
             state: Mutex::new(state),
+            recent_ids: Mutex::new(recent_ids),
             seal_wakeup: Condvar::new(),
             seal_lock: Mutex::new(()),
             compaction_lock: Mutex::new(()),
@@ -307,9 +344,11 @@ impl Storage {
         self.shared.state.lock().expect("storage state lock poisoned")
     }
 
-    /// Appends a batch durably. Returns the `(first_seq, last_seq)` assigned
-    /// once the batch is fsynced and visible to queries.
-    pub async fn append(&self, events: Vec<Event>) -> Result<(Seq, Seq), StorageError> {
+    /// Appends a batch durably. Events whose `(org_id, id)` was stored within
+    /// the idempotency window are not stored again; the answer, sent once the
+    /// new events are fsynced and visible to queries, says which seqs the new
+    /// ones got and how many were duplicates.
+    pub async fn append(&self, events: Vec<Event>) -> Result<Appended, StorageError> {
         assert!(!events.is_empty(), "callers reject empty batches");
         {
             let state = self.state();
@@ -321,12 +360,15 @@ impl Storage {
                 });
             }
         }
-        // Encoding happens here, on the caller's task, so that the single WAL
-        // thread only frames, writes and fsyncs.
+        // Encoding and hashing happen here, on the caller's task, so that the
+        // single WAL thread only looks keys up, frames, writes and fsyncs.
+        let keys = events.iter().map(|e| idempotency::event_key(&e.org_id, &e.id)).collect();
+        let received_at_us = events.iter().map(|e| e.received_at_us).max().expect("not empty");
         let batch = model::events_to_batch(&events, 0);
         let ipc = wal::encode_batch(&batch);
         let (reply, answer) = oneshot::channel();
-        self.wal_tx.send(WalCommand::Append { ipc, batch, reply }).await.map_err(|_| StorageError::ShutDown)?;
+        let command = WalCommand::Append { ipc, batch, keys, received_at_us, reply };
+        self.wal_tx.send(command).await.map_err(|_| StorageError::ShutDown)?;
         answer.await.map_err(|_| StorageError::ShutDown)?
     }
 
@@ -501,6 +543,51 @@ impl Storage {
         Ok(Some(meta))
     }
 
+    /// Rewrites the stored events of organisation `org`: seals the buffer
+    /// first (so that no WAL file holds them any more), then replaces every
+    /// segment that may hold the organisation's events by a copy with
+    /// `rewrite` applied to each batch, published like a compaction. `rewrite`
+    /// gets batches in the segment schema and must return the same rows in
+    /// the same order with the same sort columns: it changes values only.
+    /// Returns how many segments were rewritten.
+    pub fn rewrite_org(
+        &self,
+        org: &str,
+        rewrite: &dyn Fn(&RecordBatch) -> Result<RecordBatch, StorageError>,
+    ) -> Result<usize, StorageError> {
+        self.seal_now()?;
+        let _one_merge_at_a_time = self.shared.compaction_lock.lock().expect("compaction lock poisoned");
+        let segments = Arc::clone(&self.state().segments);
+        let mut rewritten = 0;
+        for old in segments.iter().filter(|s| s.meta.min_org_id.as_str() <= org && org <= s.meta.max_org_id.as_str()) {
+            let file = segment::rewritten_file_name(&old.meta.file);
+            let store = &self.shared.segments;
+            let written = store.create_segment(&file).and_then(|mut writer| {
+                let scan = DataSourceExec::from_data_source(old.scan().build());
+                segment::for_each_batch(store, scan, |batch| writer.write(&rewrite(&batch)?))?;
+                writer.finish()
+            });
+            let size_bytes = written.inspect_err(|_| {
+                let _ = store.delete_segment(&file);
+            })?;
+            let meta = SegmentMeta { file: file.clone(), size_bytes, ..old.meta.clone() };
+
+            let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
+            let (mut next, sealed_seq) = {
+                let state = self.state();
+                (state.segments.as_ref().clone(), state.sealed_seq)
+            };
+            let at = next.iter().position(|s| Arc::ptr_eq(s, old)).expect("only compaction replaces segments");
+            next[at] = LiveSegment::new(meta, store);
+            self.publish(&next, sealed_seq, &file)?;
+            self.state().segments = Arc::new(next);
+            old.retire();
+            rewritten += 1;
+            info!(org, replaced = %old.meta.file, segment = %file, size_bytes, "rewrote segment");
+        }
+        Ok(rewritten)
+    }
+
     /// Loads events straight into segments, without the WAL: the bulk path
     /// for imports and generated data, whose source can be read again. Each
     /// chunk becomes one segment, published (durable) before the next is
@@ -565,7 +652,14 @@ impl Storage {
     }
 
     fn run_sealer(self) {
+        let mut forgot_expired_at = Instant::now();
         loop {
+            if forgot_expired_at.elapsed() >= Duration::from_millis(FORGET_EXPIRED_IDS_INTERVAL_MS) {
+                forgot_expired_at = Instant::now();
+                let now_us = chrono::Utc::now().timestamp_micros();
+                let forgotten = self.shared.recent_ids.lock().expect("recent ids lock poisoned").forget_expired(now_us);
+                debug!(forgotten, "ids left the idempotency window");
+            }
             let seal_due = {
                 let state = self.state();
                 let (state, _) = self
@@ -734,52 +828,74 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
             }
         }
 
-        // Frame every append of this group with its assigned seqs.
+        // Frame every append of this group with its assigned seqs, leaving
+        // out events already stored (or held by an earlier append of the
+        // group). The ids lock is held until the group's keys are remembered,
+        // so no other writer of keys runs in between.
         framed.clear();
-        let mut appended: Vec<(RecordBatch, Seq, Seq, AppendReply)> = Vec::new();
+        let mut recent = shared.recent_ids.lock().expect("recent ids lock poisoned");
+        let mut pending = HashSet::new();
+        let mut appended: Vec<GroupedAppend> = Vec::new();
         let mut rotations = Vec::new();
         let group_first_seq = next_seq;
         for command in commands {
             match command {
-                WalCommand::Append { ipc, batch, reply } => {
+                WalCommand::Append { ipc, batch, keys, received_at_us, reply } => {
                     if let Some(reason) = &poisoned {
                         let _ = reply.send(Err(StorageError::WalPoisoned(reason.clone())));
                         continue;
                     }
-                    let first = next_seq;
-                    let last = first + batch.num_rows() as Seq - 1;
-                    wal::encode_record(first, &ipc, &mut framed);
-                    next_seq = last + 1;
-                    appended.push((with_seq(batch, first), first, last, reply));
+                    let fresh = recent.fresh(&keys, &mut pending);
+                    let (ipc, batch, keys) = if fresh.duplicates == 0 {
+                        (ipc, batch, keys)
+                    } else {
+                        let rows = UInt32Array::from_iter_values(fresh.rows.iter().map(|&r| r as u32));
+                        let batch = take_record_batch(&batch, &rows).expect("row indices are in range");
+                        let keys = fresh.rows.iter().map(|&r| keys[r]).collect();
+                        (wal::encode_batch(&batch), batch, keys)
+                    };
+                    let stored = (batch.num_rows() > 0).then(|| {
+                        let first = next_seq;
+                        let last = first + batch.num_rows() as Seq - 1;
+                        wal::encode_record(first, &ipc, &mut framed);
+                        next_seq = last + 1;
+                        (with_seq(batch, first), first, last)
+                    });
+                    appended.push(GroupedAppend { stored, keys, received_at_us, duplicates: fresh.duplicates, reply });
                 }
                 WalCommand::Rotate { reserve, reply } => rotations.push((reserve, reply)),
             }
         }
 
         if !appended.is_empty() {
-            match writer
-                .append(&framed)
-                .map_err(WalFailure::Write)
-                .and_then(|()| writer.sync().map_err(WalFailure::Sync))
-            {
+            // A group of duplicates only has nothing to write: what it repeats
+            // is already durable.
+            let written = if framed.is_empty() {
+                Ok(())
+            } else {
+                writer.append(&framed).map_err(WalFailure::Write).and_then(|()| writer.sync().map_err(WalFailure::Sync))
+            };
+            match written {
                 Ok(()) => {
                     let mut state = shared.state.lock().expect("storage state lock poisoned");
-                    for (batch, first, last, _) in &appended {
+                    for (batch, first, last) in appended.iter().filter_map(|a| a.stored.as_ref()) {
                         debug_assert!(*first > state.last_seq, "seq strictly increases");
                         state.buffered_rows += batch.num_rows();
                         state.buffered_bytes += batch.get_array_memory_size();
                         state.push_buffered(batch, *first, *last);
                         state.last_seq = *last;
+                        state.oldest_buffered_at.get_or_insert_with(Instant::now);
                     }
-                    state.oldest_buffered_at.get_or_insert_with(Instant::now);
                     if state.buffered_rows >= shared.config.seal_max_buffered_rows
                         || state.buffered_bytes >= shared.config.seal_max_buffered_bytes
                     {
                         shared.seal_wakeup.notify_all();
                     }
                     drop(state);
-                    for (_, first, last, reply) in appended {
-                        let _ = reply.send(Ok((first, last)));
+                    for append in appended {
+                        recent.remember(append.keys, append.received_at_us);
+                        let seqs = append.stored.map(|(_, first, last)| (first, last));
+                        let _ = append.reply.send(Ok(Appended { seqs, duplicates: append.duplicates }));
                     }
                 }
                 Err(failure) => {
@@ -806,8 +922,8 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                     };
                     let reason = error.to_string();
                     let full = matches!(&error, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
-                    for (_, _, _, reply) in appended {
-                        let _ = reply.send(Err(if full {
+                    for append in appended {
+                        let _ = append.reply.send(Err(if full {
                             StorageError::DiskFull(reason.clone())
                         } else if poisoned.is_some() {
                             StorageError::WalPoisoned(reason.clone())
@@ -818,6 +934,7 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                 }
             }
         }
+        drop(recent);
 
         for (reserve, reply) in rotations {
             let last_written = next_seq - 1;
@@ -839,6 +956,40 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
             let _ = reply.send(result);
         }
     }
+}
+
+/// One append of a group commit, between framing and the answer.
+struct GroupedAppend {
+    /// The new events with their seqs; `None` when all were duplicates.
+    stored: Option<(RecordBatch, Seq, Seq)>,
+    /// Keys of the new events, remembered once they are durable.
+    keys: Vec<EventKey>,
+    received_at_us: i64,
+    duplicates: usize,
+    reply: AppendReply,
+}
+
+/// Rebuilds the idempotency window at start-up: the ids of buffered events,
+/// and of events in segments that may hold some received within the window.
+fn recall_recent_ids(store: &SegmentStore, state: &State, window_ms: u64) -> Result<RecentIds, StorageError> {
+    let window_us = i64::try_from(window_ms.saturating_mul(1_000)).unwrap_or(i64::MAX);
+    let mut recent = RecentIds::new(window_us);
+    let cutoff_us = recent.cutoff_us(chrono::Utc::now().timestamp_micros());
+    let columns = ["org_id", "id_uuid", "id_text", "received_at"];
+    for segment in state.segments.iter() {
+        if segment.meta.max_received_at_us.is_some_and(|at| at < cutoff_us) {
+            continue;
+        }
+        let scan = segment.scan_columns(&columns)?;
+        segment::for_each_batch(store, scan, |batch| {
+            recent.remember_batch(&batch, cutoff_us);
+            Ok(())
+        })?;
+    }
+    for (batch, _, _) in &state.buffer {
+        recent.remember_batch(batch, cutoff_us);
+    }
+    Ok(recent)
 }
 
 /// Which step of a group commit failed.
@@ -881,7 +1032,9 @@ mod tests {
     }
 
     async fn append_n(storage: &Storage, from: usize, n: usize) -> (Seq, Seq) {
-        storage.append((from..from + n).map(event).collect()).await.unwrap()
+        let appended = storage.append((from..from + n).map(event).collect()).await.unwrap();
+        assert_eq!(appended.duplicates, 0);
+        appended.seqs.expect("new events")
     }
 
     #[tokio::test]
@@ -907,6 +1060,74 @@ mod tests {
         assert_eq!(append_n(&storage, 9, 1).await, (10, 10));
         // Only the WAL file written after the seal remains.
         assert_eq!(wal::list_files(&dir.path().join("wal")).unwrap().len(), 1);
+    }
+
+    /// Events `range`, received `age_ms` ago.
+    fn received(range: std::ops::Range<usize>, age_ms: i64) -> Vec<Event> {
+        let at = chrono::Utc::now().timestamp_micros() - age_ms * 1_000;
+        range.map(|i| Event { received_at_us: at, ..event(i) }).collect()
+    }
+
+    #[tokio::test]
+    async fn a_retried_batch_is_stored_once_across_sealing_and_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(config(dir.path())).unwrap();
+            let stored = |seqs| Appended { seqs: Some(seqs), duplicates: 0 };
+            assert_eq!(storage.append(received(0..10, 0)).await.unwrap(), stored((1, 10)));
+            assert_eq!(storage.append(received(0..10, 0)).await.unwrap(), Appended { seqs: None, duplicates: 10 });
+            // Five new, five stored already, and one line repeating another.
+            let mut overlapping = received(5..15, 0);
+            overlapping.push(overlapping[7].clone());
+            assert_eq!(storage.append(overlapping).await.unwrap(), Appended { seqs: Some((11, 15)), duplicates: 6 });
+            // The same id in another organisation is another event.
+            let elsewhere = Event { org_id: "initech".into(), ..received(0..1, 0).remove(0) };
+            assert_eq!(storage.append(vec![elsewhere]).await.unwrap(), stored((16, 16)));
+
+            seal(&storage).expect("a segment");
+            assert_eq!(storage.append(received(0..15, 0)).await.unwrap().duplicates, 15, "sealed ids are remembered");
+            assert_eq!(storage.append(received(15..20, 0)).await.unwrap(), stored((17, 21)));
+            // Shutdown seals nothing: the WAL and the manifest are all the next start has.
+            storage.shutdown();
+        }
+        let storage = Storage::open(config(dir.path())).unwrap();
+        assert_eq!(storage.stats().sealed_seq, 16);
+        let retried = storage.append(received(0..25, 0)).await.unwrap();
+        assert_eq!(retried, Appended { seqs: Some((22, 26)), duplicates: 20 }, "segment and WAL ids recalled");
+        assert_eq!(rows(&storage.snapshot()), 26);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_retries_store_a_batch_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(config(dir.path())).unwrap();
+        let tries: Vec<_> = (0..8)
+            .map(|_| {
+                let storage = storage.clone();
+                tokio::spawn(async move { storage.append(received(0..100, 0)).await.unwrap() })
+            })
+            .collect();
+        let mut duplicates = 0;
+        for attempt in tries {
+            duplicates += attempt.await.unwrap().duplicates;
+        }
+        assert_eq!(duplicates, 700);
+        assert_eq!(rows(&storage.snapshot()), 100);
+    }
+
+    #[tokio::test]
+    async fn ids_older_than_the_window_are_not_recalled_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig { idempotency_window_ms: 3_600_000, ..config(dir.path()) };
+        {
+            let storage = Storage::open(config.clone()).unwrap();
+            storage.append(received(0..3, 2 * 3_600_000)).await.unwrap();
+            storage.append(received(3..6, 0)).await.unwrap();
+            storage.shutdown();
+        }
+        let storage = Storage::open(config).unwrap();
+        let again = storage.append(received(0..6, 0)).await.unwrap();
+        assert_eq!(again, Appended { seqs: Some((7, 9)), duplicates: 3 }, "only the recent three are remembered");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

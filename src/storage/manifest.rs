@@ -31,6 +31,10 @@ pub struct SegmentMeta {
     pub max_time_us: i64,
     pub min_org_id: String,
     pub max_org_id: String,
+    /// When the segment's latest event was received; absent in manifests
+    /// written before it was recorded (such segments count as recent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_received_at_us: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,7 @@ mod tests {
             max_time_us: 5,
             min_org_id: "acme".into(),
             max_org_id: "globex".into(),
+            max_received_at_us: Some(7),
         });
         manifest.store(&store).unwrap();
         assert_eq!(Manifest::load(&store).unwrap(), manifest);

@@ -24,15 +24,18 @@
 pub mod compaction;
 mod engine;
 pub mod faults;
+pub mod idempotency;
 pub mod manifest;
 pub mod objects;
 pub mod packed;
 pub mod segment;
+pub mod settings;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
 
-pub use engine::{Snapshot, Storage, StorageConfig, StorageStats};
+pub use engine::{Appended, Snapshot, Storage, StorageConfig, StorageStats};
+pub use settings::{WatchedFile, write_private_file};
 
 /// Everything that can go wrong below the query and ingest layers.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,10 @@ pub enum StorageError {
     Backpressure { buffered_bytes: usize, limit_bytes: usize },
     #[error("compaction failed: {0}")]
     Compaction(String),
+    #[error("reading segments failed: {0}")]
+    Scan(String),
+    #[error("rewriting segments failed: {0}")]
+    Rewrite(String),
     #[error("the storage engine has shut down")]
     ShutDown,
     #[error("Arrow error: {0}")]
@@ -78,31 +85,4 @@ impl StorageError {
 /// Makes a directory's entries (created, renamed, deleted files) durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(dir, e))
-}
-
-/// Replaces a small file of the data directory atomically (write, fsync,
-/// rename, fsync the directory), readable by its owner only: how the user
-/// and token files, which hold verifiers and hashes, are written.
-pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut out = options.open(&tmp)?;
-        out.write_all(bytes)?;
-        out.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

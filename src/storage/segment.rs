@@ -16,9 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::TaskContext;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
 
 use super::StorageError;
 use super::manifest::SegmentMeta;
@@ -76,6 +83,17 @@ const DELTA_LENGTH_COLUMNS: [&str; 2] = ["id_text", "request_id_text"];
 /// sort in log order.
 pub fn segment_file_name(min_seq: u64, max_seq: u64) -> String {
     format!("{min_seq:020}-{max_seq:020}.parquet")
+}
+
+/// The name of a rewrite of segment `file` (same seq range):
+/// `{min}-{max}.r{n}.parquet`, one generation after `file`'s.
+pub fn rewritten_file_name(file: &str) -> String {
+    let stem = file.strip_suffix(".parquet").unwrap_or(file);
+    let (range, generation) = match stem.rsplit_once(".r") {
+        Some((range, n)) if n.parse::<u64>().is_ok() => (range, n.parse::<u64>().expect("checked")),
+        _ => (stem, 0),
+    };
+    format!("{range}.r{}.parquet", generation + 1)
 }
 
 pub(super) fn writer_properties() -> WriterProperties {
@@ -181,6 +199,9 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
     let (min_seq, max_seq) = seqs.fold((i64::MAX, i64::MIN), |(lo, hi), s| (lo.min(s), hi.max(s)));
     let times = column("time").flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter().copied());
     let (min_time_us, max_time_us) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let received =
+        column("received_at").flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter().copied());
+    let max_received_at_us = received.max();
     let file_name = segment_file_name(min_seq as u64, max_seq as u64);
 
     let org_of = |batch: &RecordBatch, row: usize| {
@@ -229,6 +250,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         max_time_us,
         min_org_id,
         max_org_id,
+        max_received_at_us,
     })
 }
 
@@ -255,6 +277,23 @@ impl LiveSegment {
         self.store.segment_location(&self.meta.file).to_string()
     }
 
+    /// A scan of this segment's file in the segment schema, for the storage
+    /// layer's own reads (compaction, start-up); queries plan their own.
+    pub fn scan(&self) -> FileScanConfigBuilder {
+        FileScanConfigBuilder::new(self.store.url().clone(), Arc::new(ParquetSource::new(packed::segment_schema())))
+            .with_file_group(FileGroup::new(vec![PartitionedFile::new(self.object_location(), self.meta.size_bytes)]))
+    }
+
+    /// A scan of only the named columns of this segment.
+    pub fn scan_columns(&self, columns: &[&str]) -> Result<Arc<dyn ExecutionPlan>, StorageError> {
+        let schema = packed::segment_schema();
+        let indices = columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>();
+        let config = indices.map_err(|e| StorageError::Scan(e.to_string())).and_then(|i| {
+            self.scan().with_projection_indices(Some(i)).map_err(|e| StorageError::Scan(e.to_string()))
+        })?;
+        Ok(DataSourceExec::from_data_source(config.build()))
+    }
+
     /// The file on local disk, when segments are stored locally.
     pub fn local_path(&self) -> Option<PathBuf> {
         self.store.local_path(&self.meta.file)
@@ -265,6 +304,25 @@ impl LiveSegment {
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
     }
+}
+
+/// Runs a plan over segment scans to the end on the store's runtime (the
+/// sealer thread and start-up have none of their own), handing each batch to
+/// `each`.
+pub fn for_each_batch(
+    store: &SegmentStore,
+    plan: Arc<dyn ExecutionPlan>,
+    mut each: impl FnMut(RecordBatch) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let scan_error = |e: datafusion::error::DataFusionError| StorageError::Scan(e.to_string());
+    let runtime_env = RuntimeEnvBuilder::new().build_arc().map_err(scan_error)?;
+    runtime_env.register_object_store(store.url().as_ref(), store.object_store());
+    let task = Arc::new(TaskContext::default().with_runtime(runtime_env));
+    let mut stream = plan.execute(0, task).map_err(scan_error)?;
+    while let Some(batch) = store.block_on(stream.next()) {
+        each(batch.map_err(scan_error)?)?;
+    }
+    Ok(())
 }
 
 impl Drop for LiveSegment {

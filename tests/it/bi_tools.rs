@@ -7,26 +7,25 @@
 //! registry, not copied here, so they follow the dependency.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use crate::harness::{Server, add_user};
 
-/// Where the source of the datafusion-postgres we build with lies.
+/// Where the source of the datafusion-postgres we build with lies: its
+/// version from Cargo.lock, its sources in cargo's registry (where building
+/// put them; `cargo metadata` would want every platform's crates too).
 fn datafusion_postgres_dir() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--offline", "--format-version", "1", "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .output()
-        .expect("cargo metadata");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let package = metadata["packages"]
-        .as_array()
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let entry = lock.split("[[package]]").find(|p| p.contains("name = \"datafusion-postgres\"")).expect("locked");
+    let version = entry.split("version = \"").nth(1).and_then(|v| v.split('"').next()).expect("a version");
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let wanted = format!("datafusion-postgres-{version}");
+    std::fs::read_dir(cargo_home.join("registry/src"))
         .unwrap()
-        .iter()
-        .find(|p| p["name"] == "datafusion-postgres")
-        .expect("datafusion-postgres is a dependency");
-    PathBuf::from(package["manifest_path"].as_str().unwrap()).parent().unwrap().to_path_buf()
+        .map(|index| index.unwrap().path().join(&wanted))
+        .find(|dir| dir.join("Cargo.toml").exists())
+        .unwrap_or_else(|| panic!("{wanted} is not in {}/registry/src", cargo_home.display()))
 }
 
 /// The string literals of the `…_QUERIES: &[&str] = &[ … ];` array of a Rust

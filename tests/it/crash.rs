@@ -1,5 +1,6 @@
 //! Kill -9 while ingesting, sealing and compacting: every acknowledged event
-//! is there exactly once.
+//! is there exactly once, and so is every batch a client retries after the
+//! server died under it (stored before the kill or not).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -15,9 +16,12 @@ use crate::harness::{Server, event};
 const WRITERS: usize = 4;
 const EVENTS_PER_BATCH: usize = 50;
 
+/// A batch a writer was sending when the server died: its ids and body.
+type Unanswered = (Vec<String>, String);
+
 /// One cycle: start, ingest from several writers, kill -9 at a random moment.
-/// Returns the ids the server acknowledged.
-async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> HashSet<String> {
+/// Returns the ids the server acknowledged, and the batches left unanswered.
+async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> (HashSet<String>, Vec<Unanswered>) {
     // Small seal and compaction thresholds: kills land before, during and
     // after seals and merges.
     let server = Server::start(
@@ -38,15 +42,18 @@ async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> Hash
                         .iter()
                         .map(|id| event(id, "acme", &format!("u{w}"), "page.viewed", batch).to_string() + "\n")
                         .collect();
-                    match http.post(&url).body(body).send().await {
+                    match http.post(&url).body(body.clone()).send().await {
                         Ok(r) if r.status() == 200 => {
                             let answer: Value = r.json().await.unwrap();
                             assert_eq!(answer["accepted"], EVENTS_PER_BATCH);
                             acked.lock().unwrap().extend(ids);
                         }
-                        _ => return, // the server is gone: this batch was not acknowledged
+                        // The server is gone: this batch was not acknowledged,
+                        // though it may have been stored. The client retries it.
+                        _ => return Some((ids, body)),
                     }
                 }
+                None
             })
         })
         .collect();
@@ -59,10 +66,11 @@ async fn ingest_then_kill(data: &Path, cycle: usize, rng: &mut impl Rng) -> Hash
     }
     tokio::time::sleep(Duration::from_millis(rng.random_range(100..1100))).await;
     server.kill();
+    let mut unanswered = Vec::new();
     for w in writers {
-        w.await.unwrap();
+        unanswered.extend(w.await.unwrap());
     }
-    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+    (Arc::try_unwrap(acked).unwrap().into_inner().unwrap(), unanswered)
 }
 
 pub async fn crash_cycles(cycles: usize, seed: u64) {
@@ -71,11 +79,20 @@ pub async fn crash_cycles(cycles: usize, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut acked_total = HashSet::new();
     for cycle in 0..cycles {
-        let acked = ingest_then_kill(&data, cycle, &mut rng).await;
+        let (acked, unanswered) = ingest_then_kill(&data, cycle, &mut rng).await;
         assert!(!acked.is_empty(), "cycle {cycle} acknowledged nothing; the test proves nothing");
         acked_total.extend(acked);
 
         let server = Server::start(&data, &[]);
+        let http = server.http();
+        for (ids, body) in unanswered {
+            let answer: Value = http.post(server.events_url()).body(body).send().await.unwrap().json().await.unwrap();
+            assert_eq!(answer["accepted"], EVENTS_PER_BATCH, "cycle {cycle}: retry answered {answer}");
+            // All of the batch or none of it was stored before the kill.
+            let duplicates = answer["duplicates"].as_u64().unwrap();
+            assert!(duplicates == 0 || duplicates == EVENTS_PER_BATCH as u64, "cycle {cycle}: {answer}");
+            acked_total.extend(ids);
+        }
         let pg = server.pg().await;
         let rows = pg.query("select id from audit_events", &[]).await.unwrap();
         let mut seen: HashMap<String, usize> = HashMap::new();

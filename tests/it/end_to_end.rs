@@ -19,13 +19,26 @@ async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
         event("e2", "acme", "bob", "jira.issue.deleted", 1),
     ];
     let (status, body) = post(&http, &server.events_url(), ndjson(&first)).await;
-    assert_eq!((status, &body), (200, &json!({"accepted": 2, "first_seq": 1, "last_seq": 2})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"accepted": 2, "stored": 2, "duplicates": 0, "first_seq": 1, "last_seq": 2}))
+    );
+
+    // A client retrying after a timeout: acknowledged again, not stored again.
+    let (status, body) = post(&http, &server.events_url(), ndjson(&first)).await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"accepted": 2, "stored": 0, "duplicates": 2, "first_seq": null, "last_seq": null}))
+    );
 
     let mut third = event("e3", "globex", "alice", "admin.role.granted", 2);
     third["attributes"] = json!({"role": "admin"});
     third["content_title"] = json!("Payroll ☃");
     let (status, body) = post(&http, &server.events_url(), Value::Array(vec![third]).to_string()).await;
-    assert_eq!((status, &body), (200, &json!({"accepted": 1, "first_seq": 3, "last_seq": 3})));
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"accepted": 1, "stored": 1, "duplicates": 0, "first_seq": 3, "last_seq": 3}))
+    );
 
     // Extended protocol with a bound parameter, typed results.
     let pg = server.pg().await;
@@ -60,6 +73,11 @@ async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
     );
 }
 
+/// Batch `batch` of the restart test: 60 events of seven actors.
+fn sixty_events(batch: usize) -> Vec<Value> {
+    (0..60).map(|i| event(&format!("b{batch}-{i}"), "acme", &format!("u{}", i % 7), "page.viewed", i)).collect()
+}
+
 #[tokio::test]
 async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,10 +87,7 @@ async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() 
         let server = Server::start(&data, &["--seal-max-buffered-rows", "100"]);
         let http = server.http();
         for batch in 0..5 {
-            let events: Vec<Value> = (0..60)
-                .map(|i| event(&format!("b{batch}-{i}"), "acme", &format!("u{}", i % 7), "page.viewed", i))
-                .collect();
-            let (status, _) = post(&http, &server.events_url(), ndjson(&events)).await;
+            let (status, _) = post(&http, &server.events_url(), ndjson(&sixty_events(batch))).await;
             assert_eq!(status, 200);
         }
         let pg = server.pg().await;
@@ -99,6 +114,14 @@ async fn sealed_and_buffered_events_are_seen_exactly_once_and_survive_restart() 
     );
     let per_actor = pg.query_one("select count(*) from audit_events where actor_id = $1", &[&"u3"]).await.unwrap();
     assert_eq!(per_actor.get::<_, i64>(0), 45);
+    // Every batch sent again after the kill, sealed or still in the WAL, is
+    // recognised and not stored twice.
+    for batch in 0..5 {
+        let (status, body) = post(&server.http(), &server.events_url(), ndjson(&sixty_events(batch))).await;
+        assert_eq!((status, &body["duplicates"]), (200, &json!(60)), "{body}");
+    }
+    let count = pg.query_one("select count(*) from audit_events where org_id = 'acme'", &[]).await.unwrap();
+    assert_eq!(count.get::<_, i64>(0), 300);
     // Sequence numbers continue after recovery (the server's own records of
     // these queries took some of them).
     let (status, body) =

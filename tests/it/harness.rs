@@ -203,6 +203,24 @@ pub fn add_user(data_dir: &Path, name: &str, role: &[&str]) {
     assert!(out.status.success(), "user add {name}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Runs `auditlake ARGS` to success; its stdout.
+pub fn run_cli(args: &[&str]) -> String {
+    run_cli_with_env(args, &[])
+}
+
+/// [`run_cli`] with extra environment variables.
+pub fn run_cli_with_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlake")).args(args).envs(env.iter().copied()).output().unwrap();
+    assert!(out.status.success(), "auditlake {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `auditlake ARGS`: whether it succeeded, and its stderr.
+pub fn run_cli_status(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlake")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// `auditlake token create ARGS` on `data_dir`: the token's text.
 pub fn create_token(data_dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_auditlake"))

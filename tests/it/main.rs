@@ -13,4 +13,5 @@ mod open_layout;
 mod query_command;
 mod saved_reports;
 mod self_audit;
+mod ugc;
 mod validation;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{APP, Server, event, post, venv_bin};
+use crate::harness::{APP, Server, event, post, run_cli_with_env, venv_bin};
 
 const BUCKET: &str = "audit-archive";
 const PREFIX: &str = "logs/eu";
@@ -56,7 +56,11 @@ impl S3Server {
 
     /// Keys under the log's prefix, as the bucket lists them.
     async fn keys(&self) -> Vec<String> {
-        let url = format!("{}/{BUCKET}?list-type=2&prefix={PREFIX}/", self.endpoint);
+        self.keys_under(&format!("{PREFIX}/")).await
+    }
+
+    async fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let url = format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.endpoint);
         let xml = reqwest::get(url).await.unwrap().text().await.unwrap();
         xml.split("<Key>").skip(1).map(|rest| rest.split("</Key>").next().unwrap().to_owned()).collect()
     }
@@ -145,4 +149,31 @@ async fn segments_and_manifest_live_in_the_bucket_and_survive_kill_9() {
         "bucket plus local WAL"
     );
     assert_eq!(count(&server, "select count(*) from audit_events where actor_id = 'u3'").await, u3 + 1);
+}
+
+#[tokio::test]
+async fn auditlake_export_uploads_a_complete_file_to_a_bucket() {
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let body: String =
+        (0..30).map(|i| event(&format!("x{i}"), "acme", "u1", "page.viewed", i).to_string() + "\n").collect();
+    assert_eq!(post(&server.http(), &server.events_url(), body).await.0, 200);
+    let key = "exports/acme/2026-11.jsonl";
+    let out = run_cli_with_env(
+        &["export", "--org", "acme", "--server", &server.url(), "--out", &format!("s3://{BUCKET}/{key}")],
+        &s3.env(),
+    );
+    assert!(out.starts_with("30 events of acme"), "{out}");
+    assert_eq!(s3.keys_under("exports/").await, [key]);
+    let mut bucket = object_store::aws::AmazonS3Builder::new().with_bucket_name(BUCKET);
+    for (name, value) in s3.env() {
+        bucket = bucket.with_config(name.to_lowercase().parse().unwrap(), value);
+    }
+    let bucket = object_store::ObjectStoreExt::get(&bucket.build().unwrap(), &key.into()).await.unwrap();
+    let object = String::from_utf8(bucket.bytes().await.unwrap().to_vec()).unwrap();
+    let ids: Vec<String> =
+        object.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, (0..30).map(|i| format!("x{i}")).collect::<Vec<_>>());
 }

@@ -1,0 +1,267 @@
+//! `auditlake export`: one organisation's events over a time range, to a
+//! JSON Lines or Parquet file on local disk or in a bucket, for cold storage
+//! and SIEMs that load files.
+//!
+//! Events are read a page at a time in `seq` order, each page starting after
+//! the last `seq` of the one before: the cursor of the HTTP export API, so
+//! memory stays at one page whatever the range, and events that arrive while
+//! the export runs are either in it once or not at all. It reads through a
+//! [`Connection`] (a data directory, or a server as a Postgres user, whose
+//! tenant scope applies), and never changes the log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::json::LineDelimitedWriter;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+
+use crate::client::{ClientError, Connection, Target};
+use crate::query::TABLE;
+
+/// Events per page: well under a statement's default result limit.
+pub const EXPORT_PAGE_EVENTS: usize = 50_000;
+
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line; `attributes` as the object it was sent as.
+    Jsonl,
+    /// One Parquet file (zstd), the table's columns.
+    Parquet,
+}
+
+/// Which events, and where they go.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    pub org: String,
+    /// Events at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Events before this time.
+    pub to: Option<DateTime<Utc>>,
+    pub format: ExportFormat,
+    /// A local path, `file:///path`, or `s3://bucket/key` (credentials and
+    /// endpoint from the usual `AWS_*` variables).
+    pub out: String,
+    /// Events per page (see [`EXPORT_PAGE_EVENTS`]).
+    pub page_events: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot encode the events: {0}")]
+    Encode(String),
+    #[error("cannot upload to {url}: {reason}")]
+    Upload { url: String, reason: String },
+    #[error("{0} exists already; export never overwrites a file")]
+    Exists(String),
+}
+
+/// Where the file is written first: the destination itself, or a temporary
+/// file uploaded when complete (a bucket never holds half an export).
+enum Destination {
+    Local(PathBuf),
+    S3 { url: String, bucket: String, key: String, staging: tempfile::NamedTempFile },
+}
+
+impl Destination {
+    fn parse(out: &str) -> Result<Self, ExportError> {
+        if let Some(rest) = out.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() || key.is_empty() || key.ends_with('/') {
+                return Err(ExportError::Upload { url: out.into(), reason: "expected s3://bucket/key".into() });
+            }
+            let staging = tempfile::NamedTempFile::new()
+                .map_err(|source| ExportError::Write { path: std::env::temp_dir(), source })?;
+            return Ok(Destination::S3 { url: out.into(), bucket: bucket.into(), key: key.into(), staging });
+        }
+        let path = PathBuf::from(out.strip_prefix("file://").unwrap_or(out));
+        if path.exists() {
+            return Err(ExportError::Exists(path.display().to_string()));
+        }
+        Ok(Destination::Local(path))
+    }
+
+    fn file_path(&self) -> &Path {
+        match self {
+            Destination::Local(path) => path,
+            Destination::S3 { staging, .. } => staging.path(),
+        }
+    }
+
+    async fn finish(self) -> Result<(), ExportError> {
+        let Destination::S3 { url, bucket, key, staging } = self else { return Ok(()) };
+        let failed = |reason: String| ExportError::Upload { url: url.clone(), reason };
+        let store = AmazonS3Builder::from_env().with_bucket_name(&bucket).build().map_err(|e| failed(e.to_string()))?;
+        let mut upload = object_store::buffered::BufWriter::new(Arc::new(store), ObjectPath::from(key.as_str()));
+        let mut file = tokio::fs::File::open(staging.path()).await.map_err(|e| failed(e.to_string()))?;
+        tokio::io::copy(&mut file, &mut upload).await.map_err(|e| failed(e.to_string()))?;
+        tokio::io::AsyncWriteExt::shutdown(&mut upload).await.map_err(|e| failed(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The open output file, in either format.
+enum Output {
+    Jsonl(std::io::BufWriter<std::fs::File>),
+    /// The Parquet writer needs the schema, known with the first page.
+    Parquet {
+        file: Option<std::fs::File>,
+        writer: Option<Box<ArrowWriter<std::fs::File>>>,
+    },
+}
+
+impl Output {
+    fn create(path: &Path, format: ExportFormat) -> Result<Self, ExportError> {
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .or_else(|e| match e.kind() {
+                // The staging file of an upload exists, empty.
+                std::io::ErrorKind::AlreadyExists if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) => {
+                    std::fs::File::options().write(true).open(path)
+                }
+                _ => Err(e),
+            })
+            .map_err(|source| ExportError::Write { path: path.to_path_buf(), source })?;
+        Ok(match format {
+            ExportFormat::Jsonl => Output::Jsonl(std::io::BufWriter::new(file)),
+            ExportFormat::Parquet => Output::Parquet { file: Some(file), writer: None },
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch, path: &Path) -> Result<(), ExportError> {
+        let encode = |e: &dyn std::fmt::Display| ExportError::Encode(e.to_string());
+        match self {
+            Output::Jsonl(out) => {
+                let mut lines = Vec::new();
+                let mut writer = LineDelimitedWriter::new(&mut lines);
+                writer.write(batch).map_err(|e| encode(&e))?;
+                writer.finish().map_err(|e| encode(&e))?;
+                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let line = with_attributes_as_object(line).map_err(|e| encode(&e))?;
+                    out.write_all(&line)
+                        .and_then(|()| out.write_all(b"\n"))
+                        .map_err(|source| ExportError::Write { path: path.to_path_buf(), source })?;
+                }
+            }
+            Output::Parquet { file, writer } => {
+                if let Some(file) = file.take() {
+                    let properties = WriterProperties::builder()
+                        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+                        .build();
+                    *writer = Some(Box::new(
+                        ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|e| encode(&e))?,
+                    ));
+                }
+                writer.as_mut().expect("just made").write(batch).map_err(|e| encode(&e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, path: &Path) -> Result<(), ExportError> {
+        let write_error = |source| ExportError::Write { path: path.to_path_buf(), source };
+        match self {
+            Output::Jsonl(mut out) => out.flush().and_then(|()| out.get_ref().sync_all()).map_err(write_error),
+            Output::Parquet { writer: Some(writer), .. } => {
+                let file = writer.into_inner().map_err(|e| ExportError::Encode(e.to_string()))?;
+                file.sync_all().map_err(write_error)
+            }
+            // No event: an empty file says so (Parquet needs a schema).
+            Output::Parquet { writer: None, .. } => Ok(()),
+        }
+    }
+}
+
+/// A JSON line with its `attributes` text turned back into the object.
+fn with_attributes_as_object(line: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let mut event: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(line)?;
+    if let Some(serde_json::Value::String(text)) = event.get("attributes")
+        && let Ok(object) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        event.insert("attributes".into(), object);
+    }
+    serde_json::to_vec(&event)
+}
+
+/// `'text'` as an SQL literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+impl ExportRequest {
+    /// The condition on events, without the cursor.
+    fn condition(&self) -> String {
+        let mut condition = format!("org_id = {}", literal(&self.org));
+        let at = |t: &DateTime<Utc>| literal(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        if let Some(from) = &self.from {
+            condition += &format!(" and time >= {}::timestamptz", at(from));
+        }
+        if let Some(to) = &self.to {
+            condition += &format!(" and time < {}::timestamptz", at(to));
+        }
+        condition
+    }
+}
+
+/// Exports the events `request` names from `target`; `progress` hears the
+/// total first, then the count written after each page. Returns the count.
+pub async fn export(
+    target: &Target,
+    request: &ExportRequest,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ExportError> {
+    let destination = Destination::parse(&request.out)?;
+    let connection = Connection::open(target).await?;
+    let result = async {
+        let condition = request.condition();
+        let counted = connection.query(&format!("select count(*) from {TABLE} where {condition}")).await?;
+        let total = counted
+            .first()
+            .map_or(0, |b| b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0))
+            as u64;
+        progress(total, 0);
+
+        let path = destination.file_path().to_path_buf();
+        let mut output = Output::create(&path, request.format)?;
+        let (mut after, mut written) = (0i64, 0u64);
+        loop {
+            let sql = format!(
+                "select * from {TABLE} where {condition} and seq > {after} order by seq limit {}",
+                request.page_events
+            );
+            let page = connection.query(&sql).await?;
+            let rows: usize = page.iter().map(RecordBatch::num_rows).sum();
+            for batch in page.iter().filter(|b| b.num_rows() > 0) {
+                output.write(batch, &path)?;
+                let seqs = batch.column_by_name("seq").expect("select * has seq");
+                let seqs: &Int64Array = seqs.as_primitive();
+                after = after.max(seqs.value(seqs.len() - 1));
+            }
+            written += rows as u64;
+            progress(total, written);
+            if rows < request.page_events {
+                break;
+            }
+        }
+        output.finish(&path)?;
+        Ok::<u64, ExportError>(written)
+    }
+    .await;
+    connection.close().await;
+    let written = result?;
+    destination.finish().await?;
+    Ok(written)
+}

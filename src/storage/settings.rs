@@ -1,0 +1,100 @@
+//! The small settings files of the data directory: `users.json`,
+//! `tokens.json`, `policies.json`. They hold verifiers, hashes and policies,
+//! never a secret in clear, and are changed by the command line while a
+//! server may be running.
+//!
+//! This module owns how they are written (atomically, owner-only) and how a
+//! running server notices a change (the file's version is checked on use and
+//! the file parsed again only when it differs). It never interprets them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Replaces a small file of the data directory atomically (write, fsync,
+/// rename, fsync the directory), readable by its owner only: how the user
+/// and token files, which hold verifiers and hashes, are written.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut out = options.open(&tmp)?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A settings file as last parsed, parsed again when it changes, so that
+/// what the command line changes while the server runs applies at once.
+#[derive(Debug)]
+pub struct WatchedFile<T> {
+    path: PathBuf,
+    loaded: Mutex<Option<(FileVersion, Arc<T>)>>,
+}
+
+impl<T> WatchedFile<T> {
+    pub fn new(path: PathBuf) -> Self {
+        WatchedFile { path, loaded: Mutex::new(None) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed file as it is now: `parse` runs only when the file changed
+    /// since the last call (a missing file is a version of its own).
+    pub fn current<E>(
+        &self,
+        parse: impl FnOnce(&Path) -> Result<T, E>,
+        io_error: impl FnOnce(std::io::Error) -> E,
+    ) -> Result<Arc<T>, E> {
+        let version = match fs::metadata(&self.path) {
+            Ok(meta) => FileVersion::of(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileVersion::default(),
+            Err(e) => return Err(io_error(e)),
+        };
+        let mut loaded = self.loaded.lock().expect("settings file lock poisoned");
+        if let Some((at, parsed)) = loaded.as_ref()
+            && *at == version
+        {
+            return Ok(Arc::clone(parsed));
+        }
+        let parsed = Arc::new(parse(&self.path)?);
+        *loaded = Some((version, Arc::clone(&parsed)));
+        Ok(parsed)
+    }
+}
+
+/// What tells one version of the file from the next: every write replaces
+/// it by rename, so its inode changes even within one mtime tick.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    modified: Option<SystemTime>,
+    inode: u64,
+    len: u64,
+}
+
+impl FileVersion {
+    fn of(meta: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileVersion { modified: meta.modified().ok(), inode, len: meta.len() }
+    }
+}
