@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::info;
 
 use crate::exporter::{self, ExportFormat, ExportRequest};
+use crate::import::{self, ImportFormat};
 use crate::ingest::tokens::{TokenScope, Tokens};
 use crate::ingest::{self, demo};
 use crate::policy::{OrgPolicy, Policies, UgcKey, UgcMode};
@@ -54,6 +55,10 @@ enum Command {
     /// Export one organisation's events to a JSON Lines or Parquet file, a
     /// page at a time in seq order, with a progress bar.
     Export(ExportArgs),
+    /// Import audit logs of other products (or auditlake NDJSON) into a data
+    /// directory (server stopped). Reports per file what was imported and
+    /// what was rejected and why; exits with 2 when anything was rejected.
+    Import(ImportArgs),
     /// Create a key file (owner-only, never overwritten).
     Keygen {
         /// The UGC key organisations' hashing keys derive from; give it to
@@ -157,6 +162,30 @@ enum UserCommand {
         #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    #[arg(long, value_enum)]
+    format: ImportFormat,
+    /// The organisation the events belong to (required but for ndjson, whose
+    /// events name their own; given there, every event must be of it).
+    #[arg(long, required_if_eq_any = [
+        ("format", "cloudtrail"), ("format", "k8s"), ("format", "github"),
+        ("format", "okta"), ("format", "atlassian"), ("format", "ocsf"),
+    ])]
+    org: Option<String>,
+    /// Files to import: plain or gzip.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The UGC key, when an organisation's policy hashes UGC.
+    #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
+    ugc_key_file: Option<PathBuf>,
+    #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Segments location of that data directory, if not inside it.
+    #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
+    segments_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +448,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Query(args) => query(args).await,
             Command::Report(args) => report(args).await,
             Command::Export(args) => export(args).await,
+            Command::Import(args) => import(args).await,
             Command::User(command) => user(command),
             Command::Token(command) => token(command),
             // A rewrite reads segments on the store's own runtime: off this one.
@@ -434,6 +464,59 @@ pub fn main() -> anyhow::Result<()> {
 
 async fn query(args: QueryArgs) -> anyhow::Result<()> {
     run_and_print(&args.target, &args.sql).await
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let key = args.ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
+    let policies = Policies::in_data_dir(&args.data_dir, key);
+    policies.check_key()?;
+    let config = StorageConfig { segments_url: args.segments_url.clone(), ..StorageConfig::new(&args.data_dir) };
+    let dir = args.data_dir.display().to_string();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(config))
+        .await?
+        .with_context(|| format!("cannot open data directory {dir} (is a server running on it?)"))?;
+    let total: u64 = args.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("valid template"),
+    );
+    let started = std::time::Instant::now();
+    let imported = import::import(&storage, &policies, args.format, args.org.as_deref(), &args.files, |read| {
+        bar.set_position(read)
+    })
+    .await;
+    bar.finish_and_clear();
+    let closing = storage.clone();
+    tokio::task::spawn_blocking(move || closing.shutdown()).await?;
+    let reports = imported?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut rejected = 0;
+    for report in &reports {
+        say(&format!(
+            "{}: {} imported ({} already stored), {} rejected",
+            report.path.display(),
+            report.imported,
+            report.duplicates,
+            report.rejected
+        ));
+        for rejection in &report.rejections {
+            eprintln!("  {} record {}: {}", report.path.display(), rejection.record, rejection.reason);
+        }
+        if report.rejected > report.rejections.len() {
+            eprintln!("  … and {} more", report.rejected - report.rejections.len());
+        }
+        rejected += report.rejected;
+    }
+    let events: usize = reports.iter().map(|r| r.imported).sum();
+    say(&format!(
+        "{events} events imported from {} file(s) in {seconds:.2} s ({:.0} events/s); {rejected} rejected",
+        reports.len(),
+        events as f64 / seconds.max(1e-9)
+    ));
+    if rejected > 0 {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<()> {

@@ -16,12 +16,14 @@
 //! - [`policy`]: per-organisation policy: what is kept of user-generated content.
 //! - [`client`]: SQL from the command line, in-process or against a server.
 //! - [`exporter`]: `auditlake export`, one organisation's events to a JSONL or Parquet file.
+//! - [`import`]: `auditlake import`, other products' audit logs mapped onto the event schema.
 //! - [`reports`]: the saved compliance SQL of `sql/` and its psql variables.
 //! - [`cli`]: the command line (`serve`, `demo`, `query`, `report`).
 
 pub mod cli;
 pub mod client;
 pub mod exporter;
+pub mod import;
 pub mod ingest;
 pub mod model;
 pub mod policy;

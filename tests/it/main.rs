@@ -8,6 +8,7 @@ mod crash;
 mod end_to_end;
 mod export;
 mod harness;
+mod import;
 mod object_storage;
 mod open_layout;
 mod query_command;
