@@ -44,7 +44,7 @@ pub enum ImportFormat {
     Okta,
     /// Atlassian organisation audit log (Admin API `events` responses or lines).
     Atlassian,
-    /// OCSF events as JSON (array or lines).
+    /// OCSF events as JSON (array or lines), or Parquet as Amazon Security Lake stores them.
     Ocsf,
     /// auditlake's own events, as `POST /v1/events` takes them.
     Ndjson,
@@ -92,10 +92,15 @@ impl FileReport {
     }
 }
 
-/// The file's text, inflated if it is gzip.
+/// The file's text, inflated if it is gzip; a Parquet file (OCSF as Amazon
+/// Security Lake stores it) as a JSON array, one element per row.
 fn read_text(path: &Path) -> Result<String, ImportError> {
     let read_error = |source| ImportError::Read { path: path.to_path_buf(), source };
     let bytes = std::fs::read(path).map_err(read_error)?;
+    if bytes.starts_with(b"PAR1") {
+        return parquet_as_json_lines(bytes)
+            .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+    }
     let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut inflated = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes.as_slice()), &mut inflated)
@@ -105,6 +110,21 @@ fn read_text(path: &Path) -> Result<String, ImportError> {
         bytes
     };
     String::from_utf8(bytes).map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+fn parquet_as_json_lines(bytes: Vec<u8>) -> Result<String, String> {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .and_then(|builder| builder.build())
+        .map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut lines);
+    for batch in reader {
+        writer.write(&batch.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    writer.finish().map_err(|e| e.to_string())?;
+    let lines = String::from_utf8(lines).map_err(|e| e.to_string())?;
+    Ok(format!("[{}]", lines.lines().collect::<Vec<_>>().join(",")))
 }
 
 /// The source records of a file, each with its position, or why a line is

@@ -120,6 +120,11 @@ import gzip, json, sys
 fmt, files = sys.argv[1], sys.argv[2:]
 out = {}
 for f in files:
+    if f.endswith('.parquet'):
+        import duckdb
+        rows = duckdb.execute(f"select count(*) from read_parquet('{f}')").fetchall()[0][0]
+        out[f] = [rows, rows]
+        continue
     text = (gzip.open if f.endswith('.gz') else open)(f, 'rt').read()
     try:
         doc = json.loads(text)
@@ -145,7 +150,9 @@ for f in files:
     out[f] = [records, len(events)]
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3").args(["-c", script, format]).args(files).output().unwrap();
+    // The venv's Python: it has DuckDB, which counts Parquet rows.
+    let out =
+        Command::new(crate::harness::venv_bin("python")).args(["-c", script, format]).args(files).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -156,7 +163,7 @@ fn files_under(dir: &Path) -> Vec<String> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             files.extend(files_under(&path));
-        } else if [".json", ".jsonl", ".gz"].iter().any(|e| path.to_string_lossy().ends_with(e)) {
+        } else if [".json", ".jsonl", ".gz", ".parquet"].iter().any(|e| path.to_string_lossy().ends_with(e)) {
             files.push(path.to_string_lossy().into_owned());
         }
     }
