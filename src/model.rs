@@ -19,6 +19,20 @@ use serde_json::{Map, Value};
 pub const MAX_KEY_FIELD_BYTES: usize = 256;
 /// Longest accepted free-text field (`user_agent`, `content_title`, ...), in bytes.
 pub const MAX_TEXT_FIELD_BYTES: usize = 4096;
+/// Deepest nesting of objects and arrays accepted in `attributes` (the
+/// object itself is level 1): deeper JSON is a hazard for every reader that
+/// recurses, and no audit attribute needs it.
+pub const MAX_ATTRIBUTES_DEPTH: usize = 32;
+
+/// How deeply a JSON value nests objects and arrays (a scalar: 0).
+fn json_depth(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(json_depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Largest accepted `attributes` object, serialized as compact JSON, in bytes.
 pub const MAX_ATTRIBUTES_BYTES: usize = 64 * 1024;
 
@@ -153,7 +167,7 @@ macro_rules! wire_event {
                 };
                 let attributes = match self.attributes {
                     None | Some(Value::Null) => None,
-                    Some(value @ Value::Object(_)) => {
+                    Some(value @ Value::Object(_)) if json_depth(&value) <= MAX_ATTRIBUTES_DEPTH => {
                         Some(value.to_string()).filter(|text| text.len() <= MAX_ATTRIBUTES_BYTES)?.into()
                     }
                     Some(_) => return None,
@@ -466,6 +480,13 @@ fn validate_event(line: usize, value: Value, received_at_us: i64) -> Result<Even
 
     let attributes = match object.remove("attributes") {
         None | Some(Value::Null) => None,
+        Some(value @ Value::Object(_)) if json_depth(&value) > MAX_ATTRIBUTES_DEPTH => {
+            err(
+                "attributes",
+                format!("attributes nest {} levels deep, over the limit of {MAX_ATTRIBUTES_DEPTH}", json_depth(&value)),
+            );
+            None
+        }
         Some(value @ Value::Object(_)) => {
             let text = value.to_string();
             if text.len() > MAX_ATTRIBUTES_BYTES {

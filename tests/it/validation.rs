@@ -30,6 +30,8 @@ async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
     no_actor.as_object_mut().unwrap().remove("actor_id");
     let mut wrong_type = good.clone();
     wrong_type["org_id"] = json!(42);
+    let mut too_deep = good.clone();
+    too_deep["attributes"] = (0..40).fold(json!("bottom"), |inner, _| json!({ "k": inner }));
     let mut too_long = good.clone();
     too_long["user_agent"] = json!("a".repeat(5000));
     let mut no_action_no_org = good.clone();
@@ -42,6 +44,7 @@ async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
         (no_actor, &[(2, "actor_id", "missing")]),
         (wrong_type, &[(2, "org_id", "expected a string, got number")]),
         (too_long, &[(2, "user_agent", "limit")]),
+        (too_deep, &[(2, "attributes", "40 levels deep")]),
         (no_action_no_org, &[(2, "org_id", "missing"), (2, "action", "missing")]),
     ];
     for (bad, expected) in cases {
@@ -60,6 +63,15 @@ async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
             );
         }
     }
+
+    // Not UTF-8: named by its line; the byte is in the second line.
+    let mut not_utf8 = format!("{good}\n").into_bytes();
+    not_utf8.extend_from_slice(b"{\"time\": \"\xff\"}\n");
+    let response = http.post(&url).body(not_utf8).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["errors"][0]["line"], 2, "{answer}");
+    assert!(answer["errors"][0]["error"].as_str().unwrap().contains("UTF-8"), "{answer}");
 
     let (status, answer) = post(&http, &url, "[{\"time\": ".into()).await;
     assert_eq!(status, 400);
