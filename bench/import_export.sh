@@ -30,17 +30,19 @@ for format in jsonl parquet; do
   ls -l "$WORK/export.$format" | awk '{print "  " $5 " bytes"}'
 done
 
-# the HTTP cursor API, pages of 1,000
+# the HTTP cursor API, pages of 1,000, over the first HTTP_EVENTS events
+# (default: all of them)
 TOKEN=$($B token create --org acme --scope read --data-dir "$WORK/data" 2>/dev/null)
 $B serve --data-dir "$WORK/data" --pg-listen 127.0.0.1:55451 --http-listen 127.0.0.1:58101 --insecure-trust-loopback > "$WORK/serve.log" 2>&1 &
 PID=$!
 trap 'kill $PID' EXIT
 for _ in $(seq 1 100); do grep -q "auditlake ready" "$WORK/serve.log" && break; sleep 0.2; done
-TOKEN=$TOKEN python3 - <<'PY'
+HTTP_EVENTS=${HTTP_EVENTS:-$N} TOKEN=$TOKEN python3 - <<'PY'
 import json, os, time, urllib.request
 token = os.environ["TOKEN"]
 cursor, events, started = None, 0, time.time()
-while True:
+wanted = int(os.environ["HTTP_EVENTS"])
+while events < wanted:
     url = "http://127.0.0.1:58101/v1/orgs/acme/events?limit=1000" + (f"&cursor={cursor}" if cursor else "")
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     page = json.load(urllib.request.urlopen(request))

@@ -203,7 +203,7 @@ struct ExportArgs {
     /// A new local file, or s3://bucket/key (AWS_* variables as for serve).
     #[arg(long)]
     out: String,
-    /// Events read per statement.
+    /// Seqs read per statement (a server's --max-result-rows bounds it).
     #[arg(long, default_value_t = exporter::EXPORT_PAGE_EVENTS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     page_events: u64,
     #[command(flatten)]

@@ -85,6 +85,12 @@ pub enum Connection {
 
 impl Connection {
     pub async fn open(target: &Target) -> Result<Connection, ClientError> {
+        Self::open_with_limits(target, query::QueryLimits::default()).await
+    }
+
+    /// [`Connection::open`], with `limits` for statements run in-process (a
+    /// server applies its own).
+    pub async fn open_with_limits(target: &Target, limits: query::QueryLimits) -> Result<Connection, ClientError> {
         match target {
             Target::DataDir(config) => {
                 // Opening storage creates a missing directory; a query must not.
@@ -95,7 +101,7 @@ impl Connection {
                 let storage = tokio::task::spawn_blocking(move || Storage::open(config))
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))??;
-                match query::new_session_context(&storage, &query::QueryLimits::default()) {
+                match query::new_session_context(&storage, &limits) {
                     Ok(session) => Ok(Connection::Local { storage, session }),
                     Err(e) => {
                         close_storage(storage).await;
@@ -115,12 +121,7 @@ impl Connection {
 
     /// Runs one read-only statement.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
-        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
-        for statement in datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)? {
-            if !query::is_read_only(&statement) {
-                return Err(ClientError::ReadOnly(query::statement_verb(&statement)));
-            }
-        }
+        check_read_only(sql)?;
         match self {
             Connection::Local { session, .. } => {
                 let read_only =
@@ -129,6 +130,42 @@ impl Connection {
             }
             Connection::Remote { client, .. } => query_on_server(client, sql).await,
         }
+    }
+
+    /// Runs one read-only statement, handing its rows to `each` batch by
+    /// batch as they come, so memory stays at a batch whatever the result.
+    pub async fn stream(
+        &self,
+        sql: &str,
+        mut each: impl FnMut(RecordBatch) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        check_read_only(sql)?;
+        match self {
+            Connection::Local { session, .. } => {
+                let read_only =
+                    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+                let mut batches = session.sql_with_options(sql, read_only).await?.execute_stream().await?;
+                while let Some(batch) = futures::StreamExt::next(&mut batches).await {
+                    each(batch?)?;
+                }
+            }
+            Connection::Remote { client, .. } => {
+                let statement = client.prepare(sql).await?;
+                let rows = client.query_raw(&statement, std::iter::empty::<i32>()).await?;
+                let mut rows = std::pin::pin!(rows);
+                let mut pending = Vec::with_capacity(STREAMED_BATCH_ROWS);
+                while let Some(row) = futures::StreamExt::next(&mut rows).await {
+                    pending.push(row?);
+                    if pending.len() == STREAMED_BATCH_ROWS {
+                        each(rows_to_batch(&statement, &std::mem::take(&mut pending))?)?;
+                    }
+                }
+                if !pending.is_empty() {
+                    each(rows_to_batch(&statement, &pending)?)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn close(self) {
@@ -142,6 +179,16 @@ impl Connection {
     }
 }
 
+fn check_read_only(sql: &str) -> Result<(), ClientError> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    for statement in datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)? {
+        if !query::is_read_only(&statement) {
+            return Err(ClientError::ReadOnly(query::statement_verb(&statement)));
+        }
+    }
+    Ok(())
+}
+
 async fn close_storage(storage: Storage) {
     let _ = tokio::task::spawn_blocking(move || storage.shutdown()).await;
 }
@@ -149,6 +196,17 @@ async fn close_storage(storage: Storage) {
 async fn query_on_server(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<RecordBatch>, ClientError> {
     let statement = client.prepare(sql).await?;
     let rows = client.query(&statement, &[]).await?;
+    Ok(vec![rows_to_batch(&statement, &rows)?])
+}
+
+/// Rows of a statement, as they arrive, in batches of at most this many.
+const STREAMED_BATCH_ROWS: usize = 8192;
+
+/// Rows of one statement as Arrow.
+fn rows_to_batch(
+    statement: &tokio_postgres::Statement,
+    rows: &[tokio_postgres::Row],
+) -> Result<RecordBatch, ClientError> {
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (i, column) in statement.columns().iter().enumerate() {
@@ -191,11 +249,11 @@ async fn query_on_server(client: &tokio_postgres::Client, sql: &str) -> Result<V
         columns.push(values);
     }
     let schema = Arc::new(Schema::new(fields));
-    Ok(vec![RecordBatch::try_new_with_options(
+    Ok(RecordBatch::try_new_with_options(
         schema,
         columns,
         &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
-    )?])
+    )?)
 }
 
 fn integer(row: &tokio_postgres::Row, i: usize, type_: &Type) -> Option<i64> {

@@ -2,10 +2,10 @@
 //! JSON Lines or Parquet file on local disk or in a bucket, for cold storage
 //! and SIEMs that load files.
 //!
-//! Events are read a page at a time in `seq` order, each page starting after
-//! the last `seq` of the one before: the cursor of the HTTP export API, so
-//! memory stays at one page whatever the range, and events that arrive while
-//! the export runs are either in it once or not at all. It reads through a
+//! Events are read in windows of `seq`, each streamed batch by batch (see
+//! [`export`]): memory stays at a batch whatever the range, every event is
+//! in one window only, and events that arrive while the export runs are in
+//! it once or not at all. It reads through a
 //! [`Connection`] (a data directory, or a server as a Postgres user, whose
 //! tenant scope applies), and never changes the log.
 
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::json::LineDelimitedWriter;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -23,10 +23,13 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 
 use crate::client::{ClientError, Connection, Target};
-use crate::query::TABLE;
+use crate::query::{QueryLimits, TABLE};
 
-/// Events per page: well under a statement's default result limit.
-pub const EXPORT_PAGE_EVENTS: usize = 50_000;
+/// Seqs per window: under a server's default `--max-result-rows` (one
+/// window is one statement).
+pub const EXPORT_PAGE_EVENTS: usize = 500_000;
+/// Longest one window's statement may run in-process.
+const EXPORT_STATEMENT_TIMEOUT_SECS: u64 = 3_600;
 
 /// What an export writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,7 +52,7 @@ pub struct ExportRequest {
     /// A local path, `file:///path`, or `s3://bucket/key` (credentials and
     /// endpoint from the usual `AWS_*` variables).
     pub out: String,
-    /// Events per page (see [`EXPORT_PAGE_EVENTS`]).
+    /// Seqs per window (see [`EXPORT_PAGE_EVENTS`]).
     pub page_events: usize,
 }
 
@@ -217,44 +220,66 @@ impl ExportRequest {
 }
 
 /// Exports the events `request` names from `target`; `progress` hears the
-/// total first, then the count written after each page. Returns the count.
+/// total first, then the count written after each batch. Returns the count.
+///
+/// The log is read in windows of `page_events` seqs (`seq > a and seq <= b`),
+/// each streamed as it is scanned: the manifest prunes each window to the
+/// segments that hold it, so every segment is read about once, and memory
+/// stays at one batch. Windows follow each other in `seq` order; within a
+/// window events come in storage order (organisation, actor, time), since
+/// sorting a window would hold it in memory. Each window is one statement,
+/// so a server's `--max-result-rows` bounds `page_events`.
 pub async fn export(
     target: &Target,
     request: &ExportRequest,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ExportError> {
     let destination = Destination::parse(&request.out)?;
-    let connection = Connection::open(target).await?;
+    // In-process, an export is bounded by its windows, not a statement's limits.
+    let limits = QueryLimits {
+        max_result_rows: u64::MAX,
+        statement_timeout: std::time::Duration::from_secs(EXPORT_STATEMENT_TIMEOUT_SECS),
+        ..QueryLimits::default()
+    };
+    let connection = Connection::open_with_limits(target, limits).await?;
     let result = async {
         let condition = request.condition();
-        let counted = connection.query(&format!("select count(*) from {TABLE} where {condition}")).await?;
-        let total = counted
-            .first()
-            .map_or(0, |b| b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0))
-            as u64;
+        let counted = connection.query(&format!("select count(*), max(seq) from {TABLE} where {condition}")).await?;
+        let number = |column: usize| {
+            counted.first().and_then(|b| {
+                let values = b.column(column).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                (b.num_rows() > 0 && values.is_valid(0)).then(|| values.value(0))
+            })
+        };
+        let (total, last_seq) = (number(0).unwrap_or(0) as u64, number(1).unwrap_or(0));
         progress(total, 0);
 
         let path = destination.file_path().to_path_buf();
         let mut output = Output::create(&path, request.format)?;
-        let (mut after, mut written) = (0i64, 0u64);
-        loop {
-            let sql = format!(
-                "select * from {TABLE} where {condition} and seq > {after} order by seq limit {}",
-                request.page_events
-            );
-            let page = connection.query(&sql).await?;
-            let rows: usize = page.iter().map(RecordBatch::num_rows).sum();
-            for batch in page.iter().filter(|b| b.num_rows() > 0) {
-                output.write(batch, &path)?;
-                let seqs = batch.column_by_name("seq").expect("select * has seq");
-                let seqs: &Int64Array = seqs.as_primitive();
-                after = after.max(seqs.value(seqs.len() - 1));
-            }
-            written += rows as u64;
-            progress(total, written);
-            if rows < request.page_events {
-                break;
-            }
+        let mut written = 0u64;
+        let mut after = 0i64;
+        while after < last_seq {
+            let upto = after.saturating_add(request.page_events as i64).min(last_seq);
+            let sql = format!("select * from {TABLE} where {condition} and seq > {after} and seq <= {upto}");
+            let mut failure = None;
+            connection
+                .stream(&sql, |batch| {
+                    if batch.num_rows() == 0 {
+                        return Ok(());
+                    }
+                    if let Err(e) = output.write(&batch, &path) {
+                        failure = Some(e);
+                        return Err(ClientError::Render(datafusion::arrow::error::ArrowError::ExternalError(
+                            "export write failed".into(),
+                        )));
+                    }
+                    written += batch.num_rows() as u64;
+                    progress(total, written);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| failure.take().unwrap_or(ExportError::Client(e)))?;
+            after = upto;
         }
         output.finish(&path)?;
         Ok::<u64, ExportError>(written)
