@@ -28,6 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Event;
+use crate::storage::settings::{from_hex32 as unhex32, to_hex as hex};
 use crate::storage::{WatchedFile, write_private_file};
 
 pub const POLICIES_FILE: &str = "policies.json";
@@ -473,21 +474,6 @@ fn validate(org: &str, policy: &OrgPolicy) -> Result<(), PolicyError> {
         return Err(PolicyError::Invalid(format!("attribute key {bad:?} is empty or longer than 256 bytes")));
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

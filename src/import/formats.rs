@@ -63,8 +63,7 @@ fn time(value: &Value, paths: &[&str]) -> Result<String, String> {
 /// record imported twice gets the same id, so idempotency applies.
 fn derived_id(record: &Value) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, record.to_string().as_bytes());
-    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256-{hex}")
+    format!("sha256-{}", crate::storage::settings::to_hex(&digest.as_ref()[..16]))
 }
 
 /// `words like This` as `words_like_this`.

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::server::users::sha256;
 use crate::storage::WatchedFile;
+use crate::storage::settings::{from_hex32 as unhex, to_hex as hex};
 
 pub const TOKENS_FILE: &str = "tokens.json";
 const TOKEN_PREFIX: &str = "alk_";
@@ -198,21 +199,6 @@ impl Tokens {
         };
         self.known.current(parse, |source| TokenError::Read { path: self.path.clone(), source })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

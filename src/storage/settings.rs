@@ -98,3 +98,20 @@ impl FileVersion {
         FileVersion { modified: meta.modified().ok(), inode, len: meta.len() }
     }
 }
+
+/// Bytes as lowercase hex: how settings files hold hashes and keys.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 hex digits as 32 bytes; `None` for anything else.
+pub fn from_hex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
