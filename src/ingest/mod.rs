@@ -32,10 +32,12 @@ use crate::model::{self, FieldError};
 use crate::policy::{HASHED_PREFIX, OrgPolicy, Policies, PolicyError, UgcMode};
 use crate::query::QueryLimits;
 use crate::storage::{Storage, StorageError};
-use tokens::{TokenScope, Tokens, Unauthenticated};
+use tokens::{Token, TokenScope, Tokens, Unauthenticated};
 
 /// Default largest request body accepted by `POST /v1/events`, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// What the record of a policy change says was done.
+pub const ACTION_POLICY_CHANGED: &str = "audit_log.policy_changed";
 /// What a client told to back off should wait before retrying, in seconds.
 const RETRY_AFTER_SECONDS: u32 = 1;
 
@@ -156,6 +158,12 @@ pub fn router(api: Api) -> Router {
 /// The organisation a request may act for (`None`: any), from its token,
 /// which must have `scope`. Checked before the body is read.
 fn token_org(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<String>, IngestError> {
+    Ok(token_of(auth, headers, scope)?.and_then(|token| token.org))
+}
+
+/// The request's token, which must have `scope`; `None` for a request
+/// trusted without one.
+fn token_of(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<Token>, IngestError> {
     let authorization = headers.get(header::AUTHORIZATION);
     if authorization.is_none() && auth.trust_without_token {
         return Ok(None);
@@ -166,7 +174,7 @@ fn token_org(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Resul
     if token.scope != scope {
         return Err(IngestError::WrongScope(token.scope));
     }
-    Ok(token.org)
+    Ok(Some(token))
 }
 
 /// Whether the request's token has `scope` for organisation `org`.
@@ -204,13 +212,34 @@ async fn put_policy(
     headers: HeaderMap,
     body: Result<Json<OrgPolicy>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, IngestError> {
-    may(&app.auth, &headers, TokenScope::Admin, &org)?;
+    let token = token_of(&app.auth, &headers, TokenScope::Admin)?;
+    if let Some(own) = token.as_ref().and_then(|t| t.org.as_deref())
+        && own != org
+    {
+        return Err(IngestError::NotThisOrg(org));
+    }
     let Json(policy) = body.map_err(|rejection| IngestError::Body(rejection.body_text()))?;
     if policy.ugc == UgcMode::Hash && app.policies.key().is_none() {
         return Err(IngestError::NoUgcKey);
     }
     app.policies.set(&org, policy.clone())?;
     info!(org, ugc = ?policy.ugc, attribute_keys = policy.ugc_attribute_keys.len(), "UGC policy changed");
+    // The change is itself on record, in the organisation's own trail of
+    // audit-log use (a category clients cannot send).
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let record = model::Event {
+        time_us: now_us,
+        received_at_us: now_us,
+        id: uuid::Uuid::now_v7().to_string(),
+        org_id: org.clone(),
+        actor_id: token.map_or_else(|| "trusted-loopback".to_string(), |t| format!("token:{}", t.id)),
+        action: ACTION_POLICY_CHANGED.into(),
+        category: Some(model::AUDIT_ACCESS_CATEGORY.into()),
+        outcome: Some("success".into()),
+        attributes: Some(policy_json(&org, &policy).to_string()),
+        ..model::Event::default()
+    };
+    app.storage.append(vec![record]).await?;
     Ok(Json(policy_json(&org, &policy)))
 }
 

@@ -176,7 +176,8 @@ async fn policies_are_set_over_http_by_admin_tokens_of_the_organisation() {
     let (data, key) = (dir.path().join("data"), dir.path().join("ugc.key"));
     std::fs::create_dir_all(&data).unwrap();
     run_cli(&["keygen", "--ugc-key", key.to_str().unwrap()]);
-    let admin = bearer_client(&create_token(&data, &["--org", "acme", "--scope", "admin"]));
+    let admin_token = create_token(&data, &["--org", "acme", "--scope", "admin"]);
+    let admin = bearer_client(&admin_token);
     let reader = bearer_client(&create_token(&data, &["--org", "acme", "--scope", "read"]));
     let server = Server::start(&data, &["--ugc-key-file", key.to_str().unwrap()]);
     let url = |server: &Server, org: &str| format!("{}/v1/orgs/{org}/policy", server.http_url);
@@ -198,6 +199,19 @@ async fn policies_are_set_over_http_by_admin_tokens_of_the_organisation() {
     assert_eq!(status, 200);
     let row = server.pg().await.query_one("select content_title from audit_events where id = 'x1'", &[]).await.unwrap();
     assert_eq!(row.get::<_, Option<String>>(0), None);
+    // The change is on record, with the token that made it.
+    let token_id = admin_token.split('_').nth(1).unwrap();
+    let changed = server
+        .pg()
+        .await
+        .query(
+            "select actor_id, attributes->>'ugc' from audit_events where action = 'audit_log.policy_changed' and org_id = 'acme'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let changed: Vec<(String, String)> = changed.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(changed, [(format!("token:{token_id}"), "drop".to_string())]);
     let shown = run_cli(&["org", "policy", "acme", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(shown.trim(), "acme\tugc=drop\tattribute_keys=title");
     server.kill();
