@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Event;
 use crate::storage::settings::{from_hex32 as unhex32, to_hex as hex};
-use crate::storage::{WatchedFile, write_private_file};
+use crate::storage::{SettingsError, WatchedFile, read_json, write_json, write_private_file};
 
 pub const POLICIES_FILE: &str = "policies.json";
 /// The event fields that are UGC in every organisation.
@@ -97,12 +97,8 @@ struct PoliciesFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is damaged: {reason}")]
-    Damaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("UGC key file {path}: {reason}")]
     KeyFile { path: PathBuf, reason: String },
     #[error(
@@ -137,8 +133,7 @@ impl UgcKey {
         }
         let mut bytes = [0u8; UGC_KEY_BYTES];
         SystemRandom::new().fill(&mut bytes).expect("the system's random source works");
-        write_private_file(path, format!("{}\n", hex(&bytes)).as_bytes())
-            .map_err(|source| PolicyError::Write { path: path.to_path_buf(), source })
+        write_private_file(path, format!("{}\n", hex(&bytes)).as_bytes()).map_err(|e| key_error(e.to_string()))
     }
 
     /// Reads a key file; refuses one that others than its owner may read.
@@ -186,22 +181,8 @@ impl Policies {
         self.key.as_ref()
     }
 
-    fn path(&self) -> PathBuf {
-        self.file.path().to_path_buf()
-    }
-
-    fn read(path: &Path) -> Result<PoliciesFile, PolicyError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PoliciesFile::default()),
-            Err(source) => return Err(PolicyError::Read { path: path.to_path_buf(), source }),
-        };
-        serde_json::from_str(&text)
-            .map_err(|e| PolicyError::Damaged { path: path.to_path_buf(), reason: e.to_string() })
-    }
-
     fn current(&self) -> Result<Arc<PoliciesFile>, PolicyError> {
-        self.file.current(Self::read, |source| PolicyError::Read { path: self.path(), source })
+        self.file.current(|path| Ok(read_json(path)?))
     }
 
     /// Every organisation with a policy of its own (the others store UGC).
@@ -219,11 +200,9 @@ impl Policies {
     /// batch.
     pub fn set(&self, org: &str, policy: OrgPolicy) -> Result<(), PolicyError> {
         validate(org, &policy)?;
-        let mut file = Self::read(self.file.path())?;
+        let mut file: PoliciesFile = read_json(self.file.path())?;
         file.orgs.insert(org.to_string(), policy);
-        let text = serde_json::to_string_pretty(&file).expect("policies serialise");
-        write_private_file(self.file.path(), text.as_bytes())
-            .map_err(|source| PolicyError::Write { path: self.path(), source })
+        Ok(write_json(self.file.path(), &file)?)
     }
 
     /// Fails if an organisation hashes UGC and there is no key to do it with.

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::server::users::sha256;
-use crate::storage::WatchedFile;
 use crate::storage::settings::{from_hex32 as unhex, to_hex as hex};
+use crate::storage::{SettingsError, WatchedFile, read_json, write_json};
 
 pub const TOKENS_FILE: &str = "tokens.json";
 const TOKEN_PREFIX: &str = "alk_";
@@ -69,12 +69,8 @@ struct TokensFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is damaged: {reason}")]
-    Damaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("organisation name {0:?} is empty, too long or holds control characters")]
     BadOrg(String),
     #[error("no token with id {0:?}")]
@@ -112,18 +108,11 @@ impl Tokens {
     }
 
     fn read(&self) -> Result<TokensFile, TokenError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokensFile::default()),
-            Err(source) => return Err(TokenError::Read { path: self.path.clone(), source }),
-        };
-        serde_json::from_str(&text).map_err(|e| TokenError::Damaged { path: self.path.clone(), reason: e.to_string() })
+        Ok(read_json(&self.path)?)
     }
 
     fn write(&self, file: &TokensFile) -> Result<(), TokenError> {
-        let text = serde_json::to_string_pretty(file).expect("tokens serialise");
-        crate::storage::write_private_file(&self.path, text.as_bytes())
-            .map_err(|source| TokenError::Write { path: self.path.clone(), source })
+        Ok(write_json(&self.path, file)?)
     }
 
     /// Makes a token and returns it with its text, which exists nowhere else.
@@ -185,7 +174,7 @@ impl Tokens {
 
     /// The tokens as the file holds them now; read again only when it changed.
     fn current(&self) -> Result<Known, TokenError> {
-        let damaged = |reason: String| TokenError::Damaged { path: self.path.clone(), reason };
+        let damaged = |reason: String| SettingsError::Damaged { path: self.path.clone(), reason };
         let parse = |_: &Path| {
             self.read()?
                 .tokens
@@ -197,7 +186,7 @@ impl Tokens {
                 })
                 .collect::<Result<Vec<_>, TokenError>>()
         };
-        self.known.current(parse, |source| TokenError::Read { path: self.path.clone(), source })
+        self.known.current(parse)
     }
 }
 

@@ -35,7 +35,7 @@ pub mod wal;
 use std::path::{Path, PathBuf};
 
 pub use engine::{Appended, Snapshot, Storage, StorageConfig, StorageStats};
-pub use settings::{WatchedFile, write_private_file};
+pub use settings::{SettingsError, WatchedFile, read_json, write_json, write_private_file};
 
 /// Everything that can go wrong below the query and ingest layers.
 #[derive(Debug, thiserror::Error)]

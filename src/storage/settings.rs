@@ -12,6 +12,37 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a settings file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+}
+
+/// A settings file parsed from JSON; a missing file is the default value.
+pub fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, SettingsError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(T::default()),
+        Err(source) => return Err(SettingsError::Read { path: path.to_path_buf(), source }),
+    };
+    serde_json::from_str(&text).map_err(|e| SettingsError::Damaged { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Replaces a settings file with `value` as pretty JSON (see [`write_private_file`]).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SettingsError> {
+    let text = serde_json::to_string_pretty(value).expect("settings serialise");
+    write_private_file(path, text.as_bytes())
+        .map_err(|source| SettingsError::Write { path: path.to_path_buf(), source })
+}
+
 /// Replaces a small file of the data directory atomically (write, fsync,
 /// rename, fsync the directory), readable by its owner only: how the user
 /// and token files, which hold verifiers and hashes, are written.
@@ -58,15 +89,11 @@ impl<T> WatchedFile<T> {
 
     /// The parsed file as it is now: `parse` runs only when the file changed
     /// since the last call (a missing file is a version of its own).
-    pub fn current<E>(
-        &self,
-        parse: impl FnOnce(&Path) -> Result<T, E>,
-        io_error: impl FnOnce(std::io::Error) -> E,
-    ) -> Result<Arc<T>, E> {
+    pub fn current<E: From<SettingsError>>(&self, parse: impl FnOnce(&Path) -> Result<T, E>) -> Result<Arc<T>, E> {
         let version = match fs::metadata(&self.path) {
             Ok(meta) => FileVersion::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileVersion::default(),
-            Err(e) => return Err(io_error(e)),
+            Err(source) => return Err(SettingsError::Read { path: self.path.clone(), source }.into()),
         };
         let mut loaded = self.loaded.lock().expect("settings file lock poisoned");
         if let Some((at, parsed)) = loaded.as_ref()
