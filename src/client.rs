@@ -124,9 +124,7 @@ impl Connection {
         check_read_only(sql)?;
         match self {
             Connection::Local { session, .. } => {
-                let read_only =
-                    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-                Ok(session.sql_with_options(sql, read_only).await?.collect().await?)
+                Ok(session.sql_with_options(sql, read_only()).await?.collect().await?)
             }
             Connection::Remote { client, .. } => query_on_server(client, sql).await,
         }
@@ -142,9 +140,7 @@ impl Connection {
         check_read_only(sql)?;
         match self {
             Connection::Local { session, .. } => {
-                let read_only =
-                    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-                let mut batches = session.sql_with_options(sql, read_only).await?.execute_stream().await?;
+                let mut batches = session.sql_with_options(sql, read_only()).await?.execute_stream().await?;
                 while let Some(batch) = futures::StreamExt::next(&mut batches).await {
                     each(batch?)?;
                 }
@@ -177,6 +173,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// In-process, DataFusion itself refuses DDL, DML and session statements.
+fn read_only() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
 fn check_read_only(sql: &str) -> Result<(), ClientError> {
