@@ -56,6 +56,7 @@ pub mod auth;
 mod catalog;
 mod compat;
 mod copy_out;
+mod over_limit;
 mod sqlstate;
 mod subqueries;
 pub mod users;
@@ -137,6 +138,7 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
+            tokio::spawn(over_limit::refuse(socket, tls.clone(), running.clone()));
             continue;
         };
         let (storage, limits, policy, tls, running) =

@@ -283,3 +283,53 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     let n: i64 = bystander.query_one(&count, &[]).await.unwrap().get(0);
     assert_eq!(n, 3_000);
 }
+
+#[tokio::test]
+async fn clients_past_the_connection_limit_are_told_why_and_cancel_requests_still_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    demo_data_dir(&data, 3_000, 5);
+    let server = Server::start(&data, &["--max-pg-connections", "2"]);
+    let first = server.pg().await;
+    let second = server.pg().await;
+
+    // As PostgreSQL answers, to drivers and to psql.
+    let error = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls).await.err().expect("refused");
+    let db = error.as_db_error().unwrap_or_else(|| panic!("a server error, not {error}"));
+    assert_eq!((db.code().code(), db.message()), ("53300", "sorry, too many clients already"));
+    let refused = server.psql("select 1").unwrap_err();
+    assert!(refused.contains("sorry, too many clients already"), "{refused}");
+
+    // A cancel request is no session: it reaches its statement while the
+    // server is full.
+    let runaway = "select count(*) from audit_events a, generate_series(1, 100000000) g where a.seq + g.value > 0";
+    let token = first.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let error = first.query_one(runaway, &[]).await.unwrap_err();
+    canceller.await.unwrap();
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+
+    // The sessions that are in go on, and a closed one frees its slot.
+    let count = format!("select count(*) from audit_events where {APP}");
+    let n: i64 = second.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 3_000);
+    drop(first);
+    let third = loop {
+        match tokio_postgres::connect(&server.url(), tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                break client;
+            }
+            // The closed session's slot is given back once the server saw it go.
+            Err(e) if e.code().map(|c| c.code()) == Some("53300") => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let n: i64 = third.query_one(&count, &[]).await.unwrap().get(0);
+    assert_eq!(n, 3_000);
+}
