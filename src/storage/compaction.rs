@@ -28,7 +28,7 @@ use datafusion::physical_plan::union::UnionExec;
 
 use super::StorageError;
 use super::manifest::SegmentMeta;
-use super::objects::SegmentStore;
+use super::objects::{SegmentStore, WrittenSegment};
 use super::packed;
 use super::segment::{self, LiveSegment, SORT_COLUMNS, segment_file_name};
 
@@ -93,14 +93,14 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
     if written.is_err() {
         let _ = store.delete_segment(&file_name);
     }
-    let (rows_written, size_bytes) = written?;
+    let (rows_written, written) = written?;
     if rows_written != rows {
         let _ = store.delete_segment(&file_name);
         return Err(StorageError::Compaction(format!("merged {rows_written} rows from inputs holding {rows}")));
     }
     Ok(SegmentMeta {
         file: file_name,
-        size_bytes,
+        size_bytes: written.size_bytes,
         rows,
         min_seq,
         max_seq,
@@ -114,12 +114,17 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
             .map(|s| s.meta.max_received_at_us)
             .collect::<Option<Vec<_>>>()
             .and_then(|v| v.into_iter().max()),
+        content_index: written.content_index,
     })
 }
 
 /// Streams the sort-preserving merge of the inputs into segment `file`;
-/// returns rows and bytes.
-fn write_merged(inputs: &[Arc<LiveSegment>], store: &SegmentStore, file: &str) -> Result<(u64, u64), StorageError> {
+/// returns its rows and what was written.
+fn write_merged(
+    inputs: &[Arc<LiveSegment>],
+    store: &SegmentStore,
+    file: &str,
+) -> Result<(u64, WrittenSegment), StorageError> {
     let order = sort_order()?;
     let df = |e: datafusion::error::DataFusionError| StorageError::Compaction(e.to_string());
     let scans = inputs

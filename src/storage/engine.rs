@@ -567,10 +567,12 @@ impl Storage {
                 segment::for_each_batch(store, scan, |batch| writer.write(&rewrite(&batch)?))?;
                 writer.finish()
             });
-            let size_bytes = written.inspect_err(|_| {
+            let written = written.inspect_err(|_| {
                 let _ = store.delete_segment(&file);
             })?;
-            let meta = SegmentMeta { file: file.clone(), size_bytes, ..old.meta.clone() };
+            let size_bytes = written.size_bytes;
+            let content_index = written.content_index;
+            let meta = SegmentMeta { file: file.clone(), size_bytes, content_index, ..old.meta.clone() };
 
             let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
             let (mut next, sealed_seq) = {

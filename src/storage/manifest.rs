@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
+use super::content_index::ContentIndexLocation;
 use super::objects::SegmentStore;
 use crate::model::Seq;
 
@@ -35,6 +36,10 @@ pub struct SegmentMeta {
     /// written before it was recorded (such segments count as recent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_received_at_us: Option<i64>,
+    /// Where the segment's content index lies in its file; absent for
+    /// segments written before there was one (queries scan those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_index: Option<ContentIndexLocation>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +101,7 @@ mod tests {
             min_org_id: "acme".into(),
             max_org_id: "globex".into(),
             max_received_at_us: Some(7),
+            content_index: Some(ContentIndexLocation { offset: 4, length: 20 }),
         });
         manifest.store(&store).unwrap();
         assert_eq!(Manifest::load(&store).unwrap(), manifest);

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod compaction;
+pub mod content_index;
 mod engine;
 pub mod faults;
 pub mod idempotency;

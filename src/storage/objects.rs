@@ -18,10 +18,13 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::datasource::object_store::ObjectStoreUrl;
-use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
+use datafusion::parquet::arrow::async_writer::AsyncFileWriter;
+use datafusion::parquet::file::metadata::KeyValue;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
@@ -29,6 +32,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+use super::content_index::{self, ContentIndexBuilder, ContentIndexLocation};
 use super::faults::{Faults, IoOp};
 use super::segment::writer_properties;
 use super::{StorageError, fsync_dir, packed};
@@ -216,8 +220,9 @@ impl SegmentStore {
         let options = ArrowWriterOptions::new()
             .with_properties(writer_properties())
             .with_parquet_schema(packed::parquet_schema()?);
-        let writer = AsyncArrowWriter::try_new_with_options(sink, packed::segment_schema(), options)?;
-        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer })
+        let writer = ArrowWriter::try_new_with_options(Vec::new(), packed::segment_schema(), options)?;
+        let content = ContentIndexBuilder::default();
+        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer, sink, content })
     }
 
     /// The manifest's bytes, or `None` when the log has none yet.
@@ -300,27 +305,73 @@ impl SegmentStore {
     }
 }
 
-/// A segment file being written: Parquet with the segment properties,
-/// streamed to the store (multipart when large) and made durable by
-/// [`SegmentWriter::finish`]. Sealing, bulk loads and compaction all write
-/// through it, so the durable path (fault check, fsync) exists once.
+/// A segment file being written: Parquet with the segment properties and a
+/// content index (see [`content_index`]), streamed to the store (multipart
+/// when large) and made durable by [`SegmentWriter::finish`]. Sealing, bulk
+/// loads and compaction all write through it, so the durable path (fault
+/// check, fsync) and the index exist once.
 pub struct SegmentWriter<'a> {
     store: &'a SegmentStore,
     file: String,
     location: ObjectPath,
-    writer: AsyncArrowWriter<BufWriter>,
+    /// Encodes into memory; each finished row group goes on to `sink`.
+    writer: ArrowWriter<Vec<u8>>,
+    sink: BufWriter,
+    content: ContentIndexBuilder,
+}
+
+/// A segment file as [`SegmentWriter::finish`] left it.
+#[derive(Debug, Clone, Copy)]
+pub struct WrittenSegment {
+    pub size_bytes: u64,
+    pub content_index: Option<ContentIndexLocation>,
 }
 
 impl SegmentWriter<'_> {
+    /// Appends `batch` (segment schema, in segment order).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        Ok(self.store.block_on(self.writer.write(batch))?)
+        if let Some(ids) = batch.column_by_name("content_id") {
+            self.content.add(ids.as_string::<i32>().iter());
+        }
+        let groups_before = self.writer.flushed_row_groups().len();
+        self.writer.write(batch)?;
+        if self.writer.flushed_row_groups().len() != groups_before {
+            self.send_encoded()?;
+        }
+        Ok(())
     }
 
-    /// Completes the upload and, locally, fsyncs the file; returns its size in
-    /// bytes. On error the caller deletes whatever was written.
-    pub fn finish(mut self) -> Result<u64, StorageError> {
+    /// Hands what the encoder has produced so far to the store.
+    fn send_encoded(&mut self) -> Result<(), StorageError> {
+        let encoded = std::mem::take(self.writer.inner_mut());
+        Ok(self.store.block_on(self.sink.write(encoded.into()))?)
+    }
+
+    /// Writes the content index and the footer, completes the upload and,
+    /// locally, fsyncs the file. On error the caller deletes whatever was
+    /// written.
+    pub fn finish(mut self) -> Result<WrittenSegment, StorageError> {
         let store = self.store;
-        store.block_on(self.writer.finish())?;
+        self.writer.flush()?;
+        let group_rows: Vec<u64> = self.writer.flushed_row_groups().iter().map(|g| g.num_rows() as u64).collect();
+        let content_index = match std::mem::take(&mut self.content).finish(&group_rows) {
+            Some(index) => {
+                // After the last row group, before the footer: Parquet
+                // readers follow the footer's offsets and never read it.
+                let location =
+                    ContentIndexLocation { offset: self.writer.bytes_written() as u64, length: index.len() as u64 };
+                self.writer
+                    .write_all(&index)
+                    .map_err(|e| StorageError::io(Path::new(&store.describe(&self.location)), e))?;
+                let pointer = format!("{},{}", location.offset, location.length);
+                self.writer.append_key_value_metadata(KeyValue::new(content_index::FOOTER_KEY.to_owned(), pointer));
+                Some(location)
+            }
+            None => None,
+        };
+        self.writer.finish()?;
+        self.send_encoded()?;
+        store.block_on(self.sink.complete())?;
         let size_bytes = self.writer.bytes_written() as u64;
         if let Some(fault) = store.faults.check(IoOp::SegmentWrite) {
             return Err(StorageError::io(Path::new(&store.describe(&self.location)), fault.to_error()));
@@ -328,7 +379,7 @@ impl SegmentWriter<'_> {
         if let Some(path) = store.local_path(&self.file) {
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| StorageError::io(&path, e))?;
         }
-        Ok(size_bytes)
+        Ok(WrittenSegment { size_bytes, content_index })
     }
 }
 

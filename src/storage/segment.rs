@@ -238,11 +238,11 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         // Debris would be removed at the next start anyway; don't keep it till then.
         let _ = store.delete_segment(&file_name);
     }
-    let size_bytes = written?;
+    let written = written?;
 
     Ok(SegmentMeta {
         file: file_name,
-        size_bytes,
+        size_bytes: written.size_bytes,
         rows: rows as u64,
         min_seq: min_seq as u64,
         max_seq: max_seq as u64,
@@ -251,6 +251,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         min_org_id,
         max_org_id,
         max_received_at_us,
+        content_index: written.content_index,
     })
 }
 

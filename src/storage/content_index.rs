@@ -1,0 +1,286 @@
+//! The content index of a segment: for every `content_id` in it, the rows
+//! that hold it, so "who touched this page" reads those rows and nothing else.
+//!
+//! Segments are sorted by actor, so one content id is scattered over many
+//! row groups; bloom filters find the groups, but each group's `content_id`
+//! pages (and their dictionary) still had to be decoded to find the rows:
+//! most of a content lookup's time. The index names the rows exactly, so a
+//! query never reads `content_id` at all unless it asks for it.
+//!
+//! It lives inside the segment's own Parquet file, after the last row group
+//! and before the footer (where Parquet writers also put page indexes and
+//! bloom filters): Parquet readers follow the footer's offsets and never see
+//! it, and the segment stays one file, published, copied and deleted as one.
+//! The manifest records where it is ([`ContentIndexLocation`]), and the
+//! footer says so too (`auditlake.content_index` key), for other tools.
+//!
+//! Format (version 1), little-endian, built to be read with two small range
+//! reads per lookup (the head, then one bucket):
+//!
+//! ```text
+//! magic         b"ALCIDX01"
+//! buckets B     u32, a power of two
+//! groups G      u32
+//! group rows    G × u32            rows of each row group, in file order
+//! bucket starts (B + 1) × u32      byte offsets into the entries
+//! entries       per bucket, sorted by content id:
+//!               len u16, content id (UTF-8), n u32, n × u32 rows (ascending)
+//! ```
+//!
+//! A content id's bucket is the low bits of its 64-bit FNV-1a hash. Rows are
+//! numbered from 0 over the whole file. This module builds and reads the
+//! bytes; it never decides which segments a query reads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"ALCIDX01";
+/// Key of the footer entry that points at the index (`"offset,length"`).
+pub const FOOTER_KEY: &str = "auditlake.content_index";
+/// Content ids per bucket the index aims at: a lookup reads one bucket.
+const IDS_PER_BUCKET: usize = 16;
+const MAX_BUCKETS: usize = 1 << 16;
+/// Longest content id an entry can hold. Validation keeps ids far shorter
+/// (`model::MAX_KEY_FIELD_BYTES`); a segment with a longer one gets no index
+/// rather than one that misses rows.
+const MAX_ID_BYTES: usize = u16::MAX as usize;
+
+/// Where a segment's content index lies in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentIndexLocation {
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl ContentIndexLocation {
+    /// The byte range of the index's head: magic, sizes, group rows and
+    /// bucket starts, for an index of `buckets` buckets over `groups` groups.
+    fn head_length(buckets: u32, groups: u32) -> u64 {
+        16 + 4 * groups as u64 + 4 * (buckets as u64 + 1)
+    }
+
+    /// The first bytes to read: enough for the head of any index whose head
+    /// is not larger; [`ContentIndexHead::parse`] asks for more when needed.
+    pub fn first_read(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + self.length.min(16 * 1024)
+    }
+}
+
+/// Collects `(content id, row)` pairs as a segment is written.
+#[derive(Debug, Default)]
+pub struct ContentIndexBuilder {
+    rows: BTreeMap<String, Vec<u32>>,
+    next_row: u64,
+    unindexable: bool,
+}
+
+impl ContentIndexBuilder {
+    /// Adds the next `count` rows of the file; `content_ids` yields each
+    /// row's content id (`None` for rows without one).
+    pub fn add<'a>(&mut self, content_ids: impl Iterator<Item = Option<&'a str>>) {
+        for id in content_ids {
+            if let Some(id) = id {
+                self.unindexable |= id.len() > MAX_ID_BYTES || self.next_row > u64::from(u32::MAX);
+                let row = self.next_row as u32;
+                match self.rows.get_mut(id) {
+                    Some(rows) => rows.push(row),
+                    None => {
+                        self.rows.insert(id.to_owned(), vec![row]);
+                    }
+                }
+            }
+            self.next_row += 1;
+        }
+    }
+
+    /// The index's bytes, for a file whose row groups hold `group_rows`;
+    /// `None` when some row cannot be indexed exactly.
+    pub fn finish(self, group_rows: &[u64]) -> Option<Vec<u8>> {
+        if self.unindexable || group_rows.iter().sum::<u64>() != self.next_row {
+            return None;
+        }
+        let buckets = (self.rows.len() / IDS_PER_BUCKET).clamp(1, MAX_BUCKETS).next_power_of_two();
+        let mut by_bucket: Vec<Vec<(&String, &Vec<u32>)>> = vec![Vec::new(); buckets];
+        // BTreeMap order: each bucket's ids come out sorted.
+        for (id, rows) in &self.rows {
+            by_bucket[bucket_of(id, buckets as u32)].push((id, rows));
+        }
+        let mut entries = Vec::new();
+        let mut starts = Vec::with_capacity(buckets + 1);
+        for bucket in by_bucket {
+            starts.push(entries.len() as u32);
+            for (id, rows) in bucket {
+                entries.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                entries.extend_from_slice(id.as_bytes());
+                entries.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+                for row in rows {
+                    entries.extend_from_slice(&row.to_le_bytes());
+                }
+            }
+        }
+        starts.push(entries.len() as u32);
+
+        let mut out = Vec::with_capacity(16 + 4 * (group_rows.len() + starts.len()) + entries.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(buckets as u32).to_le_bytes());
+        out.extend_from_slice(&(group_rows.len() as u32).to_le_bytes());
+        for rows in group_rows {
+            out.extend_from_slice(&(*rows as u32).to_le_bytes());
+        }
+        for start in starts {
+            out.extend_from_slice(&start.to_le_bytes());
+        }
+        out.extend_from_slice(&entries);
+        Some(out)
+    }
+}
+
+fn bucket_of(id: &str, buckets: u32) -> usize {
+    (fnv1a(id.as_bytes()) & (buckets as u64 - 1)) as usize
+}
+
+/// 64-bit FNV-1a: stable across versions and platforms, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// Why index bytes could not be read. The query falls back to scanning.
+#[derive(Debug, thiserror::Error)]
+#[error("content index at byte {offset} is unusable: {reason}")]
+pub struct ContentIndexError {
+    offset: u64,
+    reason: &'static str,
+}
+
+/// The head of an index: enough to find any content id's bucket.
+#[derive(Debug, Clone)]
+pub struct ContentIndexHead {
+    location: ContentIndexLocation,
+    buckets: u32,
+    /// Rows of each row group, in file order.
+    pub group_rows: Vec<u32>,
+    starts: Vec<u32>,
+}
+
+/// What parsing the first bytes of an index gave.
+pub enum Parsed {
+    Head(ContentIndexHead),
+    /// The head is longer than the bytes given: read this range instead.
+    NeedRange(std::ops::Range<u64>),
+}
+
+impl ContentIndexHead {
+    /// Parses the head from `bytes`, read from the start of the index.
+    pub fn parse(location: ContentIndexLocation, bytes: &[u8]) -> Result<Parsed, ContentIndexError> {
+        let bad = |reason| ContentIndexError { offset: location.offset, reason };
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err(bad("no content index magic"));
+        }
+        let buckets = u32_at(bytes, 8);
+        let groups = u32_at(bytes, 12);
+        if !buckets.is_power_of_two() || buckets as usize > MAX_BUCKETS {
+            return Err(bad("bucket count is not a power of two up to 65536"));
+        }
+        let head_length = ContentIndexLocation::head_length(buckets, groups);
+        if head_length > location.length {
+            return Err(bad("head runs past the index"));
+        }
+        if (bytes.len() as u64) < head_length {
+            return Ok(Parsed::NeedRange(location.offset..location.offset + head_length));
+        }
+        let group_rows = (0..groups as usize).map(|g| u32_at(bytes, 16 + 4 * g)).collect();
+        let starts_at = 16 + 4 * groups as usize;
+        let starts: Vec<u32> = (0..=buckets as usize).map(|b| u32_at(bytes, starts_at + 4 * b)).collect();
+        let entries_length = location.length - head_length;
+        if starts.windows(2).any(|w| w[0] > w[1]) || u64::from(starts[buckets as usize]) != entries_length {
+            return Err(bad("bucket offsets are not ordered within the index"));
+        }
+        Ok(Parsed::Head(ContentIndexHead { location, buckets, group_rows, starts }))
+    }
+
+    /// The byte range of the file holding `id`'s bucket.
+    pub fn bucket_range(&self, id: &str) -> std::ops::Range<u64> {
+        let bucket = bucket_of(id, self.buckets);
+        let entries_at =
+            self.location.offset + ContentIndexLocation::head_length(self.buckets, self.group_rows.len() as u32);
+        entries_at + u64::from(self.starts[bucket])..entries_at + u64::from(self.starts[bucket + 1])
+    }
+
+    /// The rows holding `id`, given the bytes of its bucket.
+    pub fn rows_in_bucket(&self, id: &str, bucket: &[u8]) -> Result<Vec<u32>, ContentIndexError> {
+        let bad = |reason| ContentIndexError { offset: self.location.offset, reason };
+        let mut at = 0;
+        while at < bucket.len() {
+            let length = u16::from_le_bytes(bucket.get(at..at + 2).ok_or(bad("truncated entry"))?.try_into().unwrap());
+            let name = bucket.get(at + 2..at + 2 + length as usize).ok_or(bad("truncated content id"))?;
+            at += 2 + length as usize;
+            let count =
+                u32::from_le_bytes(bucket.get(at..at + 4).ok_or(bad("truncated row count"))?.try_into().unwrap());
+            let rows = bucket.get(at + 4..at + 4 + 4 * count as usize).ok_or(bad("truncated rows"))?;
+            at += 4 + 4 * count as usize;
+            if name == id.as_bytes() {
+                return Ok(rows.chunks_exact(4).map(|r| u32::from_le_bytes(r.try_into().unwrap())).collect());
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(bytes: &[u8], id: &str) -> Vec<u32> {
+        let location = ContentIndexLocation { offset: 100, length: bytes.len() as u64 };
+        // As a file would hold it: 100 bytes of something else first.
+        let file: Vec<u8> = std::iter::repeat_n(0u8, 100).chain(bytes.iter().copied()).collect();
+        let range = |r: std::ops::Range<u64>| &file[r.start as usize..r.end as usize];
+        let head = match ContentIndexHead::parse(location, range(location.first_read())).unwrap() {
+            Parsed::Head(head) => head,
+            Parsed::NeedRange(r) => match ContentIndexHead::parse(location, range(r)).unwrap() {
+                Parsed::Head(head) => head,
+                Parsed::NeedRange(_) => panic!("asked twice"),
+            },
+        };
+        head.rows_in_bucket(id, range(head.bucket_range(id))).unwrap()
+    }
+
+    #[test]
+    fn every_content_id_finds_exactly_its_rows() {
+        let mut builder = ContentIndexBuilder::default();
+        let ids: Vec<Option<String>> =
+            (0..5_000).map(|i| if i % 7 == 0 { None } else { Some(format!("page-{}", i % 1_300)) }).collect();
+        builder.add(ids[..3_000].iter().map(|id| id.as_deref()));
+        builder.add(ids[3_000..].iter().map(|id| id.as_deref()));
+        let bytes = builder.finish(&[2_048, 2_048, 904]).unwrap();
+        // Large enough that the head needs a second read.
+        assert!(bytes.len() > 16 * 1024);
+        for probe in [0, 1, 2, 699, 1_299] {
+            let id = format!("page-{probe}");
+            let expected: Vec<u32> =
+                (0..5_000u32).filter(|&i| ids[i as usize].as_deref() == Some(id.as_str())).collect();
+            assert!(!expected.is_empty());
+            assert_eq!(lookup(&bytes, &id), expected, "{id}");
+        }
+        assert_eq!(lookup(&bytes, "page-1300"), Vec::<u32>::new());
+        assert_eq!(lookup(&bytes, ""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn an_empty_index_and_damaged_bytes_are_told_apart() {
+        let bytes = ContentIndexBuilder::default().finish(&[]).unwrap();
+        assert_eq!(lookup(&bytes, "x"), Vec::<u32>::new());
+        let location = ContentIndexLocation { offset: 0, length: bytes.len() as u64 };
+        let mut damaged = bytes.clone();
+        damaged[0] = b'X';
+        assert!(ContentIndexHead::parse(location, &damaged).is_err());
+        let mut damaged = bytes;
+        damaged[8] = 3;
+        assert!(ContentIndexHead::parse(location, &damaged).is_err(), "3 buckets");
+    }
+}
