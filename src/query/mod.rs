@@ -43,8 +43,10 @@ use datafusion::sql::sqlparser::ast::Statement;
 use tracing::debug;
 
 use crate::model;
+use crate::storage::segment::LiveSegment;
 use crate::storage::{Storage, packed};
 
+mod content_lookup;
 mod limits;
 mod memory;
 mod pass_through;
@@ -57,7 +59,7 @@ pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLim
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
 
-use scan_exec::{AuditEventsScanExec, ScanSummary};
+use scan_exec::{AuditEventsScanExec, ContentIndexSummary, ScanSummary};
 
 /// The catalog and schema clients see: `auditlake.public.audit_events`.
 pub const CATALOG: &str = "auditlake";
@@ -244,8 +246,16 @@ impl TableProvider for AuditEventsTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Every filter is used for pruning, none is guaranteed exact yet.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Every filter is used for pruning; content-id lookups are applied
+        // exactly by the scan itself (see `content_lookup`), the rest again
+        // by DataFusion above it.
+        Ok(filters
+            .iter()
+            .map(|f| match content_lookup::exact_values(f) {
+                Some(_) if self.pushdown => TableProviderFilterPushDown::Exact,
+                _ => TableProviderFilterPushDown::Inexact,
+            })
+            .collect())
     }
 
     async fn scan(
@@ -263,28 +273,68 @@ impl TableProvider for AuditEventsTable {
         };
         // The organisation's filter prunes like any other, and a filter of our
         // own inside the scan applies it exactly, whatever the session's
-        // pruning settings. It needs `org_id`, which the query may not read:
-        // scan it too, then project it away again.
-        let schema = model::schema();
-        let org_column = schema.index_of("org_id")?;
-        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
-        let mut scanned = wanted.clone();
-        if !scanned.contains(&org_column) {
-            scanned.push(org_column);
-        }
+        // pruning settings.
         let in_org = col("org_id").eq(lit(org.as_str()));
         let mut scoped_filters = filters.to_vec();
         scoped_filters.push(in_org.clone());
+        let filter = Filtered { predicate: in_org, limit };
+        let columns = filter.columns(projection)?;
         // No `LIMIT` below the filter: it would count rows of other organisations.
-        let all = self.scan_all(state, Some(&scanned), &scoped_filters, None).await?;
-        let scanned_schema = DFSchema::try_from(Arc::new(schema.project(&scanned)?))?;
-        let predicate = state.create_physical_expr(in_org, &scanned_schema)?;
-        // The filter's output keeps only the columns the query asked for.
-        let filter = FilterExecBuilder::new(predicate, all)
-            .with_fetch(limit)
-            .apply_projection(Some((0..wanted.len()).collect()))?
+        let all = self.scan_all(state, Some(&columns.1), &scoped_filters, None).await?;
+        filter.apply(state, columns, all)
+    }
+}
+
+/// A filter the scan applies itself (a tenant's scope, exact content
+/// lookups over what has no index), and the `LIMIT` it may apply after it.
+/// The columns it reads are scanned too and projected away again above it.
+struct Filtered {
+    predicate: Expr,
+    limit: Option<usize>,
+}
+
+impl Filtered {
+    /// How many columns the query wants, and the table columns to scan for
+    /// them and for the predicate (the wanted ones first).
+    fn columns(&self, projection: Option<&Vec<usize>>) -> Result<(usize, Vec<usize>)> {
+        let schema = model::schema();
+        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
+        let mut scanned = wanted.clone();
+        for column in self.predicate.column_refs() {
+            let i = schema.index_of(&column.name)?;
+            if !scanned.contains(&i) {
+                scanned.push(i);
+            }
+        }
+        Ok((wanted.len(), scanned))
+    }
+
+    /// The filter over `input`, a scan of the columns [`Filtered::columns`] named.
+    fn apply(
+        &self,
+        state: &dyn Session,
+        (wanted, scanned): (usize, Vec<usize>),
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let scanned_schema = DFSchema::try_from(Arc::new(model::schema().project(&scanned)?))?;
+        let predicate = state.create_physical_expr(self.predicate.clone(), &scanned_schema)?;
+        let filter = FilterExecBuilder::new(predicate, input)
+            .with_fetch(self.limit)
+            .apply_projection(Some((0..wanted).collect()))?
             .build()?;
         Ok(Arc::new(filter))
+    }
+
+    /// The filter over the scan `input` builds for the columns it is given.
+    fn over(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        input: impl FnOnce(Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let columns = self.columns(projection)?;
+        let scan = input(Some(&columns.1))?;
+        self.apply(state, columns, scan)
     }
 }
 
@@ -301,6 +351,12 @@ impl AuditEventsTable {
         let snapshot = self.storage.snapshot();
         let buffered_batches = snapshot.buffer.len();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        // Content ids the scan must keep exactly (see `supports_filters_pushdown`).
+        let content = if self.pushdown { content_lookup::wanted(filters) } else { None };
+        let content_filter = content.as_ref().map(|ids| Filtered {
+            predicate: col("content_id").in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false),
+            limit,
+        });
 
         if !snapshot.buffer.is_empty() {
             // Spread the buffered batches over partitions so both cores scan.
@@ -309,9 +365,15 @@ impl AuditEventsTable {
             for (i, batch) in snapshot.buffer.into_iter().enumerate() {
                 partitions[i % partitions_wanted].push(batch);
             }
-            let memory =
-                MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?.with_limit(limit);
-            inputs.push(DataSourceExec::from_data_source(memory));
+            let buffered = |projection: Option<&Vec<usize>>, limit| -> Result<Arc<dyn ExecutionPlan>> {
+                let memory = MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?
+                    .with_limit(limit);
+                Ok(DataSourceExec::from_data_source(memory))
+            };
+            inputs.push(match &content_filter {
+                Some(filter) => filter.over(state, projection, |p| buffered(p, None))?,
+                None => buffered(projection, limit)?,
+            });
         }
 
         let filters = if self.pushdown { filters } else { &[] };
@@ -326,16 +388,47 @@ impl AuditEventsTable {
         // read; its dynamic filter (time above the n-th newest so far) then
         // prunes the row groups of every older file from the footer alone.
         segments.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_us));
-        if !segments.is_empty() {
-            let files = segments
-                .iter()
-                .map(|s| {
-                    // The plan holds the segment: compaction cannot delete its
-                    // file while this query may still open it.
-                    PartitionedFile::new(s.object_location(), s.meta.size_bytes).with_extension(Arc::clone(s))
-                })
-                .collect();
-            inputs.push(self.segments_scan(state, files, projection, filters, limit)?);
+        let pruned_by_manifest = snapshot.segments.len() - segments.len();
+        // The plan holds the segment: compaction cannot delete its file
+        // while this query may still open it.
+        let file = |s: &Arc<LiveSegment>| {
+            PartitionedFile::new(s.object_location(), s.meta.size_bytes).with_extension(Arc::clone(s))
+        };
+        let mut index = None;
+        let mut segments_read = segments.len();
+        match &content {
+            None if !segments.is_empty() => {
+                let files = segments.iter().map(file).collect();
+                inputs.push(self.segments_scan(state, files, projection, filters, limit)?);
+            }
+            None => {}
+            Some(ids) => {
+                let (mut indexed, mut unindexed) = (Vec::new(), Vec::new());
+                let mut pruned = 0;
+                for segment in &segments {
+                    match content_lookup::lookup(&self.cache, segment, ids).await {
+                        content_lookup::Lookup::Rows(plan) => {
+                            indexed.push((segment, file(segment).with_extension(plan)))
+                        }
+                        content_lookup::Lookup::Unindexed => unindexed.push((segment, file(segment))),
+                        content_lookup::Lookup::None => pruned += 1,
+                    }
+                }
+                index = Some(ContentIndexSummary { segments_pruned: pruned, segments_unindexed: unindexed.len() });
+                segments_read = indexed.len() + unindexed.len();
+                let other_filters: Vec<Expr> =
+                    filters.iter().filter(|f| content_lookup::exact_values(f).is_none()).cloned().collect();
+                if !indexed.is_empty() {
+                    let files = indexed.into_iter().map(|(_, file)| file).collect();
+                    inputs.push(self.segments_scan(state, files, projection, &other_filters, limit)?);
+                }
+                if !unindexed.is_empty() {
+                    let files = unindexed.into_iter().map(|(_, file)| file).collect();
+                    let filter = content_filter.as_ref().expect("content ids are wanted");
+                    inputs
+                        .push(filter.over(state, projection, |p| self.segments_scan(state, files, p, filters, None))?);
+                }
+            }
         }
 
         let plan = match inputs.len() {
@@ -349,11 +442,8 @@ impl AuditEventsTable {
             1 => inputs.pop().expect("one input"),
             _ => UnionExec::try_new(inputs)?,
         };
-        let summary = ScanSummary {
-            segments_read: segments.len(),
-            segments_pruned: snapshot.segments.len() - segments.len(),
-            buffered_batches,
-        };
+        let summary =
+            ScanSummary { segments_read, segments_pruned: pruned_by_manifest, buffered_batches, content_index: index };
         Ok(Arc::new(AuditEventsScanExec::new(plan, summary)))
     }
 }
@@ -825,6 +915,29 @@ mod tests {
         let again = new_session_context(&storage, &limits).unwrap();
         assert_eq!(metric(&explain_analyze(&again, &sql).await, "bytes_scanned"), 0, "all from the cache");
         assert_eq!(again.sql(&sql).await.unwrap().collect().await.unwrap(), expected);
+
+        // Who touched one content item: the content indexes name its rows,
+        // so segments without it are not opened and `content_id` is not read.
+        let popular = "select content_id from audit_events where content_id is not null \
+                       group by content_id order by count(*) desc, content_id limit 1 offset 100";
+        let batches = ctx.sql(popular).await.unwrap().collect().await.unwrap();
+        let content = batches[0].column(0).as_string::<i32>().value(0).to_owned();
+        let since = chrono::DateTime::from_timestamp_micros(END_US - 20 * 86_400_000_000).unwrap().to_rfc3339();
+        let who = format!(
+            "select time, actor_id from audit_events where content_id = '{content}' and time >= '{since}' \
+             order by time, seq"
+        );
+        let expected = reference.sql(&who).await.unwrap().collect().await.unwrap();
+        let matches = expected.iter().map(|b| b.num_rows()).sum::<usize>();
+        assert!(matches >= 2, "{content} was touched {matches} times");
+        assert_eq!(ctx.sql(&who).await.unwrap().collect().await.unwrap(), expected);
+        let text = explain_analyze(&ctx, &who).await;
+        let (read, by_index) = (metric(&text, "segments_read"), metric(&text, "content_index_pruned"));
+        assert_eq!(metric(&text, "content_index_missing"), 0);
+        assert!(read <= matches && by_index > 0, "{read} segments read, {by_index} ruled out by the index\n{text}");
+        let scan = &text[text.find("DataSourceExec").expect("a Parquet scan")..];
+        assert_eq!(metric(scan, "output_rows"), matches, "exactly the content's rows in the window\n{text}");
+        assert!(!scan.contains("content_id"), "content_id is neither filtered on nor read\n{text}");
         storage.shutdown();
     }
 
@@ -929,9 +1042,14 @@ mod tests {
                         }
                     }
                     let sql = format!("select seq from audit_events where {filter} order by seq");
-                    let pushed = seqs(&new_session_context(&storage, &QueryLimits::default()).unwrap(), &sql).await;
+                    // A `LIMIT` reaches the scan when every filter is one it applies exactly.
+                    let limited = format!("select count(*) from (select seq from audit_events where {filter} limit 3)");
+                    let session = new_session_context(&storage, &QueryLimits::default()).unwrap();
+                    let mut pushed = seqs(&session, &sql).await;
+                    pushed.extend(seqs(&session, &limited).await);
                     let reference = session_over(&storage, &QueryLimits::default(), AuditEventsTable::without_pushdown(storage.clone())).unwrap();
-                    let full = seqs(&reference, &sql).await;
+                    let mut full = seqs(&reference, &sql).await;
+                    full.extend(seqs(&reference, &limited).await);
                     storage.shutdown();
                     (pushed, full)
                 });

@@ -1,7 +1,8 @@
 //! The top of every `audit_events` scan in a plan: it does nothing to the
 //! rows and exists so that `EXPLAIN` and `EXPLAIN ANALYZE` say how the
 //! manifest pruned the log, e.g.
-//! `AuditEventsScanExec: segments_read=3, segments_pruned=17, buffered_batches=2`.
+//! `AuditEventsScanExec: segments_read=3, segments_pruned=17, buffered_batches=2`
+//! (plus, for content-id lookups, `content_index_pruned=12, content_index_missing=0`).
 //! Row groups, pages and rows skipped inside the segments read are in the
 //! Parquet scan's own metrics below it.
 
@@ -9,23 +10,39 @@ use std::fmt;
 
 use super::pass_through::{PassThrough, PassThroughExec};
 
-/// What the manifest did for one scan.
+/// What the manifest (and the content indexes) did for one scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanSummary {
     pub segments_read: usize,
+    /// Ruled out by the manifest.
     pub segments_pruned: usize,
     pub buffered_batches: usize,
+    /// Set when content indexes were looked up.
+    pub content_index: Option<ContentIndexSummary>,
+}
+
+/// What the content indexes did for one scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentIndexSummary {
+    /// Segments whose index holds none of the content ids (not opened).
+    pub segments_pruned: usize,
+    /// Segments without an index, scanned with the filter.
+    pub segments_unindexed: usize,
 }
 
 impl PassThrough for ScanSummary {
     const NAME: &'static str = "AuditEventsScanExec";
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ScanSummary { segments_read, segments_pruned, buffered_batches } = *self;
+        let ScanSummary { segments_read, segments_pruned, buffered_batches, content_index } = *self;
         write!(
             f,
             "segments_read={segments_read}, segments_pruned={segments_pruned}, buffered_batches={buffered_batches}"
-        )
+        )?;
+        if let Some(ContentIndexSummary { segments_pruned, segments_unindexed }) = content_index {
+            write!(f, ", content_index_pruned={segments_pruned}, content_index_missing={segments_unindexed}")?;
+        }
+        Ok(())
     }
 }
 

@@ -29,7 +29,9 @@ use datafusion::parquet::file::metadata::ParquetMetaData;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::storage::segment::LiveSegment;
 
 /// Default memory for cached segment bytes, footers included.
 pub const DEFAULT_SEGMENT_CACHE_BYTES: usize = 256 * 1024 * 1024;
@@ -66,6 +68,26 @@ impl SegmentCache {
             inner: CachedParquetFileReaderFactory::new(store, Arc::clone(&self.metadata)),
             cache: self.clone(),
         })
+    }
+
+    /// Bytes `range` of `segment`'s file, through the range cache (the
+    /// content index's head and buckets are read this way).
+    pub(super) async fn read(&self, segment: &LiveSegment, range: Range<u64>) -> object_store::Result<Bytes> {
+        let location = segment.object_path();
+        let key = RangeKey {
+            file: location.as_ref().into(),
+            file_size: segment.meta.size_bytes,
+            start: range.start,
+            end: range.end,
+        };
+        if let Some(CachedRange(bytes)) = self.ranges.get(&key) {
+            return Ok(bytes);
+        }
+        let bytes = segment.object_store().get_range(&location, range).await?;
+        if key.end - key.start <= MAX_CACHED_RANGE_BYTES {
+            self.ranges.put(&key, CachedRange(bytes.clone()));
+        }
+        Ok(bytes)
     }
 }
 

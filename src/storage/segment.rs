@@ -278,6 +278,16 @@ impl LiveSegment {
         self.store.segment_location(&self.meta.file).to_string()
     }
 
+    /// The file's path inside the segment store.
+    pub fn object_path(&self) -> object_store::path::Path {
+        self.store.segment_location(&self.meta.file)
+    }
+
+    /// The store holding the file.
+    pub fn object_store(&self) -> Arc<dyn object_store::ObjectStore> {
+        self.store.object_store()
+    }
+
     /// A scan of this segment's file in the segment schema, for the storage
     /// layer's own reads (compaction, start-up); queries plan their own.
     pub fn scan(&self) -> FileScanConfigBuilder {
