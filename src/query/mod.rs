@@ -3,10 +3,11 @@
 //!
 //! The provider plans only: it takes one storage [`Snapshot`], then builds a
 //! scan of the buffered Arrow batches and of the sealed Parquet segments, and
-//! unions them. Filters are handed to DataFusion's Parquet source as a pruning
-//! predicate (row-group statistics, bloom filters, page index) and reported as
-//! `Inexact`, so DataFusion re-applies them above the scan; later pruning work
-//! (manifest statistics, tenant scoping) extends this one path.
+//! unions them. The manifest prunes segments first; filters are then handed to
+//! DataFusion's Parquet source as a pruning predicate (row-group statistics,
+//! bloom filters, page index) and reported as `Inexact`, so DataFusion
+//! re-applies them above the scan. Content-id lookups are the exception: the
+//! segments' content indexes answer them exactly (see [`content_lookup`]).
 //!
 //! This layer never writes to storage and never sees a connection.
 

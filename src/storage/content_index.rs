@@ -24,14 +24,18 @@
 //! group rows    G × u32            rows of each row group, in file order
 //! bucket starts (B + 1) × u32      byte offsets into the entries
 //! entries       per bucket, sorted by content id:
-//!               len u16, content id (UTF-8), n u32, n × u32 rows (ascending)
+//!               len, content id (UTF-8), n, first row, n - 1 row deltas
 //! ```
+//!
+//! Inside entries every number is an unsigned LEB128 varint: an id's rows
+//! are few and far apart (the segment is sorted by actor), and varints keep
+//! the index smaller than fixed-width u32s by about a third.
 //!
 //! A content id's bucket is the low bits of its 64-bit FNV-1a hash. Rows are
 //! numbered from 0 over the whole file. This module builds and reads the
 //! bytes; it never decides which segments a query reads.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +45,10 @@ pub const FOOTER_KEY: &str = "auditlake.content_index";
 /// Content ids per bucket the index aims at: a lookup reads one bucket.
 const IDS_PER_BUCKET: usize = 16;
 const MAX_BUCKETS: usize = 1 << 16;
-/// Longest content id an entry can hold. Validation keeps ids far shorter
+/// Longest content id the index takes. Validation keeps ids far shorter
 /// (`model::MAX_KEY_FIELD_BYTES`); a segment with a longer one gets no index
 /// rather than one that misses rows.
-const MAX_ID_BYTES: usize = u16::MAX as usize;
+const MAX_ID_BYTES: usize = 64 * 1024;
 
 /// Where a segment's content index lies in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +74,7 @@ impl ContentIndexLocation {
 /// Collects `(content id, row)` pairs as a segment is written.
 #[derive(Debug, Default)]
 pub struct ContentIndexBuilder {
-    rows: BTreeMap<String, Vec<u32>>,
+    rows: HashMap<String, Vec<u32>>,
     next_row: u64,
     unindexable: bool,
 }
@@ -102,20 +106,24 @@ impl ContentIndexBuilder {
         }
         let buckets = (self.rows.len() / IDS_PER_BUCKET).clamp(1, MAX_BUCKETS).next_power_of_two();
         let mut by_bucket: Vec<Vec<(&String, &Vec<u32>)>> = vec![Vec::new(); buckets];
-        // BTreeMap order: each bucket's ids come out sorted.
         for (id, rows) in &self.rows {
             by_bucket[bucket_of(id, buckets as u32)].push((id, rows));
+        }
+        for bucket in &mut by_bucket {
+            bucket.sort_unstable_by_key(|(id, _)| *id);
         }
         let mut entries = Vec::new();
         let mut starts = Vec::with_capacity(buckets + 1);
         for bucket in by_bucket {
             starts.push(entries.len() as u32);
             for (id, rows) in bucket {
-                entries.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                put_varint(&mut entries, id.len() as u32);
                 entries.extend_from_slice(id.as_bytes());
-                entries.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-                for row in rows {
-                    entries.extend_from_slice(&row.to_le_bytes());
+                put_varint(&mut entries, rows.len() as u32);
+                let mut previous = 0;
+                for &row in rows.iter() {
+                    put_varint(&mut entries, row - previous);
+                    previous = row;
                 }
             }
         }
@@ -210,21 +218,51 @@ impl ContentIndexHead {
     /// The rows holding `id`, given the bytes of its bucket.
     pub fn rows_in_bucket(&self, id: &str, bucket: &[u8]) -> Result<Vec<u32>, ContentIndexError> {
         let bad = |reason| ContentIndexError { offset: self.location.offset, reason };
+        let truncated = || bad("truncated entry");
         let mut at = 0;
         while at < bucket.len() {
-            let length = u16::from_le_bytes(bucket.get(at..at + 2).ok_or(bad("truncated entry"))?.try_into().unwrap());
-            let name = bucket.get(at + 2..at + 2 + length as usize).ok_or(bad("truncated content id"))?;
-            at += 2 + length as usize;
-            let count =
-                u32::from_le_bytes(bucket.get(at..at + 4).ok_or(bad("truncated row count"))?.try_into().unwrap());
-            let rows = bucket.get(at + 4..at + 4 + 4 * count as usize).ok_or(bad("truncated rows"))?;
-            at += 4 + 4 * count as usize;
-            if name == id.as_bytes() {
-                return Ok(rows.chunks_exact(4).map(|r| u32::from_le_bytes(r.try_into().unwrap())).collect());
+            let length = take_varint(bucket, &mut at).ok_or_else(truncated)? as usize;
+            let name = bucket.get(at..at + length).ok_or_else(truncated)?;
+            at += length;
+            let wanted = name == id.as_bytes();
+            let count = take_varint(bucket, &mut at).ok_or_else(truncated)?;
+            let mut rows = Vec::new();
+            let mut row = 0u32;
+            for _ in 0..count {
+                let delta = take_varint(bucket, &mut at).ok_or_else(truncated)?;
+                row = row.checked_add(delta).ok_or_else(|| bad("row number out of range"))?;
+                if wanted {
+                    rows.push(row);
+                }
+            }
+            if wanted {
+                return Ok(rows);
             }
         }
         Ok(Vec::new())
     }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u32) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The varint at `*at`, moving past it; `None` when truncated or too long.
+fn take_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    let mut value = 0u32;
+    for shift in [0, 7, 14, 21, 28] {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u32::from(byte & 0x7f).checked_shl(shift)?;
+        if byte < 0x80 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -269,6 +307,21 @@ mod tests {
         }
         assert_eq!(lookup(&bytes, "page-1300"), Vec::<u32>::new());
         assert_eq!(lookup(&bytes, ""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn rows_far_apart_and_ids_too_long_to_index() {
+        let mut builder = ContentIndexBuilder::default();
+        builder.add([Some("a")].into_iter());
+        builder.add(std::iter::repeat_n(None, 300_000));
+        builder.add([Some("a"), Some("b")].into_iter());
+        let bytes = builder.finish(&[100_000, 200_003]).unwrap();
+        assert_eq!(lookup(&bytes, "a"), [0, 300_001]);
+        assert_eq!(lookup(&bytes, "b"), [300_002]);
+
+        let mut builder = ContentIndexBuilder::default();
+        builder.add([Some("x".repeat(MAX_ID_BYTES + 1).as_str())].into_iter());
+        assert!(builder.finish(&[1]).is_none(), "no index rather than one missing a row");
     }
 
     #[test]
