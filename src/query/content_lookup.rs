@@ -27,10 +27,16 @@ use crate::storage::segment::LiveSegment;
 const COLUMN: &str = "content_id";
 
 /// The content ids `filter` keeps rows of, when it is one the table applies
-/// exactly: `content_id = literal` (either way round) or a non-negated
-/// `content_id IN (literals)`. NULL literals match no row, so they add no id.
+/// exactly: `content_id = literal` (either way round), a non-negated
+/// `content_id IN (literals)`, or an `OR` of those (DataFusion turns short
+/// `IN` lists into one). NULL literals match no row, so they add no id.
 pub fn exact_values(filter: &Expr) -> Option<BTreeSet<String>> {
     match filter {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Or, right }) => {
+            let mut values = exact_values(left)?;
+            values.extend(exact_values(right)?);
+            Some(values)
+        }
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (left.as_ref(), right.as_ref()) {
             (Expr::Column(c), Expr::Literal(value, _)) | (Expr::Literal(value, _), Expr::Column(c))
                 if c.name == COLUMN =>
@@ -67,7 +73,8 @@ pub fn wanted(filters: &[Expr]) -> Option<BTreeSet<String>> {
 
 /// What a segment's index says about the wanted ids.
 pub enum Lookup {
-    /// The segment has no (usable) index: scan it with the filter.
+    /// The segment has no usable index, or holds a wanted id in too many
+    /// rows for the index to list: scan it with the filter.
     Unindexed,
     /// Exactly these rows hold a wanted id: scan them only.
     Rows(ParquetAccessPlan),
@@ -81,8 +88,9 @@ pub async fn lookup(cache: &SegmentCache, segment: &LiveSegment, ids: &BTreeSet<
         return Lookup::Unindexed;
     };
     match rows_of(cache, segment, location, ids).await {
-        Ok((_, rows)) if rows.is_empty() => Lookup::None,
-        Ok((head, rows)) => Lookup::Rows(access_plan(&head.group_rows, &rows)),
+        Ok(None) => Lookup::Unindexed,
+        Ok(Some((_, rows))) if rows.is_empty() => Lookup::None,
+        Ok(Some((head, rows))) => Lookup::Rows(access_plan(&head.group_rows, &rows)),
         Err(reason) => {
             warn!(segment = %segment.meta.file, %reason, "content index unusable; scanning the segment instead");
             Lookup::Unindexed
@@ -95,7 +103,7 @@ async fn rows_of(
     segment: &LiveSegment,
     location: crate::storage::content_index::ContentIndexLocation,
     ids: &BTreeSet<String>,
-) -> Result<(ContentIndexHead, Vec<u32>), String> {
+) -> Result<Option<(ContentIndexHead, Vec<u32>)>, String> {
     let mut range = location.first_read();
     let head = loop {
         let bytes = cache.read(segment, range.clone()).await.map_err(|e| e.to_string())?;
@@ -108,11 +116,14 @@ async fn rows_of(
     let mut rows = Vec::new();
     for id in ids {
         let bucket = cache.read(segment, head.bucket_range(id)).await.map_err(|e| e.to_string())?;
-        rows.extend(head.rows_in_bucket(id, &bucket).map_err(|e| e.to_string())?);
+        match head.rows_in_bucket(id, &bucket).map_err(|e| e.to_string())? {
+            Some(found) => rows.extend(found),
+            None => return Ok(None),
+        }
     }
     rows.sort_unstable();
     rows.dedup();
-    Ok((head, rows))
+    Ok(Some((head, rows)))
 }
 
 /// A Parquet access plan reading exactly `rows` (sorted, numbered over the
@@ -163,6 +174,9 @@ mod tests {
         assert_eq!(exact_values(&col("actor_id").eq(lit("p1"))), None);
         assert_eq!(exact_values(&col("content_id").eq(col("actor_id"))), None);
         assert_eq!(exact_values(&col("content_id").eq(lit(1))), None);
+        let either = col("content_id").eq(lit("p1")).or(lit("p3").eq(col("content_id")));
+        assert_eq!(exact_values(&either), ids(&["p1", "p3"]));
+        assert_eq!(exact_values(&col("content_id").eq(lit("p1")).or(col("actor_id").eq(lit("u")))), None);
         let filters = [col("content_id").in_list(vec![lit("p1"), lit("p2")], false), col("content_id").eq(lit("p2"))];
         assert_eq!(wanted(&filters), ids(&["p2"]), "both must hold");
         assert_eq!(wanted(&[col("time").gt(lit(1))]), None);

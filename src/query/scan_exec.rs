@@ -2,7 +2,7 @@
 //! rows and exists so that `EXPLAIN` and `EXPLAIN ANALYZE` say how the
 //! manifest pruned the log, e.g.
 //! `AuditEventsScanExec: segments_read=3, segments_pruned=17, buffered_batches=2`
-//! (plus, for content-id lookups, `content_index_pruned=12, content_index_missing=0`).
+//! (plus, for content-id lookups, `content_index_pruned=12, content_index_scanned=0`).
 //! Row groups, pages and rows skipped inside the segments read are in the
 //! Parquet scan's own metrics below it.
 
@@ -26,8 +26,9 @@ pub struct ScanSummary {
 pub struct ContentIndexSummary {
     /// Segments whose index holds none of the content ids (not opened).
     pub segments_pruned: usize,
-    /// Segments without an index, scanned with the filter.
-    pub segments_unindexed: usize,
+    /// Segments scanned with the filter: without a usable index, or holding
+    /// a wanted id in too many rows for the index to list.
+    pub segments_scanned: usize,
 }
 
 impl PassThrough for ScanSummary {
@@ -39,8 +40,8 @@ impl PassThrough for ScanSummary {
             f,
             "segments_read={segments_read}, segments_pruned={segments_pruned}, buffered_batches={buffered_batches}"
         )?;
-        if let Some(ContentIndexSummary { segments_pruned, segments_unindexed }) = content_index {
-            write!(f, ", content_index_pruned={segments_pruned}, content_index_missing={segments_unindexed}")?;
+        if let Some(ContentIndexSummary { segments_pruned, segments_scanned }) = content_index {
+            write!(f, ", content_index_pruned={segments_pruned}, content_index_scanned={segments_scanned}")?;
         }
         Ok(())
     }

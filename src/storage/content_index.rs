@@ -25,7 +25,15 @@
 //! bucket starts (B + 1) × u32      byte offsets into the entries
 //! entries       per bucket, sorted by content id:
 //!               len, content id (UTF-8), n, first row, n - 1 row deltas
+//!               (n = 0: the id is in more than MAX_LISTED_ROWS rows,
+//!               which are not listed)
 //! ```
+//!
+//! Only ids in a few rows of the segment are worth listing: an id in more
+//! rows than the segment has row groups is in nearly every group, so reading
+//! its rows costs what scanning the segment does, and listing every row of
+//! every frequent id cost 2 bytes per event. A lookup of such an id scans
+//! the segment with the filter.
 //!
 //! Inside entries every number is an unsigned LEB128 varint: an id's rows
 //! are few and far apart (the segment is sorted by actor), and varints keep
@@ -42,6 +50,8 @@ use serde::{Deserialize, Serialize};
 const MAGIC: &[u8; 8] = b"ALCIDX01";
 /// Key of the footer entry that points at the index (`"offset,length"`).
 pub const FOOTER_KEY: &str = "auditlake.content_index";
+/// Most rows of one id the index lists (see above).
+pub const MAX_LISTED_ROWS: usize = 16;
 /// Content ids per bucket the index aims at: a lookup reads one bucket.
 const IDS_PER_BUCKET: usize = 16;
 const MAX_BUCKETS: usize = 1 << 16;
@@ -119,9 +129,10 @@ impl ContentIndexBuilder {
             for (id, rows) in bucket {
                 put_varint(&mut entries, id.len() as u32);
                 entries.extend_from_slice(id.as_bytes());
-                put_varint(&mut entries, rows.len() as u32);
+                let listed: &[u32] = if rows.len() <= MAX_LISTED_ROWS { rows } else { &[] };
+                put_varint(&mut entries, listed.len() as u32);
                 let mut previous = 0;
-                for &row in rows.iter() {
+                for &row in listed {
                     put_varint(&mut entries, row - previous);
                     previous = row;
                 }
@@ -215,8 +226,9 @@ impl ContentIndexHead {
         entries_at + u64::from(self.starts[bucket])..entries_at + u64::from(self.starts[bucket + 1])
     }
 
-    /// The rows holding `id`, given the bytes of its bucket.
-    pub fn rows_in_bucket(&self, id: &str, bucket: &[u8]) -> Result<Vec<u32>, ContentIndexError> {
+    /// The rows holding `id`, given the bytes of its bucket: empty when no
+    /// row does, `None` when too many do to be listed.
+    pub fn rows_in_bucket(&self, id: &str, bucket: &[u8]) -> Result<Option<Vec<u32>>, ContentIndexError> {
         let bad = |reason| ContentIndexError { offset: self.location.offset, reason };
         let truncated = || bad("truncated entry");
         let mut at = 0;
@@ -236,10 +248,10 @@ impl ContentIndexHead {
                 }
             }
             if wanted {
-                return Ok(rows);
+                return Ok(Some(rows).filter(|rows| !rows.is_empty()));
             }
         }
-        Ok(Vec::new())
+        Ok(Some(Vec::new()))
     }
 }
 
@@ -273,7 +285,7 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 mod tests {
     use super::*;
 
-    fn lookup(bytes: &[u8], id: &str) -> Vec<u32> {
+    fn lookup(bytes: &[u8], id: &str) -> Option<Vec<u32>> {
         let location = ContentIndexLocation { offset: 100, length: bytes.len() as u64 };
         // As a file would hold it: 100 bytes of something else first.
         let file: Vec<u8> = std::iter::repeat_n(0u8, 100).chain(bytes.iter().copied()).collect();
@@ -290,23 +302,32 @@ mod tests {
 
     #[test]
     fn every_content_id_finds_exactly_its_rows() {
+        // 70,000 ids: 4,096 buckets, a head longer than the first read.
+        let ids: Vec<Option<String>> = (0..200_000)
+            .map(|i| match i {
+                _ if i % 7 == 0 => None,
+                _ if i % 1_000 == 1 => Some("home".to_owned()),
+                _ => Some(format!("page-{}", i % 70_000)),
+            })
+            .collect();
         let mut builder = ContentIndexBuilder::default();
-        let ids: Vec<Option<String>> =
-            (0..5_000).map(|i| if i % 7 == 0 { None } else { Some(format!("page-{}", i % 1_300)) }).collect();
-        builder.add(ids[..3_000].iter().map(|id| id.as_deref()));
-        builder.add(ids[3_000..].iter().map(|id| id.as_deref()));
-        let bytes = builder.finish(&[2_048, 2_048, 904]).unwrap();
-        // Large enough that the head needs a second read.
-        assert!(bytes.len() > 16 * 1024);
-        for probe in [0, 1, 2, 699, 1_299] {
+        builder.add(ids[..120_000].iter().map(|id| id.as_deref()));
+        builder.add(ids[120_000..].iter().map(|id| id.as_deref()));
+        let bytes = builder.finish(&[65_536, 65_536, 68_928]).unwrap();
+        let location = ContentIndexLocation { offset: 0, length: bytes.len() as u64 };
+        let first = location.first_read();
+        let parsed = ContentIndexHead::parse(location, &bytes[first.start as usize..first.end as usize]).unwrap();
+        assert!(matches!(parsed, Parsed::NeedRange(_)), "the head takes a second read");
+        for probe in [2, 3, 699, 12_345, 69_999] {
             let id = format!("page-{probe}");
             let expected: Vec<u32> =
-                (0..5_000u32).filter(|&i| ids[i as usize].as_deref() == Some(id.as_str())).collect();
-            assert!(!expected.is_empty());
-            assert_eq!(lookup(&bytes, &id), expected, "{id}");
+                (0..200_000u32).filter(|&i| ids[i as usize].as_deref() == Some(id.as_str())).collect();
+            assert!(!expected.is_empty() && expected.len() <= MAX_LISTED_ROWS, "{id}: {expected:?}");
+            assert_eq!(lookup(&bytes, &id), Some(expected), "{id}");
         }
-        assert_eq!(lookup(&bytes, "page-1300"), Vec::<u32>::new());
-        assert_eq!(lookup(&bytes, ""), Vec::<u32>::new());
+        assert_eq!(lookup(&bytes, "home"), None, "in 200 rows: not listed");
+        assert_eq!(lookup(&bytes, "page-70000"), Some(vec![]));
+        assert_eq!(lookup(&bytes, ""), Some(vec![]));
     }
 
     #[test]
@@ -316,8 +337,8 @@ mod tests {
         builder.add(std::iter::repeat_n(None, 300_000));
         builder.add([Some("a"), Some("b")].into_iter());
         let bytes = builder.finish(&[100_000, 200_003]).unwrap();
-        assert_eq!(lookup(&bytes, "a"), [0, 300_001]);
-        assert_eq!(lookup(&bytes, "b"), [300_002]);
+        assert_eq!(lookup(&bytes, "a"), Some(vec![0, 300_001]));
+        assert_eq!(lookup(&bytes, "b"), Some(vec![300_002]));
 
         let mut builder = ContentIndexBuilder::default();
         builder.add([Some("x".repeat(MAX_ID_BYTES + 1).as_str())].into_iter());
@@ -327,7 +348,7 @@ mod tests {
     #[test]
     fn an_empty_index_and_damaged_bytes_are_told_apart() {
         let bytes = ContentIndexBuilder::default().finish(&[]).unwrap();
-        assert_eq!(lookup(&bytes, "x"), Vec::<u32>::new());
+        assert_eq!(lookup(&bytes, "x"), Some(vec![]));
         let location = ContentIndexLocation { offset: 0, length: bytes.len() as u64 };
         let mut damaged = bytes.clone();
         damaged[0] = b'X';

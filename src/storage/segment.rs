@@ -44,7 +44,11 @@ const ZSTD_LEVEL: i32 = 3;
 /// restart delta encoding more often: 4Ki cost 2.4 % more bytes.
 const DATA_PAGE_ROWS: usize = 8 * 1024;
 /// Columns investigators look up by equality; each gets a bloom filter.
-const BLOOM_FILTER_COLUMNS: [&str; 3] = ["actor_id", "content_id", "source_ip"];
+/// `content_id` has the content index instead (see [`content_index`]), which
+/// names rows rather than row groups and is what lookups use.
+///
+/// [`content_index`]: super::content_index
+const BLOOM_FILTER_COLUMNS: [&str; 2] = ["actor_id", "source_ip"];
 /// Integer columns that rise within each `(org_id)` run: delta encoding stores
 /// them in a few bits per row where a dictionary would not help.
 const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
