@@ -44,11 +44,13 @@ const ZSTD_LEVEL: i32 = 3;
 /// restart delta encoding more often: 4Ki cost 2.4 % more bytes.
 const DATA_PAGE_ROWS: usize = 8 * 1024;
 /// Columns investigators look up by equality; each gets a bloom filter.
-/// `content_id` has the content index instead (see [`content_index`]), which
-/// names rows rather than row groups and is what lookups use.
+/// Lookups by `content_id` use the content index (see [`content_index`]),
+/// which names rows rather than row groups; its bloom filter still serves
+/// ids too frequent for the index to list, and other Parquet readers (DuckDB
+/// took 4x longer over the same 10M events without it).
 ///
 /// [`content_index`]: super::content_index
-const BLOOM_FILTER_COLUMNS: [&str; 2] = ["actor_id", "source_ip"];
+const BLOOM_FILTER_COLUMNS: [&str; 3] = ["actor_id", "content_id", "source_ip"];
 /// Integer columns that rise within each `(org_id)` run: delta encoding stores
 /// them in a few bits per row where a dictionary would not help.
 const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
