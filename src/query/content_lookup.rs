@@ -113,10 +113,10 @@ async fn rows_of(
             Parsed::NeedRange(_) => return Err("the index head cannot be read whole".into()),
         }
     };
+    let starts = cache.read(segment, head.starts_range()).await.map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for id in ids {
-        let bounds = cache.read(segment, head.bucket_bounds_range(id)).await.map_err(|e| e.to_string())?;
-        let bucket_range = head.bucket_range(&bounds).map_err(|e| e.to_string())?;
+        let bucket_range = head.bucket_range(id, &starts).map_err(|e| e.to_string())?;
         let bucket = cache.read(segment, bucket_range).await.map_err(|e| e.to_string())?;
         match head.rows_in_bucket(id, &bucket).map_err(|e| e.to_string())? {
             Some(found) => rows.extend(found),

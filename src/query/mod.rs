@@ -41,6 +41,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
 use tracing::debug;
 
 use crate::model;
@@ -61,6 +62,9 @@ pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, Q
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
 
 use scan_exec::{AuditEventsScanExec, ContentIndexSummary, ScanSummary};
+
+/// Segments whose content index one query looks into at once.
+const CONTENT_LOOKUPS_AT_ONCE: usize = 16;
 
 /// The catalog and schema clients see: `auditlake.public.audit_events`.
 pub const CATALOG: &str = "auditlake";
@@ -406,8 +410,19 @@ impl AuditEventsTable {
             Some(ids) => {
                 let (mut indexed, mut unindexed) = (Vec::new(), Vec::new());
                 let mut pruned = 0;
-                for segment in &segments {
-                    match content_lookup::lookup(&self.cache, segment, ids).await {
+                // Concurrently: each lookup not in the cache is a read (one
+                // syscall, or a request to a bucket).
+                let wanted = Arc::new(ids.clone());
+                let lookups = futures::stream::iter(segments.iter().cloned())
+                    .map(|segment| {
+                        let (cache, wanted) = (self.cache.clone(), Arc::clone(&wanted));
+                        async move { content_lookup::lookup(&cache, &segment, &wanted).await }
+                    })
+                    .buffered(CONTENT_LOOKUPS_AT_ONCE)
+                    .collect::<Vec<_>>()
+                    .await;
+                for (segment, found) in segments.iter().zip(lookups) {
+                    match found {
                         content_lookup::Lookup::Rows(plan) => {
                             indexed.push((segment, file(segment).with_extension(plan)))
                         }

@@ -14,8 +14,9 @@
 //! The manifest records where it is ([`ContentIndexLocation`]), and the
 //! footer says so too (`auditlake.content_index` key), for other tools.
 //!
-//! Format (version 1), little-endian, built to be read with three small
-//! range reads per lookup (the head, the bucket's two starts, the bucket):
+//! Format (version 1), little-endian, built to be read with three range
+//! reads per lookup, two of them the same for every id (the head, the bucket
+//! starts) and one small (the bucket):
 //!
 //! ```text
 //! magic         b"ALCIDX01"
@@ -172,11 +173,10 @@ pub struct ContentIndexError {
     reason: &'static str,
 }
 
-/// The head of an index: enough to find where any content id's bucket
-/// starts. A lookup then reads that bucket's two starts (8 bytes) and the
-/// bucket: at 100M events a query looks into hundreds of indexes, and reading
-/// every bucket start of each (64 KiB at 16,384 buckets) cost more than the
-/// lookup itself.
+/// The head of an index: enough to find the table of bucket starts. A
+/// lookup reads that table as it is (up to 256 KiB, kept by the segment
+/// cache), picks its bucket's two starts without decoding the rest (at 100M
+/// events a query looks into hundreds of indexes), and reads the bucket.
 #[derive(Debug, Clone)]
 pub struct ContentIndexHead {
     location: ContentIndexLocation,
@@ -219,21 +219,21 @@ impl ContentIndexHead {
         self.location.offset + ContentIndexLocation::head_length(self.group_rows.len() as u32)
     }
 
-    /// The 8 bytes of the file holding where `id`'s bucket starts and ends.
-    pub fn bucket_bounds_range(&self, id: &str) -> std::ops::Range<u64> {
-        let at = self.starts_at() + 4 * bucket_of(id, self.buckets) as u64;
-        at..at + 8
+    /// The byte range of the file holding the table of bucket starts.
+    pub fn starts_range(&self) -> std::ops::Range<u64> {
+        self.starts_at()..self.starts_at() + 4 * (u64::from(self.buckets) + 1)
     }
 
-    /// The byte range of the file holding `id`'s bucket, given the bytes
-    /// [`ContentIndexHead::bucket_bounds_range`] named.
-    pub fn bucket_range(&self, bounds: &[u8]) -> Result<std::ops::Range<u64>, ContentIndexError> {
+    /// The byte range of the file holding `id`'s bucket, given the table
+    /// [`ContentIndexHead::starts_range`] named.
+    pub fn bucket_range(&self, id: &str, starts: &[u8]) -> Result<std::ops::Range<u64>, ContentIndexError> {
         let bad = |reason| ContentIndexError { offset: self.location.offset, reason };
-        if bounds.len() != 8 {
+        if starts.len() as u64 != 4 * (u64::from(self.buckets) + 1) {
             return Err(bad("truncated bucket starts"));
         }
-        let entries_at = self.starts_at() + 4 * (u64::from(self.buckets) + 1);
-        let (start, end) = (u64::from(u32_at(bounds, 0)), u64::from(u32_at(bounds, 4)));
+        let bucket = bucket_of(id, self.buckets);
+        let (start, end) = (u64::from(u32_at(starts, 4 * bucket)), u64::from(u32_at(starts, 4 * bucket + 4)));
+        let entries_at = self.starts_range().end;
         if start > end || entries_at + end > self.location.offset + self.location.length {
             return Err(bad("bucket starts out of order or past the index"));
         }
@@ -311,7 +311,7 @@ mod tests {
                 Parsed::NeedRange(_) => panic!("asked twice"),
             },
         };
-        let bucket = head.bucket_range(range(head.bucket_bounds_range(id))).unwrap();
+        let bucket = head.bucket_range(id, range(head.starts_range())).unwrap();
         head.rows_in_bucket(id, range(bucket)).unwrap()
     }
 
