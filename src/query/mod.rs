@@ -765,9 +765,18 @@ mod tests {
             assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), rows, "{content}");
             assert_eq!(got, reference.sql(&sql).await.unwrap().collect().await.unwrap(), "{content}");
         }
-        // A `LIMIT` over the exact filter counts only matching rows.
-        let limited = "select count(*) from (select id from audit_events where content_id = 'rare' limit 2)";
-        assert_eq!(int(&ctx.sql(limited).await.unwrap().collect().await.unwrap(), 0), 2);
+        // A `LIMIT` over the exact filter counts only matching rows, listed or scanned.
+        for (content, limit) in [("rare", 2), ("home", 5), ("home", homes + 10)] {
+            let limited = format!(
+                "select count(*) from (select id from audit_events where content_id = '{content}' limit {limit})"
+            );
+            let expected = if content == "rare" { limit.min(3) } else { limit.min(homes) };
+            assert_eq!(
+                int(&ctx.sql(&limited).await.unwrap().collect().await.unwrap(), 0),
+                expected as i64,
+                "{limited}"
+            );
+        }
         storage.shutdown();
     }
 
