@@ -275,15 +275,10 @@ impl Storage {
             }
         };
 
-        let buffer: Vec<_> = recovered
-            .batches
-            .iter()
-            .map(|b| (with_seq(b.batch.clone(), b.first_seq), b.first_seq, b.last_seq()))
-            .collect();
         let mut state = State {
             segments: Arc::new(manifest.segments.iter().map(|m| LiveSegment::new(m.clone(), &segments)).collect()),
             sealed_seq: manifest.sealed_seq,
-            buffer,
+            buffer: Vec::new(),
             buffered_rows: 0,
             buffered_bytes: 0,
             oldest_buffered_at: None,
@@ -291,6 +286,12 @@ impl Storage {
             shutting_down: false,
             merge_barrier: 0,
         };
+        // Merged as appends are: a WAL of one-event records (every statement's
+        // self-audit record is one) would otherwise leave every query after a
+        // restart scanning hundreds of one-row batches until the next seal.
+        for b in &recovered.batches {
+            state.push_buffered(&with_seq(b.batch.clone(), b.first_seq), b.first_seq, b.last_seq());
+        }
         state.recount_buffer();
         let recent_ids = recall_recent_ids(&segments, &state, config.idempotency_window_ms)?;
         info!(
@@ -1141,6 +1142,18 @@ mod tests {
         }
         let snapshot = storage.snapshot();
         assert_eq!((snapshot.buffer.len(), rows(&snapshot)), (1, 200), "200 one-event appends, one batch");
+        // And so after a restart, replayed from 200 WAL records.
+        storage.shutdown();
+        drop((snapshot, storage));
+        let storage = Storage::open(config(dir.path())).unwrap();
+        let snapshot = storage.snapshot();
+        assert_eq!((snapshot.buffer.len(), rows(&snapshot)), (1, 200), "replayed into one batch");
+        let seqs: Vec<i64> = {
+            use datafusion::arrow::array::AsArray;
+            let seq = snapshot.buffer[0].column_by_name("seq").unwrap();
+            seq.as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec()
+        };
+        assert_eq!(seqs, (1..=200).collect::<Vec<i64>>());
 
         // One-event appends from many tasks while seals run: every seq once.
         let appends: Vec<_> = (0..400)
