@@ -19,7 +19,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::common::TableReference;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetFileReaderFactory};
+use datafusion::datasource::physical_plan::parquet::{
+    CachedParquetFileReaderFactory, ParquetAccessPlan, ParquetFileReaderFactory,
+};
 use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::cache::{Cache, CacheKey, CacheValue};
@@ -143,8 +145,9 @@ impl ParquetFileReaderFactory for CachingReaderFactory {
     ) -> datafusion::common::Result<Box<dyn AsyncFileReader + Send>> {
         let location: Arc<str> = file.object_meta.location.as_ref().into();
         let file_size = file.object_meta.size;
+        let selects_rows = file.extension::<ParquetAccessPlan>().is_some();
         let inner = self.inner.create_reader(partition_index, file, metadata_size_hint, metrics)?;
-        Ok(Box::new(CachingReader { inner, location, file_size, ranges: Arc::clone(&self.cache.ranges) }))
+        Ok(Box::new(CachingReader { inner, location, file_size, ranges: Arc::clone(&self.cache.ranges), selects_rows }))
     }
 }
 
@@ -153,6 +156,8 @@ struct CachingReader {
     location: Arc<str>,
     file_size: u64,
     ranges: Arc<DefaultCache<RangeKey, CachedRange>>,
+    /// The scan reads selected rows only (a content lookup's access plan).
+    selects_rows: bool,
 }
 
 impl CachingReader {
@@ -212,16 +217,21 @@ impl AsyncFileReader for CachingReader {
         .boxed()
     }
 
-    /// Footers always come with their page index. DataFusion loads it only
-    /// when the page statistics may prune something, but the reader also
-    /// needs its offsets to fetch and skip single pages of a row selection:
-    /// without them a content lookup (whose time window covers whole row
-    /// groups) fetched and decompressed every page of each column chunk it
-    /// touched, 20 MB for 95 rows at 100M events.
+    /// A scan of selected rows gets the footer with its page index.
+    /// DataFusion loads it only when page statistics may prune something,
+    /// but the reader also needs its offsets to fetch and skip single pages
+    /// of a row selection: without them a content lookup (whose time window
+    /// covers whole row groups) fetched and decompressed every page of each
+    /// column chunk it touched, 20 MB for 95 rows at 100M events. Other scans
+    /// keep DataFusion's choice: page indexes of every footer did not fit the
+    /// metadata cache at 100M events, and a scan of all segments slowed 3x.
     fn get_metadata<'a>(
         &'a mut self,
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, datafusion::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        if !self.selects_rows {
+            return self.inner.get_metadata(options);
+        }
         let options = options.cloned().unwrap_or_default().with_page_index_policy(PageIndexPolicy::Optional);
         async move { self.inner.get_metadata(Some(&options)).await }.boxed()
     }
