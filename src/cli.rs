@@ -91,14 +91,8 @@ enum OrgCommand {
     /// server stopped.
     Rewrite {
         org: String,
-        /// The UGC key, when the policy hashes.
-        #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
-        ugc_key_file: Option<PathBuf>,
-        #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Segments location of that data directory, if not inside it.
-        #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
-        segments_url: Option<String>,
+        #[command(flatten)]
+        offline: OfflineArgs,
     },
 }
 
@@ -178,6 +172,14 @@ struct ImportArgs {
     /// Files to import: plain or gzip.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    offline: OfflineArgs,
+}
+
+/// The data directory a command opens itself, with the server stopped
+/// (`import`, `org rewrite`), and the UGC key its policies may need.
+#[derive(Debug, Clone, Args)]
+struct OfflineArgs {
     /// The UGC key, when an organisation's policy hashes UGC.
     #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
     ugc_key_file: Option<PathBuf>,
@@ -186,6 +188,22 @@ struct ImportArgs {
     /// Segments location of that data directory, if not inside it.
     #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
     segments_url: Option<String>,
+}
+
+impl OfflineArgs {
+    /// The data directory's UGC policies, with the key if one was given.
+    fn policies(&self) -> anyhow::Result<Policies> {
+        let key = self.ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
+        Ok(Policies::in_data_dir(&self.data_dir, key))
+    }
+
+    /// Opens the storage engine on the data directory (blocking).
+    fn open(&self) -> anyhow::Result<Storage> {
+        let config = StorageConfig { segments_url: self.segments_url.clone(), ..StorageConfig::new(&self.data_dir) };
+        Storage::open(config).with_context(|| {
+            format!("cannot open data directory {} (is a server running on it?)", self.data_dir.display())
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -467,14 +485,10 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let key = args.ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
-    let policies = Policies::in_data_dir(&args.data_dir, key);
+    let policies = args.offline.policies()?;
     policies.check_key()?;
-    let config = StorageConfig { segments_url: args.segments_url.clone(), ..StorageConfig::new(&args.data_dir) };
-    let dir = args.data_dir.display().to_string();
-    let storage = tokio::task::spawn_blocking(move || Storage::open(config))
-        .await?
-        .with_context(|| format!("cannot open data directory {dir} (is a server running on it?)"))?;
+    let offline = args.offline.clone();
+    let storage = tokio::task::spawn_blocking(move || offline.open()).await??;
     let total: u64 = args.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
@@ -639,17 +653,13 @@ fn org(command: OrgCommand) -> anyhow::Result<()> {
                 eprintln!("The server must run with --ugc-key-file to accept events of {org}.");
             }
         }
-        OrgCommand::Rewrite { org, ugc_key_file, data_dir, segments_url } => {
-            let key = ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
-            let policies = Policies::in_data_dir(&data_dir, key);
+        OrgCommand::Rewrite { org, offline } => {
+            let policies = offline.policies()?;
             let Some(rewrite) = policies.rewriter(&org)? else {
                 say(&format!("{org} stores UGC as sent: nothing to rewrite."));
                 return Ok(());
             };
-            let storage =
-                Storage::open(StorageConfig { segments_url, ..StorageConfig::new(&data_dir) }).with_context(|| {
-                    format!("cannot open data directory {} (is a server running on it?)", data_dir.display())
-                })?;
+            let storage = offline.open()?;
             let rewritten = storage
                 .rewrite_org(&org, &|batch| rewrite(batch).map_err(|e| storage::StorageError::Rewrite(e.to_string())));
             storage.shutdown();

@@ -86,9 +86,7 @@ impl SegmentCache {
             return Ok(bytes);
         }
         let bytes = segment.object_store().get_range(&location, range).await?;
-        if key.end - key.start <= MAX_CACHED_RANGE_BYTES {
-            self.ranges.put(&key, CachedRange(bytes.clone()));
-        }
+        remember(&self.ranges, &key, &bytes);
         Ok(bytes)
     }
 }
@@ -166,11 +164,16 @@ impl CachingReader {
     }
 
     fn remember(&self, range: &Range<u64>, bytes: &Bytes) {
-        if range.end - range.start <= MAX_CACHED_RANGE_BYTES {
-            // A copy: the read may be a slice of a larger buffer, which the
-            // cache would otherwise keep alive without counting it.
-            self.ranges.put(&self.key(range), CachedRange(Bytes::copy_from_slice(bytes)));
-        }
+        remember(&self.ranges, &self.key(range), bytes);
+    }
+}
+
+/// Keeps `bytes`, read for `key`, unless the read was a scan's.
+fn remember(ranges: &DefaultCache<RangeKey, CachedRange>, key: &RangeKey, bytes: &Bytes) {
+    if key.end - key.start <= MAX_CACHED_RANGE_BYTES {
+        // A copy: the read may be a slice of a larger buffer, which the
+        // cache would otherwise keep alive without counting it.
+        ranges.put(key, CachedRange(Bytes::copy_from_slice(bytes)));
     }
 }
 

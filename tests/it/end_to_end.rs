@@ -233,6 +233,22 @@ async fn runaway_statements_are_stopped_and_ingest_goes_on() {
 }
 
 /// What the server logs when a cancel request names one of its connections.
+/// A statement that runs far longer than any test waits.
+const RUNAWAY: &str = "select count(*) from audit_events a, generate_series(1, 100000000) g where a.seq + g.value > 0";
+
+/// Runs [`RUNAWAY`] on `client`, sends a cancel request for it half a second
+/// in, and returns the statement's error.
+async fn cancelled_runaway(client: &tokio_postgres::Client) -> tokio_postgres::Error {
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    let error = client.query_one(RUNAWAY, &[]).await.unwrap_err();
+    canceller.await.unwrap();
+    error
+}
+
 const HANDLED_CANCEL: &str = "canceling the running statement on request";
 
 #[tokio::test]
@@ -242,7 +258,6 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     demo_data_dir(&data, 3_000, 3);
     let server = Server::start(&data, &[]);
     let client = server.pg().await;
-    let runaway = "select count(*) from audit_events a, generate_series(1, 100000000) g where a.seq + g.value > 0";
 
     // A cancel before any statement runs cancels nothing later. The protocol
     // never answers a cancel request, so wait for the server to have handled
@@ -258,13 +273,7 @@ async fn a_cancel_request_stops_the_running_statement_and_only_that_one() {
     // take over the first one's pid.
     let bystander = server.pg().await;
     let started = std::time::Instant::now();
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    });
-    let error = client.query_one(runaway, &[]).await.unwrap_err();
-    canceller.await.unwrap();
+    let error = cancelled_runaway(&client).await;
     let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_else(|| error.to_string());
     assert!(message.contains("canceling statement due to user request"), "{message}");
     assert_eq!(error.code().map(|c| c.code()), Some("57014"), "query_canceled, as PostgreSQL answers");
@@ -302,14 +311,7 @@ async fn clients_past_the_connection_limit_are_told_why_and_cancel_requests_stil
 
     // A cancel request is no session: it reaches its statement while the
     // server is full.
-    let runaway = "select count(*) from audit_events a, generate_series(1, 100000000) g where a.seq + g.value > 0";
-    let token = first.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    });
-    let error = first.query_one(runaway, &[]).await.unwrap_err();
-    canceller.await.unwrap();
+    let error = cancelled_runaway(&first).await;
     assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
 
     // The sessions that are in go on, and a closed one frees its slot.
