@@ -6,12 +6,12 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::exporter::{self, ExportFormat, ExportRequest};
 use crate::import::{self, ImportFormat};
@@ -21,7 +21,7 @@ use crate::policy::{OrgPolicy, Policies, UgcKey, UgcMode};
 use crate::server::users::{Role, Users};
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{self, Storage, StorageConfig};
-use crate::{client, reports};
+use crate::{client, integrity, reports};
 use crate::{query, server};
 
 #[derive(Debug, Parser)]
@@ -60,12 +60,39 @@ enum Command {
     /// what was rejected and why; exits with 2 when anything was rejected.
     Import(ImportArgs),
     /// Create a key file (owner-only, never overwritten).
+    #[command(group = clap::ArgGroup::new("key").required(true).multiple(true))]
     Keygen {
         /// The UGC key organisations' hashing keys derive from; give it to
         /// `serve --ugc-key-file`. Keep it outside the data directory.
-        #[arg(long, value_name = "PATH")]
-        ugc_key: PathBuf,
+        #[arg(long, value_name = "PATH", group = "key")]
+        ugc_key: Option<PathBuf>,
+        /// The Ed25519 key checkpoints are signed with (its public half goes
+        /// to PATH.pub); give it to `serve --signing-key`. Keep it outside
+        /// the data directory.
+        #[arg(long, value_name = "PATH", group = "key")]
+        signing_key: Option<PathBuf>,
     },
+    /// Check the stored log against its signed checkpoints (server stopped):
+    /// prints `ok`, or each thing wrong and where, and exits with 2.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Segments location of that data directory, if not inside it.
+    #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
+    segments_url: Option<String>,
+    /// The key the checkpoints were signed with.
+    #[arg(long, env = "AUDITLAKE_SIGNING_KEY_FILE", value_name = "PATH")]
+    signing_key: PathBuf,
+    /// Check only segments and checkpoints reaching seqs at or above this.
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
+    /// Check only segments and checkpoints reaching seqs at or below this.
+    #[arg(long, value_name = "SEQ")]
+    to: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +215,9 @@ struct OfflineArgs {
     /// Segments location of that data directory, if not inside it.
     #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
     segments_url: Option<String>,
+    /// The key checkpoints of what this command seals are signed with.
+    #[arg(long, env = "AUDITLAKE_SIGNING_KEY_FILE", value_name = "PATH")]
+    signing_key: Option<PathBuf>,
 }
 
 impl OfflineArgs {
@@ -199,7 +229,11 @@ impl OfflineArgs {
 
     /// Opens the storage engine on the data directory (blocking).
     fn open(&self) -> anyhow::Result<Storage> {
-        let config = StorageConfig { segments_url: self.segments_url.clone(), ..StorageConfig::new(&self.data_dir) };
+        let config = StorageConfig {
+            segments_url: self.segments_url.clone(),
+            witness: witness(self.signing_key.as_deref(), &self.data_dir)?,
+            ..StorageConfig::new(&self.data_dir)
+        };
         Storage::open(config).with_context(|| {
             format!("cannot open data directory {} (is a server running on it?)", self.data_dir.display())
         })
@@ -359,6 +393,11 @@ struct ServeArgs {
     /// organisation's policy hashes UGC, and by `ugc_hash()` in SQL.
     #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
     ugc_key_file: Option<PathBuf>,
+    /// The Ed25519 key (`auditlake keygen --signing-key`) every sealed range
+    /// of events is checkpointed with; keep it outside the data directory.
+    /// Without it nothing is checkpointed and `verify` has nothing to check.
+    #[arg(long, env = "AUDITLAKE_SIGNING_KEY_FILE", value_name = "PATH")]
+    signing_key: Option<PathBuf>,
     /// Let anyone connect to the Postgres endpoint without a password, as an
     /// admin, and send events without a token. Only for trying auditlake
     /// out, and only on loopback `--pg-listen` and `--http-listen`; without it
@@ -433,8 +472,8 @@ impl ServeArgs {
         }
     }
 
-    fn storage_config(&self) -> StorageConfig {
-        StorageConfig {
+    fn storage_config(&self) -> anyhow::Result<StorageConfig> {
+        Ok(StorageConfig {
             data_dir: self.data_dir.clone(),
             segments_url: self.segments_url.clone(),
             seal_max_buffered_rows: self.seal_max_buffered_rows,
@@ -446,7 +485,8 @@ impl ServeArgs {
                 min_inputs: self.compaction_min_segments,
             },
             idempotency_window_ms: self.idempotency_window_hours.saturating_mul(3_600_000),
-        }
+            witness: witness(self.signing_key.as_deref(), &self.data_dir)?,
+        })
     }
 }
 
@@ -471,11 +511,22 @@ pub fn main() -> anyhow::Result<()> {
             Command::Token(command) => token(command),
             // A rewrite reads segments on the store's own runtime: off this one.
             Command::Org(command) => tokio::task::spawn_blocking(move || org(command)).await?,
-            Command::Keygen { ugc_key } => {
-                UgcKey::create(&ugc_key)?;
-                say(&format!("UGC key written to {} (mode 600).", ugc_key.display()));
+            Command::Keygen { ugc_key, signing_key } => {
+                if let Some(path) = ugc_key {
+                    UgcKey::create(&path)?;
+                    say(&format!("UGC key written to {} (mode 600).", path.display()));
+                }
+                if let Some(path) = signing_key {
+                    let public = integrity::SigningKey::create(&path)?;
+                    say(&format!(
+                        "Signing key written to {} (mode 600); public key {public} in {}.",
+                        path.display(),
+                        integrity::checkpoint::public_key_path(&path).display()
+                    ));
+                }
                 Ok(())
             }
+            Command::Verify(args) => tokio::task::spawn_blocking(move || verify(args)).await?,
         }
     })
 }
@@ -639,6 +690,45 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let key = integrity::SigningKey::load(&args.signing_key, &args.data_dir)?;
+    // The server holds the data directory's lock; a merge it runs would
+    // retire files under the check.
+    let lock = storage::lock_data_dir(&args.data_dir)
+        .with_context(|| format!("cannot verify {} (is a server running on it?)", args.data_dir.display()))?;
+    let store = Arc::new(storage::objects::SegmentStore::open(
+        &args.data_dir,
+        args.segments_url.as_deref(),
+        Default::default(),
+    )?);
+    let started = std::time::Instant::now();
+    let report = integrity::verify::verify(&args.data_dir, &store, &key, (args.from, args.to))?;
+    drop(lock);
+    for finding in &report.findings {
+        say(&finding.to_string());
+    }
+    let not_covered = report.sealed_through.saturating_sub(report.checkpointed_through);
+    if not_covered > 0 {
+        eprintln!(
+            "note: seqs {}..={} are sealed but not checkpointed yet (a server with --signing-key checkpoints them when it starts)",
+            report.checkpointed_through + 1,
+            report.sealed_through
+        );
+    }
+    eprintln!(
+        "{} checkpoint(s), {} event(s) verified in {:.2} s",
+        report.checkpoints,
+        report.events_verified,
+        started.elapsed().as_secs_f64()
+    );
+    if !report.is_ok() {
+        say(&format!("TAMPERED: {} finding(s)", report.findings.len()));
+        std::process::exit(2);
+    }
+    say("ok");
+    Ok(())
+}
+
 fn org(command: OrgCommand) -> anyhow::Result<()> {
     match command {
         OrgCommand::Policy { org, ugc, attribute_keys, data_dir } => {
@@ -684,8 +774,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     serve_storage(args, storage).await
 }
 
+/// The checkpoint signer for a data directory, if a signing key was given.
+fn witness(key_file: Option<&Path>, data_dir: &Path) -> anyhow::Result<Option<Arc<dyn storage::SealWitness>>> {
+    let Some(key_file) = key_file else { return Ok(None) };
+    let key = Arc::new(integrity::SigningKey::load(key_file, data_dir)?);
+    Ok(Some(Arc::new(integrity::Integrity::open(key, data_dir)?)))
+}
+
 async fn open_storage(args: &ServeArgs) -> anyhow::Result<Storage> {
-    let config = args.storage_config();
+    let config = args.storage_config()?;
+    if config.witness.is_none() {
+        warn!("no --signing-key: sealed events are not checkpointed, so `auditlake verify` cannot vouch for them");
+    }
     let dir = config.data_dir.display().to_string();
     tokio::task::spawn_blocking(move || Storage::open(config))
         .await?

@@ -13,6 +13,7 @@
 //! - [`query`]: the DataFusion `audit_events` table provider and session setup.
 //! - [`server`]: the Postgres wire endpoint (read-only, one session per connection).
 //! - [`ingest`]: the HTTP API and the demo-data generator.
+//! - [`integrity`]: tamper evidence: Merkle roots, signed checkpoints, `auditlake verify`.
 //! - [`policy`]: per-organisation policy: what is kept of user-generated content.
 //! - [`client`]: SQL from the command line, in-process or against a server.
 //! - [`exporter`]: `auditlake export`, one organisation's events to a JSONL or Parquet file.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod exporter;
 pub mod import;
 pub mod ingest;
+pub mod integrity;
 pub mod model;
 pub mod policy;
 pub mod query;

@@ -37,7 +37,7 @@ use super::manifest::{Manifest, SegmentMeta};
 use super::objects::SegmentStore;
 use super::segment::LiveSegment;
 use super::wal::{self, WalBatch, WalWriter};
-use super::{StorageError, fsync_dir, segment};
+use super::{SealWitness, StorageError, fsync_dir, segment};
 use crate::model::{self, Event, Seq};
 
 /// Most requests one group commit takes before it fsyncs.
@@ -77,6 +77,8 @@ pub struct StorageConfig {
     /// An event whose organisation sent its id this recently (by receive
     /// time) is acknowledged again instead of being stored twice.
     pub idempotency_window_ms: u64,
+    /// Told of every sealed range (checkpoints); `None` without a signing key.
+    pub witness: Option<Arc<dyn SealWitness>>,
 }
 
 impl StorageConfig {
@@ -90,6 +92,7 @@ impl StorageConfig {
             max_buffered_bytes: 384 * 1024 * 1024,
             compaction: CompactionPolicy { target_rows: 1_000_000, min_inputs: 4 },
             idempotency_window_ms: idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS * 3_600_000,
+            witness: None,
         }
     }
 }
@@ -244,14 +247,7 @@ impl Storage {
         let data_dir = config.data_dir.clone();
         let wal_dir = data_dir.join("wal");
         fs::create_dir_all(&wal_dir).map_err(|e| StorageError::io(&wal_dir, e))?;
-        let lock_path = data_dir.join("LOCK");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StorageError::io(&lock_path, e))?;
-        lock.try_lock().map_err(|_| StorageError::Locked { path: data_dir.clone() })?;
+        let lock = super::lock_data_dir(&data_dir)?;
 
         let segments = Arc::new(SegmentStore::open(&data_dir, config.segments_url.as_deref(), Arc::clone(&faults))?);
         let manifest = Manifest::load(&segments)?;
@@ -328,6 +324,12 @@ impl Storage {
             .spawn(move || run_wal_writer(writer_shared, writer, last_seq + 1, wal_rx))
             .map_err(|e| StorageError::io(Path::new("<wal thread>"), e))?;
         let storage = Storage { shared, wal_tx, _lock: Arc::new(lock) };
+        // Ranges sealed before a witness was given, or whose checkpoint was
+        // lost to a crash, are caught up with before anything new is sealed.
+        if manifest.sealed_seq > 0 {
+            let _one_manifest_writer = storage.shared.seal_lock.lock().expect("seal lock poisoned");
+            storage.witness_seal(manifest.sealed_seq, None);
+        }
         for (name, run) in
             [("auditlake-sealer", Storage::run_sealer as fn(Storage)), ("auditlake-compactor", Storage::run_compactor)]
         {
@@ -468,6 +470,7 @@ impl Storage {
             state.buffer.retain(|(_, first, _)| *first > upto);
             state.recount_buffer();
         }
+        self.witness_seal(upto, Some((sealed_seq + 1, &batches)));
 
         // 5. The WAL files before the rotation are now redundant.
         self.drop_sealed_wal(upto)?;
@@ -480,6 +483,15 @@ impl Storage {
             "sealed segment"
         );
         Ok(Some(meta))
+    }
+
+    /// Tells the witness, if any, that everything up to `sealed_seq` is
+    /// published. Callers hold the seal lock, so ranges arrive in order.
+    fn witness_seal(&self, sealed_seq: Seq, fresh: Option<(Seq, &[RecordBatch])>) {
+        if let Some(witness) = &self.shared.config.witness {
+            let segments = Arc::clone(&self.state().segments);
+            witness.sealed(&self.shared.segments, &segments, sealed_seq, fresh);
+        }
     }
 
     /// Makes `segments` the durable manifest (with `sealed_seq`), where
@@ -641,6 +653,7 @@ impl Storage {
                 state.sealed_seq = last;
                 state.last_seq = state.last_seq.max(last);
             }
+            self.witness_seal(last, Some((first, &numbered)));
             self.drop_sealed_wal(last)?;
             loaded = Some((loaded.map_or(first, |(f, _)| f), last));
         }

@@ -34,6 +34,11 @@ pub mod settings;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+
+use crate::model::Seq;
 
 pub use engine::{Appended, Snapshot, Storage, StorageConfig, StorageStats};
 pub use settings::{SettingsError, WatchedFile, read_json, write_json, write_private_file};
@@ -83,7 +88,37 @@ impl StorageError {
     }
 }
 
+/// Takes the data directory's lock (`LOCK`, flock), held while the file
+/// is open: one process at a time opens a data directory.
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StorageError> {
+    let lock_path = data_dir.join("LOCK");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StorageError::io(&lock_path, e))?;
+    lock.try_lock().map_err(|_| StorageError::Locked { path: data_dir.to_path_buf() })?;
+    Ok(lock)
+}
+
 /// Makes a directory's entries (created, renamed, deleted files) durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(dir, e))
+}
+
+/// Told of every range of seqs once it is sealed and published: the
+/// integrity layer signs a checkpoint of it. It cannot fail the seal, whose
+/// events are durable by then; it catches up on what it missed next time.
+pub trait SealWitness: Send + Sync + std::fmt::Debug {
+    /// Everything up to `sealed_seq` is in `segments` (the published list).
+    /// `fresh`, when given, is the first seq of the range just sealed and
+    /// its rows, so that they need not be read back.
+    fn sealed(
+        &self,
+        store: &objects::SegmentStore,
+        segments: &[Arc<segment::LiveSegment>],
+        sealed_seq: Seq,
+        fresh: Option<(Seq, &[RecordBatch])>,
+    );
 }

@@ -9,6 +9,7 @@ mod end_to_end;
 mod export;
 mod harness;
 mod import;
+mod integrity;
 mod object_storage;
 mod open_layout;
 mod query_command;

@@ -1,0 +1,325 @@
+//! The signing key and the checkpoint log.
+//!
+//! Each time a range of seqs is sealed, one line is appended to
+//! `integrity/checkpoints.jsonl`: the range, its Merkle root, the hash of the
+//! previous line (so lines form a chain), the time, and an Ed25519 signature
+//! over all of that. The range's block hashes go first, durably, to
+//! `integrity/blocks/{first:020}-{last:020}.blocks`; they need no signature,
+//! since the signed root is computed from them.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ring::digest::{Context, SHA256};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use super::IntegrityError;
+use super::merkle::{self, Hash};
+use crate::model::Seq;
+use crate::storage::settings::{from_hex32, to_hex};
+use crate::storage::write_private_file;
+
+pub const INTEGRITY_DIR: &str = "integrity";
+pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+const BLOCKS_DIR: &str = "blocks";
+const SEED_BYTES: usize = 32;
+/// Separates the UGC digest key from the signing key it derives from.
+const DIGEST_KEY_CONTEXT: &[u8] = b"auditlake ugc digest key v1\0";
+const SIGNED_DOMAIN: &str = "auditlake checkpoint v1";
+
+/// The Ed25519 key checkpoints are signed with, kept outside the data
+/// directory, and the UGC digest key derived from it.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    digest_key: hmac::Key,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey(public {})", self.public_hex())
+    }
+}
+
+impl SigningKey {
+    fn from_seed(seed: &[u8; SEED_BYTES]) -> Self {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).expect("32-byte seeds are valid");
+        let digest_key = hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, seed), DIGEST_KEY_CONTEXT).as_ref(),
+        );
+        SigningKey { pair, digest_key }
+    }
+
+    /// Writes a new random key to `path` (owner-only) and its public half to
+    /// `path.pub`; never replaces a file.
+    pub fn create(path: &Path) -> Result<String, IntegrityError> {
+        let key_error = |reason: String| IntegrityError::KeyFile { path: path.to_path_buf(), reason };
+        if path.exists() {
+            return Err(key_error("exists already; a new key could not sign on for the old one".into()));
+        }
+        let mut seed = [0u8; SEED_BYTES];
+        SystemRandom::new().fill(&mut seed).expect("the system's random source works");
+        write_private_file(path, format!("{}\n", to_hex(&seed)).as_bytes()).map_err(|e| key_error(e.to_string()))?;
+        let public = SigningKey::from_seed(&seed).public_hex();
+        let public_path = public_key_path(path);
+        fs::write(&public_path, format!("{public}\n"))
+            .map_err(|e| key_error(format!("{}: {e}", public_path.display())))?;
+        Ok(public)
+    }
+
+    /// Reads a key file; refuses one that others than its owner may read,
+    /// or one inside `data_dir` (a copy of the data would carry the key).
+    pub fn load(path: &Path, data_dir: &Path) -> Result<Self, IntegrityError> {
+        let key_error = |reason: String| IntegrityError::KeyFile { path: path.to_path_buf(), reason };
+        let meta = fs::metadata(path).map_err(|e| key_error(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(key_error("group or others may read it; chmod 600 it".into()));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
+        if let (Ok(key), Ok(dir)) = (path.canonicalize(), data_dir.canonicalize())
+            && key.starts_with(&dir)
+        {
+            return Err(key_error(format!("is inside the data directory {}; keep it elsewhere", dir.display())));
+        }
+        let text = fs::read_to_string(path).map_err(|e| key_error(e.to_string()))?;
+        let seed = from_hex32(text.trim()).ok_or_else(|| key_error("expected 64 hexadecimal digits".into()))?;
+        Ok(SigningKey::from_seed(&seed))
+    }
+
+    pub fn public_hex(&self) -> String {
+        to_hex(self.pair.public_key().as_ref())
+    }
+
+    pub fn digest_key(&self) -> &hmac::Key {
+        &self.digest_key
+    }
+
+    fn sign(&self, message: &[u8]) -> String {
+        to_hex(self.pair.sign(message).as_ref())
+    }
+}
+
+/// Where `auditlake keygen --signing-key PATH` puts the public key.
+pub fn public_key_path(key: &Path) -> PathBuf {
+    let mut path = key.as_os_str().to_owned();
+    path.push(".pub");
+    PathBuf::from(path)
+}
+
+/// One line of the checkpoint log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub index: u64,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    /// Merkle Tree Hash of the range's leaves, hex.
+    pub root: String,
+    /// [`Checkpoint::chain_hash`] of the line before, hex; zeros for the first.
+    pub prev: String,
+    /// RFC 3339, UTC.
+    pub written_at: String,
+    pub public_key: String,
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes the signature covers.
+    pub fn signed_message(&self) -> Vec<u8> {
+        format!(
+            "{SIGNED_DOMAIN}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
+            self.index, self.first_seq, self.last_seq, self.root, self.prev, self.written_at, self.public_key
+        )
+        .into_bytes()
+    }
+
+    /// What the next line names as `prev`: SHA-256 of the signed message
+    /// and the signature.
+    pub fn chain_hash(&self) -> String {
+        let mut context = Context::new(&SHA256);
+        context.update(&self.signed_message());
+        context.update(self.signature.as_bytes());
+        to_hex(context.finish().as_ref())
+    }
+
+    /// Whether the signature is valid for `public_key` (hex).
+    pub fn signature_holds(&self, public_key: &str) -> bool {
+        let (Some(key), Some(signature)) = (hex_bytes(public_key), hex_bytes(&self.signature)) else {
+            return false;
+        };
+        UnparsedPublicKey::new(&ED25519, key).verify(&self.signed_message(), &signature).is_ok()
+    }
+
+    pub fn leaf_count(&self) -> usize {
+        (self.last_seq - self.first_seq + 1) as usize
+    }
+
+    pub fn root_hash(&self) -> Option<Hash> {
+        from_hex32(&self.root)
+    }
+}
+
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The checkpoint log of one data directory.
+#[derive(Debug)]
+pub struct CheckpointLog {
+    dir: PathBuf,
+    /// The last line written, if any.
+    last: Mutex<Option<Checkpoint>>,
+}
+
+impl CheckpointLog {
+    /// Opens the log of `data_dir` for appending; its last line is where the
+    /// next one chains on.
+    pub fn open(data_dir: &Path) -> Result<Self, IntegrityError> {
+        let dir = data_dir.join(INTEGRITY_DIR);
+        let last = read_checkpoints(data_dir)?.into_iter().filter_map(Result::ok).next_back();
+        Ok(CheckpointLog { dir, last: Mutex::new(last) })
+    }
+
+    /// The last seq checkpointed (0 before the first checkpoint).
+    pub fn last_seq(&self) -> Seq {
+        self.last.lock().expect("checkpoint log lock").as_ref().map_or(0, |c| c.last_seq)
+    }
+
+    /// Appends the checkpoint of `first..=last` whose leaves are `leaves`
+    /// (in seq order), durably: block hashes, then the signed line.
+    pub fn append(&self, key: &SigningKey, first: Seq, leaves: &[Hash]) -> Result<Checkpoint, IntegrityError> {
+        let mut last_line = self.last.lock().expect("checkpoint log lock");
+        let expected_first = last_line.as_ref().map_or(1, |c| c.last_seq + 1);
+        if first != expected_first || leaves.is_empty() {
+            return Err(IntegrityError::Gap { expected: expected_first, got: first });
+        }
+        let last = first + leaves.len() as Seq - 1;
+        let blocks_dir = self.dir.join(BLOCKS_DIR);
+        fs::create_dir_all(&blocks_dir).map_err(|e| IntegrityError::io(&blocks_dir, e))?;
+        let blocks = merkle::block_hashes(leaves);
+        let blocks_path = blocks_dir.join(blocks_file_name(first, last));
+        write_synced(&blocks_path, &blocks.concat(), false)?;
+
+        let mut checkpoint = Checkpoint {
+            index: last_line.as_ref().map_or(0, |c| c.index + 1),
+            first_seq: first,
+            last_seq: last,
+            root: to_hex(&merkle::root_from_blocks(&blocks, leaves.len()).expect("blocks fit their leaves")),
+            prev: last_line.as_ref().map_or_else(|| GENESIS_PREV.to_string(), Checkpoint::chain_hash),
+            written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            public_key: key.public_hex(),
+            signature: String::new(),
+        };
+        checkpoint.signature = key.sign(&checkpoint.signed_message());
+        let mut line = serde_json::to_string(&checkpoint).expect("checkpoints serialise");
+        line.push('\n');
+        write_synced(&self.dir.join(CHECKPOINTS_FILE), line.as_bytes(), true)?;
+        *last_line = Some(checkpoint.clone());
+        Ok(checkpoint)
+    }
+}
+
+pub fn blocks_file_name(first: Seq, last: Seq) -> String {
+    format!("{first:020}-{last:020}.blocks")
+}
+
+/// The block hashes stored for a checkpoint, or why they cannot be read.
+pub fn read_blocks(data_dir: &Path, checkpoint: &Checkpoint) -> Result<Vec<Hash>, String> {
+    let path =
+        data_dir.join(INTEGRITY_DIR).join(BLOCKS_DIR).join(blocks_file_name(checkpoint.first_seq, checkpoint.last_seq));
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !bytes.len().is_multiple_of(32) {
+        return Err(format!("{}: {} bytes is not a whole number of hashes", path.display(), bytes.len()));
+    }
+    Ok(bytes.chunks(32).map(|c| c.try_into().expect("32-byte chunks")).collect())
+}
+
+/// The lines of the checkpoint log in order, each parsed or the reason it
+/// could not be. No log is no lines.
+pub fn read_checkpoints(data_dir: &Path) -> Result<Vec<Result<Checkpoint, String>>, IntegrityError> {
+    let path = data_dir.join(INTEGRITY_DIR).join(CHECKPOINTS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(IntegrityError::io(&path, e)),
+    };
+    Ok(text.lines().map(|line| serde_json::from_str(line).map_err(|e| e.to_string())).collect())
+}
+
+fn write_synced(path: &Path, bytes: &[u8], append: bool) -> Result<(), IntegrityError> {
+    let created = !path.exists();
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(path)
+        .map_err(|e| IntegrityError::io(path, e))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| IntegrityError::io(path, e))?;
+    if created && let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| IntegrityError::io(dir, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_chain_and_signatures_cover_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let key_path = keys.path().join("signing.key");
+        let public = SigningKey::create(&key_path).unwrap();
+        assert!(SigningKey::create(&key_path).is_err(), "never replaced");
+        let key = SigningKey::load(&key_path, dir.path()).unwrap();
+        assert_eq!(key.public_hex(), public);
+        assert_eq!(fs::read_to_string(public_key_path(&key_path)).unwrap().trim(), public);
+
+        let log = CheckpointLog::open(dir.path()).unwrap();
+        let leaves: Vec<Hash> = (0..300u32).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
+        let first = log.append(&key, 1, &leaves[..100]).unwrap();
+        assert!(matches!(log.append(&key, 102, &leaves[100..]), Err(IntegrityError::Gap { expected: 101, got: 102 })));
+        let second = CheckpointLog::open(dir.path()).unwrap().append(&key, 101, &leaves[100..]).unwrap();
+        assert_eq!((second.index, second.prev.clone()), (1, first.chain_hash()));
+        assert_eq!(second.root_hash(), merkle::root(&leaves[100..]));
+        assert_eq!(read_blocks(dir.path(), &second).unwrap(), merkle::block_hashes(&leaves[100..]));
+        let lines: Vec<Checkpoint> = read_checkpoints(dir.path()).unwrap().into_iter().map(Result::unwrap).collect();
+        assert_eq!(lines, [first.clone(), second]);
+        assert!(first.signature_holds(&public));
+        let forged = Checkpoint { last_seq: 99, ..first };
+        assert!(!forged.signature_holds(&public));
+    }
+
+    #[test]
+    fn a_key_others_can_read_or_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("signing.key");
+        SigningKey::create(&inside).unwrap();
+        let err = SigningKey::load(&inside, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("inside the data directory"), "{err}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let elsewhere = tempfile::tempdir().unwrap();
+            fs::set_permissions(&inside, fs::Permissions::from_mode(0o644)).unwrap();
+            let err = SigningKey::load(&inside, elsewhere.path()).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+    }
+}

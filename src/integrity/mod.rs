@@ -1,0 +1,195 @@
+//! Tamper evidence: every sealed event is a leaf of a Merkle tree, every
+//! sealed range of seqs has a signed checkpoint, checkpoints form a hash
+//! chain, and `auditlake verify` checks the stored log against them.
+//!
+//! ```text
+//! seal (n events) ─► leaf hashes in seq order ─► block hashes ─► root ─► signed checkpoint line
+//!                    (canonical.rs)               (merkle.rs)            (checkpoint.rs)
+//! ```
+//!
+//! This layer owns `integrity/` in the data directory and the canonical
+//! encoding of an event. It never changes an event or a segment, and never
+//! signs a range it could not read back whole: seqs missing from a segment
+//! stop the checkpoint instead of being signed over.
+
+pub mod canonical;
+pub mod checkpoint;
+pub mod merkle;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use tracing::{error, info, warn};
+
+pub use checkpoint::{Checkpoint, CheckpointLog, SigningKey};
+use merkle::Hash;
+
+use crate::model::Seq;
+use crate::storage::objects::SegmentStore;
+use crate::storage::segment::{LiveSegment, for_each_batch};
+use crate::storage::{SealWitness, StorageError, packed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrityError {
+    #[error("signing key file {path}: {reason}")]
+    KeyFile { path: PathBuf, reason: String },
+    #[error("I/O error on {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint would leave a gap: the next one must start at seq {expected}, not {got}")]
+    Gap { expected: Seq, got: Seq },
+    #[error(
+        "segment {file} does not hold seqs {first}..={last} exactly once each; not signing it (run `auditlake verify`)"
+    )]
+    Incomplete { file: String, first: Seq, last: Seq },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl IntegrityError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        IntegrityError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// The seal witness of a server or bulk load run with a signing key.
+#[derive(Debug)]
+pub struct Integrity {
+    key: Arc<SigningKey>,
+    log: CheckpointLog,
+}
+
+impl Integrity {
+    pub fn open(key: Arc<SigningKey>, data_dir: &Path) -> Result<Self, IntegrityError> {
+        Ok(Integrity { key, log: CheckpointLog::open(data_dir)? })
+    }
+
+    fn checkpoint_through(
+        &self,
+        store: &SegmentStore,
+        segments: &[Arc<LiveSegment>],
+        sealed_seq: Seq,
+        fresh: Option<(Seq, &[RecordBatch])>,
+    ) -> Result<(), IntegrityError> {
+        let mut done = self.log.last_seq();
+        if done >= sealed_seq {
+            return Ok(());
+        }
+        // Ranges sealed while no key was given, or whose checkpoint failed,
+        // are read back from their segments, one checkpoint per segment.
+        let fresh_first = fresh.map_or(sealed_seq + 1, |(first, _)| first);
+        if done + 1 < fresh_first {
+            warn!(from_seq = done + 1, to_seq = fresh_first - 1, "checkpointing sealed events not yet checkpointed");
+        }
+        let behind = done;
+        for segment in segments.iter().filter(|s| s.meta.max_seq > behind && s.meta.min_seq < fresh_first) {
+            let first = done + 1;
+            let last = segment.meta.max_seq.min(fresh_first - 1);
+            let leaves = segment_leaves(store, segment, self.key.digest_key())?;
+            let leaves = exact_range(leaves, first, last).ok_or_else(|| IntegrityError::Incomplete {
+                file: segment.meta.file.clone(),
+                first,
+                last,
+            })?;
+            self.log.append(&self.key, first, &leaves)?;
+            done = last;
+        }
+        if let Some((first, batches)) = fresh {
+            let leaves: Vec<(Seq, Hash)> =
+                batches.iter().flat_map(|b| canonical::leaves(b, self.key.digest_key())).collect();
+            let leaves = exact_range(leaves, first, sealed_seq).ok_or_else(|| IntegrityError::Incomplete {
+                file: "(sealed batches)".into(),
+                first,
+                last: sealed_seq,
+            })?;
+            let checkpoint = self.log.append(&self.key, first, &leaves)?;
+            info!(index = checkpoint.index, first, last = sealed_seq, root = %checkpoint.root, "checkpoint signed");
+        }
+        Ok(())
+    }
+}
+
+impl SealWitness for Integrity {
+    fn sealed(
+        &self,
+        store: &SegmentStore,
+        segments: &[Arc<LiveSegment>],
+        sealed_seq: Seq,
+        fresh: Option<(Seq, &[RecordBatch])>,
+    ) {
+        // The events are durable and published already; a checkpoint that
+        // fails now is caught up with at the next seal or start.
+        if let Err(e) = self.checkpoint_through(store, segments, sealed_seq, fresh) {
+            error!(error = %e, sealed_seq, "checkpoint failed; retried at the next seal");
+        }
+    }
+}
+
+/// `leaves` sorted by seq, if they are exactly `first..=last` once each.
+fn exact_range(mut leaves: Vec<(Seq, Hash)>, first: Seq, last: Seq) -> Option<Vec<Hash>> {
+    leaves.retain(|(seq, _)| (first..=last).contains(seq));
+    leaves.sort_unstable_by_key(|(seq, _)| *seq);
+    let exact =
+        leaves.len() as Seq == last - first + 1 && leaves.iter().zip(first..).all(|((seq, _), want)| *seq == want);
+    exact.then(|| leaves.into_iter().map(|(_, leaf)| leaf).collect())
+}
+
+/// The key by which rows of a segment must be ordered (see
+/// [`crate::storage::segment::SORT_COLUMNS`]).
+pub type SortKey = (String, String, i64, Seq);
+
+/// One segment's rows read back: `(seq, leaf)` in storage order, and the
+/// first pair of neighbouring rows out of segment order, if any.
+pub struct SegmentRows {
+    pub leaves: Vec<(Seq, Hash)>,
+    pub out_of_order: Option<(Seq, Seq)>,
+}
+
+/// Reads every row of a segment and hashes it.
+pub fn read_segment(
+    store: &SegmentStore,
+    segment: &LiveSegment,
+    digest_key: &ring::hmac::Key,
+) -> Result<SegmentRows, StorageError> {
+    let schema = packed::segment_schema();
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut rows = SegmentRows { leaves: Vec::with_capacity(segment.meta.rows as usize), out_of_order: None };
+    let mut previous: Option<SortKey> = None;
+    for_each_batch(store, segment.scan_columns(&columns)?, |batch| {
+        let (orgs, actors) = (batch.column_by_name("org_id"), batch.column_by_name("actor_id"));
+        let (orgs, actors) = (orgs.expect("org_id").as_string::<i32>(), actors.expect("actor_id").as_string::<i32>());
+        let times = batch.column_by_name("time").expect("time").as_primitive::<TimestampMicrosecondType>();
+        let seqs = batch.column_by_name("seq").expect("seq").as_primitive::<Int64Type>();
+        let key = |row: usize| (orgs.value(row), actors.value(row), times.value(row), seqs.value(row) as Seq);
+        for row in 0..batch.num_rows() {
+            let here = key(row);
+            let before = match row {
+                0 => previous.as_ref().map(|(o, a, t, s)| (o.as_str(), a.as_str(), *t, *s)),
+                _ => Some(key(row - 1)),
+            };
+            if let Some(before) = before
+                && before > here
+                && rows.out_of_order.is_none()
+            {
+                rows.out_of_order = Some((before.3, here.3));
+            }
+        }
+        if batch.num_rows() > 0 {
+            let (o, a, t, s) = key(batch.num_rows() - 1);
+            previous = Some((o.to_string(), a.to_string(), t, s));
+        }
+        rows.leaves.extend(canonical::leaves(&batch, digest_key));
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+fn segment_leaves(
+    store: &SegmentStore,
+    segment: &LiveSegment,
+    digest_key: &ring::hmac::Key,
+) -> Result<Vec<(Seq, Hash)>, StorageError> {
+    Ok(read_segment(store, segment, digest_key)?.leaves)
+}

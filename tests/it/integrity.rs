@@ -1,0 +1,298 @@
+//! Tamper evidence: a log sealed with a signing key verifies `ok`, and each
+//! kind of tampering an auditor must catch makes `auditlake verify` name it
+//! and exit with 2.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use auditlake::integrity::{Integrity, SigningKey};
+use auditlake::model::Event;
+use auditlake::storage::packed;
+use auditlake::storage::{Storage, StorageConfig};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+use serde_json::Value;
+
+const SEGMENTS: usize = 3;
+const EVENTS_PER_SEGMENT: usize = 600;
+
+fn event(i: usize) -> Event {
+    Event {
+        time_us: 1_790_000_000_000_000 + i as i64 * 1_000_000,
+        received_at_us: 1_790_000_000_000_000,
+        id: format!("ev-{i}"),
+        org_id: ["acme", "globex"][i % 2].into(),
+        actor_id: format!("user-{}", i % 7),
+        action: "confluence.page.viewed".into(),
+        content_id: Some(format!("page-{}", i % 50)),
+        content_title: Some(format!("Page {}", i % 50)),
+        source_ip: Some("10.0.0.1".into()),
+        ..Event::default()
+    }
+}
+
+fn config(dir: &Path, key: Option<&Path>) -> StorageConfig {
+    let witness = key.map(|key| {
+        let key = Arc::new(SigningKey::load(key, dir).unwrap());
+        Arc::new(Integrity::open(key, dir).unwrap()) as Arc<dyn auditlake::storage::SealWitness>
+    });
+    StorageConfig { witness, ..StorageConfig::new(dir) }
+}
+
+/// Appends `segments` batches of events after `from`, sealing each.
+fn seal_batches(storage: &Storage, from: usize, segments: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for s in 0..segments {
+        let start = from + s * EVENTS_PER_SEGMENT;
+        runtime.block_on(storage.append((start..start + EVENTS_PER_SEGMENT).map(event).collect())).unwrap();
+        storage.seal_now().unwrap().expect("a segment");
+    }
+}
+
+/// A key outside any data directory, and a data directory of three sealed,
+/// checkpointed segments.
+fn sealed_log(root: &Path) -> (PathBuf, PathBuf) {
+    let key = root.join("keys/signing.key");
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    SigningKey::create(&key).unwrap();
+    let data = root.join("data");
+    let storage = Storage::open(config(&data, Some(&key))).unwrap();
+    seal_batches(&storage, 0, SEGMENTS);
+    storage.shutdown();
+    (data, key)
+}
+
+/// `auditlake verify`: its exit code and stdout.
+fn verify(data: &Path, key: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["verify", "--data-dir"])
+        .arg(data)
+        .arg("--signing-key")
+        .arg(key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    eprintln!("verify {}: {}", data.display(), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), stdout)
+}
+
+fn assert_tampered(data: &Path, key: &Path, expected: &[&str]) -> String {
+    let (code, stdout) = verify(data, key);
+    assert_eq!(code, Some(2), "verify must fail: {stdout}");
+    for line in expected {
+        assert!(stdout.contains(line), "expected {line:?} in:\n{stdout}");
+    }
+    stdout
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+fn manifest(data: &Path) -> Value {
+    serde_json::from_slice(&fs::read(data.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn write_manifest(data: &Path, manifest: &Value) {
+    fs::write(data.join("manifest.json"), serde_json::to_vec_pretty(manifest).unwrap()).unwrap();
+}
+
+/// The file of the `n`th segment, and the rows in it (segment schema).
+fn segment_rows(data: &Path, n: usize) -> (String, RecordBatch) {
+    let file = manifest(data)["segments"][n]["file"].as_str().unwrap().to_string();
+    let reader = ParquetRecordBatchReader::try_new(fs::File::open(data.join("segments").join(&file)).unwrap(), 8192);
+    let batches: Vec<RecordBatch> = reader.unwrap().map(Result::unwrap).collect();
+    (file.clone(), concat_batches(&packed::segment_schema(), &batches).unwrap())
+}
+
+/// What someone with write access to the files would do: replace a
+/// segment's rows with `rows`, as plain Parquet, and fix up the manifest so
+/// that the server would read the file.
+fn replace_segment(data: &Path, n: usize, file: &str, rows: &RecordBatch) {
+    let path = data.join("segments").join(file);
+    let mut writer = ArrowWriter::try_new(fs::File::create(&path).unwrap(), packed::segment_schema(), None).unwrap();
+    writer.write(rows).unwrap();
+    writer.close().unwrap();
+    let mut manifest = manifest(data);
+    let segment = &mut manifest["segments"][n];
+    segment["size_bytes"] = fs::metadata(&path).unwrap().len().into();
+    segment["rows"] = rows.num_rows().into();
+    segment.as_object_mut().unwrap().remove("content_index");
+    write_manifest(data, &manifest);
+}
+
+fn seqs(rows: &RecordBatch) -> Vec<i64> {
+    rows.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec()
+}
+
+/// `rows` with the `column` value of row `at` replaced by `value`.
+fn with_value(rows: &RecordBatch, column: &str, at: usize, value: &str) -> RecordBatch {
+    let index = rows.schema().index_of(column).unwrap();
+    let old = rows.column(index).as_string::<i32>();
+    let new: StringArray =
+        (0..old.len()).map(|i| if i == at { Some(value) } else { old.is_valid(i).then(|| old.value(i)) }).collect();
+    let mut columns = rows.columns().to_vec();
+    columns[index] = Arc::new(new);
+    RecordBatch::try_new(rows.schema(), columns).unwrap()
+}
+
+fn reorder(rows: &RecordBatch, order: Vec<u32>) -> RecordBatch {
+    take_record_batch(rows, &datafusion::arrow::array::UInt32Array::from(order)).unwrap()
+}
+
+#[test]
+fn a_sealed_log_verifies_and_a_key_given_later_checkpoints_what_came_before() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, key) = sealed_log(root.path());
+    let (code, stdout) = verify(&data, &key);
+    assert_eq!((code, stdout.trim()), (Some(0), "ok"));
+    let lines = fs::read_to_string(data.join("integrity/checkpoints.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), SEGMENTS, "one checkpoint per seal");
+
+    // Sealed without a key, then opened with one: the gap is checkpointed
+    // from the segments at start, and the chain goes on from there.
+    for (key, from, segments) in [(None, SEGMENTS, 2), (Some(key.as_path()), SEGMENTS + 2, 1)] {
+        let storage = Storage::open(config(&data, key)).unwrap();
+        seal_batches(&storage, from * EVENTS_PER_SEGMENT, segments);
+        storage.shutdown();
+    }
+    let lines = fs::read_to_string(data.join("integrity/checkpoints.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(lines.lines().count(), SEGMENTS + 3);
+    assert_eq!((last["index"].as_u64(), last["last_seq"].as_u64()), (Some(5), Some(3600)));
+    let (code, stdout) = verify(&data, &key);
+    assert_eq!((code, stdout.trim()), (Some(0), "ok"));
+
+    // Another key vouches for nothing here.
+    let other = root.path().join("keys/other.key");
+    SigningKey::create(&other).unwrap();
+    assert_tampered(&data, &other, &["bad signature: checkpoint 0 (line 1, seqs 1..=600) is not signed by key"]);
+}
+
+#[test]
+fn each_kind_of_tampering_is_detected_and_named() {
+    let root = tempfile::tempdir().unwrap();
+    let (pristine, key) = sealed_log(root.path());
+    let case = |name: &str| {
+        let dir = root.path().join(name);
+        copy_dir(&pristine, &dir);
+        dir
+    };
+
+    // A value edited inside a Parquet file: the block holding it is named.
+    let data = case("edited");
+    let (file, rows) = segment_rows(&data, 1);
+    let at = 100;
+    let seq = seqs(&rows)[at];
+    replace_segment(&data, 1, &file, &with_value(&rows, "action", at, "confluence.page.exported"));
+    let block_start = 601 + (seq - 601) / 256 * 256;
+    let block_end = (block_start + 255).min(1200);
+    let stdout = assert_tampered(
+        &data,
+        &key,
+        &[&format!(
+            "modified: an event among seqs {block_start}..={block_end} (segment {file}) differs from checkpoint 1"
+        )],
+    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("modified")).count(), 1, "{stdout}");
+
+    // UGC edited is caught as well: it enters through its digest.
+    let data = case("edited-ugc");
+    let (file, rows) = segment_rows(&data, 0);
+    replace_segment(&data, 0, &file, &with_value(&rows, "content_title", 3, "Nothing to see"));
+    assert_tampered(&data, &key, &["modified: an event among seqs", "differs from checkpoint 0"]);
+
+    // A row deleted: its seq is named.
+    let data = case("deleted");
+    let (file, rows) = segment_rows(&data, 2);
+    let gone = seqs(&rows)[42];
+    let kept: Vec<u32> = (0..rows.num_rows() as u32).filter(|&i| i != 42).collect();
+    replace_segment(&data, 2, &file, &reorder(&rows, kept));
+    assert_tampered(&data, &key, &[&format!("missing: segment {file} lacks seqs {gone}..={gone}")]);
+
+    // Two rows swapped.
+    let data = case("swapped");
+    let (file, rows) = segment_rows(&data, 1);
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    order.swap(10, 11);
+    let (a, b) = (seqs(&rows)[10], seqs(&rows)[11]);
+    replace_segment(&data, 1, &file, &reorder(&rows, order));
+    assert_tampered(
+        &data,
+        &key,
+        &[&format!(
+            "reordered: segment {file}: the row of seq {a} comes after the row of seq {b}, out of segment order"
+        )],
+    );
+
+    // A segment dropped, file and manifest entry.
+    let data = case("dropped");
+    let mut m = manifest(&data);
+    let file = m["segments"][1]["file"].as_str().unwrap().to_string();
+    m["segments"].as_array_mut().unwrap().remove(1);
+    write_manifest(&data, &m);
+    fs::remove_file(data.join("segments").join(&file)).unwrap();
+    assert_tampered(&data, &key, &["missing: no segment holds seqs 601..=1200 (the manifest lists none)"]);
+
+    // A segment file deleted behind the manifest's back.
+    let data = case("file-gone");
+    let file = manifest(&data)["segments"][2]["file"].as_str().unwrap().to_string();
+    fs::remove_file(data.join("segments").join(&file)).unwrap();
+    assert_tampered(&data, &key, &[&format!("missing: segment file {file} (seqs 1201..=1800) is gone")]);
+
+    // The manifest replaced by an older one, without the last segment.
+    let data = case("old-manifest");
+    let mut m = manifest(&data);
+    m["segments"].as_array_mut().unwrap().pop();
+    m["sealed_seq"] = 1200.into();
+    write_manifest(&data, &m);
+    assert_tampered(
+        &data,
+        &key,
+        &["missing: the manifest says seqs up to 1200 are sealed, but checkpoints cover up to 1800"],
+    );
+
+    // A checkpoint forged: its root changed; the chain after it breaks too.
+    let data = case("forged");
+    let path = data.join("integrity/checkpoints.jsonl");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines[1]["root"] = "00".repeat(32).into();
+    let forged: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    fs::write(&path, forged.join("\n") + "\n").unwrap();
+    assert_tampered(
+        &data,
+        &key,
+        &[
+            "bad signature: checkpoint 1 (line 2, seqs 601..=1200) is not signed by key",
+            "broken chain: checkpoint 2 (line 3) does not follow checkpoint 1",
+        ],
+    );
+
+    // A checkpoint dropped from the middle of the log.
+    let data = case("cut");
+    let path = data.join("integrity/checkpoints.jsonl");
+    let text = fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 1).map(|(_, l)| l).collect();
+    fs::write(&path, kept.join("\n") + "\n").unwrap();
+    assert_tampered(&data, &key, &["broken chain: checkpoint 2 (line 2) does not follow checkpoint 0"]);
+
+    // A row added under a seq the segment already holds.
+    let data = case("extra");
+    let (file, rows) = segment_rows(&data, 0);
+    let mut order: Vec<u32> = (0..rows.num_rows() as u32).collect();
+    order.insert(1, 0);
+    let dup = seqs(&rows)[0];
+    replace_segment(&data, 0, &file, &reorder(&rows, order));
+    assert_tampered(&data, &key, &[&format!("extra: segment {file} holds seq {dup} more than once")]);
+
+    // And the untouched copy still verifies.
+    let (code, stdout) = verify(&pristine, &key);
+    assert_eq!((code, stdout.trim()), (Some(0), "ok"));
+}
