@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use datafusion::arrow::array::RecordBatch;
 use tracing::{info, warn};
 
 use crate::exporter::{self, ExportFormat, ExportRequest};
@@ -121,6 +122,19 @@ enum OrgCommand {
         #[command(flatten)]
         offline: OfflineArgs,
     },
+    /// Erase one actor's UGC from the organisation's stored events (a data
+    /// subject's request): their UGC fields and the organisation's UGC
+    /// attribute keys are dropped, everything else is kept, and the erasure
+    /// is recorded as an event of the organisation. Run it with the server
+    /// stopped; in a checkpointed data directory give --signing-key, so the
+    /// events keep verifying.
+    Erase {
+        org: String,
+        #[arg(long)]
+        actor: String,
+        #[command(flatten)]
+        offline: OfflineArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +239,41 @@ impl OfflineArgs {
     fn policies(&self) -> anyhow::Result<Policies> {
         let key = self.ugc_key_file.as_deref().map(UgcKey::load).transpose()?.map(Arc::new);
         Ok(Policies::in_data_dir(&self.data_dir, key))
+    }
+
+    /// Opens the data directory and rewrites `org`'s stored UGC with
+    /// `rewrite`; in a checkpointed directory, each changed row keeps the
+    /// digest its checkpoint covers. The storage, and how many segments were
+    /// rewritten.
+    fn rewrite_ugc<E: std::fmt::Display>(
+        &self,
+        org: &str,
+        rewrite: impl Fn(&RecordBatch) -> Result<RecordBatch, E>,
+    ) -> anyhow::Result<(Storage, usize)> {
+        let key = match &self.signing_key {
+            Some(path) => Some(integrity::SigningKey::load(path, &self.data_dir)?),
+            None if integrity::is_checkpointed(&self.data_dir) => anyhow::bail!(
+                "{} is checkpointed: give --signing-key, so that rewritten events keep the digests their checkpoints cover",
+                self.data_dir.display()
+            ),
+            None => None,
+        };
+        let storage = self.open()?;
+        let as_storage_error = |e: E| storage::StorageError::Rewrite(e.to_string());
+        let rewritten = match &key {
+            Some(key) => {
+                let keeping = integrity::canonical::keeping_digests(key.digest_key(), &rewrite);
+                storage.rewrite_org(org, &|batch| keeping(batch).map_err(as_storage_error))
+            }
+            None => storage.rewrite_org(org, &|batch| rewrite(batch).map_err(as_storage_error)),
+        };
+        match rewritten {
+            Ok(n) => Ok((storage, n)),
+            Err(e) => {
+                storage.shutdown();
+                Err(e.into())
+            }
+        }
     }
 
     /// Opens the storage engine on the data directory (blocking).
@@ -690,6 +739,30 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records what an operator did to stored events as an event of the
+/// organisation, so that its investigators see it beside the events.
+fn record_operator_event(storage: &Storage, org: &str, action: &str, attributes: serde_json::Value) {
+    let now = chrono::Utc::now().timestamp_micros();
+    let operator = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let event = crate::model::Event {
+        time_us: now,
+        received_at_us: now,
+        id: uuid::Uuid::now_v7().to_string(),
+        org_id: org.to_string(),
+        actor_id: format!("os:{operator}"),
+        actor_type: Some("operator".into()),
+        action: action.to_string(),
+        category: Some("admin".into()),
+        outcome: Some("success".into()),
+        product: Some("auditlake".into()),
+        attributes: Some(attributes.to_string()),
+        ..Default::default()
+    };
+    if let Err(e) = tokio::runtime::Handle::current().block_on(storage.append(vec![event])) {
+        eprintln!("warning: {action} could not be recorded as an event: {e}");
+    }
+}
+
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let key = integrity::SigningKey::load(&args.signing_key, &args.data_dir)?;
     // The server holds the data directory's lock; a merge it runs would
@@ -749,11 +822,21 @@ fn org(command: OrgCommand) -> anyhow::Result<()> {
                 say(&format!("{org} stores UGC as sent: nothing to rewrite."));
                 return Ok(());
             };
-            let storage = offline.open()?;
-            let rewritten = storage
-                .rewrite_org(&org, &|batch| rewrite(batch).map_err(|e| storage::StorageError::Rewrite(e.to_string())));
+            let policy = policies.of(&org)?.ugc;
+            let (storage, rewritten) = offline.rewrite_ugc(&org, rewrite)?;
+            let attributes = serde_json::json!({"segments": rewritten, "ugc": policy.to_string()});
+            record_operator_event(&storage, &org, "auditlake.org.rewritten", attributes);
             storage.shutdown();
-            say(&format!("{org}: {} segment(s) rewritten to its policy ({}).", rewritten?, policies.of(&org)?.ugc));
+            say(&format!("{org}: {rewritten} segment(s) rewritten to its policy ({policy})."));
+        }
+        OrgCommand::Erase { org, actor, offline } => {
+            let policies = offline.policies()?;
+            let eraser = policies.eraser(&org, &actor)?;
+            let (storage, rewritten) = offline.rewrite_ugc(&org, eraser)?;
+            let attributes = serde_json::json!({"erased_actor": actor, "segments": rewritten});
+            record_operator_event(&storage, &org, "auditlake.ugc.erased", attributes);
+            storage.shutdown();
+            say(&format!("{org}: UGC of actor {actor} erased ({rewritten} segment(s) rewritten)."));
         }
     }
     Ok(())

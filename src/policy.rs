@@ -242,7 +242,7 @@ impl Policies {
             UgcMode::Hash => Some(self.key.as_deref().ok_or_else(|| PolicyError::NoKey { org: org.to_string() })?),
             UgcMode::Drop => None,
         };
-        Ok(Some(Protect { org, policy, key, keep_hashed }))
+        Ok(Some(Protect { org, policy, key, keep_hashed, actor: None }))
     }
 
     /// A rewrite of stored batches to `org`'s current policy: each batch
@@ -263,8 +263,24 @@ impl Policies {
         }
         Ok(Some(move |batch: &RecordBatch| {
             let key = if policy.ugc == UgcMode::Hash { key.as_deref() } else { None };
-            Protect { org: &org, policy: &policy, key, keep_hashed: true }.batch(batch)
+            Protect { org: &org, policy: &policy, key, keep_hashed: true, actor: None }.batch(batch)
         }))
+    }
+
+    /// A rewrite of stored batches that erases one actor's UGC in one
+    /// organisation (a data subject's request): the UGC fields and the
+    /// organisation's UGC attribute keys of that actor's events are dropped,
+    /// as a `drop` policy would have; everything else stays.
+    pub fn eraser(
+        &self,
+        org: &str,
+        actor: &str,
+    ) -> Result<impl Fn(&RecordBatch) -> Result<RecordBatch, PolicyError>, PolicyError> {
+        let policy = OrgPolicy { ugc: UgcMode::Drop, ..self.of(org)? };
+        let (org, actor) = (org.to_string(), actor.to_string());
+        Ok(move |batch: &RecordBatch| {
+            Protect { org: &org, policy: &policy, key: None, keep_hashed: false, actor: Some(&actor) }.batch(batch)
+        })
     }
 }
 
@@ -358,6 +374,8 @@ struct Protect<'a> {
     /// Leave values that are hashed already as they are (rewriting stored
     /// events, some of which arrived under the policy).
     keep_hashed: bool,
+    /// Only this actor's rows (erasure); every row of the organisation if `None`.
+    actor: Option<&'a str>,
 }
 
 impl Protect<'_> {
@@ -405,7 +423,10 @@ impl Protect<'_> {
     /// The batch with this organisation's rows protected; other rows as they were.
     fn batch(&self, batch: &RecordBatch) -> Result<RecordBatch, PolicyError> {
         let orgs = batch.column_by_name("org_id").expect("org_id column").as_string::<i32>();
-        let ours: Vec<bool> = (0..batch.num_rows()).map(|row| orgs.value(row) == self.org).collect();
+        let actors = batch.column_by_name("actor_id").expect("actor_id column").as_string::<i32>();
+        let ours: Vec<bool> = (0..batch.num_rows())
+            .map(|row| orgs.value(row) == self.org && self.actor.is_none_or(|a| actors.value(row) == a))
+            .collect();
         let mut columns = batch.columns().to_vec();
         for (i, field) in batch.schema().fields().iter().enumerate() {
             let name = field.name().as_str();

@@ -23,7 +23,9 @@
 //! received in a [`STORED_DIGEST_COLUMN`] of their segment (NULL elsewhere,
 //! which Parquet stores in a few bits); the encoding takes it from there.
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, FixedSizeBinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use ring::hmac;
 
@@ -59,7 +61,7 @@ pub const UGC_DIGEST_FIELDS: [&str; 4] = ["content_id", "content_title", "contai
 
 /// The segment column holding a row's UGC digest where its UGC values are
 /// no longer those received.
-pub const STORED_DIGEST_COLUMN: &str = "ugc_digest";
+pub const STORED_DIGEST_COLUMN: &str = packed::UGC_DIGEST_COLUMN;
 
 /// The columns of a batch that the encoding reads, by position.
 struct Columns<'a> {
@@ -67,7 +69,6 @@ struct Columns<'a> {
     time: &'a [i64],
     received_at: &'a [i64],
     plain: Vec<&'a StringArray>,
-    ugc: Vec<&'a StringArray>,
 }
 
 impl<'a> Columns<'a> {
@@ -81,7 +82,6 @@ impl<'a> Columns<'a> {
             time: micros("time"),
             received_at: micros("received_at"),
             plain: PLAIN_FIELDS.iter().map(|f| text(f)).collect(),
-            ugc: UGC_DIGEST_FIELDS.iter().map(|f| text(f)).collect(),
         }
     }
 }
@@ -97,10 +97,26 @@ fn put_text(out: &mut Vec<u8>, values: &StringArray, row: usize) {
     }
 }
 
+/// The UGC digest of each row of a batch (table or segment schema): the
+/// stored one where the row has one, else computed from its values.
+pub fn ugc_digests(batch: &RecordBatch, digest_key: &hmac::Key) -> Vec<Hash> {
+    let stored = batch.column_by_name(STORED_DIGEST_COLUMN).map(|c| c.as_fixed_size_binary());
+    let seqs = batch.column_by_name("seq").expect("table column").as_primitive::<Int64Type>().values();
+    let text = |name: &str| batch.column_by_name(name).expect("table column").as_string::<i32>();
+    let values: Vec<&StringArray> = UGC_DIGEST_FIELDS.iter().map(|f| text(f)).collect();
+    let mut buffer = Vec::with_capacity(256);
+    (0..batch.num_rows())
+        .map(|row| match stored.filter(|d| d.is_valid(row)) {
+            Some(stored) => stored.value(row).try_into().expect("32-byte digests"),
+            None => ugc_digest(seqs[row], &values, row, digest_key, &mut buffer),
+        })
+        .collect()
+}
+
 /// The leaf hashes of a batch's rows, in row order, with `(seq, leaf)`.
 /// The batch is of the table's schema or of the segment schema.
 pub fn leaves(batch: &RecordBatch, digest_key: &hmac::Key) -> Vec<(Seq, Hash)> {
-    let stored = batch.column_by_name(STORED_DIGEST_COLUMN).map(|c| c.as_fixed_size_binary().clone());
+    let digests = ugc_digests(batch, digest_key);
     let unpacked;
     let batch = if batch.schema().field_with_name("id").is_ok() {
         batch
@@ -110,15 +126,9 @@ pub fn leaves(batch: &RecordBatch, digest_key: &hmac::Key) -> Vec<(Seq, Hash)> {
     };
     let columns = Columns::of(batch);
     let mut data = Vec::with_capacity(512);
-    let mut ugc = Vec::with_capacity(256);
     (0..batch.num_rows())
         .map(|row| {
             let seq = columns.seq[row];
-            let digest = match stored.as_ref().filter(|d| d.is_valid(row)) {
-                Some(stored) => stored.value(row).try_into().expect("32-byte digests"),
-                None => ugc_digest(seq, &columns.ugc, row, digest_key, &mut ugc),
-            };
-
             data.clear();
             data.extend_from_slice(LEAF_DOMAIN);
             data.extend_from_slice(&seq.to_be_bytes());
@@ -127,10 +137,45 @@ pub fn leaves(batch: &RecordBatch, digest_key: &hmac::Key) -> Vec<(Seq, Hash)> {
             for values in &columns.plain {
                 put_text(&mut data, values, row);
             }
-            data.extend_from_slice(&digest);
+            data.extend_from_slice(&digests[row]);
             (seq as Seq, merkle::leaf_hash(&data))
         })
         .collect()
+}
+
+/// Wraps a rewrite of stored batches (segment schema) that may change UGC
+/// values, so that every row whose UGC it changes keeps the digest of its
+/// UGC as received in [`STORED_DIGEST_COLUMN`], and so its leaf.
+pub fn keeping_digests<'a, E>(
+    digest_key: &'a hmac::Key,
+    rewrite: impl Fn(&RecordBatch) -> Result<RecordBatch, E> + 'a,
+) -> impl Fn(&RecordBatch) -> Result<RecordBatch, E> + 'a {
+    move |batch: &RecordBatch| {
+        let digests = ugc_digests(batch, digest_key);
+        let rewritten = rewrite(batch)?;
+        let already = batch.column_by_name(STORED_DIGEST_COLUMN).map(|c| c.as_fixed_size_binary());
+        let before: Vec<&StringArray> = UGC_DIGEST_FIELDS
+            .iter()
+            .map(|f| batch.column_by_name(f).expect("table column").as_string::<i32>())
+            .collect();
+        let after: Vec<&StringArray> = UGC_DIGEST_FIELDS
+            .iter()
+            .map(|f| rewritten.column_by_name(f).expect("table column").as_string::<i32>())
+            .collect();
+        let same = |a: &StringArray, b: &StringArray, row: usize| {
+            a.is_valid(row) == b.is_valid(row) && (a.is_null(row) || a.value(row) == b.value(row))
+        };
+        let keep = (0..batch.num_rows()).map(|row| {
+            let changed = before.iter().zip(&after).any(|(a, b)| !same(a, b, row));
+            let stored = already.is_some_and(|d| d.is_valid(row));
+            (changed || stored).then_some(digests[row])
+        });
+        let column = FixedSizeBinaryArray::try_from_sparse_iter_with_size(keep, 32).expect("32-byte digests");
+        let index = rewritten.schema().index_of(STORED_DIGEST_COLUMN).expect("segment schema");
+        let mut columns = rewritten.columns().to_vec();
+        columns[index] = Arc::new(column);
+        Ok(RecordBatch::try_new(rewritten.schema(), columns).expect("same schema"))
+    }
 }
 
 fn ugc_digest(seq: i64, values: &[&StringArray], row: usize, key: &hmac::Key, buffer: &mut Vec<u8>) -> Hash {

@@ -54,6 +54,12 @@ impl IntegrityError {
     }
 }
 
+/// Whether `data_dir` has a checkpoint log (then every change to stored
+/// UGC must keep the digests checkpoints cover).
+pub fn is_checkpointed(data_dir: &Path) -> bool {
+    data_dir.join(checkpoint::INTEGRITY_DIR).join(checkpoint::CHECKPOINTS_FILE).metadata().is_ok_and(|m| m.len() > 0)
+}
+
 /// The seal witness of a server or bulk load run with a signing key.
 #[derive(Debug)]
 pub struct Integrity {

@@ -1019,7 +1019,8 @@ fn with_seq(batch: RecordBatch, first_seq: Seq) -> RecordBatch {
     let mut columns = batch.columns().to_vec();
     let first = first_seq as i64;
     let seq = Int64Array::from_iter_values((0..batch.num_rows() as i64).map(|i| first + i));
-    *columns.last_mut().expect("seq is the last column") = Arc::new(seq);
+    let at = batch.schema().index_of("seq").expect("a seq column");
+    columns[at] = Arc::new(seq);
     RecordBatch::try_new(batch.schema(), columns).expect("same schema")
 }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch, StringArray, StringBuilder,
+    new_null_array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::ArrowSchemaConverter;
@@ -30,6 +31,12 @@ use crate::model;
 pub const PACKED_COLUMNS: [&str; 2] = ["id", "request_id"];
 const UUID_BYTES: i32 = 16;
 const UUID_TEXT_BYTES: usize = 36;
+
+/// The segment column that holds, for a row whose UGC was rewritten or
+/// erased after ingest, the digest of its UGC as received (see
+/// `integrity::canonical`); NULL in every other row. Not a table column.
+pub const UGC_DIGEST_COLUMN: &str = "ugc_digest";
+const UGC_DIGEST_BYTES: i32 = 32;
 
 pub fn is_packed(column: &str) -> bool {
     PACKED_COLUMNS.contains(&column)
@@ -55,6 +62,7 @@ static SEGMENT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
             fields.push(field.as_ref().clone());
         }
     }
+    fields.push(Field::new(UGC_DIGEST_COLUMN, DataType::FixedSizeBinary(UGC_DIGEST_BYTES), true));
     Arc::new(Schema::new(fields))
 });
 
@@ -115,6 +123,9 @@ pub fn pack_with_uuids(batch: &RecordBatch, uuids: [&[Option<[u8; 16]>]; PACKED_
             }
             None => columns.push(Arc::clone(column)),
         }
+    }
+    if batch.column_by_name(UGC_DIGEST_COLUMN).is_none() {
+        columns.push(new_null_array(&DataType::FixedSizeBinary(UGC_DIGEST_BYTES), batch.num_rows()));
     }
     RecordBatch::try_new(segment_schema(), columns).expect("pack follows the segment schema")
 }
@@ -237,7 +248,9 @@ mod tests {
         );
         let packed = pack(&batch);
         assert_eq!(packed.schema(), segment_schema());
-        assert_eq!(packed.num_columns(), batch.num_columns() + PACKED_COLUMNS.len());
+        // Each packed column split in two, and the stored UGC digests, NULL.
+        assert_eq!(packed.num_columns(), batch.num_columns() + PACKED_COLUMNS.len() + 1);
+        assert_eq!(packed.column_by_name(UGC_DIGEST_COLUMN).unwrap().null_count(), 2);
         for column in PACKED_COLUMNS {
             let uuids = packed.column_by_name(&uuid_column(column)).unwrap().as_fixed_size_binary();
             let others = packed.column_by_name(&text_column(column)).unwrap().as_string::<i32>();

@@ -56,7 +56,7 @@ const BLOOM_FILTER_COLUMNS: [&str; 3] = ["actor_id", "content_id", "source_ip"];
 const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 /// Near-unique columns: ids (see [`packed`]). A dictionary would only be
 /// built and abandoned.
-const NO_DICTIONARY_COLUMNS: [&str; 4] = ["id_uuid", "id_text", "request_id_uuid", "request_id_text"];
+const NO_DICTIONARY_COLUMNS: [&str; 5] = ["id_uuid", "id_text", "request_id_uuid", "request_id_text", "ugc_digest"];
 /// Columns whose min/max statistics prune nothing, so computing them (a tenth
 /// of a bulk load's encoding time) is wasted: random or free text (ids,
 /// titles, user agents; exact lookups of ids are for bloom filters), and
@@ -64,7 +64,8 @@ const NO_DICTIONARY_COLUMNS: [&str; 4] = ["id_uuid", "id_text", "request_id_uuid
 /// from end to end (categories, outcomes, products, locations, content types).
 /// Columns that queries narrow by (time, org, actor, action, content, IP) keep
 /// theirs.
-const NO_STATISTICS_COLUMNS: [&str; 15] = [
+const NO_STATISTICS_COLUMNS: [&str; 16] = [
+    "ugc_digest",
     "id_uuid",
     "id_text",
     "request_id_uuid",
