@@ -18,7 +18,7 @@ use crate::exporter::{self, ExportFormat, ExportRequest};
 use crate::import::{self, ImportFormat};
 use crate::ingest::tokens::{TokenScope, Tokens};
 use crate::ingest::{self, demo};
-use crate::policy::{OrgPolicy, Policies, UgcKey, UgcMode};
+use crate::policy::{Policies, UgcKey, UgcMode};
 use crate::server::users::{Role, Users};
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{self, Storage, StorageConfig};
@@ -110,8 +110,24 @@ enum OrgCommand {
         /// replaces the policy's list when given.
         #[arg(long = "attribute-key", value_name = "KEY", requires = "ugc")]
         attribute_keys: Vec<String>,
+        /// Remove events older than this many days (0: keep for ever, the
+        /// default). A server removes them hourly; `org expire` now.
+        #[arg(long, value_name = "DAYS")]
+        retention_days: Option<u32>,
+        /// on: nothing of the organisation's is removed or rewritten (no
+        /// retention, erasure or UGC rewrite) until it is set off again.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        legal_hold: Option<bool>,
         #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
         data_dir: PathBuf,
+    },
+    /// Remove, now, the events each organisation's retention lets go
+    /// (a running server does this hourly). Run it with the server stopped;
+    /// in a checkpointed data directory give --signing-key, so that each
+    /// removal is recorded for `verify`.
+    Expire {
+        #[command(flatten)]
+        offline: OfflineArgs,
     },
     /// Apply the organisation's current policy to the events already stored:
     /// seals the WAL into segments, then rewrites every segment holding the
@@ -241,6 +257,18 @@ impl OfflineArgs {
         Ok(Policies::in_data_dir(&self.data_dir, key))
     }
 
+    /// Stored events of a checkpointed data directory change only with the
+    /// signing key, which keeps their digests and records removals.
+    fn refuse_unrecorded_changes(&self) -> anyhow::Result<()> {
+        if self.signing_key.is_none() && integrity::is_checkpointed(&self.data_dir) {
+            anyhow::bail!(
+                "{} is checkpointed: give --signing-key, so that changed events keep verifying",
+                self.data_dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Opens the data directory and rewrites `org`'s stored UGC with
     /// `rewrite`; in a checkpointed directory, each changed row keeps the
     /// digest its checkpoint covers. The storage, and how many segments were
@@ -250,14 +278,9 @@ impl OfflineArgs {
         org: &str,
         rewrite: impl Fn(&RecordBatch) -> Result<RecordBatch, E>,
     ) -> anyhow::Result<(Storage, usize)> {
-        let key = match &self.signing_key {
-            Some(path) => Some(integrity::SigningKey::load(path, &self.data_dir)?),
-            None if integrity::is_checkpointed(&self.data_dir) => anyhow::bail!(
-                "{} is checkpointed: give --signing-key, so that rewritten events keep the digests their checkpoints cover",
-                self.data_dir.display()
-            ),
-            None => None,
-        };
+        self.refuse_unrecorded_changes()?;
+        let key =
+            self.signing_key.as_deref().map(|path| integrity::SigningKey::load(path, &self.data_dir)).transpose()?;
         let storage = self.open()?;
         let as_storage_error = |e: E| storage::StorageError::Rewrite(e.to_string());
         let rewritten = match &key {
@@ -415,6 +438,9 @@ struct ServeArgs {
     /// about 40 bytes of memory per event received in the window.
     #[arg(long, default_value_t = storage::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS)]
     idempotency_window_hours: u64,
+    /// How often organisations' retention is applied (milliseconds).
+    #[arg(long, default_value_t = StorageConfig::new("").retention_interval_ms)]
+    retention_interval_ms: u64,
     /// Most concurrent Postgres connections.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_pg_connections: usize,
@@ -535,7 +561,19 @@ impl ServeArgs {
             },
             idempotency_window_ms: self.idempotency_window_hours.saturating_mul(3_600_000),
             witness: witness(self.signing_key.as_deref(), &self.data_dir)?,
+            retention: self.retention()?,
+            retention_interval_ms: self.retention_interval_ms,
         })
+    }
+
+    /// Where the server learns what retention lets go; `None` when removals
+    /// could not be recorded (a checkpointed directory without the key).
+    fn retention(&self) -> anyhow::Result<Option<Arc<dyn storage::RetentionSource>>> {
+        if self.signing_key.is_none() && integrity::is_checkpointed(&self.data_dir) {
+            warn!("retention is not applied: this data directory is checkpointed and no --signing-key was given");
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(self.policies()?)))
     }
 }
 
@@ -739,6 +777,14 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, not {text:?}")),
+    }
+}
+
 /// Records what an operator did to stored events as an event of the
 /// organisation, so that its investigators see it beside the events.
 fn record_operator_event(storage: &Storage, org: &str, action: &str, attributes: serde_json::Value) {
@@ -804,17 +850,42 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
 
 fn org(command: OrgCommand) -> anyhow::Result<()> {
     match command {
-        OrgCommand::Policy { org, ugc, attribute_keys, data_dir } => {
+        OrgCommand::Policy { org, ugc, attribute_keys, retention_days, legal_hold, data_dir } => {
             let policies = Policies::in_data_dir(&data_dir, None);
+            let mut policy = policies.of(&org)?;
             if let Some(ugc) = ugc {
-                policies.set(&org, OrgPolicy { ugc, ugc_attribute_keys: attribute_keys })?;
+                policy.ugc = ugc;
+                policy.ugc_attribute_keys = attribute_keys;
+            }
+            if let Some(days) = retention_days {
+                policy.retention_days = (days > 0).then_some(days);
+            }
+            if let Some(hold) = legal_hold {
+                policy.legal_hold = hold;
+            }
+            if ugc.is_some() || retention_days.is_some() || legal_hold.is_some() {
+                policies.set(&org, policy)?;
             }
             let policy = policies.of(&org)?;
             let keys = policy.ugc_attribute_keys.join(",");
-            say(&format!("{org}\tugc={}\tattribute_keys={keys}", policy.ugc));
+            let retention = policy.retention_days.map_or_else(|| "forever".to_string(), |d| format!("{d}d"));
+            let hold = if policy.legal_hold { "on" } else { "off" };
+            say(&format!("{org}\tugc={}\tattribute_keys={keys}\tretention={retention}\tlegal_hold={hold}", policy.ugc));
             if ugc == Some(UgcMode::Hash) {
                 eprintln!("The server must run with --ugc-key-file to accept events of {org}.");
             }
+        }
+        OrgCommand::Expire { offline } => {
+            offline.refuse_unrecorded_changes()?;
+            let expiries = offline.policies()?.expiries(chrono::Utc::now().timestamp_micros())?;
+            let storage = offline.open()?;
+            let removed = storage.expire(&expiries);
+            storage.shutdown();
+            say(&format!(
+                "{} event(s) removed past retention ({} organisation(s) with a retention).",
+                removed?,
+                expiries.len()
+            ));
         }
         OrgCommand::Rewrite { org, offline } => {
             let policies = offline.policies()?;

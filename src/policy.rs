@@ -28,6 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Event;
+use crate::storage::Expiry;
 use crate::storage::settings::{from_hex32 as unhex32, to_hex as hex};
 use crate::storage::{SettingsError, WatchedFile, read_json, write_json, write_private_file};
 
@@ -88,6 +89,15 @@ pub struct OrgPolicy {
     /// Top-level keys of `attributes` that hold UGC too.
     #[serde(default)]
     pub ugc_attribute_keys: Vec<String>,
+    /// Events older than this many days are removed (hourly, by the
+    /// server, or by `auditlake org expire`); `None`, the default, keeps
+    /// them for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+    /// While set, nothing of the organisation's is removed or rewritten:
+    /// no retention, no erasure, no rewrite to a stricter UGC policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legal_hold: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -107,6 +117,10 @@ pub enum PolicyError {
     NoKey { org: String },
     #[error("invalid policy: {0}")]
     Invalid(String),
+    #[error(
+        "organisation {org:?} is under legal hold: nothing of it may be removed or rewritten until the hold is lifted (`auditlake org policy {org} --legal-hold off`)"
+    )]
+    LegalHold { org: String },
 }
 
 /// The UGC key: the secret every organisation's hashing key derives from.
@@ -253,6 +267,9 @@ impl Policies {
         org: &str,
     ) -> Result<Option<impl Fn(&RecordBatch) -> Result<RecordBatch, PolicyError>>, PolicyError> {
         let policy = self.of(org)?;
+        if policy.legal_hold {
+            return Err(PolicyError::LegalHold { org: org.to_string() });
+        }
         let org = org.to_string();
         let key = self.key.clone();
         if policy.ugc == UgcMode::Hash && key.is_none() {
@@ -277,9 +294,38 @@ impl Policies {
         actor: &str,
     ) -> Result<impl Fn(&RecordBatch) -> Result<RecordBatch, PolicyError>, PolicyError> {
         let policy = OrgPolicy { ugc: UgcMode::Drop, ..self.of(org)? };
+        if policy.legal_hold {
+            return Err(PolicyError::LegalHold { org: org.to_string() });
+        }
         let (org, actor) = (org.to_string(), actor.to_string());
         Ok(move |batch: &RecordBatch| {
             Protect { org: &org, policy: &policy, key: None, keep_hashed: false, actor: Some(&actor) }.batch(batch)
+        })
+    }
+}
+
+impl Policies {
+    /// What retention lets go as of `now_us`: for each organisation with a
+    /// retention and no legal hold, its events older than the retention.
+    pub fn expiries(&self, now_us: i64) -> Result<Vec<Expiry>, PolicyError> {
+        const DAY_US: i64 = 86_400_000_000;
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|(_, policy)| !policy.legal_hold)
+            .filter_map(|(org, policy)| {
+                let days = i64::from(policy.retention_days?);
+                Some(Expiry { org, before_us: now_us.saturating_sub(days * DAY_US) })
+            })
+            .collect())
+    }
+}
+
+impl crate::storage::RetentionSource for Policies {
+    fn expiries(&self, now_us: i64) -> Vec<Expiry> {
+        Policies::expiries(self, now_us).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "policies unreadable; no retention applied");
+            Vec::new()
         })
     }
 }
@@ -502,7 +548,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policies = with_key(dir.path());
         let keys = vec!["title".to_string(), "size".to_string()];
-        policies.set("acme", OrgPolicy { ugc: UgcMode::Hash, ugc_attribute_keys: keys }).unwrap();
+        policies.set("acme", OrgPolicy { ugc: UgcMode::Hash, ugc_attribute_keys: keys, ..Default::default() }).unwrap();
         let mut events = vec![event("acme"), event("acme"), event("globex")];
         policies.apply(&mut events).unwrap();
 
@@ -522,7 +568,7 @@ mod tests {
     fn drop_removes_every_ugc_field_and_named_attribute() {
         let dir = tempfile::tempdir().unwrap();
         let policies = Policies::in_data_dir(dir.path(), None);
-        let policy = OrgPolicy { ugc: UgcMode::Drop, ugc_attribute_keys: vec!["title".into()] };
+        let policy = OrgPolicy { ugc: UgcMode::Drop, ugc_attribute_keys: vec!["title".into()], ..Default::default() };
         policies.set("acme", policy.clone()).unwrap();
         assert_eq!(policies.of("acme").unwrap(), policy);
         let mut events = vec![event("acme")];
@@ -536,7 +582,9 @@ mod tests {
     fn hashing_without_a_key_is_refused_not_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let offline = Policies::in_data_dir(dir.path(), None);
-        offline.set("acme", OrgPolicy { ugc: UgcMode::Hash, ugc_attribute_keys: vec![] }).unwrap();
+        offline
+            .set("acme", OrgPolicy { ugc: UgcMode::Hash, ugc_attribute_keys: vec![], ..Default::default() })
+            .unwrap();
         assert!(matches!(offline.check_key(), Err(PolicyError::NoKey { org }) if org == "acme"));
         let mut events = vec![event("acme")];
         assert!(matches!(offline.apply(&mut events), Err(PolicyError::NoKey { .. })));
@@ -546,8 +594,12 @@ mod tests {
     fn recorded_statements_keep_their_shape_and_lose_their_values() {
         let dir = tempfile::tempdir().unwrap();
         let policies = with_key(dir.path());
-        policies.set("acme", OrgPolicy { ugc: UgcMode::Hash, ugc_attribute_keys: vec![] }).unwrap();
-        policies.set("globex", OrgPolicy { ugc: UgcMode::Drop, ugc_attribute_keys: vec![] }).unwrap();
+        policies
+            .set("acme", OrgPolicy { ugc: UgcMode::Hash, ugc_attribute_keys: vec![], ..Default::default() })
+            .unwrap();
+        policies
+            .set("globex", OrgPolicy { ugc: UgcMode::Drop, ugc_attribute_keys: vec![], ..Default::default() })
+            .unwrap();
         let record = |org: &str| Event {
             org_id: org.into(),
             attributes: Some(

@@ -219,6 +219,15 @@ async fn put_policy(
         return Err(IngestError::NotThisOrg(org));
     }
     let Json(policy) = body.map_err(|rejection| IngestError::Body(rejection.body_text()))?;
+    // Retention and legal hold are the operator's (`auditlake org policy`):
+    // an organisation's token must not lift a hold.
+    if policy.retention_days.is_some() || policy.legal_hold {
+        return Err(IngestError::Body(
+            "retention_days and legal_hold are set by the operator (auditlake org policy), not over HTTP".into(),
+        ));
+    }
+    let current = app.policies.of(&org)?;
+    let policy = OrgPolicy { retention_days: current.retention_days, legal_hold: current.legal_hold, ..policy };
     if policy.ugc == UgcMode::Hash && app.policies.key().is_none() {
         return Err(IngestError::NoUgcKey);
     }

@@ -27,6 +27,7 @@ use crate::storage::write_private_file;
 pub const INTEGRITY_DIR: &str = "integrity";
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 const BLOCKS_DIR: &str = "blocks";
+const REMOVALS_DIR: &str = "removals";
 const SEED_BYTES: usize = 32;
 /// Separates the UGC digest key from the signing key it derives from.
 const DIGEST_KEY_CONTEXT: &[u8] = b"auditlake ugc digest key v1\0";
@@ -116,14 +117,40 @@ pub fn public_key_path(key: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// What a line of the checkpoint log records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineKind {
+    /// A range of seqs sealed: `root` is the Merkle Tree Hash of its leaves.
+    #[default]
+    Events,
+    /// Events removed by an organisation's retention: `root` is the SHA-256
+    /// of the removal file listing their seqs and leaves.
+    Removal,
+}
+
+/// What a removal line adds: whose events, removed for being older than what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalScope {
+    pub org: String,
+    /// The retention cutoff, RFC 3339: every removed event is older.
+    pub before: String,
+    pub count: u64,
+}
+
 /// One line of the checkpoint log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub index: u64,
+    #[serde(default)]
+    pub kind: LineKind,
     pub first_seq: Seq,
     pub last_seq: Seq,
-    /// Merkle Tree Hash of the range's leaves, hex.
+    /// Merkle Tree Hash of the range's leaves (or, for a removal, SHA-256
+    /// of its removal file), hex.
     pub root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<RemovalScope>,
     /// [`Checkpoint::chain_hash`] of the line before, hex; zeros for the first.
     pub prev: String,
     /// RFC 3339, UTC.
@@ -135,9 +162,20 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The bytes the signature covers.
     pub fn signed_message(&self) -> Vec<u8> {
+        let kind = serde_json::to_value(self.kind).expect("kinds serialise");
+        let removal = self.removal.as_ref().map_or_else(String::new, |r| {
+            format!("{}\n{}\n{}\n", serde_json::Value::from(r.org.as_str()), r.before, r.count)
+        });
         format!(
-            "{SIGNED_DOMAIN}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
-            self.index, self.first_seq, self.last_seq, self.root, self.prev, self.written_at, self.public_key
+            "{SIGNED_DOMAIN}\n{}\n{}\n{}\n{}\n{}\n{removal}{}\n{}\n{}\n",
+            self.index,
+            kind.as_str().unwrap_or_default(),
+            self.first_seq,
+            self.last_seq,
+            self.root,
+            self.prev,
+            self.written_at,
+            self.public_key
         )
         .into_bytes()
     }
@@ -181,8 +219,15 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 #[derive(Debug)]
 pub struct CheckpointLog {
     dir: PathBuf,
-    /// The last line written, if any.
-    last: Mutex<Option<Checkpoint>>,
+    last: Mutex<Tail>,
+}
+
+/// Where the log ends: the line the next chains on, and the last seq an
+/// events line covers.
+#[derive(Debug, Default)]
+struct Tail {
+    line: Option<Checkpoint>,
+    events_through: Seq,
 }
 
 impl CheckpointLog {
@@ -190,20 +235,21 @@ impl CheckpointLog {
     /// next one chains on.
     pub fn open(data_dir: &Path) -> Result<Self, IntegrityError> {
         let dir = data_dir.join(INTEGRITY_DIR);
-        let last = read_checkpoints(data_dir)?.into_iter().filter_map(Result::ok).next_back();
-        Ok(CheckpointLog { dir, last: Mutex::new(last) })
+        let lines: Vec<Checkpoint> = read_checkpoints(data_dir)?.into_iter().filter_map(Result::ok).collect();
+        let events_through = lines.iter().filter(|c| c.kind == LineKind::Events).map(|c| c.last_seq).max().unwrap_or(0);
+        Ok(CheckpointLog { dir, last: Mutex::new(Tail { line: lines.into_iter().next_back(), events_through }) })
     }
 
     /// The last seq checkpointed (0 before the first checkpoint).
     pub fn last_seq(&self) -> Seq {
-        self.last.lock().expect("checkpoint log lock").as_ref().map_or(0, |c| c.last_seq)
+        self.last.lock().expect("checkpoint log lock").events_through
     }
 
     /// Appends the checkpoint of `first..=last` whose leaves are `leaves`
     /// (in seq order), durably: block hashes, then the signed line.
     pub fn append(&self, key: &SigningKey, first: Seq, leaves: &[Hash]) -> Result<Checkpoint, IntegrityError> {
-        let mut last_line = self.last.lock().expect("checkpoint log lock");
-        let expected_first = last_line.as_ref().map_or(1, |c| c.last_seq + 1);
+        let mut tail = self.last.lock().expect("checkpoint log lock");
+        let expected_first = tail.events_through + 1;
         if first != expected_first || leaves.is_empty() {
             return Err(IntegrityError::Gap { expected: expected_first, got: first });
         }
@@ -211,15 +257,51 @@ impl CheckpointLog {
         let blocks_dir = self.dir.join(BLOCKS_DIR);
         fs::create_dir_all(&blocks_dir).map_err(|e| IntegrityError::io(&blocks_dir, e))?;
         let blocks = merkle::block_hashes(leaves);
-        let blocks_path = blocks_dir.join(blocks_file_name(first, last));
-        write_synced(&blocks_path, &blocks.concat(), false)?;
+        write_synced(&blocks_dir.join(blocks_file_name(first, last)), &blocks.concat(), false)?;
+        let root = merkle::root_from_blocks(&blocks, leaves.len()).expect("blocks fit their leaves");
+        let line = self.append_line(&mut tail, key, LineKind::Events, (first, last), &root, None)?;
+        tail.events_through = last;
+        Ok(line)
+    }
 
+    /// Records, durably and before the segments change, that `removed`
+    /// (`(seq, leaf)`, ascending) leave the log by `scope`'s retention: a
+    /// removal file of their seqs and leaves, then the signed line.
+    pub fn append_removal(
+        &self,
+        key: &SigningKey,
+        scope: RemovalScope,
+        removed: &[(Seq, Hash)],
+    ) -> Result<Checkpoint, IntegrityError> {
+        let mut tail = self.last.lock().expect("checkpoint log lock");
+        let index = tail.line.as_ref().map_or(0, |c| c.index + 1);
+        let dir = self.dir.join(REMOVALS_DIR);
+        fs::create_dir_all(&dir).map_err(|e| IntegrityError::io(&dir, e))?;
+        let bytes: Vec<u8> =
+            removed.iter().flat_map(|(seq, leaf)| seq.to_be_bytes().into_iter().chain(*leaf)).collect();
+        write_synced(&dir.join(removal_file_name(index)), &bytes, false)?;
+        let range = (removed.first().map_or(0, |r| r.0), removed.last().map_or(0, |r| r.0));
+        let digest = sha256(&bytes);
+        self.append_line(&mut tail, key, LineKind::Removal, range, &digest, Some(scope))
+    }
+
+    fn append_line(
+        &self,
+        tail: &mut Tail,
+        key: &SigningKey,
+        kind: LineKind,
+        (first_seq, last_seq): (Seq, Seq),
+        root: &Hash,
+        removal: Option<RemovalScope>,
+    ) -> Result<Checkpoint, IntegrityError> {
         let mut checkpoint = Checkpoint {
-            index: last_line.as_ref().map_or(0, |c| c.index + 1),
-            first_seq: first,
-            last_seq: last,
-            root: to_hex(&merkle::root_from_blocks(&blocks, leaves.len()).expect("blocks fit their leaves")),
-            prev: last_line.as_ref().map_or_else(|| GENESIS_PREV.to_string(), Checkpoint::chain_hash),
+            index: tail.line.as_ref().map_or(0, |c| c.index + 1),
+            kind,
+            first_seq,
+            last_seq,
+            root: to_hex(root),
+            removal,
+            prev: tail.line.as_ref().map_or_else(|| GENESIS_PREV.to_string(), Checkpoint::chain_hash),
             written_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             public_key: key.public_hex(),
             signature: String::new(),
@@ -228,9 +310,32 @@ impl CheckpointLog {
         let mut line = serde_json::to_string(&checkpoint).expect("checkpoints serialise");
         line.push('\n');
         write_synced(&self.dir.join(CHECKPOINTS_FILE), line.as_bytes(), true)?;
-        *last_line = Some(checkpoint.clone());
+        tail.line = Some(checkpoint.clone());
         Ok(checkpoint)
     }
+}
+
+fn sha256(bytes: &[u8]) -> Hash {
+    ring::digest::digest(&SHA256, bytes).as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+pub fn removal_file_name(index: u64) -> String {
+    format!("{index:020}.removed")
+}
+
+/// The `(seq, leaf)` pairs a removal line records, read back and checked
+/// against its signed digest.
+pub fn read_removal(data_dir: &Path, line: &Checkpoint) -> Result<Vec<(Seq, Hash)>, String> {
+    let path = data_dir.join(INTEGRITY_DIR).join(REMOVALS_DIR).join(removal_file_name(line.index));
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if to_hex(&sha256(&bytes)) != line.root {
+        return Err(format!("{} is not what checkpoint {} signed", path.display(), line.index));
+    }
+    Ok(bytes
+        .chunks(40)
+        .filter(|c| c.len() == 40)
+        .map(|c| (Seq::from_be_bytes(c[..8].try_into().expect("8 bytes")), c[8..].try_into().expect("32 bytes")))
+        .collect())
 }
 
 pub fn blocks_file_name(first: Seq, last: Seq) -> String {

@@ -24,13 +24,13 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use tracing::{error, info, warn};
 
-pub use checkpoint::{Checkpoint, CheckpointLog, SigningKey};
+pub use checkpoint::{Checkpoint, CheckpointLog, RemovalScope, SigningKey};
 use merkle::Hash;
 
 use crate::model::Seq;
 use crate::storage::objects::SegmentStore;
 use crate::storage::segment::{LiveSegment, for_each_batch};
-use crate::storage::{SealWitness, StorageError, packed};
+use crate::storage::{Expiry, SealWitness, StorageError, packed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrityError {
@@ -130,6 +130,27 @@ impl SealWitness for Integrity {
         if let Err(e) = self.checkpoint_through(store, segments, sealed_seq, fresh) {
             error!(error = %e, sealed_seq, "checkpoint failed; retried at the next seal");
         }
+    }
+
+    fn removing(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), StorageError> {
+        self.record_removal(expiry, removed).map_err(|e| StorageError::Rewrite(format!("recording the removal: {e}")))
+    }
+}
+
+impl Integrity {
+    fn record_removal(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), IntegrityError> {
+        let mut leaves: Vec<(Seq, Hash)> =
+            removed.iter().flat_map(|b| canonical::leaves(b, self.key.digest_key())).collect();
+        leaves.sort_unstable_by_key(|(seq, _)| *seq);
+        let before = chrono::DateTime::from_timestamp_micros(expiry.before_us).unwrap_or_default();
+        let scope = RemovalScope {
+            org: expiry.org.clone(),
+            before: before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            count: leaves.len() as u64,
+        };
+        let line = self.log.append_removal(&self.key, scope, &leaves)?;
+        info!(index = line.index, org = %expiry.org, count = leaves.len(), "removal by retention recorded");
+        Ok(())
     }
 }
 

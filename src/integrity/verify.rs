@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::checkpoint::{self, Checkpoint, GENESIS_PREV};
+use super::checkpoint::{self, Checkpoint, GENESIS_PREV, LineKind};
 use super::merkle::{self, BLOCK_LEAVES, Hash};
 use super::{IntegrityError, SigningKey, read_segment};
 use crate::model::Seq;
@@ -77,6 +77,8 @@ pub struct Report {
     pub checkpoints: usize,
     /// Events whose leaves were checked against a checkpoint.
     pub events_verified: u64,
+    /// Events removed by retention, as signed removal records list them.
+    pub events_removed: u64,
     /// The last seq a checkpoint covers (0: none).
     pub checkpointed_through: Seq,
     /// The last seq the manifest says is sealed.
@@ -109,11 +111,27 @@ pub fn verify(
         |first: Seq, last: Seq| range.0.is_none_or(|from| last >= from) && range.1.is_none_or(|to| first <= to);
     let checkpoints = check_chain(data_dir, key, &mut report)?;
     report.checkpoints = checkpoints.len();
-    report.checkpointed_through = checkpoints.last().map_or(0, |(c, _)| c.last_seq);
+    report.checkpointed_through =
+        checkpoints.iter().filter(|(c, _)| c.kind == LineKind::Events).map(|(c, _)| c.last_seq).max().unwrap_or(0);
+
+    // Events removed by retention, as their removal lines recorded them.
+    let mut removed: BTreeMap<Seq, Hash> = BTreeMap::new();
+    for (line, _) in checkpoints.iter().filter(|(c, signed)| *signed && c.kind == LineKind::Removal) {
+        match checkpoint::read_removal(data_dir, line) {
+            Ok(leaves) => {
+                report.events_removed += leaves.len() as u64;
+                removed.extend(leaves);
+            }
+            Err(reason) => {
+                report.found(Kind::Modified, format!("removal record of checkpoint {}: {reason}", line.index))
+            }
+        }
+    }
 
     // Blocks of every checkpoint in range, checked against its signed root.
     let mut expected: Vec<(Checkpoint, Vec<Hash>)> = Vec::new();
-    for (checkpoint, _) in checkpoints.into_iter().filter(|(c, signed)| *signed && in_range(c.first_seq, c.last_seq)) {
+    let events = checkpoints.into_iter().filter(|(c, _)| c.kind == LineKind::Events);
+    for (checkpoint, _) in events.filter(|(c, signed)| *signed && in_range(c.first_seq, c.last_seq)) {
         match checkpoint::read_blocks(data_dir, &checkpoint) {
             Ok(blocks) if merkle::root_from_blocks(&blocks, checkpoint.leaf_count()) == checkpoint.root_hash() => {
                 expected.push((checkpoint, blocks));
@@ -179,7 +197,7 @@ pub fn verify(
                         report.found(Kind::Extra, format!("segment {} holds seq {seq} more than once", meta.file));
                     }
                 }
-                let missing = missing_runs(&leaves, meta.min_seq, meta.max_seq);
+                let missing = missing_runs(&leaves, &removed, meta.min_seq, meta.max_seq);
                 for (a, b) in missing {
                     report.found(Kind::Missing, format!("segment {} lacks seqs {a}..={b}", meta.file));
                 }
@@ -190,13 +208,13 @@ pub fn verify(
                 break;
             }
             let (checkpoint, blocks) = pending.next().expect("peeked");
-            check_blocks(&checkpoint, &blocks, &leaves, segments, &mut report);
+            check_blocks(&checkpoint, &blocks, &leaves, &removed, segments, &mut report);
         }
         let below = meta.max_seq + 1;
         leaves = leaves.split_off(&below);
     }
     for (checkpoint, blocks) in pending {
-        check_blocks(&checkpoint, &blocks, &leaves, segments, &mut report);
+        check_blocks(&checkpoint, &blocks, &leaves, &removed, segments, &mut report);
     }
     Ok(report)
 }
@@ -245,7 +263,8 @@ fn check_chain(
                 ),
             );
         }
-        if checkpoint.first_seq != first || checkpoint.last_seq < checkpoint.first_seq {
+        let continues = checkpoint.kind == LineKind::Removal || checkpoint.first_seq == first;
+        if !continues || checkpoint.last_seq < checkpoint.first_seq {
             report.found(
                 Kind::BrokenChain,
                 format!(
@@ -301,11 +320,20 @@ fn check_manifest(
     Ok(())
 }
 
-/// Runs of seqs in `first..=last` that `leaves` lacks.
-fn missing_runs(leaves: &BTreeMap<Seq, (Hash, usize)>, first: Seq, last: Seq) -> Vec<(Seq, Seq)> {
+/// Runs of seqs in `first..=last` that neither `leaves` nor `removed` has.
+fn missing_runs(
+    leaves: &BTreeMap<Seq, (Hash, usize)>,
+    removed: &BTreeMap<Seq, Hash>,
+    first: Seq,
+    last: Seq,
+) -> Vec<(Seq, Seq)> {
     let mut runs = Vec::new();
     let mut next = first;
-    for &seq in leaves.range(first..=last).map(|(seq, _)| seq) {
+    let mut accounted: Vec<Seq> = leaves.range(first..=last).map(|(seq, _)| *seq).collect();
+    accounted.extend(removed.range(first..=last).map(|(seq, _)| *seq));
+    accounted.sort_unstable();
+    accounted.dedup();
+    for seq in accounted {
         if seq > next {
             runs.push((next, seq - 1));
         }
@@ -323,22 +351,30 @@ fn check_blocks(
     checkpoint: &Checkpoint,
     blocks: &[Hash],
     leaves: &BTreeMap<Seq, (Hash, usize)>,
+    removed: &BTreeMap<Seq, Hash>,
     segments: &[crate::storage::manifest::SegmentMeta],
     report: &mut Report,
 ) {
     for (b, want) in blocks.iter().enumerate() {
         let first = checkpoint.first_seq + (b * BLOCK_LEAVES) as Seq;
         let last = (first + BLOCK_LEAVES as Seq - 1).min(checkpoint.last_seq);
-        let found: Vec<&(Hash, usize)> = leaves.range(first..=last).map(|(_, l)| l).collect();
+        // Stored rows first: a removal recorded just before a crash may
+        // list rows its segment still holds.
+        let found: Vec<(Hash, Option<usize>)> = (first..=last)
+            .map_while(|seq| match leaves.get(&seq) {
+                Some((leaf, at)) => Some((*leaf, Some(*at))),
+                None => removed.get(&seq).map(|leaf| (*leaf, None)),
+            })
+            .collect();
         if found.len() as Seq != last - first + 1 {
             continue;
         }
         let hashes: Vec<Hash> = found.iter().map(|(h, _)| *h).collect();
         if merkle::root(&hashes).as_ref() == Some(want) {
-            report.events_verified += hashes.len() as u64;
+            report.events_verified += found.iter().filter(|(_, at)| at.is_some()).count() as u64;
         } else {
             let files: std::collections::BTreeSet<&str> =
-                found.iter().map(|(_, at)| segments[*at].file.as_str()).collect();
+                found.iter().filter_map(|(_, at)| at.map(|at| segments[at].file.as_str())).collect();
             report.found(
                 Kind::Modified,
                 format!(

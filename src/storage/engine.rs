@@ -24,8 +24,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::datasource::source::DataSourceExec;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -37,7 +38,7 @@ use super::manifest::{Manifest, SegmentMeta};
 use super::objects::SegmentStore;
 use super::segment::LiveSegment;
 use super::wal::{self, WalBatch, WalWriter};
-use super::{SealWitness, StorageError, fsync_dir, segment};
+use super::{RetentionSource, SealWitness, StorageError, fsync_dir, segment};
 use crate::model::{self, Event, Seq};
 
 /// Most requests one group commit takes before it fsyncs.
@@ -79,6 +80,11 @@ pub struct StorageConfig {
     pub idempotency_window_ms: u64,
     /// Told of every sealed range (checkpoints); `None` without a signing key.
     pub witness: Option<Arc<dyn SealWitness>>,
+    /// Organisations' retention, applied by the compactor thread; `None`
+    /// applies none.
+    pub retention: Option<Arc<dyn RetentionSource>>,
+    /// How often retention is applied.
+    pub retention_interval_ms: u64,
 }
 
 impl StorageConfig {
@@ -93,8 +99,17 @@ impl StorageConfig {
             compaction: CompactionPolicy { target_rows: 1_000_000, min_inputs: 4 },
             idempotency_window_ms: idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS * 3_600_000,
             witness: None,
+            retention: None,
+            retention_interval_ms: 3_600_000,
         }
     }
+}
+
+/// What an organisation's retention lets go: its events before `before_us`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub org: String,
+    pub before_us: i64,
 }
 
 /// What one append stored.
@@ -573,34 +588,101 @@ impl Storage {
         let segments = Arc::clone(&self.state().segments);
         let mut rewritten = 0;
         for old in segments.iter().filter(|s| s.meta.min_org_id.as_str() <= org && org <= s.meta.max_org_id.as_str()) {
-            let file = segment::rewritten_file_name(&old.meta.file);
-            let store = &self.shared.segments;
-            let written = store.create_segment(&file).and_then(|mut writer| {
-                let scan = DataSourceExec::from_data_source(old.scan().build());
-                segment::for_each_batch(store, scan, |batch| writer.write(&rewrite(&batch)?))?;
-                writer.finish()
-            });
-            let written = written.inspect_err(|_| {
-                let _ = store.delete_segment(&file);
-            })?;
-            let size_bytes = written.size_bytes;
-            let content_index = written.content_index;
-            let meta = SegmentMeta { file: file.clone(), size_bytes, content_index, ..old.meta.clone() };
-
-            let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
-            let (mut next, sealed_seq) = {
-                let state = self.state();
-                (state.segments.as_ref().clone(), state.sealed_seq)
-            };
-            let at = next.iter().position(|s| Arc::ptr_eq(s, old)).expect("only compaction replaces segments");
-            next[at] = LiveSegment::new(meta, store);
-            self.publish(&next, sealed_seq, &file)?;
-            self.state().segments = Arc::new(next);
-            old.retire();
+            let meta = self.write_copy(old, &mut |batch| rewrite(batch))?;
+            let (file, size_bytes) = (meta.file.clone(), meta.size_bytes);
+            self.publish_replacement(old, meta)?;
             rewritten += 1;
             info!(org, replaced = %old.meta.file, segment = %file, size_bytes, "rewrote segment");
         }
         Ok(rewritten)
+    }
+
+    /// Removes the events retention lets go: for each expiry, the
+    /// organisation's events older than its cutoff, from every segment that
+    /// may hold some. The witness records each removal (durably, before the
+    /// manifest changes), so that verification tells it from tampering.
+    /// Returns how many events were removed.
+    pub fn expire(&self, expiries: &[Expiry]) -> Result<u64, StorageError> {
+        let _one_merge_at_a_time = self.shared.compaction_lock.lock().expect("compaction lock poisoned");
+        let mut removed_total = 0;
+        for expiry in expiries {
+            let org = expiry.org.as_str();
+            let segments = Arc::clone(&self.state().segments);
+            for old in segments.iter().filter(|s| {
+                s.meta.min_org_id.as_str() <= org
+                    && org <= s.meta.max_org_id.as_str()
+                    && s.meta.min_time_us < expiry.before_us
+            }) {
+                let mut removed: Vec<RecordBatch> = Vec::new();
+                let mut meta = self.write_copy(old, &mut |batch| {
+                    let expired = expired_rows(batch, expiry);
+                    removed.push(filter_record_batch(batch, &expired)?);
+                    Ok(filter_record_batch(batch, &datafusion::arrow::compute::not(&expired)?)?)
+                })?;
+                let count: u64 = removed.iter().map(|b| b.num_rows() as u64).sum();
+                if count == 0 {
+                    let _ = self.shared.segments.delete_segment(&meta.file);
+                    continue;
+                }
+                meta.rows -= count;
+                if let Some(witness) = &self.shared.config.witness
+                    && let Err(e) = witness.removing(expiry, &removed)
+                {
+                    let _ = self.shared.segments.delete_segment(&meta.file);
+                    return Err(e);
+                }
+                let file = meta.file.clone();
+                self.publish_replacement(old, meta)?;
+                removed_total += count;
+                info!(org, before_us = expiry.before_us, removed = count, replaced = %old.meta.file, segment = %file, "removed events past retention");
+            }
+        }
+        Ok(removed_total)
+    }
+
+    /// Writes a copy of segment `old` with `rewrite` applied to each batch,
+    /// durably, under the name of its next generation. Its meta is `old`'s
+    /// but for the file, its size and content index; the copy is deleted if
+    /// writing fails.
+    fn write_copy(
+        &self,
+        old: &LiveSegment,
+        rewrite: &mut dyn FnMut(&RecordBatch) -> Result<RecordBatch, StorageError>,
+    ) -> Result<SegmentMeta, StorageError> {
+        let file = segment::rewritten_file_name(&old.meta.file);
+        let store = &self.shared.segments;
+        let written = store.create_segment(&file).and_then(|mut writer| {
+            let scan = DataSourceExec::from_data_source(old.scan().build());
+            segment::for_each_batch(store, scan, |batch| writer.write(&rewrite(&batch)?))?;
+            writer.finish()
+        });
+        let written = written.inspect_err(|_| {
+            let _ = store.delete_segment(&file);
+        })?;
+        Ok(SegmentMeta {
+            file,
+            size_bytes: written.size_bytes,
+            content_index: written.content_index,
+            ..old.meta.clone()
+        })
+    }
+
+    /// Publishes `meta` in place of `old` (whose file is deleted once no
+    /// reader holds it). Callers hold the compaction lock, so `old` is still
+    /// listed.
+    fn publish_replacement(&self, old: &Arc<LiveSegment>, meta: SegmentMeta) -> Result<(), StorageError> {
+        let _one_manifest_writer = self.shared.seal_lock.lock().expect("seal lock poisoned");
+        let (mut next, sealed_seq) = {
+            let state = self.state();
+            (state.segments.as_ref().clone(), state.sealed_seq)
+        };
+        let at = next.iter().position(|s| Arc::ptr_eq(s, old)).expect("only compaction replaces segments");
+        let file = meta.file.clone();
+        next[at] = LiveSegment::new(meta, &self.shared.segments);
+        self.publish(&next, sealed_seq, &file)?;
+        self.state().segments = Arc::new(next);
+        old.retire();
+        Ok(())
     }
 
     /// Loads events straight into segments, without the WAL: the bulk path
@@ -709,7 +791,19 @@ impl Storage {
     /// The compactor thread: merges runs of small segments, one after the
     /// other, on its own thread so that a long merge never delays a seal.
     fn run_compactor(self) {
+        let mut retention_applied_at: Option<Instant> = None;
         loop {
+            let config = &self.shared.config;
+            if let Some(retention) = &config.retention
+                && retention_applied_at
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(config.retention_interval_ms))
+            {
+                retention_applied_at = Some(Instant::now());
+                let expiries = retention.expiries(chrono::Utc::now().timestamp_micros());
+                if let Err(e) = self.expire(&expiries) {
+                    error!(error = %e, "applying retention failed; will retry");
+                }
+            }
             {
                 let state = self.state();
                 let (state, _) = self
@@ -1012,6 +1106,15 @@ fn recall_recent_ids(store: &SegmentStore, state: &State, window_ms: u64) -> Res
 enum WalFailure {
     Write(StorageError),
     Sync(StorageError),
+}
+
+/// The rows of `batch` (segment schema) that `expiry` lets go.
+fn expired_rows(batch: &RecordBatch, expiry: &Expiry) -> BooleanArray {
+    let orgs = batch.column_by_name("org_id").expect("org_id column").as_string::<i32>();
+    let times = batch.column_by_name("time").expect("time column").as_primitive::<TimestampMicrosecondType>();
+    (0..batch.num_rows())
+        .map(|row| Some(orgs.value(row) == expiry.org && times.value(row) < expiry.before_us))
+        .collect()
 }
 
 /// Stamps seqs `first_seq..` into a batch built with placeholder seqs.

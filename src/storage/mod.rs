@@ -40,7 +40,7 @@ use datafusion::arrow::array::RecordBatch;
 
 use crate::model::Seq;
 
-pub use engine::{Appended, Snapshot, Storage, StorageConfig, StorageStats};
+pub use engine::{Appended, Expiry, Snapshot, Storage, StorageConfig, StorageStats};
 pub use settings::{SettingsError, WatchedFile, read_json, write_json, write_private_file};
 
 /// Everything that can go wrong below the query and ingest layers.
@@ -121,4 +121,13 @@ pub trait SealWitness: Send + Sync + std::fmt::Debug {
         sealed_seq: Seq,
         fresh: Option<(Seq, &[RecordBatch])>,
     );
+
+    /// `removed` (segment schema) is about to leave the log by `expiry`;
+    /// the removal goes ahead only once this has recorded it.
+    fn removing(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), StorageError>;
+}
+
+/// What organisations' retention lets go, asked before each retention pass.
+pub trait RetentionSource: Send + Sync + std::fmt::Debug {
+    fn expiries(&self, now_us: i64) -> Vec<Expiry>;
 }

@@ -369,3 +369,70 @@ fn erasing_an_actors_ugc_and_rewriting_an_org_keep_the_log_verifying() {
     replace_segment(&data, index.unwrap(), &file, &RecordBatch::try_new(rows.schema(), columns).unwrap());
     assert_tampered(&data, &key, &["modified: an event among seqs"]);
 }
+
+#[test]
+fn retention_removes_old_events_unless_on_hold_and_verify_tells_it_from_tampering() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, key) = sealed_log(root.path());
+    let acme = "select count(*) as n from audit_events where org_id = 'acme'";
+    // The events are about two months old.
+    let policy = |args: &[&str]| {
+        let (ok, stdout, stderr) = cli(&[&["org", "policy", "acme"], args].concat(), &data, None);
+        assert!(ok, "{stderr}");
+        stdout
+    };
+    assert!(policy(&["--retention-days", "30", "--legal-hold", "on"]).contains("retention=30d\tlegal_hold=on"));
+
+    // Without the key, nothing may be removed from a checkpointed directory.
+    let (ok, _, stderr) = cli(&["org", "expire"], &data, None);
+    assert!(!ok && stderr.contains("give --signing-key"), "{stderr}");
+    // On hold: nothing removed, nothing erased, whatever the retention.
+    let (ok, stdout, stderr) = cli(&["org", "expire"], &data, Some(&key));
+    assert!(ok && stdout.starts_with("0 event(s) removed"), "{stdout}{stderr}");
+    let (ok, _, stderr) = cli(&["org", "erase", "acme", "--actor", "user-3"], &data, Some(&key));
+    assert!(!ok && stderr.contains("is under legal hold"), "{stderr}");
+    assert_eq!(query(&data, acme), "n\n900\n");
+
+    policy(&["--legal-hold", "off"]);
+    let mut untouched = root.path().join("before-expiry");
+    copy_dir(&data, &untouched);
+    let (ok, stdout, stderr) = cli(&["org", "expire"], &data, Some(&key));
+    assert!(ok && stdout.starts_with("900 event(s) removed"), "{stdout}{stderr}");
+    assert_eq!(query(&data, acme), "n\n0\n");
+    assert_eq!(query(&data, "select count(*) as n from audit_events where org_id = 'globex'"), "n\n900\n");
+    let (code, stdout) = verify(&data, &key);
+    assert_eq!((code, stdout.trim()), (Some(0), "ok"), "removals by policy are not tampering");
+
+    // What retention did not remove is still covered: a globex row deleted
+    // by hand is missing.
+    let tampered = root.path().join("after-expiry");
+    copy_dir(&data, &tampered);
+    let (file, rows) = segment_rows(&tampered, 1);
+    let gone = seqs(&rows)[0];
+    replace_segment(&tampered, 1, &file, &reorder(&rows, (1..rows.num_rows() as u32).collect()));
+    assert_tampered(&tampered, &key, &[&format!("missing: segment {file} lacks seqs {gone}..={gone}")]);
+    // And a removal record changed after signing is caught.
+    let removals = data.join("integrity/removals");
+    let record = fs::read_dir(&removals).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = fs::read(&record).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&record, bytes).unwrap();
+    assert_tampered(&data, &key, &["modified: removal record of checkpoint"]);
+
+    // A server applies retention on its own, with the same record.
+    untouched = {
+        let (ok, _, stderr) = cli(&["org", "policy", "acme", "--retention-days", "30"], &untouched, None);
+        assert!(ok, "{stderr}");
+        untouched
+    };
+    let key_arg = key.to_str().unwrap();
+    let server = crate::harness::Server::start(
+        &untouched,
+        &["--signing-key", key_arg, "--retention-interval-ms", "200", "--insecure-trust-loopback"],
+    );
+    let left = server.psql_until(&format!("{acme} and category is distinct from 'audit_access'"), "0\n");
+    assert_eq!(left, "0\n", "see {}", untouched.with_extension("log").display());
+    server.kill();
+    let (code, stdout) = verify(&untouched, &key);
+    assert_eq!((code, stdout.trim()), (Some(0), "ok"));
+}
