@@ -972,6 +972,13 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
         },
         limits: endpoint.limits.clone(),
         policies,
+        integrity: match &args.signing_key {
+            Some(path) => {
+                let key = Arc::new(integrity::SigningKey::load(path, &args.data_dir)?);
+                Some(Arc::new(integrity::Integrity::open(key, &args.data_dir)?))
+            }
+            None => None,
+        },
     };
     let pg = server::bind(args.pg_listen).await?;
     let http = ingest::bind(args.http_listen).await?;

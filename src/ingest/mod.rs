@@ -28,6 +28,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::integrity::Integrity;
+use crate::integrity::proof::ProofError;
 use crate::model::{self, FieldError};
 use crate::policy::{HASHED_PREFIX, OrgPolicy, Policies, PolicyError, UgcMode};
 use crate::query::QueryLimits;
@@ -72,6 +74,10 @@ pub enum IngestError {
         "this server has no UGC key, so it cannot hash UGC; restart it with --ugc-key-file (create one with `auditlake keygen --ugc-key PATH`)"
     )]
     NoUgcKey,
+    #[error("this server does not checkpoint events (start it with --signing-key), so it has no proofs")]
+    NoCheckpoints,
+    #[error(transparent)]
+    Proof(#[from] ProofError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -96,7 +102,10 @@ impl IngestError {
             IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::Policy(PolicyError::Invalid(_)) => StatusCode::BAD_REQUEST,
             IngestError::Policy(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            IngestError::NoUgcKey => StatusCode::CONFLICT,
+            IngestError::NoUgcKey | IngestError::NoCheckpoints => StatusCode::CONFLICT,
+            IngestError::Proof(ProofError::NotCheckpointed(_)) => StatusCode::CONFLICT,
+            IngestError::Proof(ProofError::Gone(_)) => StatusCode::NOT_FOUND,
+            IngestError::Proof(ProofError::Integrity(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -140,6 +149,8 @@ pub struct Api {
     pub limits: QueryLimits,
     /// Applied to every batch before it reaches storage.
     pub policies: Arc<Policies>,
+    /// Inclusion proofs; `None` when the server does not checkpoint.
+    pub integrity: Option<Arc<Integrity>>,
 }
 
 /// The HTTP API.
@@ -148,6 +159,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/events", post(post_events))
         .route("/v1/orgs/{org}/events", get(export_events))
         .route("/v1/orgs/{org}/events/{id}", get(export_event))
+        .route("/v1/orgs/{org}/events/{id}/proof", get(event_proof))
         .route("/v1/orgs/{org}/policy", get(get_policy).put(put_policy))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
@@ -281,6 +293,24 @@ async fn export_event(
         Some(event) => Ok(Json(event)),
         None => Err(IngestError::NotFound { org, id }),
     }
+}
+
+/// The event and the proof that it is included under a signed checkpoint.
+async fn event_proof(
+    State(app): State<Api>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, IngestError> {
+    may_read(&app.auth, &headers, &org)?;
+    let integrity = app.integrity.clone().ok_or(IngestError::NoCheckpoints)?;
+    let event = export::one(&app.storage, &app.limits, &org, &id).await?.ok_or(IngestError::NotFound { org, id })?;
+    let seq = event["seq"].as_u64().ok_or_else(|| IngestError::Query("an event without a seq".into()))?;
+    let storage = app.storage.clone();
+    let mut proof = tokio::task::spawn_blocking(move || integrity.prove(&storage, seq))
+        .await
+        .map_err(|e| IngestError::Query(e.to_string()))??;
+    proof["event"] = event;
+    Ok(Json(proof))
 }
 
 async fn post_events(

@@ -15,6 +15,7 @@
 pub mod canonical;
 pub mod checkpoint;
 pub mod merkle;
+pub mod proof;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -65,11 +66,19 @@ pub fn is_checkpointed(data_dir: &Path) -> bool {
 pub struct Integrity {
     key: Arc<SigningKey>,
     log: CheckpointLog,
+    data_dir: PathBuf,
 }
 
 impl Integrity {
     pub fn open(key: Arc<SigningKey>, data_dir: &Path) -> Result<Self, IntegrityError> {
-        Ok(Integrity { key, log: CheckpointLog::open(data_dir)? })
+        Ok(Integrity { key, log: CheckpointLog::open(data_dir)?, data_dir: data_dir.to_path_buf() })
+    }
+
+    /// The inclusion proof of event `seq` of `storage` (see [`proof`]);
+    /// reads segments, so call it off the async runtime.
+    pub fn prove(&self, storage: &crate::storage::Storage, seq: Seq) -> Result<serde_json::Value, proof::ProofError> {
+        let segments = storage.snapshot().segments;
+        proof::prove(&self.data_dir, storage.segment_store(), &segments, &self.key, seq)
     }
 
     fn checkpoint_through(
@@ -211,6 +220,18 @@ pub fn read_segment(
         Ok(())
     })?;
     Ok(rows)
+}
+
+/// Every batch of a segment, in the segment schema.
+pub fn read_segment_batches(store: &SegmentStore, segment: &LiveSegment) -> Result<Vec<RecordBatch>, StorageError> {
+    let schema = packed::segment_schema();
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let mut batches = Vec::new();
+    for_each_batch(store, segment.scan_columns(&columns)?, |batch| {
+        batches.push(batch);
+        Ok(())
+    })?;
+    Ok(batches)
 }
 
 fn segment_leaves(

@@ -436,3 +436,85 @@ fn retention_removes_old_events_unless_on_hold_and_verify_tells_it_from_tamperin
     let (code, stdout) = verify(&untouched, &key);
     assert_eq!((code, stdout.trim()), (Some(0), "ok"));
 }
+
+/// `scripts/verify_proof.py` on a proof: whether it accepted it, and what it said.
+fn check_proof(dir: &Path, proof: &Value, extra: &[&std::ffi::OsStr]) -> (bool, String) {
+    let path = dir.join("proof.json");
+    fs::write(&path, proof.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify_proof.py");
+    let out = Command::new(crate::harness::venv_bin("python")).arg(script).arg(&path).args(extra).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn an_events_inclusion_proof_verifies_with_the_standard_library_script() {
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("keys/signing.key");
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    SigningKey::create(&key).unwrap();
+    let data = root.path().join("data");
+    let key_arg = key.to_str().unwrap();
+    let server = crate::harness::Server::start(&data, &["--signing-key", key_arg, "--seal-after-ms", "100"]);
+    let events: Vec<String> = (0..300)
+        .map(|i| {
+            let mut e = crate::harness::event(
+                &format!("e-{i}"),
+                ["acme", "globex"][i % 2],
+                "alice",
+                "jira.issue.viewed",
+                i as i64,
+            );
+            e["content_title"] = format!("Ünïcode title {i}").into();
+            e.to_string()
+        })
+        .collect();
+    let (status, body) = crate::harness::post(&server.http(), &server.events_url(), events.join("\n")).await;
+    assert_eq!(status, 200, "{body}");
+
+    let reader = crate::harness::bearer_client(&crate::harness::create_token(&data, &["--any-org", "--scope", "read"]));
+    let url = format!("{}/v1/orgs/acme/events/e-42/proof", server.http_url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let proof: Value = loop {
+        let response = reader.get(&url).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if status == 200 || std::time::Instant::now() > deadline {
+            assert_eq!(status, 200, "{body}");
+            break body;
+        }
+        assert_eq!(status, 409, "not yet checkpointed is a conflict: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(proof["event"]["id"], "e-42");
+    assert_eq!(proof["leaf"]["fields"]["org_id"], "acme");
+    let status = reader.get(format!("{}/v1/orgs/globex/events/e-42/proof", server.http_url)).send().await;
+    assert_eq!(status.unwrap().status().as_u16(), 404, "e-42 is acme's");
+    server.kill();
+
+    // Checked against the checkpoint line an auditor holds and the public key.
+    let published = root.path().join("published.json");
+    let lines = fs::read_to_string(data.join("integrity/checkpoints.jsonl")).unwrap();
+    let line = lines.lines().find(|l| l.contains(&format!("\"index\":{}", proof["checkpoint"]["index"]))).unwrap();
+    fs::write(&published, line).unwrap();
+    let public = root.path().join("keys/signing.key.pub");
+    let trusted =
+        [std::ffi::OsStr::new("--checkpoint"), published.as_os_str(), "--public-key".as_ref(), public.as_os_str()];
+    let (ok, said) = check_proof(root.path(), &proof, &trusted);
+    assert!(ok && said.starts_with("ok: event seq"), "{said}");
+
+    let mut edited = proof.clone();
+    edited["leaf"]["fields"]["action"] = "jira.issue.deleted".into();
+    let (ok, said) = check_proof(root.path(), &edited, &trusted);
+    assert!(!ok && said.contains("does not lead to the root of checkpoint"), "{said}");
+    let mut forged = proof.clone();
+    forged["checkpoint"]["root"] = "00".repeat(32).into();
+    let (ok, said) = check_proof(root.path(), &forged, &[]);
+    assert!(!ok && said.contains("signature of checkpoint"), "{said}");
+    let (ok, said) = check_proof(root.path(), &forged, &trusted);
+    assert!(!ok && said.contains("not the one trusted"), "{said}");
+    let other = root.path().join("keys/other.key");
+    SigningKey::create(&other).unwrap();
+    let other_public = root.path().join("keys/other.key.pub");
+    let (ok, said) = check_proof(root.path(), &proof, &["--public-key".as_ref(), other_public.as_os_str()]);
+    assert!(!ok && said.contains("is signed by"), "{said}");
+}
