@@ -29,6 +29,7 @@ pub use checkpoint::{Checkpoint, CheckpointLog, RemovalScope, SigningKey};
 use merkle::Hash;
 
 use crate::model::Seq;
+use crate::storage::content_index::ContentIndexBuilder;
 use crate::storage::objects::SegmentStore;
 use crate::storage::segment::{LiveSegment, for_each_batch};
 use crate::storage::{Expiry, SealWitness, StorageError, packed};
@@ -181,6 +182,8 @@ pub type SortKey = (String, String, i64, Seq);
 pub struct SegmentRows {
     pub leaves: Vec<(Seq, Hash)>,
     pub out_of_order: Option<(Seq, Seq)>,
+    /// The content index the rows make, as the segment writer built it.
+    pub content_index: ContentIndexBuilder,
 }
 
 /// Reads every row of a segment and hashes it.
@@ -191,7 +194,11 @@ pub fn read_segment(
 ) -> Result<SegmentRows, StorageError> {
     let schema = packed::segment_schema();
     let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let mut rows = SegmentRows { leaves: Vec::with_capacity(segment.meta.rows as usize), out_of_order: None };
+    let mut rows = SegmentRows {
+        leaves: Vec::with_capacity(segment.meta.rows as usize),
+        out_of_order: None,
+        content_index: ContentIndexBuilder::default(),
+    };
     let mut previous: Option<SortKey> = None;
     for_each_batch(store, segment.scan_columns(&columns)?, |batch| {
         let (orgs, actors) = (batch.column_by_name("org_id"), batch.column_by_name("actor_id"));
@@ -216,6 +223,7 @@ pub fn read_segment(
             let (o, a, t, s) = key(batch.num_rows() - 1);
             previous = Some((o.to_string(), a.to_string(), t, s));
         }
+        rows.content_index.add(batch.column_by_name("content_id").expect("content_id").as_string::<i32>().iter());
         rows.leaves.extend(canonical::leaves(&batch, digest_key));
         Ok(())
     })?;

@@ -21,6 +21,9 @@ use super::checkpoint::{self, Checkpoint, GENESIS_PREV, LineKind};
 use super::merkle::{self, BLOCK_LEAVES, Hash};
 use super::{IntegrityError, SigningKey, read_segment};
 use crate::model::Seq;
+use datafusion::parquet::file::metadata::ParquetMetaDataReader;
+
+use crate::storage::content_index::{ContentIndexBuilder, ContentIndexLocation};
 use crate::storage::manifest::Manifest;
 use crate::storage::objects::SegmentStore;
 use crate::storage::segment::LiveSegment;
@@ -175,6 +178,11 @@ pub fn verify(
                 format!("segment {} (seqs {}..={}): {e}", meta.file, meta.min_seq, meta.max_seq),
             ),
             Ok(rows) => {
+                if let Some(location) = meta.content_index
+                    && let Err(reason) = check_content_index(store, &meta.file, location, rows.content_index)
+                {
+                    report.found(Kind::Modified, format!("segment {}: {reason}", meta.file));
+                }
                 if let Some((a, b)) = rows.out_of_order {
                     report.found(
                         Kind::Reordered,
@@ -318,6 +326,28 @@ fn check_manifest(
         report.found(Kind::Extra, format!("segment file {file} is not in the manifest"));
     }
     Ok(())
+}
+
+/// Whether the content index stored in a segment file is the one its rows
+/// make: a damaged one that still parses would make lookups by
+/// `content_id` select other events' rows.
+fn check_content_index(
+    store: &SegmentStore,
+    file: &str,
+    location: ContentIndexLocation,
+    rebuilt: ContentIndexBuilder,
+) -> Result<(), String> {
+    let bytes = store.read_segment_file(file).map_err(|e| e.to_string())?;
+    let footer =
+        ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(|e| format!("footer unreadable: {e}"))?;
+    let group_rows: Vec<u64> = footer.row_groups().iter().map(|g| g.num_rows() as u64).collect();
+    let stored = bytes.get(location.offset as usize..(location.offset + location.length) as usize);
+    match (rebuilt.finish(&group_rows), stored) {
+        (Some(want), Some(stored)) if want == stored => Ok(()),
+        _ => {
+            Err("its content index is not the one its rows make (lookups by content_id would select wrong rows)".into())
+        }
+    }
 }
 
 /// Runs of seqs in `first..=last` that neither `leaves` nor `removed` has.

@@ -189,6 +189,13 @@ impl SegmentStore {
         Ok(objects.into_iter().filter_map(|o| o.location.filename().map(str::to_owned)).collect())
     }
 
+    /// A whole segment file's bytes (for checks that read every byte).
+    pub fn read_segment_file(&self, file: &str) -> Result<bytes::Bytes, StorageError> {
+        let location = self.segment_location(file);
+        self.block_on(async { self.store.get(&location).await?.bytes().await })
+            .map_err(|e| self.object_error(&location, e))
+    }
+
     /// Deletes one segment file. Deleting one already gone is not an error.
     pub fn delete_segment(&self, file: &str) -> Result<(), StorageError> {
         if let Some(path) = self.local_path(file) {
