@@ -24,6 +24,8 @@ struct Options {
     binary: PathBuf,
     data_dir: PathBuf,
     repetitions: usize,
+    /// Serve with checkpoints signed by this key (`auditlake keygen --signing-key`).
+    signing_key: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -34,6 +36,7 @@ fn options() -> Options {
         binary: PathBuf::from("target/release/auditlake"),
         data_dir: PathBuf::from("bench-out/data"),
         repetitions: 30,
+        signing_key: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -45,6 +48,7 @@ fn options() -> Options {
             "--binary" => o.binary = value.into(),
             "--data-dir" => o.data_dir = value.into(),
             "--repetitions" => o.repetitions = value.parse().expect("--repetitions N"),
+            "--signing-key" => o.signing_key = Some(value.into()),
             other => panic!("unknown option {other}"),
         }
     }
@@ -88,6 +92,7 @@ async fn main() {
         .arg("--insecure-trust-loopback")
         .arg("--data-dir")
         .arg(&o.data_dir)
+        .args(o.signing_key.iter().flat_map(|key| [std::ffi::OsStr::new("--signing-key"), key.as_os_str()]))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -144,6 +149,7 @@ async fn main() {
         assert!(seal_wait.elapsed() < Duration::from_secs(300), "sealing did not finish: {health}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let sealed_after_ingest_secs = seal_wait.elapsed().as_secs_f64();
     // ...and until no merge is running or due, so that sizes count only
     // published segments and queries are timed on a quiet server.
     let segments = loop {
@@ -205,6 +211,8 @@ async fn main() {
         "clients": o.clients,
         "ingest_seconds": ingest_secs,
         "ingest_events_per_second": o.events as f64 / ingest_secs,
+        "signed_checkpoints": o.signing_key.is_some(),
+        "sealed_after_ingest_seconds": sealed_after_ingest_secs,
         "segment_bytes": segment_bytes,
         "segments": segments,
         "bytes_per_event": segment_bytes as f64 / o.events as f64,
