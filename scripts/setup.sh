@@ -7,7 +7,9 @@
 #   S3-compatible bucket the object-storage tests keep segments in, and the
 #   Python clients the client tests drive (psycopg 3, SQLAlchemy, pandas);
 # - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
-#   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client.
+#   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client;
+# - the PostgreSQL 15 server, which `bench/run.py` (smoke-tested in the suite)
+#   compares auditlake with.
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -18,6 +20,14 @@ if ! command -v psql >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
 fi
 psql --version >&2
+
+# The PostgreSQL 15 server the side-by-side benchmark (and its smoke test)
+# compares against; started only by them, on a throwaway data directory.
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  echo "installing postgresql-15 for the side-by-side benchmark" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+fi
 
 venv="${AUDITLAKE_TEST_VENV:-$HOME/.cache/auditlake-venv}"
 if ! "$venv/bin/python" -c 'import duckdb' >/dev/null 2>&1; then

@@ -2,6 +2,7 @@
 //! module driving the real `auditlake` binary through real clients.
 
 mod access;
+mod bench_smoke;
 mod bi_tools;
 mod clients;
 mod crash;
