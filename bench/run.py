@@ -143,6 +143,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", required=True)
     parser.add_argument("--pg-bin", default="/usr/lib/postgresql/15/bin")
+    parser.add_argument("--ingest-bench", help="examples/ingest_bench: also time durable HTTP ingest of the events")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--repetitions", type=int, default=31)
@@ -220,6 +221,20 @@ def main():
         native.execute("checkpoint")
         results["load"]["duckdb (native table from CSV)"] = args.events / seconds
         results["size"]["duckdb (native table)"] = duck_file.stat().st_size / args.events
+        if args.ingest_bench:
+            # auditlake's durable HTTP ingest of the same events, in a server of its own.
+            ndjson = work / "events.ndjson"
+            fields = ", ".join(c for c, _ in COLUMNS if c not in ("time", "received_at", "attributes", "seq"))
+            native.execute(
+                f"copy (select strftime(time, '%Y-%m-%dT%H:%M:%S.%fZ') as time, {fields}, json(attributes) as attributes "
+                f"from audit_events order by seq) to '{ndjson}' (format json)")
+            report = subprocess.run(
+                [args.ingest_bench, "--binary", args.binary, "--data-dir", str(work / "auditlake-http"),
+                 "--ndjson", str(ndjson), "--repetitions", "1"], check=True, capture_output=True, text=True)
+            ingest = json.loads(report.stdout)
+            results["load"]["auditlake (HTTP ingest, durable)"] = ingest["ingest_events_per_second"]
+            shutil.rmtree(work / "auditlake-http")
+
         parquet = duckdb.connect()
         parquet.execute("set threads = 2")
         parquet.execute("set TimeZone = 'UTC'")

@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/auditlake-target}"
 bash scripts/setup.sh
-cargo build --release --quiet --bin auditlake
+cargo build --release --quiet --bin auditlake --example ingest_bench
 venv="${AUDITLAKE_TEST_VENV:-$HOME/.cache/auditlake-venv}"
-"$venv/bin/python" bench/run.py --binary "$CARGO_TARGET_DIR/release/auditlake" "$@"
+"$venv/bin/python" bench/run.py --binary "$CARGO_TARGET_DIR/release/auditlake" \
+  --ingest-bench "$CARGO_TARGET_DIR/release/examples/ingest_bench" "$@"

@@ -26,6 +26,9 @@ struct Options {
     repetitions: usize,
     /// Serve with checkpoints signed by this key (`auditlake keygen --signing-key`).
     signing_key: Option<PathBuf>,
+    /// Post the events of this NDJSON file instead of generated ones
+    /// (`bench/run.py` posts the events the other systems load).
+    ndjson: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -37,6 +40,7 @@ fn options() -> Options {
         data_dir: PathBuf::from("bench-out/data"),
         repetitions: 30,
         signing_key: None,
+        ndjson: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -49,6 +53,7 @@ fn options() -> Options {
             "--data-dir" => o.data_dir = value.into(),
             "--repetitions" => o.repetitions = value.parse().expect("--repetitions N"),
             "--signing-key" => o.signing_key = Some(value.into()),
+            "--ndjson" => o.ndjson = Some(value.into()),
             other => panic!("unknown option {other}"),
         }
     }
@@ -61,21 +66,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let o = options();
+    let mut o = options();
     if o.data_dir.exists() {
         std::fs::remove_dir_all(&o.data_dir).unwrap();
     }
     std::fs::create_dir_all(&o.data_dir).unwrap();
 
     // Bodies are prepared before the clock starts: we time the server, not serde.
-    let end_us = 1_795_600_000_000_000;
-    let events = demo::generate(42, o.events, end_us, 30);
-    let bodies: Arc<Vec<String>> = Arc::new(
-        events
-            .chunks(o.batch)
-            .map(|chunk| chunk.iter().map(|e| e.to_ingest_json().to_string() + "\n").collect())
-            .collect(),
-    );
+    let lines: Vec<String> = match &o.ndjson {
+        Some(path) => std::fs::read_to_string(path).unwrap().lines().map(|l| format!("{l}\n")).collect(),
+        None => {
+            let end_us = 1_795_600_000_000_000;
+            let events = demo::generate(42, o.events, end_us, 30);
+            events.iter().map(|e| e.to_ingest_json().to_string() + "\n").collect()
+        }
+    };
+    o.events = lines.len();
+    let bodies: Arc<Vec<String>> = Arc::new(lines.chunks(o.batch).map(|chunk| chunk.concat()).collect());
     let actor = demo::INCIDENT_ACTOR;
 
     // Ingest is timed with a token, as applications send it; the Postgres
