@@ -174,7 +174,11 @@ def main():
     log = open(work / "auditlake.log", "w")
     server = subprocess.Popen(
         [args.binary, "serve", "--data-dir", str(data), "--pg-listen", f"127.0.0.1:{port}",
-         "--http-listen", "127.0.0.1:0", "--insecure-trust-loopback"], stdout=log, stderr=log)
+         "--http-listen", "127.0.0.1:0", "--insecure-trust-loopback",
+         # The one-time export of every event to CSV is larger and longer than
+         # an investigation's default limits allow.
+         "--max-result-rows", str(args.events + 1_000_000), "--statement-timeout-ms", "3600000"],
+        stdout=log, stderr=log)
     pg = Postgres(args.pg_bin, work / "pg")
     try:
         for _ in range(300):
