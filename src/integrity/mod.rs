@@ -103,7 +103,15 @@ impl Integrity {
         for segment in segments.iter().filter(|s| s.meta.max_seq > behind && s.meta.min_seq < fresh_first) {
             let first = done + 1;
             let last = segment.meta.max_seq.min(fresh_first - 1);
-            let leaves = segment_leaves(store, segment, self.key.digest_key())?;
+            let mut leaves = segment_leaves(store, segment, self.key.digest_key())?;
+            // Retention may have removed events of a range before its
+            // checkpoint was caught up with; their removal records keep them.
+            leaves.extend(self.removed_leaves(first, last)?);
+            leaves.sort_unstable();
+            // A row both stored and recorded as removed (a crash between the
+            // record and the manifest) counts once.
+            leaves.dedup();
+            leaves.extend(self.record_absent(&leaves, first, last)?);
             let leaves = exact_range(leaves, first, last).ok_or_else(|| IntegrityError::Incomplete {
                 file: segment.meta.file.clone(),
                 first,
@@ -148,6 +156,41 @@ impl SealWitness for Integrity {
 }
 
 impl Integrity {
+    /// The leaves removal records keep for seqs `first..=last`.
+    fn removed_leaves(&self, first: Seq, last: Seq) -> Result<Vec<(Seq, Hash)>, IntegrityError> {
+        let lines = checkpoint::read_checkpoints(&self.data_dir)?.into_iter().filter_map(Result::ok);
+        let mut leaves = Vec::new();
+        for line in
+            lines.filter(|c| c.kind == checkpoint::LineKind::Removal && c.first_seq <= last && first <= c.last_seq)
+        {
+            let removed = checkpoint::read_removal(&self.data_dir, &line)
+                .map_err(|reason| IntegrityError::io(&self.data_dir, std::io::Error::other(reason)))?;
+            leaves.extend(removed.into_iter().filter(|(seq, _)| (first..=last).contains(seq)));
+        }
+        Ok(leaves)
+    }
+
+    /// Seqs of `first..=last` that neither `leaves` nor a removal record
+    /// holds were removed before the directory was checkpointed (retention
+    /// run without a key): they are recorded as such, each with a
+    /// placeholder leaf, so the range can be checkpointed and verified.
+    fn record_absent(&self, leaves: &[(Seq, Hash)], first: Seq, last: Seq) -> Result<Vec<(Seq, Hash)>, IntegrityError> {
+        let present: std::collections::HashSet<Seq> = leaves.iter().map(|(seq, _)| *seq).collect();
+        let absent: Vec<(Seq, Hash)> =
+            (first..=last).filter(|seq| !present.contains(seq)).map(|seq| (seq, absent_leaf(seq))).collect();
+        if absent.is_empty() {
+            return Ok(absent);
+        }
+        warn!(first, last, absent = absent.len(), "events removed before this directory was checkpointed");
+        let scope = RemovalScope {
+            org: "*".into(),
+            before: "removed before the directory was checkpointed".into(),
+            count: absent.len() as u64,
+        };
+        self.log.append_removal(&self.key, scope, &absent)?;
+        Ok(absent)
+    }
+
     fn record_removal(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), IntegrityError> {
         let mut leaves: Vec<(Seq, Hash)> =
             removed.iter().flat_map(|b| canonical::leaves(b, self.key.digest_key())).collect();
@@ -162,6 +205,14 @@ impl Integrity {
         info!(index = line.index, org = %expiry.org, count = leaves.len(), "removal by retention recorded");
         Ok(())
     }
+}
+
+/// The leaf that stands for an event removed before its range was
+/// checkpointed: what it held is not known any more.
+pub fn absent_leaf(seq: Seq) -> Hash {
+    let mut data = b"auditlake absent v1\0".to_vec();
+    data.extend_from_slice(&seq.to_be_bytes());
+    merkle::leaf_hash(&data)
 }
 
 /// `leaves` sorted by seq, if they are exactly `first..=last` once each.

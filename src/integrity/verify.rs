@@ -245,8 +245,11 @@ fn check_chain(
             }
         };
         let before = good.last().map(|(c, _)| c);
-        let (prev, index, first) =
-            before.map_or((GENESIS_PREV.to_string(), 0, 1), |b| (b.chain_hash(), b.index + 1, b.last_seq + 1));
+        let (prev, index) = before.map_or((GENESIS_PREV.to_string(), 0), |b| (b.chain_hash(), b.index + 1));
+        // Events lines cover the log in order; removal lines name seqs of
+        // ranges already or about to be covered.
+        let events = good.iter().filter(|(c, _)| c.kind == LineKind::Events);
+        let first = events.map(|(c, _)| c.last_seq).max().unwrap_or(0) + 1;
         let signed = checkpoint.public_key == public && checkpoint.signature_holds(&public);
         if !signed {
             report.found(

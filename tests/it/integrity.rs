@@ -535,3 +535,39 @@ async fn an_events_inclusion_proof_verifies_with_the_standard_library_script() {
     let (ok, said) = check_proof(root.path(), &proof, &["--public-key".as_ref(), other_public.as_os_str()]);
     assert!(!ok && said.contains("is signed by"), "{said}");
 }
+
+#[test]
+fn events_removed_before_a_directory_was_checkpointed_are_recorded_as_absent() {
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("keys/signing.key");
+    fs::create_dir_all(key.parent().unwrap()).unwrap();
+    SigningKey::create(&key).unwrap();
+    let data = root.path().join("data");
+    let storage = Storage::open(config(&data, None)).unwrap();
+    seal_batches(&storage, 0, 2);
+    storage.shutdown();
+    drop(storage);
+    // Retention without a key, in a directory not checkpointed yet: allowed,
+    // and nothing records what it removed.
+    let (ok, _, stderr) = cli(&["org", "policy", "acme", "--retention-days", "30"], &data, None);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = cli(&["org", "expire"], &data, None);
+    assert!(ok && stdout.starts_with("600 event(s) removed"), "{stdout}{stderr}");
+
+    // The key arrives: the gaps are recorded as absent, the rest checkpointed.
+    let storage = Storage::open(config(&data, Some(&key))).unwrap();
+    seal_batches(&storage, 2 * EVENTS_PER_SEGMENT, 1);
+    storage.shutdown();
+    drop(storage);
+    let lines: Vec<Value> = fs::read_to_string(data.join("integrity/checkpoints.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["removal", "events", "removal", "events", "events"], "{lines:?}");
+    assert_eq!(lines[0]["removal"]["org"], "*");
+    assert_eq!(lines[0]["removal"]["count"], 300);
+    let (code, stdout) = verify(&data, &key);
+    assert_eq!((code, stdout.trim()), (Some(0), "ok"));
+}
