@@ -112,22 +112,14 @@ impl Integrity {
             // record and the manifest) counts once.
             leaves.dedup();
             leaves.extend(self.record_absent(&leaves, first, last)?);
-            let leaves = exact_range(leaves, first, last).ok_or_else(|| IntegrityError::Incomplete {
-                file: segment.meta.file.clone(),
-                first,
-                last,
-            })?;
+            let leaves = exact_range(leaves, first, last, &segment.meta.file)?;
             self.log.append(&self.key, first, &leaves)?;
             done = last;
         }
         if let Some((first, batches)) = fresh {
             let leaves: Vec<(Seq, Hash)> =
                 batches.iter().flat_map(|b| canonical::leaves(b, self.key.digest_key())).collect();
-            let leaves = exact_range(leaves, first, sealed_seq).ok_or_else(|| IntegrityError::Incomplete {
-                file: "(sealed batches)".into(),
-                first,
-                last: sealed_seq,
-            })?;
+            let leaves = exact_range(leaves, first, sealed_seq, "(sealed batches)")?;
             let checkpoint = self.log.append(&self.key, first, &leaves)?;
             info!(index = checkpoint.index, first, last = sealed_seq, root = %checkpoint.root, "checkpoint signed");
         }
@@ -215,13 +207,17 @@ pub fn absent_leaf(seq: Seq) -> Hash {
     merkle::leaf_hash(&data)
 }
 
-/// `leaves` sorted by seq, if they are exactly `first..=last` once each.
-fn exact_range(mut leaves: Vec<(Seq, Hash)>, first: Seq, last: Seq) -> Option<Vec<Hash>> {
+/// `leaves` sorted by seq, if they are exactly `first..=last` once each;
+/// otherwise `file` (where they were read) does not hold that range whole.
+fn exact_range(mut leaves: Vec<(Seq, Hash)>, first: Seq, last: Seq, file: &str) -> Result<Vec<Hash>, IntegrityError> {
     leaves.retain(|(seq, _)| (first..=last).contains(seq));
     leaves.sort_unstable_by_key(|(seq, _)| *seq);
     let exact =
         leaves.len() as Seq == last - first + 1 && leaves.iter().zip(first..).all(|((seq, _), want)| *seq == want);
-    exact.then(|| leaves.into_iter().map(|(_, leaf)| leaf).collect())
+    if !exact {
+        return Err(IntegrityError::Incomplete { file: file.to_string(), first, last });
+    }
+    Ok(leaves.into_iter().map(|(_, leaf)| leaf).collect())
 }
 
 /// The key by which rows of a segment must be ordered (see
@@ -243,15 +239,13 @@ pub fn read_segment(
     segment: &LiveSegment,
     digest_key: &ring::hmac::Key,
 ) -> Result<SegmentRows, StorageError> {
-    let schema = packed::segment_schema();
-    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut rows = SegmentRows {
         leaves: Vec::with_capacity(segment.meta.rows as usize),
         out_of_order: None,
         content_index: ContentIndexBuilder::default(),
     };
     let mut previous: Option<SortKey> = None;
-    for_each_batch(store, segment.scan_columns(&columns)?, |batch| {
+    for_each_batch(store, every_column(segment)?, |batch| {
         let (orgs, actors) = (batch.column_by_name("org_id"), batch.column_by_name("actor_id"));
         let (orgs, actors) = (orgs.expect("org_id").as_string::<i32>(), actors.expect("actor_id").as_string::<i32>());
         let times = batch.column_by_name("time").expect("time").as_primitive::<TimestampMicrosecondType>();
@@ -281,12 +275,16 @@ pub fn read_segment(
     Ok(rows)
 }
 
+/// A scan of every column of a segment, the stored digests included.
+fn every_column(segment: &LiveSegment) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, StorageError> {
+    let schema = packed::segment_schema();
+    segment.scan_columns(&schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>())
+}
+
 /// Every batch of a segment, in the segment schema.
 pub fn read_segment_batches(store: &SegmentStore, segment: &LiveSegment) -> Result<Vec<RecordBatch>, StorageError> {
-    let schema = packed::segment_schema();
-    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut batches = Vec::new();
-    for_each_batch(store, segment.scan_columns(&columns)?, |batch| {
+    for_each_batch(store, every_column(segment)?, |batch| {
         batches.push(batch);
         Ok(())
     })?;
