@@ -303,7 +303,8 @@ impl OfflineArgs {
     fn open(&self) -> anyhow::Result<Storage> {
         let config = StorageConfig {
             segments_url: self.segments_url.clone(),
-            witness: witness(self.signing_key.as_deref(), &self.data_dir)?,
+            witness: integrity(self.signing_key.as_deref(), &self.data_dir)?
+                .map(|i| i as Arc<dyn storage::SealWitness>),
             ..StorageConfig::new(&self.data_dir)
         };
         Storage::open(config).with_context(|| {
@@ -547,7 +548,7 @@ impl ServeArgs {
         }
     }
 
-    fn storage_config(&self) -> anyhow::Result<StorageConfig> {
+    fn storage_config(&self, integrity: Option<Arc<integrity::Integrity>>) -> anyhow::Result<StorageConfig> {
         Ok(StorageConfig {
             data_dir: self.data_dir.clone(),
             segments_url: self.segments_url.clone(),
@@ -560,7 +561,7 @@ impl ServeArgs {
                 min_inputs: self.compaction_min_segments,
             },
             idempotency_window_ms: self.idempotency_window_hours.saturating_mul(3_600_000),
-            witness: witness(self.signing_key.as_deref(), &self.data_dir)?,
+            witness: integrity.map(|i| i as Arc<dyn storage::SealWitness>),
             retention: self.retention()?,
             retention_interval_ms: self.retention_interval_ms,
         })
@@ -924,29 +925,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     args.tls()?;
-    let storage = open_storage(&args).await?;
-    serve_storage(args, storage).await
+    let (storage, integrity) = open_storage(&args).await?;
+    serve_storage(args, storage, integrity).await
 }
 
-/// The checkpoint signer for a data directory, if a signing key was given.
-fn witness(key_file: Option<&Path>, data_dir: &Path) -> anyhow::Result<Option<Arc<dyn storage::SealWitness>>> {
+/// The checkpoint signer (and prover) for a data directory, if a signing
+/// key was given.
+fn integrity(key_file: Option<&Path>, data_dir: &Path) -> anyhow::Result<Option<Arc<integrity::Integrity>>> {
     let Some(key_file) = key_file else { return Ok(None) };
     let key = Arc::new(integrity::SigningKey::load(key_file, data_dir)?);
     Ok(Some(Arc::new(integrity::Integrity::open(key, data_dir)?)))
 }
 
-async fn open_storage(args: &ServeArgs) -> anyhow::Result<Storage> {
-    let config = args.storage_config()?;
+/// The storage a server runs on, and its integrity layer (the seal witness
+/// and, for the HTTP API, the prover) if it checkpoints.
+async fn open_storage(args: &ServeArgs) -> anyhow::Result<(Storage, Option<Arc<integrity::Integrity>>)> {
+    let integrity = integrity(args.signing_key.as_deref(), &args.data_dir)?;
+    let config = args.storage_config(integrity.clone())?;
     if config.witness.is_none() {
         warn!("no --signing-key: sealed events are not checkpointed, so `auditlake verify` cannot vouch for them");
     }
     let dir = config.data_dir.display().to_string();
-    tokio::task::spawn_blocking(move || Storage::open(config))
+    let storage = tokio::task::spawn_blocking(move || Storage::open(config))
         .await?
-        .with_context(|| format!("cannot open data directory {dir}"))
+        .with_context(|| format!("cannot open data directory {dir}"))?;
+    Ok((storage, integrity))
 }
 
-async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> {
+async fn serve_storage(
+    args: ServeArgs,
+    storage: Storage,
+    integrity: Option<Arc<integrity::Integrity>>,
+) -> anyhow::Result<()> {
     let policies = Arc::new(args.policies()?);
     let access_log = server::AccessLog::start(storage.clone(), Arc::clone(&policies));
     let endpoint = server::Endpoint {
@@ -972,13 +982,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
         },
         limits: endpoint.limits.clone(),
         policies,
-        integrity: match &args.signing_key {
-            Some(path) => {
-                let key = Arc::new(integrity::SigningKey::load(path, &args.data_dir)?);
-                Some(Arc::new(integrity::Integrity::open(key, &args.data_dir)?))
-            }
-            None => None,
-        },
+        integrity,
     };
     let pg = server::bind(args.pg_listen).await?;
     let http = ingest::bind(args.http_listen).await?;
@@ -1001,7 +1005,7 @@ async fn serve_storage(args: ServeArgs, storage: Storage) -> anyhow::Result<()> 
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
-    let storage = open_storage(&args.serve).await?;
+    let (storage, integrity) = open_storage(&args.serve).await?;
     if storage.stats().last_seq > 0 {
         say(&format!(
             "{} already holds {} events; serving them without generating more.",
@@ -1078,7 +1082,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
          where actor_id = '{}' and time > now() - interval '3 days' order by time;\n",
         demo::INCIDENT_ACTOR
     ));
-    serve_storage(args.serve, storage).await
+    serve_storage(args.serve, storage, integrity).await
 }
 
 /// `mi_option_purge_delay`: its value in mimalloc 3's `mi_option_t` (between

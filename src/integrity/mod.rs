@@ -125,29 +125,7 @@ impl Integrity {
         }
         Ok(())
     }
-}
 
-impl SealWitness for Integrity {
-    fn sealed(
-        &self,
-        store: &SegmentStore,
-        segments: &[Arc<LiveSegment>],
-        sealed_seq: Seq,
-        fresh: Option<(Seq, &[RecordBatch])>,
-    ) {
-        // The events are durable and published already; a checkpoint that
-        // fails now is caught up with at the next seal or start.
-        if let Err(e) = self.checkpoint_through(store, segments, sealed_seq, fresh) {
-            error!(error = %e, sealed_seq, "checkpoint failed; retried at the next seal");
-        }
-    }
-
-    fn removing(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), StorageError> {
-        self.record_removal(expiry, removed).map_err(|e| StorageError::Rewrite(format!("recording the removal: {e}")))
-    }
-}
-
-impl Integrity {
     /// The leaves removal records keep for seqs `first..=last`.
     fn removed_leaves(&self, first: Seq, last: Seq) -> Result<Vec<(Seq, Hash)>, IntegrityError> {
         let lines = checkpoint::read_checkpoints(&self.data_dir)?.into_iter().filter_map(Result::ok);
@@ -196,6 +174,26 @@ impl Integrity {
         let line = self.log.append_removal(&self.key, scope, &leaves)?;
         info!(index = line.index, org = %expiry.org, count = leaves.len(), "removal by retention recorded");
         Ok(())
+    }
+}
+
+impl SealWitness for Integrity {
+    fn sealed(
+        &self,
+        store: &SegmentStore,
+        segments: &[Arc<LiveSegment>],
+        sealed_seq: Seq,
+        fresh: Option<(Seq, &[RecordBatch])>,
+    ) {
+        // The events are durable and published already; a checkpoint that
+        // fails now is caught up with at the next seal or start.
+        if let Err(e) = self.checkpoint_through(store, segments, sealed_seq, fresh) {
+            error!(error = %e, sealed_seq, "checkpoint failed; retried at the next seal");
+        }
+    }
+
+    fn removing(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), StorageError> {
+        self.record_removal(expiry, removed).map_err(|e| StorageError::Rewrite(format!("recording the removal: {e}")))
     }
 }
 
