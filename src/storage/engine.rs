@@ -49,10 +49,10 @@ const WAL_QUEUE_REQUESTS: usize = 4096;
 const SEAL_CHECK_INTERVAL_MS: u64 = 250;
 /// How often the sealer forgets ids that left the idempotency window.
 const FORGET_EXPIRED_IDS_INTERVAL_MS: u64 = 60_000;
-/// Small appends (one self-audit record, one event) are merged into the
-/// buffer's last batch while the two together stay under this many rows:
-/// every query scans the buffer, and thousands of one-row batches cost far
-/// more to scan than their rows.
+/// Small appends (one self-audit record, one event) are merged into larger
+/// buffered batches while a merge stays under this many rows: every query
+/// scans the buffer, and thousands of one-row batches cost far more to scan
+/// than their rows.
 const BUFFER_MERGE_MAX_ROWS: usize = 4096;
 
 /// Limits and paths of one engine.
@@ -166,20 +166,26 @@ struct State {
 type AppendReply = oneshot::Sender<Result<Appended, StorageError>>;
 
 impl State {
-    /// Adds an acknowledged batch to the buffer, merged into the last one
-    /// when both are small (see [`BUFFER_MERGE_MAX_ROWS`]).
+    /// Adds an acknowledged batch to the buffer, then merges the two newest
+    /// batches for as long as the older is no larger than the newer (and the
+    /// two fit in [`BUFFER_MERGE_MAX_ROWS`]), like carries in a binary counter:
+    /// the buffer holds a few batches per doubling of size, and each row is
+    /// copied about log2(BUFFER_MERGE_MAX_ROWS) times in all. Merging every
+    /// append into the last batch copied the whole batch each time, which a
+    /// stream of one-row self-audit records made quadratic.
     fn push_buffered(&mut self, batch: &RecordBatch, first: Seq, last: Seq) {
-        if let Some((previous, previous_first, previous_last)) = self.buffer.last_mut()
-            && *previous_first > self.merge_barrier
-            && *previous_last + 1 == first
-            && previous.num_rows() + batch.num_rows() <= BUFFER_MERGE_MAX_ROWS
-            && let Ok(merged) = concat_batches(&previous.schema(), [&*previous, batch])
-        {
-            *previous = merged;
-            *previous_last = last;
-            return;
-        }
         self.buffer.push((batch.clone(), first, last));
+        while let [.., (older, older_first, older_last), (newer, newer_first, newer_last)] = self.buffer.as_slice()
+            && *older_first > self.merge_barrier
+            && *older_last + 1 == *newer_first
+            && older.num_rows() <= newer.num_rows()
+            && older.num_rows() + newer.num_rows() <= BUFFER_MERGE_MAX_ROWS
+            && let Ok(merged) = concat_batches(&older.schema(), [older, newer])
+        {
+            let (merged_first, merged_last) = (*older_first, *newer_last);
+            self.buffer.truncate(self.buffer.len() - 2);
+            self.buffer.push((merged, merged_first, merged_last));
+        }
     }
 
     /// Recomputes the buffer's counters after replay or after rows left it (a
@@ -1258,17 +1264,18 @@ mod tests {
             append_n(&storage, i, 1).await;
         }
         let snapshot = storage.snapshot();
-        assert_eq!((snapshot.buffer.len(), rows(&snapshot)), (1, 200), "200 one-event appends, one batch");
+        let sizes = |snapshot: &Snapshot| snapshot.buffer.iter().map(|b| b.num_rows()).collect::<Vec<_>>();
+        assert_eq!(sizes(&snapshot), [128, 64, 8], "200 one-event appends, merged as a binary counter carries");
         // And so after a restart, replayed from 200 WAL records.
         storage.shutdown();
         drop((snapshot, storage));
         let storage = Storage::open(config(dir.path())).unwrap();
         let snapshot = storage.snapshot();
-        assert_eq!((snapshot.buffer.len(), rows(&snapshot)), (1, 200), "replayed into one batch");
+        assert_eq!(sizes(&snapshot), [128, 64, 8], "replayed into the same batches");
         let seqs: Vec<i64> = {
-            use datafusion::arrow::array::AsArray;
-            let seq = snapshot.buffer[0].column_by_name("seq").unwrap();
-            seq.as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec()
+            use datafusion::arrow::datatypes::Int64Type;
+            let seq = |b: &RecordBatch| b.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec();
+            snapshot.buffer.iter().flat_map(seq).collect()
         };
         assert_eq!(seqs, (1..=200).collect::<Vec<i64>>());
 
