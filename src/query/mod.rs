@@ -14,11 +14,12 @@
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::{Dialect, TableParquetOptions};
-use datafusion::common::{DFSchema, Result, internal_err, plan_err};
+use datafusion::common::{DFSchema, DataFusionError, Result, internal_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -354,7 +355,16 @@ impl AuditEventsTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = model::schema();
         let snapshot = self.storage.snapshot();
-        let buffered_batches = snapshot.buffer.len();
+        let filters = if self.pushdown { filters } else { &[] };
+        let predicate = match conjunction(filters.to_vec()) {
+            Some(predicate) => Some(state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&schema))?)?),
+            None => None,
+        };
+        let buffer = match &predicate {
+            Some(predicate) => matching_buffered(snapshot.buffer, predicate),
+            None => snapshot.buffer,
+        };
+        let buffered_batches = buffer.len();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         // Content ids the scan must keep exactly (see `supports_filters_pushdown`).
         let content = if self.pushdown { content_lookup::wanted(filters) } else { None };
@@ -363,11 +373,11 @@ impl AuditEventsTable {
             limit,
         });
 
-        if !snapshot.buffer.is_empty() {
+        if !buffer.is_empty() {
             // Spread the buffered batches over partitions so both cores scan.
-            let partitions_wanted = state.config().target_partitions().clamp(1, snapshot.buffer.len());
+            let partitions_wanted = state.config().target_partitions().clamp(1, buffer.len());
             let mut partitions = vec![Vec::new(); partitions_wanted];
-            for (i, batch) in snapshot.buffer.into_iter().enumerate() {
+            for (i, batch) in buffer.into_iter().enumerate() {
                 partitions[i % partitions_wanted].push(batch);
             }
             let buffered = |projection: Option<&Vec<usize>>, limit| -> Result<Arc<dyn ExecutionPlan>> {
@@ -381,11 +391,6 @@ impl AuditEventsTable {
             });
         }
 
-        let filters = if self.pushdown { filters } else { &[] };
-        let predicate = match conjunction(filters.to_vec()) {
-            Some(predicate) => Some(state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&schema))?)?),
-            None => None,
-        };
         let mut segments = pruning::prune_segments(&snapshot.segments, predicate)?;
         debug!(segments = snapshot.segments.len(), kept = segments.len(), "pruned segments with the manifest");
         // Newest first: investigations mostly want recent activity, and an
@@ -462,6 +467,34 @@ impl AuditEventsTable {
             ScanSummary { segments_read, segments_pruned: pruned_by_manifest, buffered_batches, content_index: index };
         Ok(Arc::new(AuditEventsScanExec::new(plan, summary)))
     }
+}
+
+/// The buffered rows `predicate` (the conjunction of the pushed filters)
+/// keeps, batch by batch, batches left empty dropped. Done while planning:
+/// the buffer is small (it is sealed at `seal_max_buffered_rows`), and on a
+/// server being queried it is mostly the server's own self-audit records,
+/// which a lookup by actor or content never matches, so most lookups plan no
+/// branch for the buffer at all (no union, no second sort). DataFusion still
+/// applies every filter above the scan. A predicate that fails to evaluate
+/// keeps the buffer whole, so the error, if any, is the one execution gives.
+fn matching_buffered(buffer: Vec<RecordBatch>, predicate: &Arc<dyn PhysicalExpr>) -> Vec<RecordBatch> {
+    let mut kept = Vec::with_capacity(buffer.len());
+    for batch in &buffer {
+        let matching = predicate
+            .evaluate(batch)
+            .and_then(|mask| mask.into_array(batch.num_rows()))
+            .and_then(|mask| Ok(filter_record_batch(batch, mask.as_boolean_opt().ok_or_else(not_boolean)?)?));
+        match matching {
+            Ok(rows) if rows.num_rows() == 0 => {}
+            Ok(rows) => kept.push(rows),
+            Err(_) => return buffer,
+        }
+    }
+    kept
+}
+
+fn not_boolean() -> DataFusionError {
+    DataFusionError::Internal("a filter evaluated to something other than booleans".into())
 }
 
 /// Whether a statement only reads (or only touches its own session), the
@@ -784,12 +817,14 @@ mod tests {
     async fn the_manifest_prunes_segments_by_time_and_org() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        // Four segments: one minute each, the last one of org globex only.
+        // Four segments: one minute each, the last one of org globex only,
+        // the third one of actor `zed` only.
         for minute in 0..4i64 {
             let batch: Vec<Event> = (0..10i64)
                 .map(|i| Event {
                     time_us: 1_795_000_000_000_000 + minute * 60_000_000 + i * 1_000_000,
                     org_id: if minute == 3 { "globex" } else { "acme" }.into(),
+                    actor_id: if minute == 2 { "zed".into() } else { format!("u{}", i % 5) },
                     id: format!("m{minute}-{i}"),
                     ..events(0, 1)[0].clone()
                 })
@@ -826,6 +861,10 @@ mod tests {
         assert_eq!(files_scanned(second).await, (1, 3, 1));
         let globex = "select * from audit_events where org_id = 'globex'".to_owned();
         assert_eq!(files_scanned(globex).await, (1, 3, 10));
+        let zed = "select * from audit_events where actor_id = 'zed'".to_owned();
+        assert_eq!(files_scanned(zed).await, (1, 3, 10));
+        let others = "select * from audit_events where actor_id in ('u1', 'u3')".to_owned();
+        assert_eq!(files_scanned(others).await, (3, 1, 12));
         let nothing = format!("select * from audit_events where time > {} and org_id = 'acme'", minute(3));
         assert_eq!(files_scanned(nothing).await, (0, 4, 0));
         storage.shutdown();

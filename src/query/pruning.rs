@@ -1,5 +1,5 @@
 //! Segment pruning from the manifest: a query's filters are checked against
-//! each segment's recorded min/max of `time`, `org_id` and `seq` before any
+//! each segment's recorded min/max of `time`, `org_id`, `actor_id` and `seq` before any
 //! file is opened, so a question about last week reads last week's segments
 //! only. Row groups and pages inside the kept segments are pruned later by
 //! the Parquet scan (statistics, bloom filters, page index).
@@ -38,8 +38,9 @@ pub fn prune_segments(
     Ok(segments.iter().zip(keep).filter(|(_, keep)| *keep).map(|(s, _)| Arc::clone(s)).collect())
 }
 
-/// Each segment is one container; the manifest knows min/max of three
-/// columns, none of which can be NULL.
+/// Each segment is one container; the manifest knows min/max of four
+/// columns, none of which can be NULL (`actor_id`'s only for segments written
+/// since it was recorded).
 struct ManifestStatistics<'a>(&'a [Arc<LiveSegment>]);
 
 impl ManifestStatistics<'_> {
@@ -54,6 +55,10 @@ impl ManifestStatistics<'_> {
             ),
             "org_id" => Arc::new(StringArray::from_iter_values(
                 metas.map(|m| if max { m.max_org_id.as_str() } else { m.min_org_id.as_str() }),
+            )),
+            // NULL where the manifest does not know: the segment is kept.
+            "actor_id" => Arc::new(StringArray::from_iter(
+                metas.map(|m| m.actor_ids.as_ref().map(|(lo, hi)| if max { hi.as_str() } else { lo.as_str() })),
             )),
             "seq" => {
                 Arc::new(Int64Array::from_iter_values(metas.map(|m| (if max { m.max_seq } else { m.min_seq }) as i64)))

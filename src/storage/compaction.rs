@@ -109,6 +109,11 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
         min_org_id: inputs.iter().map(|s| s.meta.min_org_id.clone()).min().expect("inputs"),
         max_org_id: inputs.iter().map(|s| s.meta.max_org_id.clone()).max().expect("inputs"),
         // Unknown for one input means unknown for the merge.
+        actor_ids: inputs
+            .iter()
+            .map(|s| s.meta.actor_ids.clone())
+            .collect::<Option<Vec<_>>>()
+            .and_then(|ranges| ranges.into_iter().reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))),
         max_received_at_us: inputs
             .iter()
             .map(|s| s.meta.max_received_at_us)

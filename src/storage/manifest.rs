@@ -32,6 +32,12 @@ pub struct SegmentMeta {
     pub max_time_us: i64,
     pub min_org_id: String,
     pub max_org_id: String,
+    /// Least and greatest `actor_id`; absent in manifests written before they
+    /// were recorded (queries cannot prune such segments by actor). Segments
+    /// of the server's own self-audit records hold only database users, so a
+    /// lookup of one of the product's actors skips them unopened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_ids: Option<(String, String)>,
     /// When the segment's latest event was received; absent in manifests
     /// written before it was recorded (such segments count as recent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +106,7 @@ mod tests {
             max_time_us: 5,
             min_org_id: "acme".into(),
             max_org_id: "globex".into(),
+            actor_ids: Some(("u1".into(), "u7".into())),
             max_received_at_us: Some(7),
             content_index: Some(ContentIndexLocation { offset: 4, length: 20 }),
         });

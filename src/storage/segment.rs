@@ -232,6 +232,10 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
     let received =
         column("received_at").flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter().copied());
     let max_received_at_us = received.max();
+    let actors = column("actor_id").flat_map(|c| c.as_string::<i32>().iter().flatten());
+    let actor_ids = actors
+        .fold(None, |range: Option<(&str, &str)>, a| Some(range.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a)))))
+        .map(|(lo, hi)| (lo.to_owned(), hi.to_owned()));
     let file_name = segment_file_name(min_seq as u64, max_seq as u64);
 
     let org_of = |batch: &RecordBatch, row: usize| {
@@ -280,6 +284,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         max_time_us,
         min_org_id,
         max_org_id,
+        actor_ids,
         max_received_at_us,
         content_index: written.content_index,
     })
