@@ -16,6 +16,8 @@ pub struct ScanSummary {
     pub segments_read: usize,
     /// Ruled out by the manifest.
     pub segments_pruned: usize,
+    /// Buffered batches holding rows the filters may keep (each filtered
+    /// while planning to those rows).
     pub buffered_batches: usize,
     /// Set when content indexes were looked up.
     pub content_index: Option<ContentIndexSummary>,
