@@ -13,6 +13,7 @@
 //! segment whose index cannot be read is scanned with the filter instead.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use datafusion::common::ScalarValue;
 use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
@@ -82,15 +83,33 @@ pub enum Lookup {
     None,
 }
 
-/// Looks the wanted `ids` up in `segment`'s content index.
-pub async fn lookup(cache: &SegmentCache, segment: &LiveSegment, ids: &BTreeSet<String>) -> Lookup {
+/// Looks the wanted `ids` up in `segment`'s content index. With `within`
+/// (a scan of one organisation), only rows in that run count: `Some(None)`
+/// when the manifest does not say where its rows lie, and the index is then
+/// not used, so that whether it names another organisation's rows never
+/// changes what is read.
+pub async fn lookup(
+    cache: &SegmentCache,
+    segment: &LiveSegment,
+    ids: &BTreeSet<String>,
+    within: Option<Option<Range<u64>>>,
+) -> Lookup {
     let Some(location) = segment.meta.content_index else {
         return Lookup::Unindexed;
     };
+    let within = match within {
+        Some(None) => return Lookup::Unindexed,
+        Some(Some(run)) => Some(run),
+        None => None,
+    };
     match rows_of(cache, segment, location, ids).await {
         Ok(None) => Lookup::Unindexed,
-        Ok(Some((_, rows))) if rows.is_empty() => Lookup::None,
-        Ok(Some((head, rows))) => Lookup::Rows(access_plan(&head.group_rows, &rows)),
+        Ok(Some((head, mut rows))) => {
+            if let Some(run) = within {
+                rows.retain(|&row| run.contains(&u64::from(row)));
+            }
+            if rows.is_empty() { Lookup::None } else { Lookup::Rows(access_plan(&head.group_rows, &rows)) }
+        }
         Err(reason) => {
             warn!(segment = %segment.meta.file, %reason, "content index unusable; scanning the segment instead");
             Lookup::Unindexed

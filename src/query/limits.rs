@@ -117,19 +117,34 @@ impl StatementCancel {
 }
 
 /// A session's statement timeout: the server's default until a login sets
-/// the user's own (`auditlake user add --statement-timeout-ms`).
+/// the user's own (`auditlake user add --statement-timeout-ms`). That is
+/// also the session's ceiling: `SET statement_timeout` may lower it for the
+/// session, never raise it past what the login set.
 #[derive(Debug, Clone)]
 pub struct SessionTimeout {
     millis: Arc<AtomicU64>,
+    ceiling_millis: Arc<AtomicU64>,
 }
 
 impl SessionTimeout {
     pub fn new(timeout: Duration) -> Self {
-        SessionTimeout { millis: Arc::new(AtomicU64::new(timeout.as_millis() as u64)) }
+        let millis = timeout.as_millis() as u64;
+        SessionTimeout { millis: Arc::new(AtomicU64::new(millis)), ceiling_millis: Arc::new(AtomicU64::new(millis)) }
     }
 
+    /// The login's limit: the timeout and its ceiling.
     pub fn set(&self, timeout: Duration) {
+        self.ceiling_millis.store(timeout.as_millis() as u64, Ordering::SeqCst);
         self.millis.store(timeout.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// `requested`, or the ceiling when it asks for more or for none at all
+    /// (`None`: PostgreSQL's 0 or `DEFAULT`); returns what now applies.
+    pub fn lower_to(&self, requested: Option<Duration>) -> Duration {
+        let ceiling = self.ceiling_millis.load(Ordering::SeqCst);
+        let millis = requested.map_or(ceiling, |r| (r.as_millis() as u64).min(ceiling));
+        self.millis.store(millis, Ordering::SeqCst);
+        Duration::from_millis(millis)
     }
 
     pub fn get(&self) -> Duration {

@@ -49,6 +49,7 @@ use crate::model;
 use crate::storage::segment::LiveSegment;
 use crate::storage::{Storage, packed};
 
+mod barrier;
 mod content_lookup;
 mod limits;
 mod memory;
@@ -119,6 +120,8 @@ impl AuditEventsTable {
     /// Scans segment `files`, which store ids packed (see
     /// [`packed`](crate::storage::packed)): the Parquet scan reads segment
     /// columns, and a projection above it gives the table's columns back.
+    /// With `in_source`, the filters are the Parquet source's predicate
+    /// (pruning, and the row filter) whatever the session's settings.
     fn segments_scan(
         &self,
         state: &dyn Session,
@@ -126,6 +129,7 @@ impl AuditEventsTable {
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
+        in_source: bool,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let table = model::schema();
         let segment = packed::segment_schema();
@@ -134,6 +138,9 @@ impl AuditEventsTable {
         let mut options =
             TableParquetOptions { global: state.config_options().execution.parquet.clone(), ..Default::default() };
         options.global.schema_force_view_types = false;
+        if in_source {
+            options.global.pushdown_filters = true;
+        }
         let store = self.storage.segment_store();
         let mut source = ParquetSource::new(Arc::clone(&segment))
             .with_table_parquet_options(options)
@@ -144,7 +151,7 @@ impl AuditEventsTable {
         // With `pushdown_filters` on, DataFusion's physical optimizer pushes
         // the filters it keeps above the scan down into this source itself;
         // handing them over here too made every row filter run twice.
-        let pushed_later = state.config_options().execution.parquet.pushdown_filters;
+        let pushed_later = state.config_options().execution.parquet.pushdown_filters && !in_source;
         if let Some(predicate) = conjunction(prunable.cloned()).filter(|_| !pushed_later) {
             let df_schema = DFSchema::try_from(Arc::clone(&segment))?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
@@ -254,10 +261,14 @@ impl TableProvider for AuditEventsTable {
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         // Every filter is used for pruning; content-id lookups are applied
         // exactly by the scan itself (see `content_lookup`), the rest again
-        // by DataFusion above it.
+        // by DataFusion above it. A session scoped to one organisation hands
+        // the scan only filters that cannot fail (see `barrier`): the others
+        // run above it, on that organisation's rows alone.
+        let scoped = matches!(self.scope.get(), Some(Scope::Org(_)));
         Ok(filters
             .iter()
             .map(|f| match content_lookup::exact_values(f) {
+                _ if scoped && !barrier::is_leakproof(f) => TableProviderFilterPushDown::Unsupported,
                 Some(_) if self.pushdown => TableProviderFilterPushDown::Exact,
                 _ => TableProviderFilterPushDown::Inexact,
             })
@@ -275,19 +286,20 @@ impl TableProvider for AuditEventsTable {
             return plan_err!("{TABLE} cannot be read before the session has logged in");
         };
         let Scope::Org(org) = scope else {
-            return self.scan_all(state, projection, filters, limit).await;
+            return self.scan_all(state, projection, filters, limit, None).await;
         };
-        // The organisation's filter prunes like any other, and a filter of our
-        // own inside the scan applies it exactly, whatever the session's
-        // pruning settings.
+        // The scope first: the scan keeps the organisation's rows only
+        // (buffer and manifest by org before anything else, then the
+        // Parquet row filter), and only leakproof filters go with it.
         let in_org = col("org_id").eq(lit(org.as_str()));
-        let mut scoped_filters = filters.to_vec();
+        let mut scoped_filters: Vec<Expr> = filters.iter().filter(|f| barrier::is_leakproof(f)).cloned().collect();
         scoped_filters.push(in_org.clone());
         let filter = Filtered { predicate: in_org, limit };
         let columns = filter.columns(projection)?;
         // No `LIMIT` below the filter: it would count rows of other organisations.
-        let all = self.scan_all(state, Some(&columns.1), &scoped_filters, None).await?;
-        filter.apply(state, columns, all)
+        let all = self.scan_all(state, Some(&columns.1), &scoped_filters, None, Some(org)).await?;
+        let scan = filter.apply(state, columns, all)?;
+        Ok(Arc::new(barrier::OrgScanExec::new(org, scan, state.config().target_partitions())))
     }
 }
 
@@ -345,25 +357,39 @@ impl Filtered {
 }
 
 impl AuditEventsTable {
-    /// Every event the filters do not rule out, of every organisation.
+    /// Every event the filters do not rule out, of every organisation, or
+    /// with `org` of that organisation only: its buffered rows are taken
+    /// before any filter is evaluated on them, and the segments' Parquet scan
+    /// gets the filters (the scope among them) as its own predicate, since
+    /// no optimizer rule will push them there (see `barrier`).
     async fn scan_all(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
+        org: Option<&str>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = model::schema();
         let snapshot = self.storage.snapshot();
-        let filters = if self.pushdown { filters } else { &[] };
+        let filters = if self.pushdown || org.is_some() { filters } else { &[] };
+        let df_schema = DFSchema::try_from(Arc::clone(&schema))?;
         let predicate = match conjunction(filters.to_vec()) {
-            Some(predicate) => Some(state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&schema))?)?),
+            Some(predicate) => Some(state.create_physical_expr(predicate, &df_schema)?),
             None => None,
         };
-        let buffer = match &predicate {
-            Some(predicate) => matching_buffered(snapshot.buffer, predicate),
+        let buffer = match org {
+            Some(org) => {
+                let in_org = state.create_physical_expr(col("org_id").eq(lit(org)), &df_schema)?;
+                matching_buffered(snapshot.buffer, &in_org)
+            }
             None => snapshot.buffer,
         };
+        let buffer = match &predicate {
+            Some(predicate) => matching_buffered(buffer, predicate),
+            None => buffer,
+        };
+        let in_source = org.is_some();
         let buffered_batches = buffer.len();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         // Content ids the scan must keep exactly (see `supports_filters_pushdown`).
@@ -391,7 +417,13 @@ impl AuditEventsTable {
             });
         }
 
-        let mut segments = pruning::prune_segments(&snapshot.segments, predicate)?;
+        // A segment the manifest says holds none of the organisation's
+        // events is never opened for it.
+        let in_scope: Vec<Arc<LiveSegment>> = match org {
+            Some(org) => snapshot.segments.iter().filter(|s| s.meta.may_hold_org(org)).cloned().collect(),
+            None => snapshot.segments.to_vec(),
+        };
+        let mut segments = pruning::prune_segments(&in_scope, predicate)?;
         debug!(segments = snapshot.segments.len(), kept = segments.len(), "pruned segments with the manifest");
         // Newest first: investigations mostly want recent activity, and an
         // `ORDER BY time DESC LIMIT n` fills its top n from the first files
@@ -409,7 +441,7 @@ impl AuditEventsTable {
         match &content {
             None if !segments.is_empty() => {
                 let files = segments.iter().map(file).collect();
-                inputs.push(self.segments_scan(state, files, projection, filters, limit)?);
+                inputs.push(self.segments_scan(state, files, projection, filters, limit, in_source)?);
             }
             None => {}
             Some(ids) => {
@@ -421,7 +453,10 @@ impl AuditEventsTable {
                 let lookups = futures::stream::iter(segments.iter().cloned())
                     .map(|segment| {
                         let (cache, wanted) = (self.cache.clone(), Arc::clone(&wanted));
-                        async move { content_lookup::lookup(&cache, &segment, &wanted).await }
+                        // An organisation's lookup takes only the index's rows in
+                        // its own run, so rows of other organisations are not read.
+                        let within = org.map(|org| segment.meta.org_rows(org));
+                        async move { content_lookup::lookup(&cache, &segment, &wanted, within).await }
                     })
                     .buffered(CONTENT_LOOKUPS_AT_ONCE)
                     .collect::<Vec<_>>()
@@ -441,13 +476,16 @@ impl AuditEventsTable {
                     filters.iter().filter(|f| content_lookup::exact_values(f).is_none()).cloned().collect();
                 if !indexed.is_empty() {
                     let files = indexed.into_iter().map(|(_, file)| file).collect();
-                    inputs.push(self.segments_scan(state, files, projection, &other_filters, limit)?);
+                    inputs.push(self.segments_scan(state, files, projection, &other_filters, limit, in_source)?);
                 }
                 if !unindexed.is_empty() {
                     let files = unindexed.into_iter().map(|(_, file)| file).collect();
                     let filter = content_filter.as_ref().expect("content ids are wanted");
-                    inputs
-                        .push(filter.over(state, projection, |p| self.segments_scan(state, files, p, filters, None))?);
+                    inputs.push(
+                        filter.over(state, projection, |p| {
+                            self.segments_scan(state, files, p, filters, None, in_source)
+                        })?,
+                    );
                 }
             }
         }
@@ -476,7 +514,9 @@ impl AuditEventsTable {
 /// which a lookup by actor or content never matches, so most lookups plan no
 /// branch for the buffer at all (no union, no second sort). DataFusion still
 /// applies every filter above the scan. A predicate that fails to evaluate
-/// keeps the buffer whole, so the error, if any, is the one execution gives.
+/// keeps `buffer` whole, so the error, if any, is the one execution gives;
+/// for a session scoped to one organisation `buffer` already holds only
+/// that organisation's rows, and its predicate cannot fail (see `barrier`).
 fn matching_buffered(buffer: Vec<RecordBatch>, predicate: &Arc<dyn PhysicalExpr>) -> Vec<RecordBatch> {
     let mut kept = Vec::with_capacity(buffer.len());
     for batch in &buffer {
@@ -499,9 +539,36 @@ fn not_boolean() -> DataFusionError {
 
 /// Whether a statement only reads (or only touches its own session), the
 /// one definition of "read-only" for every way SQL reaches the log.
+/// `SELECT ... INTO t` is a write wherever it hides (a CTE, a subquery,
+/// `EXPLAIN`, `COPY (...) TO STDOUT`, a cursor's query): it creates a table.
 pub fn is_read_only(statement: &Statement) -> bool {
+    !selects_into(statement) && reads_only(statement)
+}
+
+/// Whether a `SELECT ... INTO` is anywhere in `statement`.
+pub fn selects_into(statement: &Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::{Query, SetExpr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Into;
+    fn has_into(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(select) => select.into.is_some(),
+            SetExpr::SetOperation { left, right, .. } => has_into(left) || has_into(right),
+            _ => false,
+        }
+    }
+    impl Visitor for Into {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if has_into(&query.body) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+    }
+    statement.visit(&mut Into).is_break()
+}
+
+fn reads_only(statement: &Statement) -> bool {
     match statement {
-        Statement::Explain { statement, .. } => is_read_only(statement),
+        Statement::Explain { statement, .. } => reads_only(statement),
         Statement::Query(_)
         | Statement::ExplainTable { .. }
         | Statement::ShowVariable { .. }
@@ -904,6 +971,68 @@ mod tests {
         storage.shutdown();
     }
 
+    /// The scan an organisation's session plans for `sql`, below its barrier.
+    async fn scoped_scan(storage: &Storage, org: &str, sql: &str) -> String {
+        let controls = SessionControls {
+            scope: Arc::new(OnceLock::from(Scope::Org(org.into()))),
+            ..SessionControls::new(&QueryLimits::default())
+        };
+        let ctx = new_scoped_session_context(storage, &QueryLimits::default(), controls).unwrap();
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let mut inner = None;
+        datafusion::physical_plan::accept(plan.as_ref(), &mut FindBarrier(&mut inner)).unwrap();
+        let barrier = inner.unwrap_or_else(|| panic!("no barrier in {sql}"));
+        datafusion::physical_plan::displayable(barrier.as_ref()).indent(true).to_string()
+    }
+
+    struct FindBarrier<'a>(&'a mut Option<Arc<dyn ExecutionPlan>>);
+
+    impl datafusion::physical_plan::ExecutionPlanVisitor for FindBarrier<'_> {
+        type Error = DataFusionError;
+        fn pre_visit(&mut self, plan: &dyn ExecutionPlan) -> Result<bool> {
+            if let Some(barrier) = plan.downcast_ref::<barrier::OrgScanExec>() {
+                *self.0 = Some(barrier.inner());
+            }
+            Ok(true)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_organisation_reads_only_its_segments_and_nothing_it_wrote_runs_below_the_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        // Segments of acme and initech (which lies between acme and globex
+        // in the range of org ids), of initech only, and of acme only; then
+        // buffered rows of all three.
+        let orgs_of: [&[&str]; 4] = [&["acme", "initech"], &["initech"], &["acme"], &["acme", "globex", "initech"]];
+        for (i, orgs) in orgs_of.iter().enumerate() {
+            let batch: Vec<Event> = events(i, 6)
+                .into_iter()
+                .enumerate()
+                .map(|(j, e)| Event { org_id: orgs[j % orgs.len()].into(), ..e })
+                .collect();
+            storage.append(batch).await.unwrap();
+            if i < 3 {
+                let sealer = storage.clone();
+                tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+            }
+        }
+        let segments = storage.snapshot().segments;
+        assert_eq!(segments[1].meta.orgs, Some(vec![("initech".to_string(), 6)]));
+        let globex = scoped_scan(&storage, "globex", "select * from audit_events").await;
+        assert_eq!(globex.matches(".parquet").count(), 0, "{globex}");
+        let initech = scoped_scan(&storage, "initech", "select * from audit_events").await;
+        assert_eq!(initech.matches(".parquet").count(), 2, "{initech}");
+        // The user's cast stays above the barrier; the leakproof filter goes
+        // below it, with the scope, into the Parquet scan.
+        let sql = "select id from audit_events where actor_id = 'u1' and cast(action as int) = 1";
+        let acme = scoped_scan(&storage, "acme", sql).await;
+        assert_eq!(acme.matches(".parquet").count(), 2, "{acme}");
+        assert!(acme.contains("predicate=") && acme.contains("org_id@") && acme.contains("u1"), "{acme}");
+        assert!(!acme.to_lowercase().contains("cast"), "{acme}");
+        storage.shutdown();
+    }
+
     #[tokio::test]
     async fn a_query_over_its_memory_limit_fails_clearly_and_others_still_run() {
         let dir = tempfile::tempdir().unwrap();
@@ -1195,6 +1324,15 @@ mod tests {
                     let reference = session_over(&storage, &QueryLimits::default(), AuditEventsTable::without_pushdown(storage.clone())).unwrap();
                     let mut full = seqs(&reference, &sql).await;
                     full.extend(seqs(&reference, &limited).await);
+                    // An organisation's user gets the organisation's rows of the same answer.
+                    let controls = SessionControls { scope: Arc::new(OnceLock::from(Scope::Org("globex".into()))), ..SessionControls::new(&QueryLimits::default()) };
+                    let scoped = new_scoped_session_context(&storage, &QueryLimits::default(), controls).unwrap();
+                    pushed.extend(seqs(&scoped, &sql).await);
+                    pushed.extend(seqs(&scoped, &limited).await);
+                    let in_org = format!("select seq from audit_events where org_id = 'globex' and ({filter}) order by seq");
+                    full.extend(seqs(&reference, &in_org).await);
+                    let limited_in_org = format!("select count(*) from (select seq from audit_events where org_id = 'globex' and ({filter}) limit 3)");
+                    full.extend(seqs(&reference, &limited_in_org).await);
                     storage.shutdown();
                     (pushed, full)
                 });

@@ -16,6 +16,7 @@ use datafusion::arrow::array::{
 use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::pruning::{PruningPredicateBuilder, PruningStatistics};
+use tracing::debug;
 
 use crate::model;
 use crate::storage::segment::LiveSegment;
@@ -34,7 +35,16 @@ pub fn prune_segments(
     let Some(pruning) = PruningPredicateBuilder::new().with_file_schema(model::schema()).build(predicate) else {
         return Ok(segments.to_vec());
     };
-    let keep = pruning.prune(&ManifestStatistics(segments))?;
+    // A predicate that fails on the statistics keeps every segment: its
+    // error could name a bound, a value of any organisation's events, and
+    // the filters above the scan decide anyway.
+    let keep = match pruning.prune(&ManifestStatistics(segments)) {
+        Ok(keep) => keep,
+        Err(error) => {
+            debug!(%error, "the manifest could not prune; every segment is kept");
+            return Ok(segments.to_vec());
+        }
+    };
     Ok(segments.iter().zip(keep).filter(|(_, keep)| *keep).map(|(s, _)| Arc::clone(s)).collect())
 }
 

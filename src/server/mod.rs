@@ -57,6 +57,7 @@ mod catalog;
 mod compat;
 mod copy_out;
 mod over_limit;
+mod settings;
 mod sqlstate;
 mod subqueries;
 pub mod users;
@@ -238,6 +239,7 @@ impl ConnectionHandlers {
     ) -> Result<Self, ServerError> {
         let controls = query::SessionControls::new(limits);
         let cancel = controls.cancel.clone();
+        let settings = settings::SettingsHook { scope: Arc::clone(&controls.scope), timeout: controls.timeout.clone() };
         let log = policy.access_log.clone();
         let login = Arc::new(Login::new(policy, running.clone(), controls.clone()));
         let ctx = query::new_scoped_session_context(storage, limits, controls)
@@ -249,6 +251,7 @@ impl ConnectionHandlers {
             Arc::new(copy_out::CopyToClientHook),
             Arc::new(compat::SavepointHook),
             Arc::new(CursorStatementHook),
+            Arc::new(settings),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
         ];
@@ -294,6 +297,9 @@ fn read_only_error(statement: &Statement) -> PgWireError {
              (psql's \\copy ... to 'file') to save rows on the client"
                 .to_string(),
         ),
+        _ if query::selects_into(statement) => {
+            ("25006", "cannot execute SELECT INTO: the auditlake SQL endpoint is read-only".to_string())
+        }
         _ => {
             let verb = query::statement_verb(statement);
             ("25006", format!("cannot execute {verb}: the auditlake SQL endpoint is read-only"))
@@ -302,9 +308,11 @@ fn read_only_error(statement: &Statement) -> PgWireError {
     sqlstate::statement_error(code, message)
 }
 
-/// Reads, and copies of query results to the client.
+/// Reads, and copies of query results to the client; never a `SELECT ...
+/// INTO`, which creates a table in the session.
 fn allowed(statement: &Statement) -> bool {
-    query::is_read_only(statement) || copy_out::is_copy_to_client(statement) || compat::is_savepoint(statement)
+    !query::selects_into(statement)
+        && (query::is_read_only(statement) || copy_out::is_copy_to_client(statement) || compat::is_savepoint(statement))
 }
 
 #[async_trait]
@@ -370,11 +378,19 @@ mod tests {
             "copy audit_events to '/tmp/x'",
             "explain analyze delete from audit_events",
             "update audit_events set actor_id = 'x'",
+            "select * into stolen from audit_events",
+            "with t as (select 1 as x into kept) select * from t",
+            "select 1 union select 2 into other",
+            "explain select * into stolen from audit_events",
         ] {
             assert!(!query::is_read_only(&parse(sql)), "{sql}");
         }
         let PgWireError::UserError(info) = read_only_error(&parse("drop table audit_events")) else { panic!() };
         assert_eq!(info.code, "25006");
         assert!(info.message.contains("DROP TABLE"), "{}", info.message);
+        let copied = parse("copy (select 1 as x into copied) to stdout");
+        assert!(!allowed(&copied));
+        let PgWireError::UserError(info) = read_only_error(&copied) else { panic!() };
+        assert_eq!((info.code.as_str(), info.message.contains("SELECT INTO")), ("25006", true), "{}", info.message);
     }
 }

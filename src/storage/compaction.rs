@@ -27,7 +27,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::union::UnionExec;
 
 use super::StorageError;
-use super::manifest::SegmentMeta;
+use super::manifest::{self, SegmentMeta};
 use super::objects::{SegmentStore, WrittenSegment};
 use super::packed;
 use super::segment::{self, LiveSegment, SORT_COLUMNS, segment_file_name};
@@ -120,6 +120,10 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
             .collect::<Option<Vec<_>>>()
             .and_then(|v| v.into_iter().max()),
         content_index: written.content_index,
+        // Unknown for one input means unknown for the merge.
+        orgs: inputs.iter().map(|s| s.meta.orgs.as_ref()).collect::<Option<Vec<_>>>().and_then(|lists| {
+            manifest::org_counts(lists.into_iter().flatten().map(|(org, rows)| (org.as_str(), *rows)))
+        }),
     })
 }
 

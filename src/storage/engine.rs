@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use super::compaction::{self, CompactionPolicy};
 use super::faults::Faults;
 use super::idempotency::{self, EventKey, RecentIds};
-use super::manifest::{Manifest, SegmentMeta};
+use super::manifest::{self, Manifest, SegmentMeta};
 use super::objects::SegmentStore;
 use super::segment::LiveSegment;
 use super::wal::{self, WalBatch, WalWriter};
@@ -657,9 +657,18 @@ impl Storage {
     ) -> Result<SegmentMeta, StorageError> {
         let file = segment::rewritten_file_name(&old.meta.file);
         let store = &self.shared.segments;
+        // The organisations left once `rewrite` removed rows, if any.
+        let mut orgs = std::collections::BTreeMap::new();
         let written = store.create_segment(&file).and_then(|mut writer| {
             let scan = DataSourceExec::from_data_source(old.scan().build());
-            segment::for_each_batch(store, scan, |batch| writer.write(&rewrite(&batch)?))?;
+            segment::for_each_batch(store, scan, |batch| {
+                let rewritten = rewrite(&batch)?;
+                let org_ids = rewritten.column_by_name("org_id").expect("org_id").as_string::<i32>();
+                for org in org_ids.iter().flatten() {
+                    *orgs.entry(org.to_owned()).or_insert(0) += 1;
+                }
+                writer.write(&rewritten)
+            })?;
             writer.finish()
         });
         let written = written.inspect_err(|_| {
@@ -669,6 +678,7 @@ impl Storage {
             file,
             size_bytes: written.size_bytes,
             content_index: written.content_index,
+            orgs: old.meta.orgs.as_ref().and_then(|_| manifest::org_counts(orgs.iter().map(|(o, n)| (o.as_str(), *n)))),
             ..old.meta.clone()
         })
     }

@@ -46,6 +46,51 @@ pub struct SegmentMeta {
     /// segments written before there was one (queries scan those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_index: Option<ContentIndexLocation>,
+    /// The organisations with events in the segment and how many rows each
+    /// has, sorted by org id (the segment's own order, so each one's rows are
+    /// a run starting where the previous ones' end); absent in manifests
+    /// written before they were recorded, and for segments of more than
+    /// [`MAX_LISTED_ORGS`] organisations. A query scoped to one organisation
+    /// does not open a segment that lists others only, and reads only its
+    /// run of rows where an index names rows, so how long it takes depends
+    /// on no other organisation's events there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orgs: Option<Vec<(String, u64)>>,
+}
+
+/// Most organisations a segment's entry lists (see [`SegmentMeta::orgs`]).
+pub const MAX_LISTED_ORGS: usize = 1024;
+
+impl SegmentMeta {
+    /// Whether the segment may hold events of `org`: it lies in the
+    /// segment's range of org ids and, where the manifest lists them, among
+    /// its organisations.
+    pub fn may_hold_org(&self, org: &str) -> bool {
+        (self.min_org_id.as_str()..=self.max_org_id.as_str()).contains(&org)
+            && self.orgs.as_ref().is_none_or(|orgs| orgs.binary_search_by(|(o, _)| o.as_str().cmp(org)).is_ok())
+    }
+
+    /// The rows of `org` in the segment, numbered over the file, where the
+    /// manifest lists them.
+    pub fn org_rows(&self, org: &str) -> Option<std::ops::Range<u64>> {
+        let orgs = self.orgs.as_ref()?;
+        let at = orgs.binary_search_by(|(o, _)| o.as_str().cmp(org)).ok()?;
+        let start: u64 = orgs[..at].iter().map(|(_, rows)| rows).sum();
+        Some(start..start + orgs[at].1)
+    }
+}
+
+/// The organisations of `org_ids` (one per row) with their row counts,
+/// sorted, or `None` past [`MAX_LISTED_ORGS`].
+pub fn org_counts<'a>(org_ids: impl IntoIterator<Item = (&'a str, u64)>) -> Option<Vec<(String, u64)>> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (org, rows) in org_ids {
+        *counts.entry(org).or_insert(0) += rows;
+        if counts.len() > MAX_LISTED_ORGS {
+            return None;
+        }
+    }
+    Some(counts.into_iter().map(|(org, rows)| (org.to_owned(), rows)).collect())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,11 +154,42 @@ mod tests {
             actor_ids: Some(("u1".into(), "u7".into())),
             max_received_at_us: Some(7),
             content_index: Some(ContentIndexLocation { offset: 4, length: 20 }),
+            orgs: Some(vec![("acme".into(), 4), ("globex".into(), 5)]),
         });
         manifest.store(&store).unwrap();
         assert_eq!(Manifest::load(&store).unwrap(), manifest);
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(!files.iter().any(|f| f.to_string_lossy().contains("tmp")), "{files:?}");
+    }
+
+    #[test]
+    fn a_segment_listing_its_organisations_may_hold_only_those() {
+        let meta = |orgs: Option<Vec<(String, u64)>>| SegmentMeta {
+            file: "a.parquet".into(),
+            size_bytes: 1,
+            rows: 3,
+            min_seq: 1,
+            max_seq: 3,
+            min_time_us: 0,
+            max_time_us: 5,
+            min_org_id: "acme".into(),
+            max_org_id: "initech".into(),
+            actor_ids: None,
+            max_received_at_us: None,
+            content_index: None,
+            orgs,
+        };
+        let listed = meta(org_counts(["initech", "acme", "acme", "initech", "initech"].map(|o| (o, 1))));
+        assert_eq!(listed.orgs, Some(vec![("acme".to_string(), 2), ("initech".to_string(), 3)]));
+        assert!(listed.may_hold_org("acme") && listed.may_hold_org("initech"));
+        assert!(!listed.may_hold_org("globex"), "inside the range, not listed");
+        assert_eq!((listed.org_rows("acme"), listed.org_rows("initech")), (Some(0..2), Some(2..5)));
+        assert_eq!(listed.org_rows("globex"), None);
+        let unknown = meta(None);
+        assert!(unknown.may_hold_org("globex") && !unknown.may_hold_org("zeta") && !unknown.may_hold_org("a"));
+        assert_eq!(unknown.org_rows("acme"), None);
+        let many: Vec<String> = (0..=MAX_LISTED_ORGS).map(|i| format!("org-{i:05}")).collect();
+        assert_eq!(org_counts(many.iter().map(|o| (o.as_str(), 1))), None);
     }
 
     #[test]

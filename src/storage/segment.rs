@@ -28,7 +28,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
 use super::StorageError;
-use super::manifest::SegmentMeta;
+use super::manifest::{self, SegmentMeta};
 use super::objects::SegmentStore;
 use super::packed;
 
@@ -236,6 +236,8 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
     let actor_ids = actors
         .fold(None, |range: Option<(&str, &str)>, a| Some(range.map_or((a, a), |(lo, hi)| (lo.min(a), hi.max(a)))))
         .map(|(lo, hi)| (lo.to_owned(), hi.to_owned()));
+    let orgs =
+        manifest::org_counts(column("org_id").flat_map(|c| c.as_string::<i32>().iter().flatten().map(|o| (o, 1))));
     let file_name = segment_file_name(min_seq as u64, max_seq as u64);
 
     let org_of = |batch: &RecordBatch, row: usize| {
@@ -287,6 +289,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         actor_ids,
         max_received_at_us,
         content_index: written.content_index,
+        orgs,
     })
 }
 

@@ -16,5 +16,6 @@ mod open_layout;
 mod query_command;
 mod saved_reports;
 mod self_audit;
+mod tenancy;
 mod ugc;
 mod validation;
