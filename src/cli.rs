@@ -111,8 +111,9 @@ enum OrgCommand {
         #[arg(long = "attribute-key", value_name = "KEY", requires = "ugc")]
         attribute_keys: Vec<String>,
         /// Remove events older than this many days (0: keep for ever, the
-        /// default). A server removes them hourly; `org expire` now.
-        #[arg(long, value_name = "DAYS")]
+        /// default; at most 36525, 100 years). A server removes them
+        /// hourly; `org expire` now.
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::policy::MAX_RETENTION_DAYS)))]
         retention_days: Option<u32>,
         /// on: nothing of the organisation's is removed or rewritten (no
         /// retention, erasure or UGC rewrite) until it is set off again.

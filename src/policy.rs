@@ -304,9 +304,15 @@ impl Policies {
     }
 }
 
+/// The longest retention a policy may have: a year count cannot mean more,
+/// and `days * DAY_US` stays far inside `i64`.
+pub const MAX_RETENTION_DAYS: u32 = 36_525;
+
 impl Policies {
     /// What retention lets go as of `now_us`: for each organisation with a
-    /// retention and no legal hold, its events older than the retention.
+    /// retention and no legal hold, its events older than the retention. A
+    /// retention past [`MAX_RETENTION_DAYS`] (a hand-edited file) removes
+    /// nothing: a wrong number must never delete history.
     pub fn expiries(&self, now_us: i64) -> Result<Vec<Expiry>, PolicyError> {
         const DAY_US: i64 = 86_400_000_000;
         Ok(self
@@ -314,8 +320,13 @@ impl Policies {
             .into_iter()
             .filter(|(_, policy)| !policy.legal_hold)
             .filter_map(|(org, policy)| {
-                let days = i64::from(policy.retention_days?);
-                Some(Expiry { org, before_us: now_us.saturating_sub(days * DAY_US) })
+                let days = policy.retention_days?;
+                if days > MAX_RETENTION_DAYS {
+                    tracing::error!(org, days, "{}; nothing of it is removed", retention_too_long(days));
+                    return None;
+                }
+                let before_us = now_us.checked_sub(i64::from(days).checked_mul(DAY_US)?)?;
+                Some(Expiry { org, before_us })
             })
             .collect())
     }
@@ -519,7 +530,17 @@ fn validate(org: &str, policy: &OrgPolicy) -> Result<(), PolicyError> {
     if let Some(bad) = policy.ugc_attribute_keys.iter().find(|k| k.is_empty() || k.len() > 256) {
         return Err(PolicyError::Invalid(format!("attribute key {bad:?} is empty or longer than 256 bytes")));
     }
+    if let Some(days) = policy.retention_days.filter(|&d| d > MAX_RETENTION_DAYS) {
+        return Err(PolicyError::Invalid(retention_too_long(days)));
+    }
     Ok(())
+}
+
+fn retention_too_long(days: u32) -> String {
+    format!(
+        "a retention of {days} days is more than {MAX_RETENTION_DAYS} (100 years); to keep events for ever, \
+         set --retention-days 0"
+    )
 }
 
 #[cfg(test)]
@@ -562,6 +583,26 @@ mod tests {
         assert_eq!(attributes["size"], key.hash("acme", "3").as_str());
         assert_eq!(attributes["kept"], "yes");
         assert_eq!(events[2], event("globex"), "no policy: stored as sent");
+    }
+
+    #[test]
+    fn a_retention_no_year_count_can_mean_is_refused_and_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = Policies::in_data_dir(dir.path(), None);
+        let forever = OrgPolicy { retention_days: Some(4_000_000_000), ..Default::default() };
+        assert!(
+            matches!(policies.set("acme", forever.clone()), Err(PolicyError::Invalid(m)) if m.contains("100 years"))
+        );
+        // Written by hand past the check: nothing expires.
+        let file = PoliciesFile { orgs: [("acme".to_string(), forever)].into() };
+        write_json(&dir.path().join(POLICIES_FILE), &file).unwrap();
+        let now_us = 1_795_000_000_000_000;
+        assert_eq!(policies.expiries(now_us).unwrap(), vec![]);
+        let longest = OrgPolicy { retention_days: Some(MAX_RETENTION_DAYS), ..Default::default() };
+        policies.set("acme", longest).unwrap();
+        let expiries = policies.expiries(now_us).unwrap();
+        assert_eq!(expiries[0].before_us, now_us - i64::from(MAX_RETENTION_DAYS) * 86_400_000_000);
+        assert!(expiries[0].before_us < now_us);
     }
 
     #[test]

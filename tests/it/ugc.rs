@@ -290,3 +290,25 @@ async fn a_stricter_policy_rewrites_what_was_stored_before_it() {
     let counts: Vec<i64> = (0..4).map(|i| row.get(i)).collect();
     assert_eq!(counts, [7, 7, 6, 1]);
 }
+
+#[test]
+fn a_retention_no_year_count_can_mean_is_refused_where_it_is_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // Someone meaning "keep for ever": it once overflowed into a cutoff in
+    // the future, and retention removed every event of the organisation.
+    let (ok, stderr) = crate::harness::run_cli_status(&[
+        "org",
+        "policy",
+        "acme",
+        "--retention-days",
+        "4000000000",
+        "--data-dir",
+        data,
+    ]);
+    assert!(!ok && stderr.contains("4000000000") && stderr.contains("36525"), "{stderr}");
+    assert!(!dir.path().join("policies.json").exists(), "nothing was written");
+    let (ok, stderr) =
+        crate::harness::run_cli_status(&["org", "policy", "acme", "--retention-days", "36525", "--data-dir", data]);
+    assert!(ok, "{stderr}");
+}
