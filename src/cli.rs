@@ -854,21 +854,24 @@ fn org(command: OrgCommand) -> anyhow::Result<()> {
     match command {
         OrgCommand::Policy { org, ugc, attribute_keys, retention_days, legal_hold, data_dir } => {
             let policies = Policies::in_data_dir(&data_dir, None);
-            let mut policy = policies.of(&org)?;
-            if let Some(ugc) = ugc {
-                policy.ugc = ugc;
-                policy.ugc_attribute_keys = attribute_keys;
-            }
-            if let Some(days) = retention_days {
-                policy.retention_days = (days > 0).then_some(days);
-            }
-            if let Some(hold) = legal_hold {
-                policy.legal_hold = hold;
-            }
-            if ugc.is_some() || retention_days.is_some() || legal_hold.is_some() {
-                policies.set(&org, policy)?;
-            }
-            let policy = policies.of(&org)?;
+            let policy = if ugc.is_some() || retention_days.is_some() || legal_hold.is_some() {
+                // Under the file's lock: a running server's changes in between are kept.
+                policies.update(&org, |mut policy| {
+                    if let Some(ugc) = ugc {
+                        policy.ugc = ugc;
+                        policy.ugc_attribute_keys = attribute_keys;
+                    }
+                    if let Some(days) = retention_days {
+                        policy.retention_days = (days > 0).then_some(days);
+                    }
+                    if let Some(hold) = legal_hold {
+                        policy.legal_hold = hold;
+                    }
+                    Ok(policy)
+                })?
+            } else {
+                policies.of(&org)?
+            };
             let keys = policy.ugc_attribute_keys.join(",");
             let retention = policy.retention_days.map_or_else(|| "forever".to_string(), |d| format!("{d}d"));
             let hold = if policy.legal_hold { "on" } else { "off" };

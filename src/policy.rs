@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Event;
 use crate::storage::Expiry;
 use crate::storage::settings::{from_hex32 as unhex32, to_hex as hex};
-use crate::storage::{SettingsError, WatchedFile, read_json, write_json, write_private_file};
+use crate::storage::{SettingsError, WatchedFile, read_json, update_json, write_private_file};
 
 pub const POLICIES_FILE: &str = "policies.json";
 /// The event fields that are UGC in every organisation.
@@ -213,10 +213,23 @@ impl Policies {
     /// policy checks for it at start ([`Policies::check_key`]) and on every
     /// batch.
     pub fn set(&self, org: &str, policy: OrgPolicy) -> Result<(), PolicyError> {
-        validate(org, &policy)?;
-        let mut file: PoliciesFile = read_json(self.file.path())?;
-        file.orgs.insert(org.to_string(), policy);
-        Ok(write_json(self.file.path(), &file)?)
+        self.update(org, |_| Ok(policy)).map(|_| ())
+    }
+
+    /// Sets an organisation's policy to what `change` makes of its current
+    /// one, with no other change to the file in between (see
+    /// [`update_json`]); returns the new policy once it is durable.
+    pub fn update(
+        &self,
+        org: &str,
+        change: impl FnOnce(OrgPolicy) -> Result<OrgPolicy, PolicyError>,
+    ) -> Result<OrgPolicy, PolicyError> {
+        update_json(self.file.path(), |file: &mut PoliciesFile| {
+            let policy = change(file.orgs.get(org).cloned().unwrap_or_default())?;
+            validate(org, &policy)?;
+            file.orgs.insert(org.to_string(), policy.clone());
+            Ok(policy)
+        })
     }
 
     /// Fails if an organisation hashes UGC and there is no key to do it with.
@@ -595,7 +608,7 @@ mod tests {
         );
         // Written by hand past the check: nothing expires.
         let file = PoliciesFile { orgs: [("acme".to_string(), forever)].into() };
-        write_json(&dir.path().join(POLICIES_FILE), &file).unwrap();
+        crate::storage::write_json(&dir.path().join(POLICIES_FILE), &file).unwrap();
         let now_us = 1_795_000_000_000_000;
         assert_eq!(policies.expiries(now_us).unwrap(), vec![]);
         let longest = OrgPolicy { retention_days: Some(MAX_RETENTION_DAYS), ..Default::default() };

@@ -80,6 +80,9 @@ pub enum IngestError {
     Proof(#[from] ProofError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A bug: work handed to a thread of its own did not finish.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IngestError {
@@ -87,7 +90,7 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::Invalid(_) | IngestError::Body(_) | IngestError::BadParameter(_) => StatusCode::BAD_REQUEST,
-            IngestError::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::Query(_) | IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::NotFound { .. } => StatusCode::NOT_FOUND,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -238,12 +241,20 @@ async fn put_policy(
             "retention_days and legal_hold are set by the operator (auditlake org policy), not over HTTP".into(),
         ));
     }
-    let current = app.policies.of(&org)?;
-    let policy = OrgPolicy { retention_days: current.retention_days, legal_hold: current.legal_hold, ..policy };
     if policy.ugc == UgcMode::Hash && app.policies.key().is_none() {
         return Err(IngestError::NoUgcKey);
     }
-    app.policies.set(&org, policy.clone())?;
+    // Read, change and write under the file's lock, fsyncs off the async
+    // workers: concurrent changes (other organisations', the command
+    // line's) are all kept, and the answer comes once the change is durable.
+    let (policies, changed_org) = (Arc::clone(&app.policies), org.clone());
+    let policy = tokio::task::spawn_blocking(move || {
+        policies.update(&changed_org, |current| {
+            Ok(OrgPolicy { retention_days: current.retention_days, legal_hold: current.legal_hold, ..policy })
+        })
+    })
+    .await
+    .map_err(|e| IngestError::Internal(format!("changing the policy stopped: {e}")))??;
     info!(org, ugc = ?policy.ugc, attribute_keys = policy.ugc_attribute_keys.len(), "UGC policy changed");
     // The change is itself on record, in the organisation's own trail of
     // audit-log use (a category clients cannot send).

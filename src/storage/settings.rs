@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -36,6 +37,37 @@ pub fn read_json<T: DeserializeOwned + Default>(path: &Path) -> Result<T, Settin
     serde_json::from_str(&text).map_err(|e| SettingsError::Damaged { path: path.to_path_buf(), reason: e.to_string() })
 }
 
+/// Changes the settings file at `path` with `change`, reading and writing it
+/// under an exclusive lock on `PATH.lock` that every changer takes, in this
+/// process or another (the command line beside a running server): two
+/// changes never start from the same old file, so neither is lost. Returns
+/// what `change` returned once the new file is durable; a `change` that
+/// fails writes nothing.
+pub fn update_json<T, R, E>(path: &Path, change: impl FnOnce(&mut T) -> Result<R, E>) -> Result<R, E>
+where
+    T: Serialize + DeserializeOwned + Default,
+    E: From<SettingsError>,
+{
+    let locked = |source| SettingsError::Write { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(locked)?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let lock = options.open(PathBuf::from(lock_path)).map_err(locked)?;
+    lock.lock().map_err(locked)?;
+    let mut value: T = read_json(path)?;
+    let result = change(&mut value)?;
+    write_json(path, &value)?;
+    // Closing the file releases the lock.
+    drop(lock);
+    Ok(result)
+}
+
 /// Replaces a settings file with `value` as pretty JSON (see [`write_private_file`]).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SettingsError> {
     let text = serde_json::to_string_pretty(value).expect("settings serialise");
@@ -51,8 +83,10 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
+    // A name of its own per write: two writers never share a temp file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".tmp.{}.{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
     let tmp = PathBuf::from(tmp);
     {
         let mut options = fs::OpenOptions::new();

@@ -312,3 +312,41 @@ fn a_retention_no_year_count_can_mean_is_refused_where_it_is_typed() {
         crate::harness::run_cli_status(&["org", "policy", "acme", "--retention-days", "36525", "--data-dir", data]);
     assert!(ok, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_policy_changes_are_each_kept_once_acknowledged() {
+    const ORGS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let admin = bearer_client(&create_token(&data, &["--any-org", "--scope", "admin"]));
+    let server = Server::start(&data, &[]);
+    // An operator's retention, set beside the server while the PUTs run,
+    // must survive them too.
+    let data_arg = data.to_str().unwrap().to_owned();
+    let operator = std::thread::spawn(move || {
+        run_cli(&["org", "policy", "org-07", "--retention-days", "30", "--data-dir", &data_arg]);
+    });
+    let puts = (0..ORGS).map(|i| {
+        let request = admin
+            .put(format!("{}/v1/orgs/org-{i:02}/policy", server.http_url))
+            .json(&json!({"ugc": "drop", "ugc_attribute_keys": [format!("key-{i}")]}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(puts).await;
+    operator.join().unwrap();
+    assert_eq!(statuses, vec![200; ORGS], "every change is acknowledged");
+    let kept: Value = serde_json::from_slice(&std::fs::read(data.join("policies.json")).unwrap()).unwrap();
+    for i in 0..ORGS {
+        let policy = &kept["orgs"][format!("org-{i:02}")];
+        assert_eq!(policy["ugc"], "drop", "org-{i:02}: {kept}");
+        assert_eq!(policy["ugc_attribute_keys"], json!([format!("key-{i}")]), "org-{i:02}: {kept}");
+    }
+    assert_eq!(kept["orgs"]["org-07"]["retention_days"], 30, "{kept}");
+    let leftovers: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
