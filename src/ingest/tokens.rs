@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::server::users::sha256;
 use crate::storage::settings::{from_hex32 as unhex, to_hex as hex};
-use crate::storage::{SettingsError, WatchedFile, read_json, write_json};
+use crate::storage::{SettingsError, WatchedFile, read_json, update_json};
 
 pub const TOKENS_FILE: &str = "tokens.json";
 const TOKEN_PREFIX: &str = "alk_";
@@ -111,10 +111,6 @@ impl Tokens {
         Ok(read_json(&self.path)?)
     }
 
-    fn write(&self, file: &TokensFile) -> Result<(), TokenError> {
-        Ok(write_json(&self.path, file)?)
-    }
-
     /// Makes a token and returns it with its text, which exists nowhere else.
     pub fn create(&self, org: Option<&str>, scope: TokenScope) -> Result<(Token, String), TokenError> {
         if let Some(org) = org
@@ -133,9 +129,11 @@ impl Tokens {
             scope,
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        let mut file = self.read()?;
-        file.tokens.push(StoredToken { token: token.clone(), secret_sha256: hex(&sha256(secret.as_bytes())) });
-        self.write(&file)?;
+        let stored = StoredToken { token: token.clone(), secret_sha256: hex(&sha256(secret.as_bytes())) };
+        update_json(&self.path, |file: &mut TokensFile| {
+            file.tokens.push(stored);
+            Ok::<_, TokenError>(())
+        })?;
         Ok((token, format!("{TOKEN_PREFIX}{id}_{secret}")))
     }
 
@@ -144,13 +142,14 @@ impl Tokens {
     }
 
     pub fn revoke(&self, id: &str) -> Result<(), TokenError> {
-        let mut file = self.read()?;
-        let before = file.tokens.len();
-        file.tokens.retain(|stored| stored.token.id != id);
-        if file.tokens.len() == before {
-            return Err(TokenError::NoSuchToken(id.to_string()));
-        }
-        self.write(&file)
+        update_json(&self.path, |file: &mut TokensFile| {
+            let before = file.tokens.len();
+            file.tokens.retain(|stored| stored.token.id != id);
+            if file.tokens.len() == before {
+                return Err(TokenError::NoSuchToken(id.to_string()));
+            }
+            Ok(())
+        })
     }
 
     /// The token an `Authorization` header value names.
