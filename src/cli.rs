@@ -579,6 +579,9 @@ impl ServeArgs {
     }
 }
 
+/// Stack of each of the runtime's threads (see `server::complexity`).
+pub const THREAD_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Parses the command line and runs it.
 pub fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -587,7 +590,12 @@ pub fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Planning recurses over a statement's expressions (DataFusion, and the
+    // SQL rewriting of datafusion-postgres, in frames of kilobytes each): a
+    // thread's stack, reserved and not touched until used, bounds how
+    // complex a statement may be before the process would abort.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().thread_stack_size(THREAD_STACK_BYTES).enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,

@@ -372,11 +372,14 @@ mod tests {
 }
 
 /// What the endpoint hands datafusion-postgres for the SQL a client sent:
-/// the same text, refused where rewriting would answer wrongly
+/// the same text, refused when too complex to plan safely
+/// ([`complexity`](super::complexity)) or where rewriting would answer wrongly
 /// ([`refuse_nulled_subqueries`]), restated where the catalog emulation
 /// keeps a PostgreSQL type as text ([`restate_catalog_types`]). The
 /// self-audit records what the client sent.
 pub fn client_sql(sql: &str) -> PgWireResult<Cow<'_, str>> {
+    // Before anything recurses over the statement.
+    super::complexity::check(sql)?;
     refuse_nulled_subqueries(sql)?;
     Ok(restate_catalog_types(sql).map_or(Cow::Borrowed(sql), Cow::Owned))
 }

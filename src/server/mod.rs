@@ -55,6 +55,7 @@ pub mod access_log;
 pub mod auth;
 mod catalog;
 mod compat;
+mod complexity;
 mod copy_out;
 mod over_limit;
 mod settings;

@@ -9,6 +9,7 @@ mod crash;
 mod end_to_end;
 mod export;
 mod harness;
+mod hostile;
 mod import;
 mod integrity;
 mod object_storage;

@@ -1,0 +1,54 @@
+//! Clients who want the server down, against the real binary: after each
+//! attempt the server still answers, and the events acknowledged before it
+//! are all there.
+
+use crate::harness::{APP, Server, add_user, event, post};
+
+/// Statements a logged-in user can send in a few kilobytes whose planning
+/// once recursed past a worker's stack and aborted the process.
+fn deep_statements() -> Vec<String> {
+    let chain = vec!["1"; 2_000].join("+");
+    let ands = (0..2_000).map(|i| format!("seq <> {i}")).collect::<Vec<_>>().join(" and ");
+    let ors = (0..2_000).map(|i| format!("actor_id = 'u{i}'")).collect::<Vec<_>>().join(" or ");
+    vec![
+        format!("select {chain}"),
+        format!("select count(*) from audit_events where {ands}"),
+        format!("select count(*) from audit_events where {ors}"),
+        format!("select count(*) from audit_events where {}", "(".repeat(3_000) + "true" + &")".repeat(3_000)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "acme-analyst", &["--org", "acme"]);
+    let server = Server::start(&data, &[]);
+    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let acme = server.pg_as("acme-analyst").await.unwrap();
+
+    for sql in deep_statements() {
+        let simple = acme.simple_query(&sql).await.expect_err("refused");
+        assert_eq!(simple.code().map(|c| c.code()), Some("54001"), "{simple}");
+        let message = simple.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        assert!(message.contains("too complex"), "{message}");
+        let extended = acme.prepare(&sql).await.expect_err("refused");
+        assert_eq!(extended.code().map(|c| c.code()), Some("54001"), "{extended}");
+        let alive: i64 =
+            acme.query_one("select count(*) from audit_events where actor_id = 'u1'", &[]).await.unwrap().get(0);
+        assert_eq!(alive, 20, "the server answers and the acknowledged events are there");
+    }
+    // A long list of values is not too complex as a list.
+    let listed = (0..20_000).map(|i| format!("'u{i}'")).collect::<Vec<_>>().join(", ");
+    let sql = format!("select count(*) from audit_events where {APP} and actor_id in ({listed})");
+    assert_eq!(acme.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0), 20);
+    // Ingest goes on, and the refusals are on record.
+    assert_eq!(
+        post(&server.http(), &server.events_url(), event("after", "acme", "u2", "a.b", 0).to_string()).await.0,
+        200
+    );
+    let refusals = "select count(*) from audit_events where org_id = 'acme' and category = 'audit_access' \
+                    and attributes like '%\"sqlstate\":\"54001\"%'";
+    assert_eq!(server.psql_until(refusals, "8\n"), "8\n");
+}
