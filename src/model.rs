@@ -44,14 +44,23 @@ pub const AUDIT_ACCESS_CATEGORY: &str = "audit_access";
 /// what admins did, and logins by names no user has. Ingest refuses it.
 pub const SYSTEM_ORG_ID: &str = "_auditlake";
 
-/// Why a value sent to ingest is the server's own, if it is.
+/// Why ingest refuses a value of `field`, if it does: the server's own
+/// org or category, or one that reads like it to a person (other case,
+/// surrounding spaces), and organisation ids with control characters (a
+/// NUL or a newline in a tenant's name breaks every tool that shows it).
 fn reserved(field: &str, value: &str) -> Option<String> {
     let reserved = match field {
+        "org_id" if value.chars().any(char::is_control) => {
+            return Some(format!("{value:?} holds a control character"));
+        }
         "org_id" => SYSTEM_ORG_ID,
         "category" => AUDIT_ACCESS_CATEGORY,
         _ => return None,
     };
-    (value == reserved).then(|| format!("{value:?} is reserved for auditlake's own records"))
+    value
+        .trim()
+        .eq_ignore_ascii_case(reserved)
+        .then(|| format!("{value:?} is, or reads like, {reserved:?}, reserved for auditlake's own records"))
 }
 
 /// Server-assigned, strictly increasing position of an event in the log.
@@ -726,6 +735,29 @@ mod tests {
         assert_eq!((errors[0].0, errors[0].1.as_deref()), (2, Some("org_id")));
         assert_eq!((errors[1].0, errors[1].1.as_deref()), (3, Some("category")));
         assert!(errors.iter().all(|(_, _, e)| e.contains("reserved for auditlake's own records")), "{errors:?}");
+    }
+
+    #[test]
+    fn refuses_look_alikes_of_the_servers_own_values_and_control_characters_in_org_ids() {
+        let line = |org: &str, category: &str| {
+            let event = serde_json::json!({"time": "2026-11-25T09:00:00Z", "org_id": org, "actor_id": "u",
+                "action": "x", "category": category});
+            event.to_string()
+        };
+        let body = [
+            line("_auditlake ", "user_activity"),
+            line("_AuditLake", "user_activity"),
+            line("acme", "Audit_Access"),
+            line("acme", " audit_access"),
+            line("ac\u{0}me", "user_activity"),
+            line("acme\nglobex", "user_activity"),
+            line("acme", "user_activity"),
+        ]
+        .join("\n");
+        let errors = errors_of(&body);
+        let lines: Vec<usize> = errors.iter().map(|(line, _, _)| *line).collect();
+        assert_eq!(lines, [1, 2, 3, 4, 5, 6], "{errors:?}");
+        assert!(errors[4].2.contains("control character"), "{errors:?}");
     }
 
     #[test]

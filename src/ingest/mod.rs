@@ -402,7 +402,9 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Resu
         Some("gzip") => {
             use std::io::Read;
             let mut inflated = Vec::new();
-            flate2::read::GzDecoder::new(body.as_ref())
+            // Every member: a body of several members is one gzip stream to
+            // gzip(1), and stopping after the first would drop events silently.
+            flate2::read::MultiGzDecoder::new(body.as_ref())
                 .take(max_body_bytes as u64 + 1)
                 .read_to_end(&mut inflated)
                 .map_err(|e| IngestError::Body(format!("the gzip body cannot be inflated: {e}")))?;

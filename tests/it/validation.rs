@@ -166,7 +166,15 @@ async fn gzip_bodies_are_inflated_within_the_limit_and_other_encodings_and_types
         let (status, answer) = send(batch.clone().into_bytes(), content_type, None).await;
         assert_eq!(status, 415, "{content_type}: {answer}");
     }
-    assert_eq!(count(&server).await, 4, "two accepted batches of two events, nothing else");
+    // Two gzip members one after the other (what `cat a.gz b.gz` makes, and
+    // what gzip(1) itself reads as one file): every member's events.
+    let first = format!("{}\n", event("m1", "acme", "u1", "x", 5));
+    let second = format!("{}\n", event("m2", "acme", "u1", "x", 6));
+    let members = [gzip(first.as_bytes()), gzip(second.as_bytes())].concat();
+    let (status, answer) = send(members, "application/x-ndjson", Some("gzip")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"accepted\":2"), "both members: {answer}");
+    assert_eq!(count(&server).await, 6, "three accepted batches of two events, nothing else");
 
     // The API describes itself, as the repository keeps it, without a token.
     let response = reqwest::get(format!("{}/openapi.json", server.http_url)).await.unwrap();
