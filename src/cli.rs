@@ -1006,14 +1006,29 @@ async fn serve_storage(
     tokio::select! {
         () = server::serve(pg, storage.clone(), endpoint) => {}
         result = ingest::serve(http, api) => result?,
-        result = tokio::signal::ctrl_c() => {
-            result?;
-            info!("shutting down");
+        signal = stop_requested() => {
+            info!(signal = signal?, "shutting down");
         }
     }
     access_log.flush().await;
     tokio::task::spawn_blocking(move || storage.shutdown()).await?;
     Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM (what systemd, Docker and Kubernetes send
+/// to stop a service): either stops the server the same orderly way, its
+/// records of access flushed and storage shut down. Returns which came.
+async fn stop_requested() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT"),
+            _ = terminate.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {

@@ -107,6 +107,23 @@ impl Server {
         }
     }
 
+    /// SIGTERM, as a service manager stops a service; returns how the
+    /// process exited and what this run logged.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read(&self.log_path).unwrap_or_default();
+        (status, String::from_utf8_lossy(log.get(self.log_start..).unwrap_or_default()).into_owned())
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -52,3 +52,23 @@ async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
                     and attributes like '%\"sqlstate\":\"54001\"%'";
     assert_eq!(server.psql_until(refusals, "8\n"), "8\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let batch: Vec<String> = (0..10).map(|i| event(&format!("t{i}"), "acme", "u1", "a.b", i).to_string()).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), batch.join("\n")).await.0, 200);
+    server.pg().await.simple_query("select 'before the stop'").await.unwrap();
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("shutting down") && log.contains("SIGTERM"), "{log}");
+    // The record of the last statement was flushed before the exit.
+    let server = Server::start(&data, &[]);
+    let sql = format!("select count(*) from audit_events where {APP}");
+    assert_eq!(server.psql(&sql).unwrap(), "10\n");
+    let flushed = "select count(*) from audit_events where attributes like '%before the stop%' \
+                   and position('count' in attributes) = 0";
+    assert_eq!(server.psql(flushed).unwrap(), "1\n");
+}
