@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::Schema;
 use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use datafusion::prelude::SessionContext;
@@ -256,7 +255,7 @@ impl QueryHook for SettingsHook {
         match self.decide(set) {
             Decision::Refused { code, message } => Some(Err(statement_error(code, message))),
             Decision::Done => {
-                let schema = Arc::new(DFSchema::try_from(Schema::empty()).expect("an empty schema"));
+                let schema = Arc::new(DFSchema::empty());
                 Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation { produce_one_row: true, schema })))
             }
             Decision::PassOn => None,
