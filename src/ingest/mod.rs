@@ -19,7 +19,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -156,6 +155,9 @@ pub struct Api {
     pub integrity: Option<Arc<Integrity>>,
 }
 
+/// Largest policy document `PUT /v1/orgs/{org}/policy` reads.
+pub const MAX_POLICY_BODY_BYTES: usize = 64 * 1024;
+
 /// The HTTP API.
 pub fn router(api: Api) -> Router {
     Router::new()
@@ -168,6 +170,28 @@ pub fn router(api: Api) -> Router {
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(api)
+}
+
+/// A request's body, read only now (handlers call this once the token was
+/// checked: a client without one is answered before it sends a byte of
+/// body) and never past `limit_bytes`: a larger `Content-Length` is refused
+/// unread, and a body that grows past the limit is refused as it does.
+async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usize) -> Result<Bytes, IngestError> {
+    let too_large = || IngestError::TooLarge { limit_bytes };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit_bytes as u64) {
+        return Err(too_large());
+    }
+    let mut read = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+        let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+        if read.len() + chunk.len() > limit_bytes {
+            return Err(too_large());
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(read))
 }
 
 /// The organisation a request may act for (`None`: any), from its token,
@@ -225,7 +249,7 @@ async fn put_policy(
     State(app): State<Api>,
     Path(org): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<OrgPolicy>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, IngestError> {
     let token = token_of(&app.auth, &headers, TokenScope::Admin)?;
     if let Some(own) = token.as_ref().and_then(|t| t.org.as_deref())
@@ -233,7 +257,9 @@ async fn put_policy(
     {
         return Err(IngestError::NotThisOrg(org));
     }
-    let Json(policy) = body.map_err(|rejection| IngestError::Body(rejection.body_text()))?;
+    let body = read_body(&headers, body, MAX_POLICY_BODY_BYTES).await?;
+    let policy: OrgPolicy =
+        serde_json::from_slice(&body).map_err(|e| IngestError::Body(format!("the policy is not valid: {e}")))?;
     // Retention and legal hold are the operator's (`auditlake org policy`):
     // an organisation's token must not lift a hold.
     if policy.retention_days.is_some() || policy.legal_hold {
@@ -327,16 +353,10 @@ async fn event_proof(
 async fn post_events(
     State(app): State<Api>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, IngestError> {
     let org = token_org(&app.auth, &headers, TokenScope::Ingest)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            IngestError::TooLarge { limit_bytes: app.max_body_bytes }
-        } else {
-            IngestError::Body(rejection.body_text())
-        }
-    })?;
+    let body = read_body(&headers, body, app.max_body_bytes).await?;
     let body = decoded_body(&headers, body, app.max_body_bytes)?;
     let mut events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
     if let Some(org) = org

@@ -72,3 +72,48 @@ async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
                    and position('count' in attributes) = 0";
     assert_eq!(server.psql(flushed).unwrap(), "1\n");
 }
+
+/// What the HTTP listener answers to `head` (request line and headers)
+/// sent with no body after it, within a few seconds.
+fn answer_without_body(server: &Server, head: &str) -> String {
+    use std::io::{Read, Write};
+    let address = server.http_url.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    socket.write_all(head.as_bytes()).unwrap();
+    let mut answer = [0u8; 512];
+    let read = socket.read(&mut answer).unwrap_or(0);
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_token_is_answered_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = crate::harness::create_token(&data, &["--org", "acme"]);
+    let admin = crate::harness::create_token(&data, &["--org", "acme", "--scope", "admin"]);
+    let server = Server::start(&data, &[]);
+    // Announces 100 MB and sends none of it: no token, so no reason to wait.
+    let head = |path: &str, method: &str, authorization: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 100000000\r\n{authorization}\r\n"
+        )
+    };
+    for (method, path) in [("POST", "/v1/events"), ("PUT", "/v1/orgs/acme/policy")] {
+        let answer = answer_without_body(&server, &head(path, method, ""));
+        assert!(answer.starts_with("HTTP/1.1 401"), "{method} {path}: {answer:?}");
+    }
+    // With a token, a body announced past the limit is refused unread.
+    let answer =
+        answer_without_body(&server, &head("/v1/events", "POST", &format!("Authorization: Bearer {token}\r\n")));
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    let answer = answer_without_body(
+        &server,
+        &head("/v1/orgs/acme/policy", "PUT", &format!("Authorization: Bearer {admin}\r\n")),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    // And the API still takes events.
+    let body = event("after", "acme", "u1", "a.b", 0).to_string();
+    assert_eq!(post(&crate::harness::bearer_client(&token), &server.events_url(), body).await.0, 200);
+}
