@@ -445,16 +445,25 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
 
-async fn health(State(app): State<Api>) -> Json<serde_json::Value> {
+/// `200 {"status": "ok", ...}`, or `503 {"status": "degraded", "reasons":
+/// [...]}` while storage cannot work as it should (a load balancer or a
+/// service manager then knows without parsing logs).
+async fn health(State(app): State<Api>) -> (StatusCode, Json<serde_json::Value>) {
     let stats = app.storage.stats();
-    Json(json!({
-        "status": "ok",
+    let reasons = app.storage.health();
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = json!({
+        "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "last_seq": stats.last_seq,
         "sealed_seq": stats.sealed_seq,
         "buffered_rows": stats.buffered_rows,
         "segments": stats.segments,
         "compacting": stats.compacting,
-    }))
+    });
+    if !reasons.is_empty() {
+        body["reasons"] = json!(reasons);
+    }
+    (status, Json(body))
 }
 
 /// Binds the HTTP listener, with an error that names the address.

@@ -232,6 +232,19 @@ struct Shared {
     faults: Arc<Faults>,
     /// The sealer and compactor threads, joined at shutdown.
     background_threads: Mutex<Vec<thread::JoinHandle<()>>>,
+    /// What keeps storage from working as it should right now.
+    problems: Mutex<Problems>,
+}
+
+/// Conditions that `/healthz` reports as degraded, each with its error.
+#[derive(Debug, Default, Clone)]
+struct Problems {
+    /// A failed WAL fsync: no writes until restart.
+    wal_poisoned: Option<String>,
+    /// The last WAL write found the disk full (cleared by the next write).
+    disk_full: Option<String>,
+    /// The last seal failed (cleared by the next seal that works).
+    sealing: Option<String>,
 }
 
 /// The storage engine of one data directory. Cheap to clone.
@@ -335,6 +348,7 @@ impl Storage {
             compaction_lock: Mutex::new(()),
             faults,
             background_threads: Mutex::new(Vec::new()),
+            problems: Mutex::new(Problems::default()),
             config,
         });
 
@@ -437,7 +451,26 @@ impl Storage {
     /// segment, or `None` when the buffer was empty.
     pub fn seal_now(&self) -> Result<Option<SegmentMeta>, StorageError> {
         let _one_seal_at_a_time = self.shared.seal_lock.lock().expect("seal lock poisoned");
-        self.seal_locked()
+        let sealed = self.seal_locked();
+        self.problems().sealing = sealed.as_ref().err().map(ToString::to_string);
+        sealed
+    }
+
+    fn problems(&self) -> std::sync::MutexGuard<'_, Problems> {
+        self.shared.problems.lock().expect("problems lock poisoned")
+    }
+
+    /// Why storage is not working as it should, if it is not: a poisoned
+    /// WAL, a full disk, failing seals. Empty when all is well.
+    pub fn health(&self) -> Vec<String> {
+        let Problems { wal_poisoned, disk_full, sealing } = self.problems().clone();
+        let mut reasons = Vec::new();
+        reasons.extend(
+            wal_poisoned.map(|e| format!("the write-ahead log failed ({e}); no events are accepted until restart")),
+        );
+        reasons.extend(disk_full.map(|e| format!("the disk is full ({e}); events are refused until space returns")));
+        reasons.extend(sealing.map(|e| format!("sealing fails ({e}); events wait in the buffer and the WAL")));
+        reasons
     }
 
     /// Asks the WAL thread to switch files (after reserving `reserve` seqs).
@@ -1018,6 +1051,7 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                         shared.seal_wakeup.notify_all();
                     }
                     drop(state);
+                    shared.problems.lock().expect("problems lock poisoned").disk_full = None;
                     for append in appended {
                         recent.remember(append.keys, append.received_at_us);
                         let seqs = append.stored.map(|(_, first, last)| (first, last));
@@ -1048,6 +1082,11 @@ fn run_wal_writer(shared: Arc<Shared>, mut writer: WalWriter, mut next_seq: Seq,
                     };
                     let reason = error.to_string();
                     let full = matches!(&error, StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+                    {
+                        let mut problems = shared.problems.lock().expect("problems lock poisoned");
+                        problems.wal_poisoned = poisoned.clone();
+                        problems.disk_full = full.then(|| reason.clone());
+                    }
                     for append in appended {
                         let _ = append.reply.send(Err(if full {
                             StorageError::DiskFull(reason.clone())
@@ -1584,8 +1623,11 @@ mod tests {
                 assert!(matches!(err, StorageError::DiskFull(_)), "attempt {attempt}: {err}");
             }
             assert_eq!(storage.stats().last_seq, 5, "a refused batch takes no seqs");
+            let health = storage.health();
+            assert!(health.len() == 1 && health[0].contains("disk is full"), "{health:?}");
             faults.clear();
             assert_eq!(append_n(&storage, 8, 2).await, (6, 7), "writing resumes by itself");
+            assert_eq!(storage.health(), Vec::<String>::new());
             assert_eq!(ids(&storage), expected_ids(&[0..5, 8..10]));
             let storage = reopen(dir.path(), storage).await;
             assert_eq!(ids(&storage), expected_ids(&[0..5, 8..10]));
@@ -1619,6 +1661,8 @@ mod tests {
             // The fault is gone, but this WAL file is not trusted again.
             let err = storage.append((7..9).map(event).collect()).await.unwrap_err();
             assert!(matches!(err, StorageError::WalPoisoned(_)), "{err}");
+            let health = storage.health();
+            assert!(health.len() == 1 && health[0].contains("until restart"), "{health:?}");
             assert_eq!(ids(&storage), expected_ids(&[0..5]), "nothing unacknowledged is visible");
             let storage = reopen(dir.path(), storage).await;
             // The unacknowledged batch may or may not have reached the disk;
@@ -1640,12 +1684,15 @@ mod tests {
                 let sealer = storage.clone();
                 let err = tokio::task::spawn_blocking(move || sealer.seal_now()).await.unwrap().unwrap_err();
                 assert!(err.to_string().contains("No space left"), "{op:?}: {err}");
+                let health = storage.health();
+                assert!(health.len() == 1 && health[0].contains("sealing fails"), "{op:?}: {health:?}");
                 assert_eq!(fs::read_dir(dir.path().join("segments")).unwrap().count(), 0, "{op:?}");
                 assert_eq!(ids(&storage), expected_ids(&[0..5]), "{op:?}");
                 append_n(&storage, 5, 1).await;
                 let sealer = storage.clone();
                 let meta = tokio::task::spawn_blocking(move || sealer.seal_now()).await.unwrap().unwrap().unwrap();
                 assert_eq!((meta.min_seq, meta.max_seq), (1, 6), "{op:?}");
+                assert_eq!(storage.health(), Vec::<String>::new(), "{op:?}: a seal that works clears it");
                 let storage = reopen(dir.path(), storage).await;
                 assert_eq!((storage.stats().sealed_seq, storage.stats().buffered_rows), (6, 0), "{op:?}");
             }
