@@ -565,6 +565,7 @@ impl ServeArgs {
             witness: integrity.map(|i| i as Arc<dyn storage::SealWitness>),
             retention: self.retention()?,
             retention_interval_ms: self.retention_interval_ms,
+            max_record_bytes: storage::wal::MAX_RECORD_BYTES,
         })
     }
 

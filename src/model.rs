@@ -131,6 +131,19 @@ macro_rules! with_optional_fields {
 
 const OPTIONAL_TEXT_FIELDS: &[OptionalField] = with_optional_fields!(optional_fields);
 
+impl Event {
+    /// About how many bytes the event takes in a batch (its text, and a
+    /// little per column): enough to keep a batch within a size.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_COLUMN_BYTES: usize = 5;
+        let required = self.id.len() + self.org_id.len() + self.actor_id.len() + self.action.len();
+        let optional: usize =
+            OPTIONAL_TEXT_FIELDS.iter().map(|(_, get, _)| get(self).as_ref().map_or(0, String::len)).sum();
+        let attributes = self.attributes.as_ref().map_or(0, String::len);
+        required + optional + attributes + (OPTIONAL_TEXT_FIELDS.len() + 10) * PER_COLUMN_BYTES
+    }
+}
+
 /// An event as typed JSON, for the fast path of [`parse_batch`]: strings are
 /// borrowed from the body when they hold no escapes, and unknown fields, wrong
 /// types and duplicates fail deserialization (the slow path then names them).

@@ -154,6 +154,28 @@ fn records(text: &str) -> Vec<(usize, Result<Value, String>)> {
     }
 }
 
+/// Most of a WAL record an import batch aims to fill: events with large
+/// attributes make a 10,000-event chunk larger than one record may be.
+const IMPORT_BATCH_MAX_BYTES: usize = crate::storage::wal::MAX_RECORD_BYTES / 4;
+
+/// `batch` in parts each within `max_bytes` (by [`Event::approx_bytes`];
+/// an event larger than that alone is a part of its own), in order.
+fn within_record_size(batch: Vec<Event>, max_bytes: usize) -> Vec<Vec<Event>> {
+    let mut parts = vec![Vec::new()];
+    let mut bytes = 0;
+    for event in batch {
+        let size = event.approx_bytes();
+        let last = parts.last_mut().expect("one part");
+        if !last.is_empty() && bytes + size > max_bytes {
+            parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        parts.last_mut().expect("one part").push(event);
+    }
+    parts
+}
+
 /// Imports `paths` as `format` into `storage`, under organisation `org`
 /// (vendor formats) or the events' own (`ndjson`, where `org`, if given,
 /// must match). `progress` hears bytes read so far after each file.
@@ -193,10 +215,12 @@ pub async fn import(
             }
             let mut batch: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
             policies.apply(&mut batch)?;
-            let count = batch.len();
-            let appended = storage.append(batch).await?;
-            report.imported += count;
-            report.duplicates += appended.duplicates;
+            for part in within_record_size(batch, IMPORT_BATCH_MAX_BYTES) {
+                let count = part.len();
+                let appended = storage.append(part).await?;
+                report.imported += count;
+                report.duplicates += appended.duplicates;
+            }
         }
         bytes_read += report.bytes;
         progress(bytes_read);
@@ -240,6 +264,15 @@ fn validated(chunk: &[(usize, Value)], report: &mut FileReport) -> Vec<(usize, E
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_chunk_of_large_events_is_split_to_fit_a_record() {
+        let event = |kib: usize| Event { attributes: Some("x".repeat(kib * 1024)), ..Event::default() };
+        let batch = vec![event(40), event(40), event(10), event(100), event(1)];
+        let sizes: Vec<usize> = within_record_size(batch, 64 * 1024).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 2, 1, 1], "in order; the 100 KiB event alone");
+        assert_eq!(within_record_size(vec![event(1); 3], 64 * 1024).len(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -101,6 +101,7 @@ impl IngestError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngestError::Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
+            IngestError::Storage(StorageError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::Policy(PolicyError::Invalid(_)) => StatusCode::BAD_REQUEST,
             IngestError::Policy(_) => StatusCode::INTERNAL_SERVER_ERROR,

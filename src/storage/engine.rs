@@ -85,6 +85,10 @@ pub struct StorageConfig {
     pub retention: Option<Arc<dyn RetentionSource>>,
     /// How often retention is applied.
     pub retention_interval_ms: u64,
+    /// Largest WAL record one append may make (at most
+    /// [`wal::MAX_RECORD_BYTES`], what the reader believes): a larger batch
+    /// is refused, never acknowledged and then refused at the next start.
+    pub max_record_bytes: usize,
 }
 
 impl StorageConfig {
@@ -101,6 +105,7 @@ impl StorageConfig {
             witness: None,
             retention: None,
             retention_interval_ms: 3_600_000,
+            max_record_bytes: wal::MAX_RECORD_BYTES,
         }
     }
 }
@@ -404,6 +409,11 @@ impl Storage {
         let received_at_us = events.iter().map(|e| e.received_at_us).max().expect("not empty");
         let batch = model::events_to_batch(&events, 0);
         let ipc = wal::encode_batch(&batch);
+        let limit_bytes = self.shared.config.max_record_bytes.min(wal::MAX_RECORD_BYTES);
+        let bytes = wal::record_payload_bytes(&ipc);
+        if bytes > limit_bytes {
+            return Err(StorageError::RecordTooLarge { bytes, limit_bytes });
+        }
         let (reply, answer) = oneshot::channel();
         let command = WalCommand::Append { ipc, batch, keys, received_at_us, reply };
         self.wal_tx.send(command).await.map_err(|_| StorageError::ShutDown)?;
@@ -1609,6 +1619,25 @@ mod tests {
             storage.shutdown();
             drop(storage);
             open(dir, &Arc::default())
+        }
+
+        #[tokio::test]
+        async fn a_batch_past_the_record_limit_is_refused_not_written() {
+            let dir = tempfile::tempdir().unwrap();
+            let config = StorageConfig { max_record_bytes: 64 * 1024, ..config(dir.path()) };
+            let storage = Storage::open(config.clone()).unwrap();
+            let large: Vec<Event> = (0..10)
+                .map(|i| Event { attributes: Some(format!("\"{}\"", "x".repeat(10_000))), ..event(i) })
+                .collect();
+            let err = storage.append(large).await.unwrap_err();
+            assert!(matches!(err, StorageError::RecordTooLarge { limit_bytes: 65_536, .. }), "{err}");
+            assert_eq!(storage.stats().last_seq, 0, "nothing written, no seq taken");
+            assert_eq!(append_n(&storage, 10, 2).await, (1, 2));
+            storage.shutdown();
+            drop(storage);
+            // The next start reads back what was acknowledged.
+            let storage = Storage::open(config).unwrap();
+            assert_eq!(ids(&storage), expected_ids(&[10..12]));
         }
 
         #[tokio::test]

@@ -65,6 +65,10 @@ pub enum StorageError {
     #[error("the write-ahead log failed earlier ({0}); no further writes are accepted until restart")]
     WalPoisoned(String),
     #[error(
+        "this batch would be a write-ahead log record of {bytes} bytes, more than the {limit_bytes} one record may hold; send it in smaller batches"
+    )]
+    RecordTooLarge { bytes: usize, limit_bytes: usize },
+    #[error(
         "{buffered_bytes} bytes of events are waiting to be sealed, over the limit of {limit_bytes}; retry shortly"
     )]
     Backpressure { buffered_bytes: usize, limit_bytes: usize },

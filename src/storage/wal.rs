@@ -49,7 +49,14 @@ const FIRST_SEQ_BYTES: usize = 8;
 pub const HEADER_BYTES: u64 = MAGIC.len() as u64;
 const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record the reader will believe; a longer length field is corruption.
+/// Appends refuse batches past it (`StorageConfig::max_record_bytes`), so
+/// the writer never writes what the reader would refuse at the next start.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+/// The payload length a record of `ipc` (from [`encode_batch`]) declares.
+pub fn record_payload_bytes(ipc: &[u8]) -> usize {
+    FIRST_SEQ_BYTES + ipc.len()
+}
 
 /// One acknowledged-as-a-unit batch of events.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +90,7 @@ pub fn encode_record(first_seq: Seq, ipc: &[u8], out: &mut Vec<u8>) {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq_bytes);
     crc.update(ipc);
-    out.extend_from_slice(&((FIRST_SEQ_BYTES + ipc.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&(record_payload_bytes(ipc) as u32).to_le_bytes());
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&seq_bytes);
     out.extend_from_slice(ipc);
