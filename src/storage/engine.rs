@@ -700,8 +700,11 @@ impl Storage {
     ) -> Result<SegmentMeta, StorageError> {
         let file = segment::rewritten_file_name(&old.meta.file);
         let store = &self.shared.segments;
-        // The organisations left once `rewrite` removed rows, if any.
+        // The organisations and times left once `rewrite` removed rows, if
+        // any: a segment whose oldest rows retention removed must not look
+        // as old as before (it would be rewritten at every pass).
         let mut orgs = std::collections::BTreeMap::new();
+        let mut times: Option<(i64, i64)> = None;
         let written = store.create_segment(&file).and_then(|mut writer| {
             let scan = DataSourceExec::from_data_source(old.scan().build());
             segment::for_each_batch(store, scan, |batch| {
@@ -709,6 +712,10 @@ impl Storage {
                 let org_ids = rewritten.column_by_name("org_id").expect("org_id").as_string::<i32>();
                 for org in org_ids.iter().flatten() {
                     *orgs.entry(org.to_owned()).or_insert(0) += 1;
+                }
+                let time = rewritten.column_by_name("time").expect("time");
+                for t in time.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>().values() {
+                    times = Some(times.map_or((*t, *t), |(lo, hi)| (lo.min(*t), hi.max(*t))));
                 }
                 writer.write(&rewritten)
             })?;
@@ -722,6 +729,8 @@ impl Storage {
             size_bytes: written.size_bytes,
             content_index: written.content_index,
             orgs: old.meta.orgs.as_ref().and_then(|_| manifest::org_counts(orgs.iter().map(|(o, n)| (o.as_str(), *n)))),
+            min_time_us: times.map_or(old.meta.min_time_us, |(lo, _)| lo),
+            max_time_us: times.map_or(old.meta.max_time_us, |(_, hi)| hi),
             ..old.meta.clone()
         })
     }
@@ -1591,6 +1600,32 @@ mod tests {
     }
 
     #[allow(clippy::single_range_in_vec_init)] // id ranges read best as `&[0..5]`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_leaves_segments_that_say_what_they_hold_and_merges_them_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let compaction = CompactionPolicy { target_rows: 1_000, min_inputs: 2 };
+        let storage = Storage::open(StorageConfig { compaction, ..config(dir.path()) }).unwrap();
+        // Two segments of acme and globex (events alternate), ten each.
+        for from in [0, 10] {
+            append_n(&storage, from, 10).await;
+            let sealer = storage.clone();
+            tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        }
+        let cutoff = event(0).time_us + 4;
+        let expiry = Expiry { org: "acme".into(), before_us: cutoff };
+        let expirer = storage.clone();
+        let removed = tokio::task::spawn_blocking(move || expirer.expire(&[expiry])).await.unwrap().unwrap();
+        assert_eq!(removed, 2, "acme's events 0 and 2");
+        let first = storage.snapshot().segments[0].meta.clone();
+        assert_eq!((first.rows, first.min_time_us), (8, event(1).time_us), "the oldest row left");
+        assert_eq!(first.orgs, Some(vec![("acme".to_string(), 3), ("globex".to_string(), 5)]));
+        // Merging a thinned segment with its neighbour keeps every row left.
+        let merger = storage.clone();
+        tokio::task::spawn_blocking(move || merger.compact_now().unwrap()).await.unwrap();
+        assert_eq!((storage.stats().segments, storage.stats().segment_rows), (1, 18));
+        storage.shutdown();
+    }
+
     mod faults {
         use super::*;
         use crate::storage::faults::{FaultKind, Faults, IoOp};
