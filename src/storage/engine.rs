@@ -1626,6 +1626,8 @@ mod tests {
         storage.shutdown();
     }
 
+    // `expected_ids(&[0..5])` is a list of id ranges that happens to hold one.
+    #[allow(clippy::single_range_in_vec_init)]
     mod faults {
         use super::*;
         use crate::storage::faults::{FaultKind, Faults, IoOp};
