@@ -49,6 +49,8 @@ pub enum UserError {
     NoSuchUser(String),
     #[error("not a SCRAM-SHA-256 verifier: {0}")]
     BadVerifier(String),
+    #[error(transparent)]
+    Settings(#[from] crate::storage::SettingsError),
 }
 
 /// What a user may see.
@@ -234,21 +236,26 @@ impl Users {
         if password.chars().count() < MIN_PASSWORD_CHARS {
             return Err(UserError::ShortPassword);
         }
-        let mut users = self.load()?;
-        users.retain(|u| u.name != name);
         let verifier = ScramVerifier::new(password);
-        users.push(User { name: name.to_string(), role, verifier, statement_timeout_ms });
-        self.store(&users)
+        // Read and written under the settings lock: two `user add`s at once both stay.
+        crate::storage::with_lock(&self.path, || {
+            let mut users = self.load()?;
+            users.retain(|u| u.name != name);
+            users.push(User { name: name.to_string(), role, verifier, statement_timeout_ms });
+            self.store(&users)
+        })
     }
 
     pub fn remove(&self, name: &str) -> Result<(), UserError> {
-        let mut users = self.load()?;
-        let before = users.len();
-        users.retain(|u| u.name != name);
-        if users.len() == before {
-            return Err(UserError::NoSuchUser(name.to_string()));
-        }
-        self.store(&users)
+        crate::storage::with_lock(&self.path, || {
+            let mut users = self.load()?;
+            let before = users.len();
+            users.retain(|u| u.name != name);
+            if users.len() == before {
+                return Err(UserError::NoSuchUser(name.to_string()));
+            }
+            self.store(&users)
+        })
     }
 
     /// Replaces the file atomically (write, fsync, rename), readable by its

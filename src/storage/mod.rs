@@ -41,7 +41,7 @@ use datafusion::arrow::array::RecordBatch;
 use crate::model::Seq;
 
 pub use engine::{Appended, Expiry, Snapshot, Storage, StorageConfig, StorageStats};
-pub use settings::{SettingsError, WatchedFile, read_json, update_json, write_json, write_private_file};
+pub use settings::{SettingsError, WatchedFile, read_json, update_json, with_lock, write_json, write_private_file};
 
 /// Everything that can go wrong below the query and ingest layers.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,18 @@ where
     T: Serialize + DeserializeOwned + Default,
     E: From<SettingsError>,
 {
+    with_lock(path, || {
+        let mut value: T = read_json(path)?;
+        let result = change(&mut value)?;
+        write_json(path, &value)?;
+        Ok(result)
+    })
+}
+
+/// Runs `change`, which reads and rewrites the settings file at `path`,
+/// under the exclusive lock on `PATH.lock` (see [`update_json`]), for files
+/// with a format of their own.
+pub fn with_lock<R, E: From<SettingsError>>(path: &Path, change: impl FnOnce() -> Result<R, E>) -> Result<R, E> {
     let locked = |source| SettingsError::Write { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(locked)?;
@@ -60,12 +72,10 @@ where
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let lock = options.open(PathBuf::from(lock_path)).map_err(locked)?;
     lock.lock().map_err(locked)?;
-    let mut value: T = read_json(path)?;
-    let result = change(&mut value)?;
-    write_json(path, &value)?;
+    let result = change();
     // Closing the file releases the lock.
     drop(lock);
-    Ok(result)
+    result
 }
 
 /// Replaces a settings file with `value` as pretty JSON (see [`write_private_file`]).

@@ -325,3 +325,32 @@ async fn sending_events_takes_an_ingest_token_for_their_organisation() {
         assert!(!stored.contains(token.rsplit('_').next().unwrap()), "a secret is on disk");
     }
 }
+
+#[test]
+fn users_added_at_the_same_time_are_all_kept() {
+    const USERS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Separate processes, as operators' scripts run them.
+    let adds: Vec<_> = (0..USERS)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_auditlake"))
+                .args(["user", "add", &format!("analyst-{i}"), "--org", "acme", "--data-dir"])
+                .arg(&data)
+                .env("AUDITLAKE_PASSWORD", TEST_PASSWORD)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for add in adds {
+        let out = add.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let users = std::fs::read_to_string(data.join("users.json")).unwrap();
+    for i in 0..USERS {
+        assert!(users.contains(&format!("\"analyst-{i}\"")), "analyst-{i} lost:\n{users}");
+    }
+}
