@@ -419,9 +419,10 @@ impl AuditEventsTable {
 
         // A segment the manifest says holds none of the organisation's
         // events is never opened for it.
-        let in_scope: Vec<Arc<LiveSegment>> = match org {
+        // (Admins' scans borrow the snapshot's list: no copy per query.)
+        let in_scope: std::borrow::Cow<[Arc<LiveSegment>]> = match org {
             Some(org) => snapshot.segments.iter().filter(|s| s.meta.may_hold_org(org)).cloned().collect(),
-            None => snapshot.segments.to_vec(),
+            None => std::borrow::Cow::Borrowed(snapshot.segments.as_slice()),
         };
         let mut segments = pruning::prune_segments(&in_scope, predicate)?;
         debug!(segments = snapshot.segments.len(), kept = segments.len(), "pruned segments with the manifest");
