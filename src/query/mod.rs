@@ -58,10 +58,12 @@ mod pruning;
 mod scan_exec;
 mod segment_cache;
 mod ugc_hash;
+mod value_limits;
 
 pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits, SessionTimeout, StatementCancel};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
+pub use value_limits::VALUE_TOO_LARGE;
 
 use scan_exec::{AuditEventsScanExec, ContentIndexSummary, ScanSummary};
 
@@ -687,6 +689,7 @@ fn session_with_controls(
     // `attributes` holds JSON text: json_get_str(attributes, 'role'),
     // attributes->>'role', json_contains(...), etc.
     datafusion_functions_json::register_all(&mut ctx)?;
+    value_limits::register(&ctx);
     let segments = storage.segment_store();
     ctx.register_object_store(segments.url().as_ref(), segments.object_store());
     ctx.register_table(TABLE, Arc::new(table))?;

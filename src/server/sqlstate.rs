@@ -58,6 +58,7 @@ fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
         DataFusionError::ResourcesExhausted(message) if message.contains("rows") => "54000",
         DataFusionError::ResourcesExhausted(_) => "53200",
         DataFusionError::Execution(message) if message.starts_with("canceling statement") => "57014",
+        DataFusionError::Execution(message) if message.starts_with(crate::query::VALUE_TOO_LARGE) => "54000",
         DataFusionError::Execution(message) if message == super::subqueries::MORE_THAN_ONE_ROW => "21000",
         _ => return None,
     })

@@ -124,6 +124,14 @@ impl Server {
         (status, String::from_utf8_lossy(log.get(self.log_start..).unwrap_or_default()).into_owned())
     }
 
+    /// The most memory the server process has held since it started
+    /// (`VmHWM`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB");
+        kib.trim().parse::<u64>().unwrap() * 1024
+    }
+
     /// `kill -9`: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -53,6 +53,62 @@ async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
     assert_eq!(server.psql_until(refusals, "8\n"), "8\n");
 }
 
+/// What one statement of a few dozen bytes once made the server allocate
+/// or compute: gigabytes, or seconds of a core while planning.
+const ALLOCATING_STATEMENTS: &[&str] = &[
+    "select length(repeat('x', 1500000000))",
+    "select length(lpad('x', 1500000000))",
+    "select length(rpad('x', 1500000000, 'ab'))",
+    "select cardinality(range(1, 120000000))",
+    "select cardinality(generate_series(1, 120000000))",
+    "select cardinality(array_repeat(1, 200000000))",
+    "select length(replace(repeat('a', 10000000), 'a', repeat('b', 100)))",
+    "select levenshtein(repeat('a', 50000), repeat('b', 50000))",
+    "select length(repeat('x', 10000000) || repeat('x', 10000000) || repeat('x', 10000000))",
+    "select max(length(repeat(actor_id, 100000000))) from audit_events",
+];
+
+/// The most memory the server may reach while refusing them (a debug
+/// build serving a few events holds about 100 MB).
+const ALLOCATING_RSS_CEILING_BYTES: u64 = 768 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "acme-analyst", &["--org", "acme"]);
+    let server = Server::start(&data, &[]);
+    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let acme = server.pg_as("acme-analyst").await.unwrap();
+    for sql in ALLOCATING_STATEMENTS {
+        let error = acme.simple_query(sql).await.expect_err(sql);
+        assert_eq!(error.code().map(|c| c.code()), Some("54000"), "{sql}: {error:?}");
+        let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        assert!(message.contains("value too large"), "{sql}: {message}");
+        let alive: i64 =
+            acme.query_one("select count(*) from audit_events where actor_id = 'u1'", &[]).await.unwrap().get(0);
+        assert_eq!(alive, 20, "the server answers and the acknowledged events are there");
+    }
+    // Aggregates that build one big value count it against the statement's
+    // memory.
+    for sql in [
+        "select length(string_agg(repeat('x', 2000), ',')) from generate_series(1, 400000)",
+        "select cardinality(array_agg(repeat('x', 2000))) from generate_series(1, 400000)",
+    ] {
+        let error = acme.simple_query(sql).await.expect_err(sql);
+        assert_eq!(error.code().map(|c| c.code()), Some("53200"), "{sql}: {error:?}");
+    }
+    // The same functions within the limit answer.
+    let row = acme
+        .query_one("select length(repeat('ab', 1000000))::bigint, cardinality(range(1, 1001))::bigint", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2_000_000, 1_000));
+    let peak = server.peak_rss_bytes();
+    assert!(peak < ALLOCATING_RSS_CEILING_BYTES, "the server reached {peak} bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
