@@ -583,6 +583,16 @@ impl ServeArgs {
 /// Stack of each of the runtime's threads (see `server::complexity`).
 pub const THREAD_STACK_BYTES: usize = 64 * 1024 * 1024;
 
+/// The runtime statements are planned and run on (Postgres sessions and
+/// the HTTP API's reads), one thread per core.
+fn query_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("auditlake-query")
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .enable_all()
+        .build()
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -986,7 +996,13 @@ async fn serve_storage(
         },
         access_log: access_log.clone(),
     };
+    // Statements are planned and run on a runtime of their own: a statement
+    // that keeps a core busy (a big join, a long constant to fold) then
+    // competes with ingest and /healthz for the CPU as any thread does,
+    // instead of holding the threads their requests wait for.
+    let queries = query_runtime()?;
     let api = ingest::Api {
+        queries: queries.handle().clone(),
         storage: storage.clone(),
         max_body_bytes: args.max_body_bytes,
         auth: ingest::IngestAuth {
@@ -1004,13 +1020,23 @@ async fn serve_storage(
     // One machine-readable line: tests and scripts wait for it, and it carries
     // the real ports when port 0 was asked for.
     say(&format!("auditlake ready: pg={pg_addr} http={http_addr}"));
+    let pg = pg.into_std()?;
+    let serving_pg = storage.clone();
+    let pg_server = queries.spawn(async move {
+        match tokio::net::TcpListener::from_std(pg) {
+            Ok(pg) => server::serve(pg, serving_pg, endpoint).await,
+            Err(e) => warn!(error = %e, "cannot listen for Postgres clients on the query runtime"),
+        }
+    });
     tokio::select! {
-        () = server::serve(pg, storage.clone(), endpoint) => {}
+        _ = pg_server => {}
         result = ingest::serve(http, api) => result?,
         signal = stop_requested() => {
             info!(signal = signal?, "shutting down");
         }
     }
+    // Statements still running end with their connections.
+    queries.shutdown_background();
     access_log.flush().await;
     tokio::task::spawn_blocking(move || storage.shutdown()).await?;
     Ok(())

@@ -145,6 +145,9 @@ pub struct IngestAuth {
 /// What the HTTP API serves from.
 #[derive(Debug, Clone)]
 pub struct Api {
+    /// Where export queries are planned and run: off the runtime that
+    /// answers requests.
+    pub queries: tokio::runtime::Handle,
     pub storage: Storage,
     pub max_body_bytes: usize,
     pub auth: IngestAuth,
@@ -318,7 +321,9 @@ async fn export_events(
         let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.clone() })?;
         request.content = Some(key.hash(&org, content));
     }
-    Ok(Json(export::page(&app.storage, &app.limits, &org, &request).await?))
+    let queries = app.queries.clone();
+    let page = queries.spawn(async move { export::page(&app.storage, &app.limits, &org, &request).await });
+    Ok(Json(page.await.map_err(|e| IngestError::Query(e.to_string()))??))
 }
 
 async fn export_event(
@@ -327,10 +332,17 @@ async fn export_event(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, IngestError> {
     may_read(&app.auth, &headers, &org)?;
-    match export::one(&app.storage, &app.limits, &org, &id).await? {
+    match one_event(&app, &org, &id).await? {
         Some(event) => Ok(Json(event)),
         None => Err(IngestError::NotFound { org, id }),
     }
+}
+
+/// One event of `org` by id, looked up on the query runtime.
+async fn one_event(app: &Api, org: &str, id: &str) -> Result<Option<serde_json::Value>, IngestError> {
+    let (storage, limits, org, id) = (app.storage.clone(), app.limits.clone(), org.to_string(), id.to_string());
+    let lookup = app.queries.spawn(async move { export::one(&storage, &limits, &org, &id).await });
+    lookup.await.map_err(|e| IngestError::Query(e.to_string()))?
 }
 
 /// The event and the proof that it is included under a signed checkpoint.
@@ -341,7 +353,7 @@ async fn event_proof(
 ) -> Result<Json<serde_json::Value>, IngestError> {
     may_read(&app.auth, &headers, &org)?;
     let integrity = app.integrity.clone().ok_or(IngestError::NoCheckpoints)?;
-    let event = export::one(&app.storage, &app.limits, &org, &id).await?.ok_or(IngestError::NotFound { org, id })?;
+    let event = one_event(&app, &org, &id).await?.ok_or(IngestError::NotFound { org, id })?;
     let seq = event["seq"].as_u64().ok_or_else(|| IngestError::Query("an event without a seq".into()))?;
     let storage = app.storage.clone();
     let mut proof = tokio::task::spawn_blocking(move || integrity.prove(&storage, seq))

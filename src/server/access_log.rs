@@ -45,7 +45,7 @@ use super::compat::client_sql;
 use super::sqlstate::classify;
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
 use crate::policy::Policies;
-use crate::query::StatementCancel;
+use crate::query::{SessionTimeout, StatementCancel};
 use crate::storage::{Storage, StorageError};
 
 /// Most records the writer appends in one batch.
@@ -370,12 +370,28 @@ pub(super) struct AuditedSession {
     /// Set by the login, before any statement.
     pub accessor: Arc<OnceLock<Accessor>>,
     pub cancel: StatementCancel,
+    /// Bounds planning, which happens before the plan's own limits exist.
+    pub timeout: SessionTimeout,
     /// The SQL of each prepared statement as the client wrote it (the parsed
     /// statement only keeps a rendering), by statement name.
     pub prepared_sql: Mutex<HashMap<String, String>>,
 }
 
 impl AuditedSession {
+    /// `planning` (parsing, planning, and starting the plan's streams) under
+    /// the session's statement timeout; the rows are then bounded by the
+    /// plan's `StatementLimitsExec`.
+    async fn within_timeout<T>(&self, planning: impl Future<Output = PgWireResult<T>>) -> PgWireResult<T> {
+        let timeout = self.timeout.get();
+        tokio::time::timeout(timeout, planning).await.unwrap_or_else(|_| {
+            let ms = timeout.as_millis();
+            Err(super::sqlstate::statement_error(
+                "57014",
+                format!("canceling statement after the statement timeout of {ms} ms, while planning it"),
+            ))
+        })
+    }
+
     fn begin(&self, sql: &str, protocol: &'static str, parameters: Option<Vec<Value>>) -> Arc<StatementRecord> {
         self.cancel.begin_statement();
         let accessor = self.accessor.get().cloned().unwrap_or_else(|| Accessor {
@@ -464,7 +480,9 @@ impl SimpleQueryHandler for AuditedSession {
     {
         let record = self.begin(query, "simple", None);
         let result = match client_sql(query) {
-            Ok(sql) => SimpleQueryHandler::do_query(&*self.inner, client, &sql).await.map_err(classify),
+            Ok(sql) => {
+                self.within_timeout(SimpleQueryHandler::do_query(&*self.inner, client, &sql)).await.map_err(classify)
+            }
             Err(refused) => Err(refused),
         };
         match result {
@@ -501,7 +519,7 @@ impl ExtendedQueryHandler for AuditedSession {
             Ok(restated) => {
                 let mut message = message;
                 message.query = restated.into_owned();
-                self.inner.on_parse(client, message).await.map_err(classify)
+                self.within_timeout(self.inner.on_parse(client, message)).await.map_err(classify)
             }
             Err(refused) => Err(refused),
         };
@@ -527,7 +545,10 @@ impl ExtendedQueryHandler for AuditedSession {
         let prepared = self.prepared_sql.lock().expect("prepared SQL").get(&portal.statement.id).cloned();
         let sql = prepared.as_deref().unwrap_or(&portal.statement.statement.0);
         let record = self.begin(sql, "extended", Some(parameter_values(portal)));
-        let result = ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows).await.map_err(classify);
+        let result = self
+            .within_timeout(ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows))
+            .await
+            .map_err(classify);
         match result {
             Ok(response) => Ok(record.watch(response)),
             Err(error) => {

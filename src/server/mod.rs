@@ -239,7 +239,7 @@ impl ConnectionHandlers {
         running: RunningStatements,
     ) -> Result<Self, ServerError> {
         let controls = query::SessionControls::new(limits);
-        let cancel = controls.cancel.clone();
+        let (cancel, timeout) = (controls.cancel.clone(), controls.timeout.clone());
         let settings = settings::SettingsHook { scope: Arc::clone(&controls.scope), timeout: controls.timeout.clone() };
         let log = policy.access_log.clone();
         let login = Arc::new(Login::new(policy, running.clone(), controls.clone()));
@@ -261,6 +261,7 @@ impl ConnectionHandlers {
             log,
             accessor: login.accessor(),
             cancel,
+            timeout,
             prepared_sql: Default::default(),
         });
         Ok(ConnectionHandlers { session, login, running })

@@ -109,6 +109,63 @@ async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
     assert!(peak < ALLOCATING_RSS_CEILING_BYTES, "the server reached {peak} bytes");
 }
 
+/// Statements that keep a core busy within every limit: a long run of edit
+/// distances, and a constant one folded while planning.
+const BUSY_STATEMENTS: &[&str] = &[
+    "select sum(levenshtein(repeat('a', 70) || v::text, repeat('b', 70))) from generate_series(1, 1000000000) as t(v)",
+    "select levenshtein(repeat('a', 7000), repeat('b', 7000))",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn busy_statements_leave_health_checks_and_ingest_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "busy", &["--org", "acme", "--statement-timeout-ms", "1000"]);
+    let server = Server::start(&data, &[]);
+    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let busy_for = std::time::Duration::from_secs(6);
+    let mut clients = Vec::new();
+    for sql in BUSY_STATEMENTS.iter().chain(BUSY_STATEMENTS) {
+        let client = server.pg_as("busy").await.unwrap();
+        clients.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut timed_out = 0;
+            while started.elapsed() < busy_for {
+                let begun = std::time::Instant::now();
+                if let Err(e) = client.simple_query(sql).await {
+                    assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{sql}: {e:?}");
+                    assert!(begun.elapsed() < std::time::Duration::from_secs(3), "{sql} ran {:?}", begun.elapsed());
+                    timed_out += 1;
+                }
+            }
+            timed_out
+        }));
+    }
+    let (http, health) = (reqwest::Client::new(), format!("{}/healthz", server.http_url));
+    let mut latencies = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < busy_for {
+        let asked = std::time::Instant::now();
+        assert_eq!(http.get(&health).send().await.unwrap().status(), 200);
+        latencies.push(asked.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut timed_out = 0;
+    for client in clients {
+        timed_out += client.await.unwrap();
+    }
+    assert!(timed_out >= 2, "the run of edit distances ends at the 1 s timeout, {timed_out} times");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!("/healthz under busy statements: p99 {p99:?}, max {:?}, {} checks", latencies.last(), latencies.len());
+    assert!(p99 < std::time::Duration::from_millis(200), "/healthz p99 {p99:?} over {} checks", latencies.len());
+    let after = event("after", "acme", "u2", "a.b", 0).to_string();
+    assert_eq!(post(&server.http(), &server.events_url(), after).await.0, 200);
+    let sql = format!("select count(*) from audit_events where {APP}");
+    assert_eq!(server.psql(&sql).unwrap(), "21\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
