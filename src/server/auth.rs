@@ -30,6 +30,7 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::access_log::{AccessLog, Accessor};
+use super::slots::{RESERVED_ADMIN_SESSIONS, SessionSlot, Slots};
 use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, User, Users, sha256};
 use crate::query::{Scope, SessionControls};
 
@@ -79,6 +80,8 @@ pub struct LoginPolicy {
     pub mock_secret: Arc<[u8; 32]>,
     /// Where logins, failed or not, are recorded.
     pub access_log: AccessLog,
+    /// The endpoint's session slots, one taken at each login.
+    pub slots: Slots,
 }
 
 /// The login of one connection: pgwire calls it for every startup message.
@@ -95,6 +98,8 @@ pub struct Login {
     pid: OnceLock<i32>,
     /// Who the connection's statements are recorded as, set at login.
     accessor: Arc<OnceLock<Accessor>>,
+    /// The session's slot, from login until the connection ends.
+    session_slot: OnceLock<SessionSlot>,
 }
 
 enum Exchange {
@@ -113,6 +118,7 @@ impl Login {
             running,
             pid: OnceLock::new(),
             accessor: Arc::default(),
+            session_slot: OnceLock::new(),
         }
     }
 
@@ -250,6 +256,17 @@ impl Login {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let admin = identity.role == Role::Admin;
+        let Some(slot) = self.policy.slots.session(admin) else {
+            warn!(user = %identity.user, "Postgres login refused: every session slot is taken");
+            let message = if admin || self.policy.slots.session(true).is_none() {
+                "sorry, too many clients already".to_string()
+            } else {
+                format!("remaining connection slots are reserved for admins ({RESERVED_ADMIN_SESSIONS})")
+            };
+            return Err(self.refused(client, &identity.user, Some(identity.role), fatal("53300", message)));
+        };
+        let _ = self.session_slot.set(slot);
         info!(user = %identity.user, role = %identity.role, "Postgres login");
         let (pid, secret_key) = BACKEND_PIDS.generate(client);
         self.running.register(pid, secret_key.to_bytes(), self.controls.cancel.clone());

@@ -38,7 +38,6 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::tokio::TlsAcceptor;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -56,9 +55,11 @@ pub mod auth;
 mod catalog;
 mod compat;
 mod complexity;
+pub mod connection;
 mod copy_out;
 mod over_limit;
 mod settings;
+pub mod slots;
 mod sqlstate;
 mod subqueries;
 pub mod users;
@@ -127,8 +128,14 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError>
 /// in by `endpoint.auth` (see [`check_auth`] for when the server may start).
 pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) {
     let Endpoint { auth, tls, require_tls, max_connections, limits, access_log } = endpoint;
-    let slots = Arc::new(Semaphore::new(max_connections));
-    let policy = LoginPolicy { method: auth, require_tls, mock_secret: Arc::new(rand::random()), access_log };
+    let slots = slots::Slots::new(max_connections);
+    let policy = LoginPolicy {
+        method: auth,
+        require_tls,
+        mock_secret: Arc::new(rand::random()),
+        access_log,
+        slots: slots.clone(),
+    };
     let running = RunningStatements::default();
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -138,15 +145,14 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            warn!(%peer, max_connections, "refusing Postgres connection: too many connections");
+        let Some(slot) = slots.login(peer.ip()) else {
+            warn!(%peer, max_connections, "refusing Postgres connection: too many clients logging in");
             tokio::spawn(over_limit::refuse(socket, tls.clone(), running.clone()));
             continue;
         };
         let (storage, limits, policy, tls, running) =
             (storage.clone(), limits.clone(), policy.clone(), tls.clone(), running.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let handlers = match ConnectionHandlers::new(&storage, &limits, policy, running) {
                 Ok(handlers) => handlers,
                 Err(e) => {
@@ -156,7 +162,8 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
             };
             debug!(%peer, "Postgres connection opened");
             let (login, running) = (Arc::clone(&handlers.login), handlers.running.clone());
-            if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+            let logging_in = Arc::clone(&login);
+            if let Err(e) = connection::serve(socket, tls, handlers, slot, move || logging_in.pid().is_some()).await {
                 debug!(%peer, error = %e, "Postgres connection ended with an error");
             }
             if let Some(pid) = login.pid() {

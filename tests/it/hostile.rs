@@ -166,6 +166,84 @@ async fn busy_statements_leave_health_checks_and_ingest_answering() {
     assert_eq!(server.psql(&sql).unwrap(), "21\n");
 }
 
+/// A protocol 3.0 start-up packet for `user`.
+fn startup_packet(user: &str) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for part in ["user", user, "database", "auditlake", ""] {
+        body.extend_from_slice(part.as_bytes());
+        body.push(0);
+    }
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+/// Whether the server closes `socket` within `within` (reads until the end).
+fn closed_within(socket: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    socket.set_read_timeout(Some(within)).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match socket.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_do_not_log_in_cannot_swell_or_fill_the_server() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "acme-analyst", &["--org", "acme"]);
+    let server = Server::start(&data, &["--max-pg-connections", "6"]);
+    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let address = format!("127.0.0.1:{}", server.pg_port);
+
+    // A query message announcing 1 GiB before the password: the server
+    // stops reading after 64 KiB and hangs up.
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    socket.write_all(&startup_packet("nobody")).unwrap();
+    let mut header = vec![b'Q'];
+    header.extend_from_slice(&0x3fff_fff0i32.to_be_bytes());
+    socket.write_all(&header).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let sent = (0..32).take_while(|_| socket.write_all(&chunk).is_ok()).count();
+    assert!(closed_within(&mut socket, std::time::Duration::from_secs(5)), "still open after {sent} chunks");
+
+    // Six sockets that never send a byte take every login slot, for ten
+    // seconds at most.
+    let started = std::time::Instant::now();
+    let mut idle: Vec<std::net::TcpStream> = (0..6).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = server.pg_as("acme-analyst").await.expect_err("no login slot");
+    assert_eq!(refused.code().map(|c| c.code()), Some("53300"), "{refused:?}");
+    for socket in &mut idle {
+        assert!(closed_within(socket, std::time::Duration::from_secs(15)), "an idle socket stayed open");
+    }
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(13), "idle sockets held their slots {waited:?}");
+
+    // Of six sessions, the last three are the admins'.
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(server.pg_as("acme-analyst").await.unwrap());
+    }
+    let reserved = server.pg_as("acme-analyst").await.expect_err("the rest is reserved");
+    assert_eq!(reserved.code().map(|c| c.code()), Some("53300"), "{reserved:?}");
+    let message = reserved.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("reserved for admins"), "{message}");
+    let admin = server.pg().await;
+    let count: i64 =
+        admin.query_one(&format!("select count(*) from audit_events where {APP}"), &[]).await.unwrap().get(0);
+    assert_eq!(count, 20, "the acknowledged events are there");
+    drop(sessions);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
