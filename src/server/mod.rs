@@ -130,9 +130,9 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
     let Endpoint { auth, tls, require_tls, max_connections, limits, access_log } = endpoint;
     let slots = slots::Slots::new(max_connections);
     let policy = LoginPolicy {
+        mock_secret: Arc::new(login_secret(&auth)),
         method: auth,
         require_tls,
-        mock_secret: Arc::new(rand::random()),
         access_log,
         slots: slots.clone(),
     };
@@ -170,6 +170,18 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
                 running.forget(pid);
             }
         });
+    }
+}
+
+/// The secret unknown users' answers are made from: the data directory's
+/// own, or (without users, or when it cannot be read) one for this run.
+fn login_secret(auth: &AuthMethod) -> [u8; 32] {
+    match auth {
+        AuthMethod::Scram(users) => users.login_secret().unwrap_or_else(|e| {
+            warn!(error = %e, "unknown users' SCRAM salts will change at the next start");
+            rand::random()
+        }),
+        AuthMethod::TrustLoopback => rand::random(),
     }
 }
 

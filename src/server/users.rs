@@ -30,6 +30,8 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 
 /// The file, inside the data directory, that holds the users.
 pub const USERS_FILE: &str = "users.json";
+/// Beside it: the secret of made-up logins ([`Users::login_secret`]).
+pub const LOGIN_SECRET_FILE: &str = "login-secret";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -212,6 +214,35 @@ impl Users {
                 Ok(User { name: u.name, role: u.role, verifier, statement_timeout_ms: u.statement_timeout_ms })
             })
             .collect()
+    }
+
+    /// The secret that made-up answers for unknown users (their SCRAM salt)
+    /// are derived from: kept next to the users file, made once, so that an
+    /// unknown name gets the same salt after a restart as a real one does.
+    pub fn login_secret(&self) -> Result<[u8; 32], UserError> {
+        let path = self.path.with_file_name(LOGIN_SECRET_FILE);
+        let read = |path: &Path| -> Result<Option<[u8; 32]>, UserError> {
+            match std::fs::read(path) {
+                Ok(bytes) => bytes.try_into().map(Some).map_err(|bytes: Vec<u8>| UserError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: format!("a login secret of {} bytes instead of 32", bytes.len()),
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(UserError::Read { path: path.to_path_buf(), source }),
+            }
+        };
+        if let Some(secret) = read(&path)? {
+            return Ok(secret);
+        }
+        crate::storage::settings::with_lock(&path, || {
+            if let Some(secret) = read(&path)? {
+                return Ok(secret);
+            }
+            let secret: [u8; 32] = rand::random();
+            crate::storage::settings::write_private_file(&path, &secret)
+                .map_err(|source| UserError::Write { path: path.clone(), source })?;
+            Ok(secret)
+        })
     }
 
     pub fn find(&self, name: &str) -> Result<Option<User>, UserError> {

@@ -244,6 +244,50 @@ async fn clients_that_do_not_log_in_cannot_swell_or_fill_the_server() {
     drop(sessions);
 }
 
+/// The salt the server gives `user` in a SCRAM exchange.
+fn scram_salt(pg_port: u16, user: &str) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    socket.write_all(&startup_packet(user)).unwrap();
+    let message = |socket: &mut std::net::TcpStream| {
+        let mut header = [0u8; 5];
+        socket.read_exact(&mut header).unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize - 4];
+        socket.read_exact(&mut body).unwrap();
+        (header[0], body)
+    };
+    let (kind, _) = message(&mut socket);
+    assert_eq!(kind, b'R', "AuthenticationSASL");
+    let client_first = b"n,,n=,r=0123456789abcdef";
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
+    body.extend_from_slice(client_first);
+    let mut packet = vec![b'p'];
+    packet.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    packet.extend(body);
+    socket.write_all(&packet).unwrap();
+    let (kind, body) = message(&mut socket);
+    assert_eq!(kind, b'R', "AuthenticationSASLContinue");
+    let server_first = String::from_utf8(body[4..].to_vec()).unwrap();
+    server_first.split(',').find_map(|field| field.strip_prefix("s=")).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_get_the_same_salt_after_a_restart_as_real_users_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "alice", &["--org", "acme"]);
+    let server = Server::start(&data, &[]);
+    let before = (scram_salt(server.pg_port, "alice"), scram_salt(server.pg_port, "nobody"));
+    assert_eq!(scram_salt(server.pg_port, "nobody"), before.1, "the same within a run");
+    server.kill();
+    let server = Server::start(&data, &[]);
+    let after = (scram_salt(server.pg_port, "alice"), scram_salt(server.pg_port, "nobody"));
+    assert_eq!(after, before, "a salt that changes at a restart tells that the user does not exist");
+    assert_ne!(after.0, after.1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
