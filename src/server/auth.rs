@@ -11,7 +11,7 @@
 
 use std::fmt::Debug;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::access_log::{AccessLog, Accessor};
 use super::slots::{RESERVED_ADMIN_SESSIONS, SessionSlot, Slots};
+use super::throttle::LoginThrottle;
 use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, User, Users, sha256};
 use crate::query::{Scope, SessionControls};
 
@@ -82,6 +83,8 @@ pub struct LoginPolicy {
     pub access_log: AccessLog,
     /// The endpoint's session slots, one taken at each login.
     pub slots: Slots,
+    /// Failed logins, which make the next attempts wait.
+    pub throttle: LoginThrottle,
 }
 
 /// The login of one connection: pgwire calls it for every startup message.
@@ -202,6 +205,17 @@ impl StartupHandler for Login {
                 if let AuthMethod::TrustLoopback = self.policy.method {
                     return self.logged_in(client, Identity { user, role: Role::Admin, statement_timeout: None }).await;
                 }
+                let address = client.socket_addr().ip();
+                if let Err(wait) = self.policy.throttle.check(address, &user, Instant::now()) {
+                    warn!(user = %user, %address, wait_s = wait.as_secs_f64(), "Postgres login refused: too many failures");
+                    return Err(fatal(
+                        "28000",
+                        format!(
+                            "too many failed logins from this address or for this user; try again in {} s",
+                            wait.as_secs().max(1)
+                        ),
+                    ));
+                }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client
                     .send(PgWireBackendMessage::Authentication(Authentication::SASL(vec![SCRAM_SHA_256.into()])))
@@ -232,11 +246,13 @@ impl StartupHandler for Login {
                         let outcome = first.check_final(&response.data);
                         let (Ok(server_final), Some(role)) = (outcome, first.role.clone()) else {
                             warn!(user = %user, "Postgres login failed: wrong user name or password");
+                            self.policy.throttle.failed(client.socket_addr().ip(), &user, Instant::now());
                             return Err(self.refused(client, &user, first.role.clone(), password_failed(&user)));
                         };
                         client
                             .send(PgWireBackendMessage::Authentication(Authentication::SASLFinal(server_final.into())))
                             .await?;
+                        self.policy.throttle.succeeded(client.socket_addr().ip(), &user);
                         let statement_timeout = first.statement_timeout;
                         return self.logged_in(client, Identity { user, role, statement_timeout }).await;
                     }

@@ -62,6 +62,7 @@ mod settings;
 pub mod slots;
 mod sqlstate;
 mod subqueries;
+pub mod throttle;
 pub mod users;
 
 /// Default cap on concurrent Postgres connections.
@@ -135,6 +136,7 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
         require_tls,
         access_log,
         slots: slots.clone(),
+        throttle: throttle::LoginThrottle::default(),
     };
     let running = RunningStatements::default();
     loop {

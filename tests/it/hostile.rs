@@ -289,6 +289,47 @@ async fn unknown_users_get_the_same_salt_after_a_restart_as_real_users_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_slowed_after_a_few_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "alice", &["--org", "acme"]);
+    let server = Server::start(&data, &[]);
+    let guess = format!("postgres://alice:guess@127.0.0.1:{}/auditlake", server.pg_port);
+    let started = std::time::Instant::now();
+    let mut codes = Vec::new();
+    for _ in 0..60 {
+        let error = tokio_postgres::connect(&guess, tokio_postgres::NoTls).await.err().expect("refused");
+        codes.push(error.code().map(|c| c.code().to_string()).unwrap_or_else(|| error.to_string()));
+    }
+    let elapsed = started.elapsed();
+    let checked = codes.iter().filter(|c| *c == "28P01").count();
+    let waited = codes.iter().filter(|c| *c == "28000").count();
+    assert_eq!(checked + waited, 60, "{codes:?}");
+    // Five free guesses, then one a second at most while this ran.
+    assert!(checked <= 5 + elapsed.as_secs() as usize + 1, "{checked} passwords checked in {elapsed:?}");
+    // During the wait even the right password is not heard.
+    let refused = server.pg_as("alice").await.expect_err("waits");
+    assert_eq!(refused.code().map(|c| c.code()), Some("28000"), "{refused:?}");
+    // After it, the owner logs in, and that clears the count.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let alice = loop {
+        match server.pg_as("alice").await {
+            Ok(client) => break client,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await
+            }
+            Err(e) => panic!("alice never got in: {e:?}"),
+        }
+    };
+    alice.simple_query("select 1").await.unwrap();
+    // Only the checked guesses are on record.
+    let failed = "select count(*) from audit_events where action = 'audit_log.login_failed'";
+    let recorded: usize = server.psql(failed).unwrap().trim().parse().unwrap();
+    assert!(recorded <= checked + 1, "{recorded} failures recorded for {checked} checked");
+    eprintln!("60 guesses in {elapsed:?}: {checked} passwords checked, {waited} told to wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
