@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use futures::{Sink, SinkExt};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
@@ -23,7 +24,7 @@ use pgwire::api::auth::{
 };
 use pgwire::api::{ClientInfo, PgWireConnectionState, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::startup::Authentication;
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use ring::hmac;
 use subtle::ConstantTimeEq;
@@ -168,6 +169,30 @@ impl Login {
     }
 }
 
+/// The mechanism and data of a SASLInitialResponse, read from the client's
+/// bytes here: pgwire's own reading panics on a length that runs past the
+/// message, which any client could send before logging in.
+fn sasl_initial_response(message: PasswordMessageFamily) -> PgWireResult<(String, Option<Bytes>)> {
+    let PasswordMessageFamily::Raw(body) = message else {
+        let initial = message.into_sasl_initial_response()?;
+        return Ok((initial.auth_method, initial.data));
+    };
+    parse_sasl_initial_response(&body).ok_or_else(|| protocol_violation("SASLInitialResponse"))
+}
+
+fn parse_sasl_initial_response(body: &[u8]) -> Option<(String, Option<Bytes>)> {
+    let end = body.iter().position(|b| *b == 0)?;
+    let mechanism = String::from_utf8(body[..end].to_vec()).ok()?;
+    let rest = &body[end + 1..];
+    let length = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let data = &rest[4..];
+    match length {
+        -1 if data.is_empty() => Some((mechanism, None)),
+        n if usize::try_from(n).ok() == Some(data.len()) => Some((mechanism, Some(Bytes::copy_from_slice(data)))),
+        _ => None,
+    }
+}
+
 fn fatal(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("FATAL".into(), code.into(), message)))
 }
@@ -225,11 +250,11 @@ impl StartupHandler for Login {
                 let state = std::mem::replace(&mut *self.exchange.lock().expect("login state"), Exchange::Done);
                 match state {
                     Exchange::Start => {
-                        let initial = message.into_sasl_initial_response()?;
-                        if initial.auth_method != SCRAM_SHA_256 {
-                            return Err(PgWireError::UnsupportedSASLAuthMethod(initial.auth_method));
+                        let (mechanism, data) = sasl_initial_response(message)?;
+                        if mechanism != SCRAM_SHA_256 {
+                            return Err(PgWireError::UnsupportedSASLAuthMethod(mechanism));
                         }
-                        let data = initial.data.as_deref().ok_or_else(|| protocol_violation("no client-first"))?;
+                        let data = data.as_deref().ok_or_else(|| protocol_violation("no client-first"))?;
                         let (found, verifier) = self.verifier_for(&user)?;
                         let server_nonce = BASE64.encode(rand::random::<[u8; 18]>());
                         let role = found.as_ref().map(|u| u.role.clone());
@@ -403,6 +428,44 @@ impl ServerFirst {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn initial(mechanism: &[u8], length: i32, data: &[u8]) -> Vec<u8> {
+        [mechanism, b"\0", &length.to_be_bytes(), data].concat()
+    }
+
+    #[test]
+    fn sasl_initial_responses_are_read_whole_or_refused() {
+        let read = |body: &[u8]| parse_sasl_initial_response(body);
+        let first = b"n,,n=,r=abc";
+        assert_eq!(
+            read(&initial(b"SCRAM-SHA-256", first.len() as i32, first)),
+            Some(("SCRAM-SHA-256".into(), Some(Bytes::from_static(first))))
+        );
+        assert_eq!(read(&initial(b"SCRAM-SHA-256", -1, b"")), Some(("SCRAM-SHA-256".into(), None)));
+        // Each of these made pgwire panic, or read past the data.
+        assert_eq!(read(b"SCRAM-SHA-256\0"), None);
+        assert_eq!(read(b"SCRAM-SHA-256\0\0\0"), None);
+        assert_eq!(read(&initial(b"SCRAM-SHA-256", 1000, b"abc")), None);
+        assert_eq!(read(&initial(b"SCRAM-SHA-256", -5, b"abc")), None);
+        assert_eq!(read(&initial(b"SCRAM-SHA-256", 2, b"abc")), None);
+        assert_eq!(read(b"no terminator"), None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn any_bytes_are_read_or_refused_without_a_panic(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_sasl_initial_response(&body);
+        }
+
+        #[test]
+        fn well_formed_responses_read_back(mechanism in "[A-Z0-9-]{1,20}", data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let body = initial(mechanism.as_bytes(), data.len() as i32, &data);
+            prop_assert_eq!(parse_sasl_initial_response(&body), Some((mechanism, Some(Bytes::from(data)))));
+        }
+    }
 
     #[test]
     fn the_rfc_7677_exchange_passes_and_a_wrong_proof_fails() {

@@ -330,6 +330,41 @@ async fn password_guessing_is_slowed_after_a_few_failures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_sasl_messages_are_refused_without_a_panic() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let bodies: [&[u8]; 4] = [
+        b"SCRAM-SHA-256\0",
+        b"SCRAM-SHA-256\0\0\0\x03\xe8abc",
+        b"SCRAM-SHA-256\0\xff\xff\xff\xfbabc",
+        b"SCRAM-SHA-256",
+    ];
+    for body in bodies {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", server.pg_port)).unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        socket.write_all(&startup_packet("nobody")).unwrap();
+        let mut header = [0u8; 5];
+        socket.read_exact(&mut header).unwrap();
+        assert_eq!(header[0], b'R');
+        let mut rest = vec![0u8; i32::from_be_bytes(header[1..5].try_into().unwrap()) as usize - 4];
+        socket.read_exact(&mut rest).unwrap();
+        let mut packet = vec![b'p'];
+        packet.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        packet.extend_from_slice(body);
+        socket.write_all(&packet).unwrap();
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer);
+        assert_eq!(answer.first(), Some(&b'E'), "an error response, not a dropped connection: {answer:?}");
+        assert!(String::from_utf8_lossy(&answer).contains("08P01"), "{answer:?}");
+    }
+    server.pg().await.simple_query("select 1").await.unwrap();
+    let (_, log) = server.terminate();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
