@@ -443,6 +443,9 @@ struct ServeArgs {
     /// How often organisations' retention is applied (milliseconds).
     #[arg(long, default_value_t = StorageConfig::new("").retention_interval_ms)]
     retention_interval_ms: u64,
+    /// Most concurrent HTTP connections; more are answered 503 at once.
+    #[arg(long, default_value_t = ingest::DEFAULT_MAX_HTTP_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    max_http_connections: usize,
     /// Most concurrent Postgres connections.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_pg_connections: usize,
@@ -1005,6 +1008,7 @@ async fn serve_storage(
         queries: queries.handle().clone(),
         storage: storage.clone(),
         max_body_bytes: args.max_body_bytes,
+        max_connections: args.max_http_connections,
         auth: ingest::IngestAuth {
             tokens: Arc::new(Tokens::in_data_dir(&args.data_dir)),
             trust_without_token: args.insecure_trust_loopback,

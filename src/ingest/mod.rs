@@ -11,10 +11,14 @@
 
 pub mod demo;
 pub mod export;
+mod listener;
 pub mod tokens;
+
+pub use listener::{DEFAULT_MAX_HTTP_CONNECTIONS, HEADER_READ_TIMEOUT};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -51,6 +55,8 @@ pub enum IngestError {
     TooLarge { limit_bytes: usize },
     #[error("cannot read the request body: {0}")]
     Body(String),
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout { seconds: u64 },
     #[error("{0}; send application/json or application/x-ndjson, plain or gzip")]
     UnsupportedMedia(String),
     #[error("{0}")]
@@ -89,6 +95,7 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::Invalid(_) | IngestError::Body(_) | IngestError::BadParameter(_) => StatusCode::BAD_REQUEST,
+            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             IngestError::Query(_) | IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             IngestError::NotFound { .. } => StatusCode::NOT_FOUND,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -118,7 +125,10 @@ impl IntoResponse for IngestError {
         let status = self.status();
         let body = match &self {
             IngestError::Invalid(errors) | IngestError::OtherOrg { errors, .. } => {
-                json!({ "error": self.to_string(), "errors": errors })
+                // A batch of a million bad events is answered with the first
+                // problems and how many there are, not a million lines.
+                let listed = &errors[..errors.len().min(MAX_LISTED_PROBLEMS)];
+                json!({ "error": self.to_string(), "errors": listed, "errors_total": errors.len() })
             }
             _ => json!({ "error": self.to_string() }),
         };
@@ -145,6 +155,8 @@ pub struct IngestAuth {
 /// What the HTTP API serves from.
 #[derive(Debug, Clone)]
 pub struct Api {
+    /// Connections the listener serves at once.
+    pub max_connections: usize,
     /// Where export queries are planned and run: off the runtime that
     /// answers requests.
     pub queries: tokio::runtime::Handle,
@@ -180,22 +192,37 @@ pub fn router(api: Api) -> Router {
 /// checked: a client without one is answered before it sends a byte of
 /// body) and never past `limit_bytes`: a larger `Content-Length` is refused
 /// unread, and a body that grows past the limit is refused as it does.
+/// The most problems of a rejected batch an answer lists (`errors_total`
+/// says how many there were).
+pub const MAX_LISTED_PROBLEMS: usize = 100;
+
+/// How long a client may take to send a request body.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most memory set aside for a body before its bytes arrive.
+const BODY_PREALLOCATION_BYTES: u64 = 1024 * 1024;
+
 async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usize) -> Result<Bytes, IngestError> {
     let too_large = || IngestError::TooLarge { limit_bytes };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit_bytes as u64) {
         return Err(too_large());
     }
-    let mut read = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+    // Grown as bytes arrive: a length announced and not sent costs nothing.
+    let mut read = Vec::with_capacity(declared.map_or(0, |length| length.min(BODY_PREALLOCATION_BYTES) as usize));
     let mut chunks = body.into_data_stream();
-    while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
-        let chunk = chunk.map_err(|e| IngestError::Body(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut chunks)).await {
+            Ok(Some(chunk)) => chunk.map_err(|e| IngestError::Body(e.to_string()))?,
+            Ok(None) => return Ok(Bytes::from(read)),
+            Err(_) => return Err(IngestError::BodyTimeout { seconds: BODY_READ_TIMEOUT.as_secs() }),
+        };
         if read.len() + chunk.len() > limit_bytes {
             return Err(too_large());
         }
         read.extend_from_slice(&chunk);
     }
-    Ok(Bytes::from(read))
 }
 
 /// The organisation a request may act for (`None`: any), from its token,
@@ -490,7 +517,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves the HTTP API until the process ends.
 pub async fn serve(listener: TcpListener, api: Api) -> std::io::Result<()> {
-    axum::serve(listener, router(api)).await
+    let max_connections = api.max_connections;
+    listener::serve(listener, router(api), max_connections).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,74 @@
+//! The HTTP listener: how many connections it holds and how long a client
+//! may take to send a request. axum's own `serve` sets neither, so a client
+//! that sends its headers a byte a minute, or thousands of clients that
+//! connect and wait, held a task and a socket each for ever.
+//!
+//! This module accepts and times; what a request means is the router's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+/// Connections the HTTP listener serves at once unless told otherwise.
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 512;
+
+/// How long a client may take to send a request's headers, and to send
+/// the next request on a kept-alive connection.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client gets when every connection is taken: an answer, so that
+/// it backs off instead of waiting.
+const BUSY_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
+Content-Length: 57\r\nConnection: close\r\n\r\n{\"error\":\"too many connections; retry in a second please\"}";
+
+/// Serves `router` on `listener`, at most `max_connections` connections at
+/// once, until the process ends.
+pub async fn serve(listener: TcpListener, router: Router, max_connections: usize) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    loop {
+        let (mut socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(error = %e, "accepting an HTTP connection failed");
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            warn!(%peer, max_connections, "refusing HTTP connection: too many connections");
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, socket.write_all(BUSY_RESPONSE)).await;
+            });
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            if let Err(e) = http.serve_connection(TokioIo::new(socket), service).await {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_declares_its_length() {
+        let text = std::str::from_utf8(BUSY_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+}
