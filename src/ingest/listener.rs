@@ -27,7 +27,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// it backs off instead of waiting.
 const BUSY_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
-Content-Length: 57\r\nConnection: close\r\n\r\n{\"error\":\"too many connections; retry in a second please\"}";
+Content-Length: 58\r\nConnection: close\r\n\r\n{\"error\":\"too many connections; retry in a second please\"}";
 
 /// Serves `router` on `listener`, at most `max_connections` connections at
 /// once, until the process ends.
