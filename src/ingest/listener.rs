@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -29,6 +29,28 @@ const BUSY_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
 Content-Length: 58\r\nConnection: close\r\n\r\n{\"error\":\"too many connections; retry in a second please\"}";
 
+/// How long a refused client may take to send its request head.
+const BUSY_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The most of a refused client's request read before answering it.
+const BUSY_HEAD_BYTES: usize = 8 * 1024;
+
+/// Reads the refused client's request head (a client whose answer comes
+/// before it finished sending takes it for a broken server), then answers.
+async fn answer_busy(socket: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while head.len() < BUSY_HEAD_BYTES && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = socket.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..read]);
+    }
+    socket.write_all(BUSY_RESPONSE).await?;
+    socket.shutdown().await
+}
+
 /// Serves `router` on `listener`, at most `max_connections` connections at
 /// once, until the process ends.
 pub async fn serve(listener: TcpListener, router: Router, max_connections: usize) -> std::io::Result<()> {
@@ -44,7 +66,7 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             warn!(%peer, max_connections, "refusing HTTP connection: too many connections");
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, socket.write_all(BUSY_RESPONSE)).await;
+                let _ = tokio::time::timeout(BUSY_ANSWER_TIMEOUT, answer_busy(&mut socket)).await;
             });
             continue;
         };
