@@ -68,9 +68,11 @@ const ALLOCATING_STATEMENTS: &[&str] = &[
     "select max(length(repeat(actor_id, 100000000))) from audit_events",
 ];
 
-/// The most memory the server may reach while refusing them (a debug
-/// build serving a few events holds about 100 MB).
-const ALLOCATING_RSS_CEILING_BYTES: u64 = 768 * 1024 * 1024;
+/// The most memory the server may reach while refusing them: a debug
+/// build serving a few events holds about 100 MB, and the aggregates below
+/// reach the default 256 MiB a query may use, which their accumulators
+/// under-report by about half (650 MiB measured).
+const ALLOCATING_RSS_CEILING_BYTES: u64 = 1024 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
@@ -106,6 +108,7 @@ async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2_000_000, 1_000));
     let peak = server.peak_rss_bytes();
+    eprintln!("allocating statements refused; server peak RSS {} MiB", peak / (1024 * 1024));
     assert!(peak < ALLOCATING_RSS_CEILING_BYTES, "the server reached {peak} bytes");
 }
 
