@@ -43,8 +43,12 @@ use tokens::{Token, TokenScope, Tokens, Unauthenticated};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// What the record of a policy change says was done.
 pub const ACTION_POLICY_CHANGED: &str = "audit_log.policy_changed";
-/// What a client told to back off should wait before retrying, in seconds.
+/// What a client told to back off (storage busy sealing) should wait
+/// before retrying, in seconds.
 const RETRY_AFTER_SECONDS: u32 = 1;
+/// What a client told the disk is full should wait: space is not freed in
+/// a second, and a fleet retrying every second only adds load.
+const DISK_FULL_RETRY_AFTER_SECONDS: u32 = 60;
 
 /// Why an ingest request was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +137,13 @@ impl IntoResponse for IngestError {
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        let retry_after = match status {
+            StatusCode::SERVICE_UNAVAILABLE => Some(RETRY_AFTER_SECONDS),
+            StatusCode::INSUFFICIENT_STORAGE => Some(DISK_FULL_RETRY_AFTER_SECONDS),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -578,7 +587,8 @@ mod tests {
             (IngestError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),
             (StorageError::Backpressure { buffered_bytes: 2, limit_bytes: 1 }.into(), 503, Some("1")),
             (StorageError::ShutDown.into(), 503, Some("1")),
-            (StorageError::DiskFull("ENOSPC".into()).into(), 507, Some("1")),
+            // A full disk is not freed in a second: retrying clients wait a minute.
+            (StorageError::DiskFull("ENOSPC".into()).into(), 507, Some("60")),
             (StorageError::WalWrite("EIO".into()).into(), 500, None),
             (StorageError::WalPoisoned("fsync".into()).into(), 500, None),
             (StorageError::Io { path: "/x".into(), source: io() }.into(), 500, None),
