@@ -437,9 +437,14 @@ struct ServeArgs {
     compaction_min_segments: usize,
     /// An event whose organisation sent its id within this many hours (by
     /// receive time) is acknowledged again instead of stored twice. Costs
-    /// about 40 bytes of memory per event received in the window.
+    /// about 50 bytes of memory per event received in the window.
     #[arg(long, default_value_t = storage::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS)]
     idempotency_window_hours: u64,
+    /// Most event ids remembered for idempotency; past it the oldest are
+    /// forgotten before the window ends (logged), bounding the memory.
+    #[arg(long, default_value_t = storage::idempotency::DEFAULT_MAX_IDEMPOTENCY_KEYS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000_000))]
+    max_idempotency_keys: usize,
     /// How often organisations' retention is applied (milliseconds).
     #[arg(long, default_value_t = StorageConfig::new("").retention_interval_ms)]
     retention_interval_ms: u64,
@@ -565,6 +570,7 @@ impl ServeArgs {
                 min_inputs: self.compaction_min_segments,
             },
             idempotency_window_ms: self.idempotency_window_hours.saturating_mul(3_600_000),
+            max_idempotency_keys: self.max_idempotency_keys,
             witness: integrity.map(|i| i as Arc<dyn storage::SealWitness>),
             retention: self.retention()?,
             retention_interval_ms: self.retention_interval_ms,

@@ -78,6 +78,9 @@ pub struct StorageConfig {
     /// An event whose organisation sent its id this recently (by receive
     /// time) is acknowledged again instead of being stored twice.
     pub idempotency_window_ms: u64,
+    /// The most ids remembered for idempotency; past it the oldest are
+    /// forgotten before their window ends.
+    pub max_idempotency_keys: usize,
     /// Told of every sealed range (checkpoints); `None` without a signing key.
     pub witness: Option<Arc<dyn SealWitness>>,
     /// Organisations' retention, applied by the compactor thread; `None`
@@ -102,6 +105,7 @@ impl StorageConfig {
             max_buffered_bytes: 384 * 1024 * 1024,
             compaction: CompactionPolicy { target_rows: 1_000_000, min_inputs: 4 },
             idempotency_window_ms: idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS * 3_600_000,
+            max_idempotency_keys: idempotency::DEFAULT_MAX_IDEMPOTENCY_KEYS,
             witness: None,
             retention: None,
             retention_interval_ms: 3_600_000,
@@ -328,7 +332,8 @@ impl Storage {
             state.push_buffered(&with_seq(b.batch.clone(), b.first_seq), b.first_seq, b.last_seq());
         }
         state.recount_buffer();
-        let recent_ids = recall_recent_ids(&segments, &state, config.idempotency_window_ms)?;
+        let recent_ids =
+            recall_recent_ids(&segments, &state, config.idempotency_window_ms, config.max_idempotency_keys)?;
         info!(
             remembered_ids = recent_ids.len(),
             window_ms = config.idempotency_window_ms,
@@ -823,8 +828,24 @@ impl Storage {
             if forgot_expired_at.elapsed() >= Duration::from_millis(FORGET_EXPIRED_IDS_INTERVAL_MS) {
                 forgot_expired_at = Instant::now();
                 let now_us = chrono::Utc::now().timestamp_micros();
-                let forgotten = self.shared.recent_ids.lock().expect("recent ids lock poisoned").forget_expired(now_us);
+                // A slice per lock hold: the WAL writer takes the same lock.
+                let mut forgotten = 0;
+                let forgotten_early = loop {
+                    let mut recent = self.shared.recent_ids.lock().expect("recent ids lock poisoned");
+                    let slice = recent.forget_expired(now_us);
+                    forgotten += slice;
+                    if slice < idempotency::MAX_FORGOTTEN_PER_CALL {
+                        break recent.forgotten_early();
+                    }
+                };
                 debug!(forgotten, "ids left the idempotency window");
+                if forgotten_early > 0 {
+                    warn!(
+                        forgotten_early,
+                        max_keys = self.shared.config.max_idempotency_keys,
+                        "ids forgotten before the idempotency window ended, to stay within the most keys"
+                    );
+                }
             }
             let seal_due = {
                 let state = self.state();
@@ -1155,9 +1176,14 @@ struct GroupedAppend {
 
 /// Rebuilds the idempotency window at start-up: the ids of buffered events,
 /// and of events in segments that may hold some received within the window.
-fn recall_recent_ids(store: &SegmentStore, state: &State, window_ms: u64) -> Result<RecentIds, StorageError> {
+fn recall_recent_ids(
+    store: &SegmentStore,
+    state: &State,
+    window_ms: u64,
+    max_keys: usize,
+) -> Result<RecentIds, StorageError> {
     let window_us = i64::try_from(window_ms.saturating_mul(1_000)).unwrap_or(i64::MAX);
-    let mut recent = RecentIds::new(window_us);
+    let mut recent = RecentIds::new(window_us, max_keys);
     let cutoff_us = recent.cutoff_us(chrono::Utc::now().timestamp_micros());
     let columns = ["org_id", "id_uuid", "id_text", "received_at"];
     for segment in state.segments.iter() {
