@@ -601,4 +601,50 @@ mod tests {
             assert_eq!(status_of(error), (status, retry_after.map(str::to_owned)), "{name}");
         }
     }
+
+    fn gzip_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Any bytes sent as gzip are inflated whole within the limit, or
+        /// refused: never a panic, never more than the limit.
+        #[test]
+        fn gzip_bodies_inflate_within_the_limit_or_are_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            damage in proptest::collection::vec((0usize..512, proptest::prelude::any::<u8>()), 0..4),
+            limit in 1usize..300,
+        ) {
+            let mut body = gzip(&bytes);
+            for (at, value) in damage {
+                let at = at % body.len();
+                body[at] ^= value;
+            }
+            if let Ok(inflated) = decoded_body(&gzip_headers(), Bytes::from(body), limit) {
+                proptest::prop_assert!(inflated.len() <= limit);
+            }
+            // Undamaged, it reads back exactly, or is too large.
+            match decoded_body(&gzip_headers(), Bytes::from(gzip(&bytes)), limit) {
+                Ok(inflated) => proptest::prop_assert_eq!(inflated.as_ref(), bytes.as_slice()),
+                Err(error) => proptest::prop_assert!(bytes.len() > limit, "{}", error),
+            }
+        }
+
+        /// Any bytes as an event batch: events or named problems, no panic.
+        #[test]
+        fn any_body_is_parsed_or_refused_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = model::parse_batch(&bytes, chrono::Utc::now());
+        }
+    }
 }

@@ -101,4 +101,25 @@ mod tests {
         assert_eq!(info.code, "54001");
         assert!(info.message.contains("too complex"), "{}", info.message);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Any text is measured without a panic, and what it refuses is
+        /// refused as too complex.
+        #[test]
+        fn any_text_is_measured_without_a_panic(sql in ".{0,400}") {
+            if let Err(error) = check(&sql) {
+                proptest::prop_assert!(error.to_string().contains("too complex"), "{}", error);
+            }
+        }
+
+        #[test]
+        fn sql_made_of_operators_and_brackets_is_measured(parts in proptest::collection::vec(proptest::sample::select(vec!["(", ")", "+", "1", " and ", "x", "'", "--", "/*", "*/", "\n", "$$"]), 0..3000)) {
+            let sql = format!("select {}", parts.concat());
+            if let Err(error) = check(&sql) {
+                proptest::prop_assert!(error.to_string().contains("too complex"), "{}", error);
+            }
+        }
+    }
 }

@@ -378,4 +378,55 @@ mod tests {
         assert!(matches!(parsed, Parsed::NeedRange(_)));
         assert_eq!(lookup(&bytes, "x"), None, "in 300 rows: not listed");
     }
+
+    /// A lookup in damaged bytes: any answer or error, and no panic. Ranges
+    /// the head asks for past the file end the lookup, as a failed read would.
+    fn lookup_in_damaged(bytes: &[u8], id: &str) {
+        let location = ContentIndexLocation { offset: 0, length: bytes.len() as u64 };
+        let range = |r: std::ops::Range<u64>| bytes.get(r.start as usize..r.end as usize);
+        let Some(first) = range(location.first_read()) else { return };
+        let head = match ContentIndexHead::parse(location, first) {
+            Ok(Parsed::Head(head)) => head,
+            Ok(Parsed::NeedRange(r)) => match range(r).map(|b| ContentIndexHead::parse(location, b)) {
+                Some(Ok(Parsed::Head(head))) => head,
+                _ => return,
+            },
+            Err(_) => return,
+        };
+        let Some(starts) = range(head.starts_range()) else { return };
+        let Ok(bucket) = head.bucket_range(id, starts) else { return };
+        if let Some(bucket) = range(bucket) {
+            let _ = head.rows_in_bucket(id, bucket);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn damaged_indexes_are_refused_or_read_without_a_panic(
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+            cut in 0usize..4096,
+            id in "page-[0-9]{1,3}",
+        ) {
+            let ids: Vec<String> = (0..3_000).map(|i| format!("page-{}", i % 400)).collect();
+            let mut builder = ContentIndexBuilder::default();
+            builder.add(ids.iter().map(|id| Some(id.as_str())));
+            let mut bytes = builder.finish(&[1_000, 1_000, 1_000]).expect("an index");
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] ^= value;
+            }
+            bytes.truncate(bytes.len() - cut % bytes.len());
+            lookup_in_damaged(&bytes, &id);
+        }
+
+        #[test]
+        fn any_bytes_are_refused_or_read_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), id in ".{0,8}") {
+            lookup_in_damaged(&bytes, &id);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            lookup_in_damaged(&with_magic, &id);
+        }
+    }
 }
