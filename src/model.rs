@@ -15,6 +15,33 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The earliest event time accepted: the Unix epoch. An earlier one is a
+/// client's zero value (Go's `0001-01-01`, a year `0000`), not something
+/// that happened to an audited system.
+pub const EARLIEST_EVENT_TIME_US: i64 = 0;
+
+/// How far past its receive time an event's time may be: clocks drift, but
+/// an event dated next year (or `9999-12-31`, meaning "never") would sort
+/// after everything and never leave by retention.
+pub const MAX_EVENT_TIME_AHEAD_US: i64 = 24 * 3_600 * 1_000_000;
+
+/// An event's time from its RFC 3339 text, in microseconds: between
+/// [`EARLIEST_EVENT_TIME_US`] and [`MAX_EVENT_TIME_AHEAD_US`] past
+/// `received_at_us`. A leap second (`23:59:60`) is the first microsecond of
+/// the next second, as PostgreSQL reads it.
+pub fn event_time_us(text: &str, received_at_us: i64) -> Result<i64, String> {
+    let parsed =
+        DateTime::parse_from_rfc3339(text).map_err(|e| format!("not an RFC 3339 timestamp ({e}): {text:?}"))?;
+    let time_us = parsed.with_timezone(&Utc).timestamp_micros();
+    if time_us < EARLIEST_EVENT_TIME_US {
+        return Err(format!("{text:?} is before 1970-01-01T00:00:00Z: a zero or placeholder time, not an event's"));
+    }
+    if time_us > received_at_us.saturating_add(MAX_EVENT_TIME_AHEAD_US) {
+        return Err(format!("{text:?} is more than a day after the server's clock: send when it happened"));
+    }
+    Ok(time_us)
+}
+
 /// Longest accepted identifier-like field (`id`, `org_id`, `actor_id`, `action`), in bytes.
 pub const MAX_KEY_FIELD_BYTES: usize = 256;
 /// Longest accepted free-text field (`user_agent`, `content_title`, ...), in bytes.
@@ -181,7 +208,7 @@ macro_rules! wire_event {
                     v => Ok(v.map(Cow::into_owned)),
                 };
                 let time = self.time.filter(|t| t.len() <= MAX_KEY_FIELD_BYTES)?;
-                let time_us = DateTime::parse_from_rfc3339(&time).ok()?.with_timezone(&Utc).timestamp_micros();
+                let time_us = event_time_us(&time, received_at_us).ok()?;
                 let id = match self.id {
                     Some(id) if id.len() > MAX_KEY_FIELD_BYTES => return None,
                     Some(id) => id.into_owned(),
@@ -492,10 +519,10 @@ fn validate_event(line: usize, value: Value, received_at_us: i64) -> Result<Even
     let mut errors_after_text = Vec::new();
     let mut err = |field: &str, msg: String| errors_after_text.push(FieldError::new(line, Some(field), msg));
 
-    let time_us = time.and_then(|t| match DateTime::parse_from_rfc3339(&t) {
-        Ok(parsed) => Some(parsed.with_timezone(&Utc).timestamp_micros()),
-        Err(e) => {
-            err("time", format!("not an RFC 3339 timestamp ({e}): {t:?}"));
+    let time_us = time.and_then(|t| match event_time_us(&t, received_at_us) {
+        Ok(time_us) => Some(time_us),
+        Err(problem) => {
+            err("time", problem);
             None
         }
     });
@@ -608,8 +635,14 @@ mod tests {
         ]
     }
 
+    /// 2026-12-01T00:00:00Z.
+    const RECEIVED_AT_US: i64 = 1_796_083_200_000_000;
+
     fn time_value() -> impl Strategy<Value = Value> {
         prop_oneof![
+            1 => Just(Value::from("0001-01-01T00:00:00Z")),
+            1 => Just(Value::from("9999-12-31T23:59:59Z")),
+            1 => Just(Value::from("2016-12-31T23:59:60Z")),
             4 => Just(Value::from("2026-11-20T08:00:00Z")),
             2 => Just(Value::from("2026-11-20T08:00:00.123456+02:00")),
             1 => Just(Value::from("2026-11-20 08:00:00")),
@@ -678,8 +711,8 @@ mod tests {
                 }
                 events
             };
-            let fast = parse_valid_batch(&text, 7);
-            let slow = parse_and_report(&text, 7);
+            let fast = parse_valid_batch(&text, RECEIVED_AT_US);
+            let slow = parse_and_report(&text, RECEIVED_AT_US);
             match (fast, slow) {
                 (Some(fast), Ok(slow)) => prop_assert_eq!(without_generated_ids(fast), without_generated_ids(slow)),
                 (None, Err(_)) => {}
@@ -690,6 +723,32 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn placeholder_and_future_times_are_refused_and_a_leap_second_is_read() {
+        let at = |time: &str| {
+            let line = format!(r#"{{"time":"{time}","org_id":"acme","actor_id":"u1","action":"a.b"}}"#);
+            parse_batch(line.as_bytes(), now())
+        };
+        for (time, says) in [
+            ("0000-01-01T00:00:00Z", "before 1970"),
+            ("0001-01-01T00:00:00Z", "before 1970"),
+            ("1969-12-31T23:59:59Z", "before 1970"),
+            ("9999-12-31T23:59:59Z", "more than a day after"),
+            ("2026-11-27T10:00:01Z", "more than a day after"),
+        ] {
+            let errors = at(time).expect_err(time);
+            assert!(
+                errors.iter().any(|e| e.field.as_deref() == Some("time") && e.error.contains(says)),
+                "{time}: {errors:?}"
+            );
+        }
+        assert_eq!(at("1970-01-01T00:00:00Z").unwrap()[0].time_us, 0);
+        assert!(at("2026-11-27T09:59:59Z").is_ok(), "a clock a little ahead is fine");
+        let leap = at("2016-12-31T23:59:60Z").unwrap()[0].time_us;
+        let next = DateTime::parse_from_rfc3339("2017-01-01T00:00:00Z").unwrap().timestamp_micros();
+        assert_eq!(leap, next, "a leap second reads as the next second's start");
     }
 
     fn errors_of(body: &str) -> Vec<(usize, Option<String>, String)> {

