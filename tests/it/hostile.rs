@@ -4,6 +4,23 @@
 
 use crate::harness::{APP, Server, add_user, event, post};
 
+/// A server with the org user `acme-analyst` (and any extra flags) that has
+/// acknowledged twenty control events of `acme`'s user `u1`.
+async fn attacked_server(data: &std::path::Path, extra: &[&str]) -> Server {
+    add_user(data, "acme-analyst", &["--org", "acme"]);
+    let server = Server::start(data, extra);
+    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    server
+}
+
+/// The server still answers `client`, and the control events are all there.
+async fn assert_control_intact(client: &tokio_postgres::Client) {
+    let alive: i64 =
+        client.query_one("select count(*) from audit_events where actor_id = 'u1'", &[]).await.unwrap().get(0);
+    assert_eq!(alive, 20, "the server answers and the acknowledged events are there");
+}
+
 /// Statements a logged-in user can send in a few kilobytes whose planning
 /// once recursed past a worker's stack and aborted the process.
 fn deep_statements() -> Vec<String> {
@@ -22,10 +39,7 @@ fn deep_statements() -> Vec<String> {
 async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    add_user(&data, "acme-analyst", &["--org", "acme"]);
-    let server = Server::start(&data, &[]);
-    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
-    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let server = attacked_server(&data, &[]).await;
     let acme = server.pg_as("acme-analyst").await.unwrap();
 
     for sql in deep_statements() {
@@ -35,9 +49,7 @@ async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
         assert!(message.contains("too complex"), "{message}");
         let extended = acme.prepare(&sql).await.expect_err("refused");
         assert_eq!(extended.code().map(|c| c.code()), Some("54001"), "{extended}");
-        let alive: i64 =
-            acme.query_one("select count(*) from audit_events where actor_id = 'u1'", &[]).await.unwrap().get(0);
-        assert_eq!(alive, 20, "the server answers and the acknowledged events are there");
+        assert_control_intact(&acme).await;
     }
     // A long list of values is not too complex as a list.
     let listed = (0..20_000).map(|i| format!("'u{i}'")).collect::<Vec<_>>().join(", ");
@@ -78,19 +90,14 @@ const ALLOCATING_RSS_CEILING_BYTES: u64 = 1024 * 1024 * 1024;
 async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    add_user(&data, "acme-analyst", &["--org", "acme"]);
-    let server = Server::start(&data, &[]);
-    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
-    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let server = attacked_server(&data, &[]).await;
     let acme = server.pg_as("acme-analyst").await.unwrap();
     for sql in ALLOCATING_STATEMENTS {
         let error = acme.simple_query(sql).await.expect_err(sql);
         assert_eq!(error.code().map(|c| c.code()), Some("54000"), "{sql}: {error:?}");
         let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
         assert!(message.contains("value too large"), "{sql}: {message}");
-        let alive: i64 =
-            acme.query_one("select count(*) from audit_events where actor_id = 'u1'", &[]).await.unwrap().get(0);
-        assert_eq!(alive, 20, "the server answers and the acknowledged events are there");
+        assert_control_intact(&acme).await;
     }
     // Aggregates that build one big value count it against the statement's
     // memory.
@@ -123,10 +130,9 @@ const BUSY_STATEMENTS: &[&str] = &[
 async fn busy_statements_leave_health_checks_and_ingest_answering() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let server = attacked_server(&data, &[]).await;
+    // Users are read at each login: one added while the server runs logs in.
     add_user(&data, "busy", &["--org", "acme", "--statement-timeout-ms", "1000"]);
-    let server = Server::start(&data, &[]);
-    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
-    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
     let busy_for = std::time::Duration::from_secs(6);
     let mut clients = Vec::new();
     for sql in BUSY_STATEMENTS.iter().chain(BUSY_STATEMENTS) {
@@ -203,10 +209,7 @@ async fn clients_that_do_not_log_in_cannot_swell_or_fill_the_server() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    add_user(&data, "acme-analyst", &["--org", "acme"]);
-    let server = Server::start(&data, &["--max-pg-connections", "6"]);
-    let control: Vec<String> = (0..20).map(|i| event(&format!("c{i}"), "acme", "u1", "a.b", i).to_string()).collect();
-    assert_eq!(post(&server.http(), &server.events_url(), control.join("\n")).await.0, 200);
+    let server = attacked_server(&data, &["--max-pg-connections", "6"]).await;
     let address = format!("127.0.0.1:{}", server.pg_port);
 
     // A query message announcing 1 GiB before the password: the server
