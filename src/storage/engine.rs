@@ -662,11 +662,7 @@ impl Storage {
         for expiry in expiries {
             let org = expiry.org.as_str();
             let segments = Arc::clone(&self.state().segments);
-            for old in segments.iter().filter(|s| {
-                s.meta.min_org_id.as_str() <= org
-                    && org <= s.meta.max_org_id.as_str()
-                    && s.meta.min_time_us < expiry.before_us
-            }) {
+            for old in segments.iter().filter(|s| may_hold_expired(&s.meta, expiry)) {
                 let mut removed: Vec<RecordBatch> = Vec::new();
                 let mut meta = self.write_copy(old, &mut |batch| {
                     let expired = expired_rows(batch, expiry);
@@ -1209,6 +1205,14 @@ enum WalFailure {
 }
 
 /// The rows of `batch` (segment schema) that `expiry` lets go.
+/// Whether a segment may hold events `expiry` removes: it may hold the
+/// organisation (its range of org ids and, where listed, its organisations:
+/// a segment retention already emptied of it is not copied again at every
+/// pass) and its oldest event is older than the cutoff.
+fn may_hold_expired(meta: &SegmentMeta, expiry: &Expiry) -> bool {
+    meta.may_hold_org(&expiry.org) && meta.min_time_us < expiry.before_us
+}
+
 fn expired_rows(batch: &RecordBatch, expiry: &Expiry) -> BooleanArray {
     let orgs = batch.column_by_name("org_id").expect("org_id column").as_string::<i32>();
     let times = batch.column_by_name("time").expect("time column").as_primitive::<TimestampMicrosecondType>();
@@ -1649,6 +1653,30 @@ mod tests {
         let merger = storage.clone();
         tokio::task::spawn_blocking(move || merger.compact_now().unwrap()).await.unwrap();
         assert_eq!((storage.stats().segments, storage.stats().segment_rows), (1, 18));
+        storage.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_emptied_of_an_organisation_is_not_copied_again_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(config(dir.path())).unwrap();
+        // acme, beta and globex in one segment: beta lies inside the range
+        // of org ids whatever retention removes of it.
+        let orgs = ["acme", "beta", "globex"];
+        let events: Vec<Event> = (0..9).map(|i| Event { org_id: orgs[i % 3].into(), ..event(i) }).collect();
+        storage.append(events).await.unwrap();
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        let expiry = Expiry { org: "beta".into(), before_us: event(100).time_us };
+        let expirer = storage.clone();
+        let first = expiry.clone();
+        let removed = tokio::task::spawn_blocking(move || expirer.expire(&[first])).await.unwrap().unwrap();
+        assert_eq!(removed, 3);
+        let segments = storage.snapshot().segments.clone();
+        let meta = &segments[0].meta;
+        assert_eq!((meta.min_org_id.as_str(), meta.max_org_id.as_str()), ("acme", "globex"));
+        assert!(meta.min_time_us < expiry.before_us, "acme's and globex's old events keep it old");
+        assert!(!may_hold_expired(meta, &expiry), "the next pass leaves it alone");
         storage.shutdown();
     }
 
