@@ -7,8 +7,10 @@
 //! duration and outcome known) and goes to one background writer, which
 //! appends records in batches through the same durable path as ingest. A
 //! statement never waits for its record; a record is lost only if the
-//! process dies before the writer's next group commit, or if storage has
-//! shut down. Records name the database user, the tenant (the user's org;
+//! process dies before the writer's next group commit, if storage has shut
+//! down, or if [`MAX_PENDING_RECORDS`] already wait for a storage that
+//! refuses them: then it is counted, and one record saying how many were
+//! dropped is stored once storage takes records again. Records name the database user, the tenant (the user's org;
 //! [`SYSTEM_ORG_ID`] for admins and unknown names), the client address and
 //! application, the SQL text and its parameters.
 //!
@@ -21,6 +23,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -62,6 +65,13 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 pub const ACTION_QUERY: &str = "audit_log.query";
 pub const ACTION_LOGIN: &str = "audit_log.login";
 pub const ACTION_LOGIN_FAILED: &str = "audit_log.login_failed";
+/// What the record of records dropped (see [`MAX_PENDING_RECORDS`]) says.
+pub const ACTION_RECORDS_DROPPED: &str = "audit_log.records_dropped";
+
+/// The most records waiting for the writer: while storage refuses them (a
+/// full disk) they wait in memory, and statements and failed logins go on
+/// making more. Past this they are counted instead of held.
+pub const MAX_PENDING_RECORDS: usize = 16 * 1024;
 
 enum Message {
     Record(Box<Event>),
@@ -72,28 +82,49 @@ enum Message {
 /// Where records go: a handle on the background writer, one per server.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    records: mpsc::UnboundedSender<Message>,
+    records: mpsc::Sender<Message>,
+    /// Records not held because [`MAX_PENDING_RECORDS`] were waiting.
+    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
     /// Starts the writer on the current runtime. Records pass through the
     /// organisations' UGC policies before they are stored.
     pub fn start(storage: Storage, policies: Arc<Policies>) -> AccessLog {
-        let (records, received) = mpsc::unbounded_channel();
-        tokio::spawn(write_records(storage, policies, received));
-        AccessLog { records }
+        let (log, received) = AccessLog::unstarted(MAX_PENDING_RECORDS);
+        tokio::spawn(write_records(storage, policies, received, Arc::clone(&log.dropped)));
+        log
+    }
+
+    /// A log holding at most `pending` records, and where they arrive.
+    fn unstarted(pending: usize) -> (AccessLog, mpsc::Receiver<Message>) {
+        let (records, received) = mpsc::channel(pending);
+        (AccessLog { records, dropped: Arc::default() }, received)
     }
 
     fn record(&self, event: Event) {
-        if self.records.send(Message::Record(Box::new(event))).is_err() {
-            error!("the access-log writer has stopped; a record of audit-log use is lost");
+        match self.records.try_send(Message::Record(Box::new(event))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    warn!(
+                        dropped,
+                        pending = MAX_PENDING_RECORDS,
+                        "records of audit-log use dropped: storage takes none"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                error!("the access-log writer has stopped; a record of audit-log use is lost")
+            }
         }
     }
 
     /// Waits until every record made before this call is stored.
     pub async fn flush(&self) {
         let (done, stored) = oneshot::channel();
-        if self.records.send(Message::Flush(done)).is_ok() {
+        if self.records.send(Message::Flush(done)).await.is_ok() {
             let _ = stored.await;
         }
     }
@@ -110,7 +141,30 @@ impl AccessLog {
     }
 }
 
-async fn write_records(storage: Storage, policies: Arc<Policies>, mut received: mpsc::UnboundedReceiver<Message>) {
+/// The record that `count` records were dropped.
+fn dropped_record(count: u64) -> Event {
+    Event {
+        time_us: now_us(),
+        received_at_us: now_us(),
+        id: uuid::Uuid::now_v7().to_string(),
+        org_id: SYSTEM_ORG_ID.to_string(),
+        actor_id: "auditlake".into(),
+        actor_type: Some("system".into()),
+        action: ACTION_RECORDS_DROPPED.into(),
+        category: Some(AUDIT_ACCESS_CATEGORY.into()),
+        outcome: Some("failure".into()),
+        product: Some("auditlake".into()),
+        attributes: Some(json!({ "dropped": count, "max_pending": MAX_PENDING_RECORDS }).to_string()),
+        ..Event::default()
+    }
+}
+
+async fn write_records(
+    storage: Storage,
+    policies: Arc<Policies>,
+    mut received: mpsc::Receiver<Message>,
+    dropped: Arc<AtomicU64>,
+) {
     let mut batch = Vec::new();
     let mut flushes = Vec::new();
     while let Some(first) = received.recv().await {
@@ -123,6 +177,11 @@ async fn write_records(storage: Storage, policies: Arc<Policies>, mut received: 
             if batch.len() < MAX_RECORDS_PER_APPEND {
                 next = received.try_recv().ok();
             }
+        }
+        // Told as soon as records flow again: the batch goes to storage now.
+        let dropped_now = dropped.swap(0, Ordering::Relaxed);
+        if dropped_now > 0 {
+            batch.push(dropped_record(dropped_now));
         }
         if !batch.is_empty() {
             policies.protect_statement_records(&mut batch, SYSTEM_ORG_ID);
@@ -579,6 +638,43 @@ mod tests {
         assert_eq!(time, Some(json!("2026-11-20T08:00:00Z")));
         assert_eq!(decode_binary(None, b"x"), None);
         assert_eq!(decode_binary(Some(&DataType::Int64), &[1, 2, 3]), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_past_the_pending_limit_are_counted_and_the_count_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(crate::storage::StorageConfig::new(dir.path())).unwrap();
+        let (log, received) = AccessLog::unstarted(3);
+        let accessor = Accessor {
+            user: "mallory".into(),
+            org: None,
+            address: IpAddr::from([10, 0, 0, 9]),
+            application: None,
+            tls: false,
+            session: None,
+        };
+        // Nobody writes yet, as while storage refuses: three wait, five are counted.
+        for _ in 0..8 {
+            log.login(&accessor, Some(("28P01", "password authentication failed")));
+        }
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 5);
+        let policies = Arc::new(Policies::in_data_dir(dir.path(), None));
+        tokio::spawn(write_records(storage.clone(), policies, received, Arc::clone(&log.dropped)));
+        log.flush().await;
+        let mut stored: Vec<(String, String)> = Vec::new();
+        for batch in &storage.snapshot().buffer {
+            use datafusion::arrow::array::AsArray;
+            let actions = batch.column_by_name("action").unwrap().as_string::<i32>();
+            let attributes = batch.column_by_name("attributes").unwrap().as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                stored.push((actions.value(row).to_string(), attributes.value(row).to_string()));
+            }
+        }
+        assert_eq!(stored.iter().filter(|(a, _)| a == ACTION_LOGIN_FAILED).count(), 3, "{stored:?}");
+        let summary = stored.iter().find(|(a, _)| a == ACTION_RECORDS_DROPPED).expect("the count is stored");
+        assert!(summary.1.contains("\"dropped\":5"), "{summary:?}");
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 0);
+        storage.shutdown();
     }
 
     #[test]
