@@ -119,8 +119,7 @@ pub fn register(session: &SessionContext) {
             estimate: *estimate,
         }));
     }
-    session
-        .register_udf(ScalarUDF::new_from_impl(MeasuredConcat { signature: Signature::any(1, Volatility::Immutable) }));
+    session.register_udf(measured_concat());
     session.add_analyzer_rule(Arc::new(MeasureConcatenation));
 }
 
@@ -505,6 +504,10 @@ impl ScalarUDFImpl for MeasuredConcat {
     }
 }
 
+fn measured_concat() -> ScalarUDF {
+    ScalarUDF::new_from_impl(MeasuredConcat { signature: Signature::any(1, Volatility::Immutable) })
+}
+
 /// Wraps every `a || b` in [`MeasuredConcat`]: each `||` in a chain is then
 /// given operands within the limit and makes at most twice it.
 #[derive(Debug)]
@@ -513,8 +516,7 @@ struct MeasureConcatenation;
 fn measure_concat(expr: Expr) -> Result<Transformed<Expr>> {
     match expr {
         Expr::BinaryExpr(BinaryExpr { op: Operator::StringConcat, .. }) => {
-            let measured =
-                ScalarUDF::new_from_impl(MeasuredConcat { signature: Signature::any(1, Volatility::Immutable) });
+            let measured = measured_concat();
             Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(measured), vec![expr]))))
         }
         other => Ok(Transformed::no(other)),

@@ -300,7 +300,7 @@ impl Login {
         let admin = identity.role == Role::Admin;
         let Some(slot) = self.policy.slots.session(admin) else {
             warn!(user = %identity.user, "Postgres login refused: every session slot is taken");
-            let message = if admin || self.policy.slots.session(true).is_none() {
+            let message = if admin || !self.policy.slots.admin_slot_free() {
                 "sorry, too many clients already".to_string()
             } else {
                 format!("remaining connection slots are reserved for admins ({RESERVED_ADMIN_SESSIONS})")

@@ -90,7 +90,6 @@ pub async fn serve<H: PgWireServerHandlers>(
     has_logged_in: impl Fn() -> bool,
 ) -> io::Result<()> {
     let mut login_slot = Some(login_slot);
-    debug_assert!(login_slot.is_some());
     let peer = socket.peer_addr()?;
     let login_deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
     let negotiated = match tokio::time::timeout_at(login_deadline, negotiate_tls(socket, tls)).await {

@@ -85,6 +85,11 @@ impl Slots {
         Some(LoginSlot { _permit: permit, address, by_address: Arc::clone(&self.logins_by_address) })
     }
 
+    /// Whether a session slot kept for admins is free.
+    pub fn admin_slot_free(&self) -> bool {
+        self.admin_sessions.available_permits() > 0
+    }
+
     /// A session slot: any free one for an admin, a slot outside the
     /// admins' reserve for anyone else.
     pub fn session(&self, admin: bool) -> Option<SessionSlot> {

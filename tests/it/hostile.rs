@@ -14,6 +14,13 @@ async fn attacked_server(data: &std::path::Path, extra: &[&str]) -> Server {
     server
 }
 
+/// `sql` from `client` was refused with `code` and a message saying `says`.
+fn assert_refused(error: &tokio_postgres::Error, sql: &str, code: &str, says: &str) {
+    assert_eq!(error.code().map(|c| c.code()), Some(code), "{sql}: {error:?}");
+    let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains(says), "{sql}: {message}");
+}
+
 /// The server still answers `client`, and the control events are all there.
 async fn assert_control_intact(client: &tokio_postgres::Client) {
     let alive: i64 =
@@ -44,9 +51,7 @@ async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
 
     for sql in deep_statements() {
         let simple = acme.simple_query(&sql).await.expect_err("refused");
-        assert_eq!(simple.code().map(|c| c.code()), Some("54001"), "{simple}");
-        let message = simple.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
-        assert!(message.contains("too complex"), "{message}");
+        assert_refused(&simple, &sql, "54001", "too complex");
         let extended = acme.prepare(&sql).await.expect_err("refused");
         assert_eq!(extended.code().map(|c| c.code()), Some("54001"), "{extended}");
         assert_control_intact(&acme).await;
@@ -94,9 +99,7 @@ async fn functions_that_allocate_by_their_arguments_are_refused_past_a_limit() {
     let acme = server.pg_as("acme-analyst").await.unwrap();
     for sql in ALLOCATING_STATEMENTS {
         let error = acme.simple_query(sql).await.expect_err(sql);
-        assert_eq!(error.code().map(|c| c.code()), Some("54000"), "{sql}: {error:?}");
-        let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
-        assert!(message.contains("value too large"), "{sql}: {message}");
+        assert_refused(&error, sql, "54000", "value too large");
         assert_control_intact(&acme).await;
     }
     // Aggregates that build one big value count it against the statement's
