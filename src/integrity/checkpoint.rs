@@ -228,16 +228,50 @@ pub struct CheckpointLog {
 struct Tail {
     line: Option<Checkpoint>,
     events_through: Seq,
+    /// Why nothing may be appended: a whole line that does not parse. A
+    /// line chained past it would vouch for a log nobody can check.
+    damaged: Option<String>,
 }
 
 impl CheckpointLog {
     /// Opens the log of `data_dir` for appending; its last line is where the
     /// next one chains on.
+    ///
+    /// A last line cut short (no newline: the write of an append that never
+    /// returned) is cut off, durably; its range is signed again by the
+    /// catch-up. A whole line that does not parse is damage: the log opens,
+    /// but every append is refused naming the line, until an operator looks.
     pub fn open(data_dir: &Path) -> Result<Self, IntegrityError> {
         let dir = data_dir.join(INTEGRITY_DIR);
-        let lines: Vec<Checkpoint> = read_checkpoints(data_dir)?.into_iter().filter_map(Result::ok).collect();
-        let events_through = lines.iter().filter(|c| c.kind == LineKind::Events).map(|c| c.last_seq).max().unwrap_or(0);
-        Ok(CheckpointLog { dir, last: Mutex::new(Tail { line: lines.into_iter().next_back(), events_through }) })
+        cut_torn_tail(&dir.join(CHECKPOINTS_FILE))?;
+        let mut tail = Tail::default();
+        for (number, line) in read_checkpoints(data_dir)?.into_iter().enumerate() {
+            match line {
+                Ok(line) => {
+                    if line.kind == LineKind::Events {
+                        tail.events_through = tail.events_through.max(line.last_seq);
+                    }
+                    tail.line = Some(line);
+                }
+                Err(reason) if tail.damaged.is_none() => {
+                    let damaged = format!(
+                        "line {} of {} does not parse ({reason}); no checkpoint is appended until it is repaired \
+                         (run `auditlake verify`)",
+                        number + 1,
+                        dir.join(CHECKPOINTS_FILE).display()
+                    );
+                    tracing::error!(reason = %damaged, "the checkpoint log is damaged");
+                    tail.damaged = Some(damaged);
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(CheckpointLog { dir, last: Mutex::new(tail) })
+    }
+
+    /// Refuses, naming the line, when the log is damaged.
+    pub fn refuse_if_damaged(&self) -> Result<(), IntegrityError> {
+        refuse_if_damaged(&self.last.lock().expect("checkpoint log lock"))
     }
 
     /// The last seq checkpointed (0 before the first checkpoint).
@@ -249,6 +283,7 @@ impl CheckpointLog {
     /// (in seq order), durably: block hashes, then the signed line.
     pub fn append(&self, key: &SigningKey, first: Seq, leaves: &[Hash]) -> Result<Checkpoint, IntegrityError> {
         let mut tail = self.last.lock().expect("checkpoint log lock");
+        refuse_if_damaged(&tail)?;
         let expected_first = tail.events_through + 1;
         if first != expected_first || leaves.is_empty() {
             return Err(IntegrityError::Gap { expected: expected_first, got: first });
@@ -274,6 +309,7 @@ impl CheckpointLog {
         removed: &[(Seq, Hash)],
     ) -> Result<Checkpoint, IntegrityError> {
         let mut tail = self.last.lock().expect("checkpoint log lock");
+        refuse_if_damaged(&tail)?;
         let index = tail.line.as_ref().map_or(0, |c| c.index + 1);
         let dir = self.dir.join(REMOVALS_DIR);
         fs::create_dir_all(&dir).map_err(|e| IntegrityError::io(&dir, e))?;
@@ -365,6 +401,30 @@ pub fn read_checkpoints(data_dir: &Path) -> Result<Vec<Result<Checkpoint, String
     Ok(text.lines().map(|line| serde_json::from_str(line).map_err(|e| e.to_string())).collect())
 }
 
+fn refuse_if_damaged(tail: &Tail) -> Result<(), IntegrityError> {
+    match &tail.damaged {
+        Some(reason) => Err(IntegrityError::Damaged(reason.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Cuts off bytes after the last newline of the log at `path`: what an
+/// append wrote before a crash stopped it, never acknowledged to anyone.
+fn cut_torn_tail(path: &Path) -> Result<(), IntegrityError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(IntegrityError::io(path, e)),
+    };
+    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if whole == bytes.len() {
+        return Ok(());
+    }
+    tracing::warn!(path = %path.display(), torn_bytes = bytes.len() - whole, "cutting off a checkpoint line an interrupted append left unfinished");
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(|e| IntegrityError::io(path, e))?;
+    file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| IntegrityError::io(path, e))
+}
+
 fn write_synced(path: &Path, bytes: &[u8], append: bool) -> Result<(), IntegrityError> {
     let created = !path.exists();
     let mut file = fs::OpenOptions::new()
@@ -409,6 +469,52 @@ mod tests {
         assert!(first.signature_holds(&public));
         let forged = Checkpoint { last_seq: 99, ..first };
         assert!(!forged.signature_holds(&public));
+    }
+
+    fn key_and_log(dir: &Path, keys: &Path) -> (SigningKey, Vec<Hash>) {
+        let key_path = keys.join("signing.key");
+        SigningKey::create(&key_path).unwrap();
+        let leaves = (0..30u32).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
+        (SigningKey::load(&key_path, dir).unwrap(), leaves)
+    }
+
+    #[test]
+    fn a_line_an_interrupted_append_left_unfinished_is_cut_off_and_the_chain_goes_on() {
+        let (dir, keys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (key, leaves) = key_and_log(dir.path(), keys.path());
+        let first = CheckpointLog::open(dir.path()).unwrap().append(&key, 1, &leaves[..10]).unwrap();
+        let path = dir.path().join(INTEGRITY_DIR).join(CHECKPOINTS_FILE);
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"index":1,"kind":"events","first_seq":11,"last"#).unwrap();
+        drop(file);
+
+        let second = CheckpointLog::open(dir.path()).unwrap().append(&key, 11, &leaves[10..]).unwrap();
+        assert_eq!((second.index, second.prev.clone()), (1, first.chain_hash()));
+        let lines: Vec<Result<Checkpoint, String>> = read_checkpoints(dir.path()).unwrap();
+        assert_eq!(lines, [Ok(first), Ok(second)]);
+    }
+
+    #[test]
+    fn a_damaged_whole_line_stops_every_append_instead_of_being_chained_over() {
+        let (dir, keys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (key, leaves) = key_and_log(dir.path(), keys.path());
+        let log = CheckpointLog::open(dir.path()).unwrap();
+        for first in [1, 11, 21] {
+            log.append(&key, first, &leaves[first as usize - 1..first as usize + 9]).unwrap();
+        }
+        let path = dir.path().join(INTEGRITY_DIR).join(CHECKPOINTS_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        let damaged: Vec<String> =
+            text.lines().enumerate().map(|(i, l)| if i == 1 { l.replacen('{', "#", 1) } else { l.into() }).collect();
+        fs::write(&path, damaged.join("\n") + "\n").unwrap();
+
+        let log = CheckpointLog::open(dir.path()).unwrap();
+        let more: Vec<Hash> = (0..5u32).map(|i| merkle::leaf_hash(&i.to_le_bytes())).collect();
+        let refused = log.append(&key, 31, &more).unwrap_err().to_string();
+        assert!(refused.contains("line 2 of") && refused.contains("does not parse"), "{refused}");
+        let removal = RemovalScope { org: "acme".into(), before: "2026-01-01T00:00:00Z".into(), count: 1 };
+        assert!(matches!(log.append_removal(&key, removal, &[(3, more[0])]), Err(IntegrityError::Damaged(_))));
+        assert_eq!(fs::read_to_string(&path).unwrap(), damaged.join("\n") + "\n", "nothing appended");
     }
 
     #[test]

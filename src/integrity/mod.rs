@@ -18,12 +18,13 @@ pub mod merkle;
 pub mod proof;
 pub mod verify;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub use checkpoint::{Checkpoint, CheckpointLog, RemovalScope, SigningKey};
 use merkle::Hash;
@@ -46,6 +47,13 @@ pub enum IntegrityError {
         "segment {file} does not hold seqs {first}..={last} exactly once each; not signing it (run `auditlake verify`)"
     )]
     Incomplete { file: String, first: Seq, last: Seq },
+    #[error(
+        "{absent} seq(s) of {first}..={last} (the first {first_absent}) are neither in segment {file} nor in a removal record; \
+         not signing them as removed (damage or tampering: compare with a backup)"
+    )]
+    Unexplained { file: String, first: Seq, last: Seq, absent: u64, first_absent: Seq },
+    #[error("the checkpoint log is damaged: {0}")]
+    Damaged(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -89,7 +97,8 @@ impl Integrity {
         sealed_seq: Seq,
         fresh: Option<(Seq, &[RecordBatch])>,
     ) -> Result<(), IntegrityError> {
-        let mut done = self.log.last_seq();
+        self.log.refuse_if_damaged()?;
+        let done = self.log.last_seq();
         if done >= sealed_seq {
             return Ok(());
         }
@@ -99,10 +108,23 @@ impl Integrity {
         if done + 1 < fresh_first {
             warn!(from_seq = done + 1, to_seq = fresh_first - 1, "checkpointing sealed events not yet checkpointed");
         }
-        let behind = done;
-        for segment in segments.iter().filter(|s| s.meta.max_seq > behind && s.meta.min_seq < fresh_first) {
-            let first = done + 1;
-            let last = segment.meta.max_seq.min(fresh_first - 1);
+        let mut ranges = Vec::new();
+        for segment in segments.iter().filter(|s| s.meta.max_seq > done && s.meta.min_seq < fresh_first) {
+            let first = ranges.last().map_or(done + 1, |(_, _, last)| last + 1);
+            ranges.push((segment, first, segment.meta.max_seq.min(fresh_first - 1)));
+        }
+        if done == 0 {
+            // Never checkpointed: what retention removed while no key was
+            // given is not known any more. Every such absence is recorded
+            // before the first range is signed, so that a catch-up cut short
+            // never meets an absence it may not explain.
+            for (segment, first, last) in &ranges {
+                let mut present = segment_seqs(store, segment)?;
+                present.extend(self.removed_leaves(*first, *last)?.into_iter().map(|(seq, _)| seq));
+                self.record_absent(&present, *first, *last)?;
+            }
+        }
+        for (segment, first, last) in ranges {
             let mut leaves = segment_leaves(store, segment, self.key.digest_key())?;
             // Retention may have removed events of a range before its
             // checkpoint was caught up with; their removal records keep them.
@@ -111,10 +133,9 @@ impl Integrity {
             // A row both stored and recorded as removed (a crash between the
             // record and the manifest) counts once.
             leaves.dedup();
-            leaves.extend(self.record_absent(&leaves, first, last)?);
+            refuse_unexplained_absences(&leaves, first, last, &segment.meta.file)?;
             let leaves = exact_range(leaves, first, last, &segment.meta.file)?;
             self.log.append(&self.key, first, &leaves)?;
-            done = last;
         }
         if let Some((first, batches)) = fresh {
             let leaves: Vec<(Seq, Hash)> =
@@ -140,16 +161,15 @@ impl Integrity {
         Ok(leaves)
     }
 
-    /// Seqs of `first..=last` that neither `leaves` nor a removal record
-    /// holds were removed before the directory was checkpointed (retention
-    /// run without a key): they are recorded as such, each with a
-    /// placeholder leaf, so the range can be checkpointed and verified.
-    fn record_absent(&self, leaves: &[(Seq, Hash)], first: Seq, last: Seq) -> Result<Vec<(Seq, Hash)>, IntegrityError> {
-        let present: std::collections::HashSet<Seq> = leaves.iter().map(|(seq, _)| *seq).collect();
+    /// Seqs of `first..=last` not `present` (stored or in a removal record)
+    /// in a directory never checkpointed were removed by retention run
+    /// without a key: they are recorded as such, each with a placeholder
+    /// leaf, so the range can be checkpointed and verified.
+    fn record_absent(&self, present: &HashSet<Seq>, first: Seq, last: Seq) -> Result<(), IntegrityError> {
         let absent: Vec<(Seq, Hash)> =
             (first..=last).filter(|seq| !present.contains(seq)).map(|seq| (seq, absent_leaf(seq))).collect();
         if absent.is_empty() {
-            return Ok(absent);
+            return Ok(());
         }
         warn!(first, last, absent = absent.len(), "events removed before this directory was checkpointed");
         let scope = RemovalScope {
@@ -158,7 +178,7 @@ impl Integrity {
             count: absent.len() as u64,
         };
         self.log.append_removal(&self.key, scope, &absent)?;
-        Ok(absent)
+        Ok(())
     }
 
     fn record_removal(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), IntegrityError> {
@@ -184,12 +204,8 @@ impl SealWitness for Integrity {
         segments: &[Arc<LiveSegment>],
         sealed_seq: Seq,
         fresh: Option<(Seq, &[RecordBatch])>,
-    ) {
-        // The events are durable and published already; a checkpoint that
-        // fails now is caught up with at the next seal or start.
-        if let Err(e) = self.checkpoint_through(store, segments, sealed_seq, fresh) {
-            error!(error = %e, sealed_seq, "checkpoint failed; retried at the next seal");
-        }
+    ) -> Result<(), StorageError> {
+        self.checkpoint_through(store, segments, sealed_seq, fresh).map_err(|e| StorageError::Checkpoint(e.to_string()))
     }
 
     fn removing(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), StorageError> {
@@ -203,6 +219,29 @@ pub fn absent_leaf(seq: Seq) -> Hash {
     let mut data = b"auditlake absent v1\0".to_vec();
     data.extend_from_slice(&seq.to_be_bytes());
     merkle::leaf_hash(&data)
+}
+
+/// Refuses to sign `first..=last` when seqs of it are neither stored nor
+/// recorded as removed: once a directory is checkpointed, every removal is
+/// recorded first, so such a gap is damage or tampering, not retention.
+fn refuse_unexplained_absences(
+    leaves: &[(Seq, Hash)],
+    first: Seq,
+    last: Seq,
+    file: &str,
+) -> Result<(), IntegrityError> {
+    let present: HashSet<Seq> = leaves.iter().map(|(seq, _)| *seq).collect();
+    let mut absent = (first..=last).filter(|seq| !present.contains(seq));
+    match absent.next() {
+        None => Ok(()),
+        Some(first_absent) => Err(IntegrityError::Unexplained {
+            file: file.to_string(),
+            first,
+            last,
+            absent: 1 + absent.count() as u64,
+            first_absent,
+        }),
+    }
 }
 
 /// `leaves` sorted by seq, if they are exactly `first..=last` once each;
@@ -287,6 +326,16 @@ pub fn read_segment_batches(store: &SegmentStore, segment: &LiveSegment) -> Resu
         Ok(())
     })?;
     Ok(batches)
+}
+
+/// The seqs a segment holds.
+fn segment_seqs(store: &SegmentStore, segment: &LiveSegment) -> Result<HashSet<Seq>, StorageError> {
+    let mut seqs = HashSet::with_capacity(segment.meta.rows as usize);
+    for_each_batch(store, segment.scan_columns(&["seq"])?, |batch| {
+        seqs.extend(batch.column(0).as_primitive::<Int64Type>().values().iter().map(|s| *s as Seq));
+        Ok(())
+    })?;
+    Ok(seqs)
 }
 
 fn segment_leaves(

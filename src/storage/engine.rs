@@ -254,6 +254,8 @@ struct Problems {
     disk_full: Option<String>,
     /// The last seal failed (cleared by the next seal that works).
     sealing: Option<String>,
+    /// The last checkpoint failed (cleared by the next that works).
+    checkpointing: Option<String>,
 }
 
 /// The storage engine of one data directory. Cheap to clone.
@@ -476,15 +478,18 @@ impl Storage {
     }
 
     /// Why storage is not working as it should, if it is not: a poisoned
-    /// WAL, a full disk, failing seals. Empty when all is well.
+    /// WAL, a full disk, failing seals or checkpoints. Empty when all is well.
     pub fn health(&self) -> Vec<String> {
-        let Problems { wal_poisoned, disk_full, sealing } = self.problems().clone();
+        let Problems { wal_poisoned, disk_full, sealing, checkpointing } = self.problems().clone();
         let mut reasons = Vec::new();
         reasons.extend(
             wal_poisoned.map(|e| format!("the write-ahead log failed ({e}); no events are accepted until restart")),
         );
         reasons.extend(disk_full.map(|e| format!("the disk is full ({e}); events are refused until space returns")));
         reasons.extend(sealing.map(|e| format!("sealing fails ({e}); events wait in the buffer and the WAL")));
+        reasons.extend(
+            checkpointing.map(|e| format!("checkpointing fails ({e}); sealed events are stored but not signed")),
+        );
         reasons
     }
 
@@ -559,7 +564,13 @@ impl Storage {
     fn witness_seal(&self, sealed_seq: Seq, fresh: Option<(Seq, &[RecordBatch])>) {
         if let Some(witness) = &self.shared.config.witness {
             let segments = Arc::clone(&self.state().segments);
-            witness.sealed(&self.shared.segments, &segments, sealed_seq, fresh);
+            // The events are durable and published already: a checkpoint
+            // that fails is retried at the next seal or start, and reported.
+            let signed = witness.sealed(&self.shared.segments, &segments, sealed_seq, fresh);
+            if let Err(e) = &signed {
+                error!(error = %e, sealed_seq, "checkpoint failed; retried at the next seal");
+            }
+            self.problems().checkpointing = signed.err().map(|e| e.to_string());
         }
     }
 

@@ -74,6 +74,8 @@ pub enum StorageError {
     Backpressure { buffered_bytes: usize, limit_bytes: usize },
     #[error("compaction failed: {0}")]
     Compaction(String),
+    #[error("checkpoint failed: {0}")]
+    Checkpoint(String),
     #[error("reading segments failed: {0}")]
     Scan(String),
     #[error("rewriting segments failed: {0}")]
@@ -113,7 +115,8 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// Told of every range of seqs once it is sealed and published: the
 /// integrity layer signs a checkpoint of it. It cannot fail the seal, whose
-/// events are durable by then; it catches up on what it missed next time.
+/// events are durable by then; it catches up on what it missed next time,
+/// and what it could not do is reported as a health problem.
 pub trait SealWitness: Send + Sync + std::fmt::Debug {
     /// Everything up to `sealed_seq` is in `segments` (the published list).
     /// `fresh`, when given, is the first seq of the range just sealed and
@@ -124,7 +127,7 @@ pub trait SealWitness: Send + Sync + std::fmt::Debug {
         segments: &[Arc<segment::LiveSegment>],
         sealed_seq: Seq,
         fresh: Option<(Seq, &[RecordBatch])>,
-    );
+    ) -> Result<(), StorageError>;
 
     /// `removed` (segment schema) is about to leave the log by `expiry`;
     /// the removal goes ahead only once this has recorded it.

@@ -565,9 +565,42 @@ fn events_removed_before_a_directory_was_checkpointed_are_recorded_as_absent() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["removal", "events", "removal", "events", "events"], "{lines:?}");
+    assert_eq!(kinds, ["removal", "removal", "events", "events", "events"], "{lines:?}");
     assert_eq!(lines[0]["removal"]["org"], "*");
     assert_eq!(lines[0]["removal"]["count"], 300);
     let (code, stdout) = verify(&data, &key);
     assert_eq!((code, stdout.trim()), (Some(0), "ok"));
+}
+
+fn checkpoint_lines(data: &Path) -> Vec<String> {
+    fs::read_to_string(data.join("integrity/checkpoints.jsonl")).unwrap().lines().map(String::from).collect()
+}
+
+#[test]
+fn events_missing_from_a_checkpointed_directory_are_not_signed_away_as_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, key) = sealed_log(root.path());
+    // A range whose checkpoint did not happen (here: sealed without the key).
+    let storage = Storage::open(config(&data, None)).unwrap();
+    seal_batches(&storage, SEGMENTS * EVENTS_PER_SEGMENT, 1);
+    storage.shutdown();
+    drop(storage);
+    let signed = checkpoint_lines(&data);
+    // Someone deletes one event of it before the catch-up.
+    let (file, rows) = segment_rows(&data, SEGMENTS);
+    let gone = seqs(&rows)[17];
+    let kept: Vec<u32> = (0..rows.num_rows() as u32).filter(|i| *i != 17).collect();
+    replace_segment(&data, SEGMENTS, &file, &reorder(&rows, kept));
+
+    let storage = Storage::open(config(&data, Some(&key))).unwrap();
+    let health = storage.health();
+    storage.shutdown();
+    drop(storage);
+    assert!(
+        health.len() == 1
+            && health[0].starts_with("checkpointing fails")
+            && health[0].contains(&format!("(the first {gone}) are neither in segment")),
+        "{health:?}"
+    );
+    assert_eq!(checkpoint_lines(&data), signed, "nothing signed, no removal invented");
 }
