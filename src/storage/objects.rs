@@ -149,9 +149,12 @@ impl SegmentStore {
         StorageError::Object { location: self.describe(location), source }
     }
 
-    /// Runs `future` on the store's runtime and waits for it. Safe to call
-    /// from plain threads and from async code (where it blocks a helper
-    /// thread, not the caller's runtime).
+    /// Runs `future` in the store's runtime and waits for it, on the
+    /// calling thread. Safe to call from plain threads and from inside
+    /// another runtime (a blocking-pool thread, a command's `block_on`),
+    /// where tokio refuses a nested `block_on`: there the future is polled
+    /// by a plain executor while the store's runtime, whose own threads
+    /// drive its I/O and timers, is entered.
     pub(super) fn block_on<F>(&self, future: F) -> F::Output
     where
         F: Future + Send,
@@ -159,7 +162,8 @@ impl SegmentStore {
     {
         let runtime = self.runtime();
         if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| s.spawn(|| runtime.block_on(future)).join().expect("object-store call panicked"))
+            let _in_store_runtime = runtime.enter();
+            futures::executor::block_on(future)
         } else {
             runtime.block_on(future)
         }
@@ -397,6 +401,26 @@ mod tests {
     fn open_error(url: &str) -> String {
         let dir = tempfile::tempdir().unwrap();
         SegmentStore::open(dir.path(), Some(url), Default::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn object_calls_from_inside_another_runtime_run_on_the_calling_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        let outer = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let caller = std::thread::current().id();
+        let (ran_on, manifest) = outer.block_on(async {
+            store.write_manifest(b"{\"x\": 1}".to_vec()).unwrap();
+            // I/O and a timer, as a remote store's requests need.
+            let ran_on = store.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::task::spawn_blocking(|| ()).await.unwrap();
+                std::thread::current().id()
+            });
+            (ran_on, store.read_manifest().unwrap())
+        });
+        assert_eq!(ran_on, caller, "no thread is started per call");
+        assert_eq!(manifest, Some(b"{\"x\": 1}".to_vec()));
     }
 
     #[test]
