@@ -27,6 +27,7 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
@@ -380,15 +381,17 @@ impl AuditEventsTable {
             Some(predicate) => Some(state.create_physical_expr(predicate, &df_schema)?),
             None => None,
         };
+        // Rows copied out of the buffer count against the query's memory.
+        let mut buffered_memory = MemoryConsumer::new("buffered rows").register(&state.runtime_env().memory_pool);
         let buffer = match org {
             Some(org) => {
                 let in_org = state.create_physical_expr(col("org_id").eq(lit(org)), &df_schema)?;
-                matching_buffered(snapshot.buffer, &in_org)
+                matching_buffered(snapshot.buffer, &in_org, &mut buffered_memory)?
             }
             None => snapshot.buffer,
         };
         let buffer = match &predicate {
-            Some(predicate) => matching_buffered(buffer, predicate),
+            Some(predicate) => matching_buffered(buffer, predicate, &mut buffered_memory)?,
             None => buffer,
         };
         let in_source = org.is_some();
@@ -504,8 +507,13 @@ impl AuditEventsTable {
             1 => inputs.pop().expect("one input"),
             _ => UnionExec::try_new(inputs)?,
         };
-        let summary =
-            ScanSummary { segments_read, segments_pruned: pruned_by_manifest, buffered_batches, content_index: index };
+        let summary = ScanSummary {
+            segments_read,
+            segments_pruned: pruned_by_manifest,
+            buffered_batches,
+            content_index: index,
+            _buffered_memory: Arc::new(buffered_memory),
+        };
         Ok(Arc::new(AuditEventsScanExec::new(plan, summary)))
     }
 }
@@ -515,13 +523,20 @@ impl AuditEventsTable {
 /// the buffer is small (it is sealed at `seal_max_buffered_rows`), and on a
 /// server being queried it is mostly the server's own self-audit records,
 /// which a lookup by actor or content never matches, so most lookups plan no
-/// branch for the buffer at all (no union, no second sort). DataFusion still
-/// applies every filter above the scan. A predicate that fails to evaluate
-/// keeps `buffer` whole, so the error, if any, is the one execution gives;
-/// for a session scoped to one organisation `buffer` already holds only
-/// that organisation's rows, and its predicate cannot fail (see `barrier`).
-fn matching_buffered(buffer: Vec<RecordBatch>, predicate: &Arc<dyn PhysicalExpr>) -> Vec<RecordBatch> {
+/// branch for the buffer at all (no union, no second sort). The copies are
+/// taken out of the query's memory (`memory`), as an operator's would be.
+/// DataFusion still applies every filter above the scan. A predicate that
+/// fails to evaluate keeps `buffer` whole, so the error, if any, is the one
+/// execution gives; for a session scoped to one organisation `buffer`
+/// already holds only that organisation's rows, and its predicate cannot
+/// fail (see `barrier`).
+fn matching_buffered(
+    buffer: Vec<RecordBatch>,
+    predicate: &Arc<dyn PhysicalExpr>,
+    memory: &mut MemoryReservation,
+) -> Result<Vec<RecordBatch>> {
     let mut kept = Vec::with_capacity(buffer.len());
+    let mut copied_bytes = 0;
     for batch in &buffer {
         let matching = predicate
             .evaluate(batch)
@@ -529,11 +544,19 @@ fn matching_buffered(buffer: Vec<RecordBatch>, predicate: &Arc<dyn PhysicalExpr>
             .and_then(|mask| Ok(filter_record_batch(batch, mask.as_boolean_opt().ok_or_else(not_boolean)?)?));
         match matching {
             Ok(rows) if rows.num_rows() == 0 => {}
-            Ok(rows) => kept.push(rows),
-            Err(_) => return buffer,
+            Ok(rows) => {
+                let bytes = rows.get_array_memory_size();
+                memory.try_grow(bytes)?;
+                copied_bytes += bytes;
+                kept.push(rows);
+            }
+            Err(_) => {
+                memory.shrink(copied_bytes);
+                return Ok(buffer);
+            }
         }
     }
-    kept
+    Ok(kept)
 }
 
 fn not_boolean() -> DataFusionError {
@@ -770,6 +793,28 @@ mod tests {
         assert_eq!(storage.stats().segments, BATCHES / 3 + BATCHES % 3);
         let result = ctx.sql("select count(*) from audit_events where actor_id = 'u3'").await.unwrap();
         assert_eq!(int(&result.collect().await.unwrap(), 0), (BATCHES * ROWS / 5) as i64);
+    }
+
+    #[tokio::test]
+    async fn buffered_rows_copied_while_planning_count_against_the_querys_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for batch in 0..20 {
+            storage.append(events(batch, 1000)).await.unwrap();
+        }
+        let sql = "select * from audit_events where actor_id <> 'zed'";
+        let small = QueryLimits { memory: QueryMemory::new(64 * 1024, 1 << 30), ..QueryLimits::default() };
+        let ctx = new_session_context(&storage, &small).unwrap();
+        let refused = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap_err().to_string();
+        assert!(refused.contains("query memory limit of 65536 bytes reached"), "{refused}");
+
+        let ctx = new_session_context(&storage, &QueryLimits::default()).unwrap();
+        let pool = Arc::clone(&ctx.runtime_env().memory_pool);
+        let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        assert!(pool.reserved() > 20 * 1000 * 50, "the copies are held: {} bytes", pool.reserved());
+        drop(plan);
+        assert_eq!(pool.reserved(), 0, "and given back with the plan");
+        storage.shutdown();
     }
 
     #[tokio::test]

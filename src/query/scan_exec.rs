@@ -7,11 +7,14 @@
 //! Parquet scan's own metrics below it.
 
 use std::fmt;
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::MemoryReservation;
 
 use super::pass_through::{PassThrough, PassThroughExec};
 
 /// What the manifest (and the content indexes) did for one scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ScanSummary {
     pub segments_read: usize,
     /// Ruled out by the manifest.
@@ -21,6 +24,9 @@ pub struct ScanSummary {
     pub buffered_batches: usize,
     /// Set when content indexes were looked up.
     pub content_index: Option<ContentIndexSummary>,
+    /// The query's memory the buffered rows copied while planning take:
+    /// never read, only held as long as the plan that holds the copies.
+    pub _buffered_memory: Arc<MemoryReservation>,
 }
 
 /// What the content indexes did for one scan.
@@ -37,7 +43,7 @@ impl PassThrough for ScanSummary {
     const NAME: &'static str = "AuditEventsScanExec";
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ScanSummary { segments_read, segments_pruned, buffered_batches, content_index } = *self;
+        let ScanSummary { segments_read, segments_pruned, buffered_batches, content_index, _buffered_memory: _ } = self;
         write!(
             f,
             "segments_read={segments_read}, segments_pruned={segments_pruned}, buffered_batches={buffered_batches}"
