@@ -11,8 +11,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Sendable
 use futures::Stream;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
+use tokio::task::AbortHandle;
 
 use super::memory::{QueryMemory, out_of_memory};
 use super::pass_through::{PassThrough, PassThroughExec};
@@ -177,11 +178,31 @@ impl PassThrough for StatementLimits {
 
     fn wrap(&self, input: SendableRecordBatchStream) -> SendableRecordBatchStream {
         let timeout = self.statement_timeout.get();
+        let deadline_at = tokio::time::Instant::now() + timeout;
+        let schema = input.schema();
+        let input = Arc::new(Mutex::new(Some(input)));
+        // A result nobody reads (a cursor declared and left, a portal
+        // suspended after its first rows) would hold its sorts' and hash
+        // tables' memory until the session ends: at the deadline it is
+        // dropped, read or not.
+        let reaper = tokio::runtime::Handle::try_current().ok().map(|runtime| {
+            let parked = Arc::downgrade(&input);
+            runtime
+                .spawn(async move {
+                    tokio::time::sleep_until(deadline_at).await;
+                    if let Some(input) = parked.upgrade() {
+                        let stream = input.lock().expect("statement input lock").take();
+                        drop(stream);
+                    }
+                })
+                .abort_handle()
+        });
         Box::pin(LimitedStream {
-            schema: input.schema(),
+            schema,
             input,
+            reaper,
             timeout,
-            deadline_at: tokio::time::Instant::now() + timeout,
+            deadline_at,
             deadline: None,
             rows: 0,
             max_rows: self.max_result_rows,
@@ -196,7 +217,10 @@ impl PassThrough for StatementLimits {
 
 struct LimitedStream {
     schema: SchemaRef,
-    input: SendableRecordBatchStream,
+    /// `None` once the statement ended or its deadline dropped it.
+    input: Arc<Mutex<Option<SendableRecordBatchStream>>>,
+    /// The task that drops `input` at the deadline, stopped with the stream.
+    reaper: Option<AbortHandle>,
     timeout: Duration,
     deadline_at: tokio::time::Instant,
     /// The timer for `deadline_at`, made at the first poll, inside the
@@ -212,10 +236,29 @@ struct LimitedStream {
     cancel_wake: Option<Pin<Box<OwnedNotified>>>,
 }
 
+impl Drop for LimitedStream {
+    fn drop(&mut self) {
+        if let Some(reaper) = &self.reaper {
+            reaper.abort();
+        }
+    }
+}
+
 impl LimitedStream {
+    /// Ends the statement with `error`, letting go of what its plan holds.
     fn end(&mut self, error: DataFusionError) -> Poll<Option<Result<RecordBatch>>> {
         self.ended = true;
+        let stream = self.input.lock().expect("statement input lock").take();
+        drop(stream);
         Poll::Ready(Some(Err(error)))
+    }
+
+    fn timed_out(&mut self) -> Poll<Option<Result<RecordBatch>>> {
+        let ms = self.timeout.as_millis();
+        self.end(DataFusionError::Execution(format!(
+            "canceling statement after the statement timeout of {ms} ms; narrow it (time range, actor, LIMIT) or \
+             raise --statement-timeout-ms"
+        )))
     }
 }
 
@@ -240,13 +283,17 @@ impl Stream for LimitedStream {
         let deadline_at = self.deadline_at;
         let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline_at)));
         if deadline.as_mut().poll(cx).is_ready() {
-            let ms = self.timeout.as_millis();
-            return self.end(DataFusionError::Execution(format!(
-                "canceling statement after the statement timeout of {ms} ms; narrow it (time range, actor, \
-                 LIMIT) or raise --statement-timeout-ms"
-            )));
+            return self.timed_out();
         }
-        match self.input.as_mut().poll_next(cx) {
+        let input = Arc::clone(&self.input);
+        let mut input = input.lock().expect("statement input lock");
+        let Some(stream) = input.as_mut() else {
+            drop(input);
+            return self.timed_out();
+        };
+        let polled = stream.as_mut().poll_next(cx);
+        drop(input);
+        match polled {
             Poll::Ready(Some(Ok(batch))) => {
                 self.rows += batch.num_rows() as u64;
                 if self.rows > self.max_rows {

@@ -818,6 +818,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_result_left_unread_lets_go_of_its_memory_at_the_statement_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        for batch in 0..20 {
+            storage.append(events(batch, 1000)).await.unwrap();
+        }
+        let limits = QueryLimits { statement_timeout: Duration::from_millis(300), ..QueryLimits::default() };
+        let ctx = new_session_context(&storage, &limits).unwrap();
+        let pool = Arc::clone(&ctx.runtime_env().memory_pool);
+        // What a cursor or a suspended portal does: read the first rows of a
+        // sort, then nothing more.
+        let sql = "select * from audit_events order by attributes desc, id";
+        let mut rows = ctx.sql(sql).await.unwrap().execute_stream().await.unwrap();
+        assert!(rows.next().await.unwrap().unwrap().num_rows() > 0);
+        assert!(pool.reserved() > 1_000_000, "the sort holds its rows: {} bytes", pool.reserved());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(pool.reserved(), 0, "let go at the deadline, unread");
+        let late = rows.next().await.unwrap().unwrap_err().to_string();
+        assert!(late.contains("statement timeout of 300 ms"), "{late}");
+        storage.shutdown();
+    }
+
+    #[tokio::test]
     async fn only_buffered_rows_the_filters_may_keep_are_planned() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
