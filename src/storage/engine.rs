@@ -674,6 +674,12 @@ impl Storage {
             let org = expiry.org.as_str();
             let segments = Arc::clone(&self.state().segments);
             for old in segments.iter().filter(|s| may_hold_expired(&s.meta, expiry)) {
+                // Old rows of other organisations beside young ones of this
+                // one make a segment look expired from the manifest: two
+                // columns are read to be sure before the whole is copied.
+                if !self.holds_expired(old, expiry)? {
+                    continue;
+                }
                 let mut removed: Vec<RecordBatch> = Vec::new();
                 let mut meta = self.write_copy(old, &mut |batch| {
                     let expired = expired_rows(batch, expiry);
@@ -699,6 +705,16 @@ impl Storage {
             }
         }
         Ok(removed_total)
+    }
+
+    /// Whether `segment` holds rows `expiry` lets go (reads two columns).
+    fn holds_expired(&self, segment: &LiveSegment, expiry: &Expiry) -> Result<bool, StorageError> {
+        let mut holds = false;
+        segment::for_each_batch(&self.shared.segments, segment.scan_columns(&["org_id", "time"])?, |batch| {
+            holds = holds || expired_rows(&batch, expiry).true_count() > 0;
+            Ok(())
+        })?;
+        Ok(holds)
     }
 
     /// Writes a copy of segment `old` with `rewrite` applied to each batch,
@@ -1688,6 +1704,102 @@ mod tests {
         assert_eq!((meta.min_org_id.as_str(), meta.max_org_id.as_str()), ("acme", "globex"));
         assert!(meta.min_time_us < expiry.before_us, "acme's and globex's old events keep it old");
         assert!(!may_hold_expired(meta, &expiry), "the next pass leaves it alone");
+        storage.shutdown();
+    }
+
+    /// The ids stored in `storage`'s segments, each once, or a panic.
+    fn sealed_ids(storage: &Storage) -> std::collections::BTreeSet<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        for segment in storage.snapshot().segments.iter() {
+            let scan = segment.scan_columns(&["id_text"]).unwrap(); // the ids here are not UUIDs
+            segment::for_each_batch(storage.segment_store(), scan, |batch| {
+                for id in batch.column(0).as_string::<i32>().iter().flatten() {
+                    assert!(ids.insert(id.to_owned()), "{id} stored twice");
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        ids
+    }
+
+    #[test]
+    fn retention_while_segments_are_sealed_and_merged_removes_exactly_what_expired() {
+        const BATCHES: usize = 24;
+        const PER_BATCH: usize = 50;
+        let dir = tempfile::tempdir().unwrap();
+        let compaction = CompactionPolicy { target_rows: 400, min_inputs: 2 };
+        let storage = Storage::open(StorageConfig { compaction, ..config(dir.path()) }).unwrap();
+        // acme's events before the cutoff (the first half) expire.
+        let cutoff = event(BATCHES * PER_BATCH / 2).time_us;
+        let expiry = Expiry { org: "acme".into(), before_us: cutoff };
+        let writing = std::sync::atomic::AtomicBool::new(true);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let removed = std::thread::scope(|s| {
+            s.spawn(|| {
+                for batch in 0..BATCHES {
+                    runtime.block_on(append_n(&storage, batch * PER_BATCH, PER_BATCH));
+                    storage.seal_now().unwrap();
+                }
+                writing.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
+            s.spawn(|| {
+                while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                    storage.compact_now().unwrap();
+                }
+            });
+            let expirer = s.spawn(|| {
+                let mut removed = 0;
+                while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                    removed += storage.expire(std::slice::from_ref(&expiry)).unwrap();
+                }
+                removed
+            });
+            expirer.join().unwrap()
+        });
+        let removed = removed + storage.expire(std::slice::from_ref(&expiry)).unwrap();
+        storage.compact_now().unwrap();
+
+        let expected: std::collections::BTreeSet<String> = (0..BATCHES * PER_BATCH)
+            .filter(|i| !(i % 2 == 0 && event(*i).time_us < cutoff))
+            .map(|i| format!("e{i}"))
+            .collect();
+        assert_eq!(removed as usize, BATCHES * PER_BATCH / 4, "each expired event removed once");
+        assert_eq!(sealed_ids(&storage), expected);
+        assert_eq!(storage.expire(std::slice::from_ref(&expiry)).unwrap(), 0);
+        storage.shutdown();
+        drop(storage);
+        // And so it stays once reopened.
+        let storage = Storage::open(config(dir.path())).unwrap();
+        assert_eq!(sealed_ids(&storage), expected);
+        storage.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_segment_whose_organisation_rows_are_all_young_is_not_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(crate::storage::faults::Faults::default());
+        let storage = Storage::open_with_faults(config(dir.path()), Arc::clone(&faults)).unwrap();
+        // globex's events are old, acme's young: the segment is as old as
+        // globex's, and lists acme.
+        let events: Vec<Event> = (0..10)
+            .map(|i| match i % 2 {
+                0 => Event { org_id: "globex".into(), ..event(i) },
+                _ => Event { org_id: "acme".into(), ..event(100 + i) },
+            })
+            .collect();
+        storage.append(events).await.unwrap();
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        let expiry = Expiry { org: "acme".into(), before_us: event(50).time_us };
+        assert!(may_hold_expired(&storage.snapshot().segments[0].meta, &expiry));
+        // Any segment write now fails: an expiry that copies the segment
+        // reports it.
+        faults.inject(crate::storage::faults::IoOp::SegmentWrite, crate::storage::faults::FaultKind::Eio, None);
+        let expirer = storage.clone();
+        let removed = tokio::task::spawn_blocking(move || expirer.expire(&[expiry])).await.unwrap();
+        assert_eq!(removed.unwrap(), 0, "nothing to remove, nothing copied");
+        faults.clear();
         storage.shutdown();
     }
 
