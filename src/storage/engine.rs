@@ -1766,7 +1766,10 @@ mod tests {
             .collect();
         assert_eq!(removed as usize, BATCHES * PER_BATCH / 4, "each expired event removed once");
         assert_eq!(sealed_ids(&storage), expected);
+        let files = |storage: &Storage| storage.snapshot().segments.iter().map(|s| s.meta.file.clone()).collect();
+        let before: Vec<String> = files(&storage);
         assert_eq!(storage.expire(std::slice::from_ref(&expiry)).unwrap(), 0);
+        assert_eq!(files(&storage), before, "no segment rewritten twice for the same cutoff");
         storage.shutdown();
         drop(storage);
         // And so it stays once reopened.
