@@ -33,3 +33,11 @@ pub mod query;
 pub mod reports;
 pub mod server;
 pub mod storage;
+
+/// How many cases a property test runs: `in_suite` in the test suite, or
+/// `PROPTEST_CASES` for a long fuzzing run (README, "Fuzzing").
+#[cfg(test)]
+pub(crate) fn proptest_cases(in_suite: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(in_suite);
+    proptest::prelude::ProptestConfig::with_cases(cases)
+}

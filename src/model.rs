@@ -691,7 +691,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::proptest_cases(512))]
 
         /// The fast path accepts exactly what the slow path accepts, and makes
         /// the same events of it (ids the server generates aside).

@@ -249,6 +249,10 @@ fn validated(chunk: &[(usize, Value)], report: &mut FileReport) -> Vec<(usize, E
     }
     let good: Vec<&(usize, Value)> =
         chunk.iter().enumerate().filter(|(i, _)| !bad.contains_key(&(i + 1))).map(|(_, e)| e).collect();
+    if good.is_empty() {
+        // An empty body is itself an error, naming no record of the chunk.
+        return Vec::new();
+    }
     let body: String = good.iter().map(|(_, e)| e.to_string() + "\n").collect();
     match model::parse_batch(body.as_bytes(), received_at) {
         Ok(events) => good.iter().map(|(p, _)| *p).zip(events).collect(),
@@ -276,6 +280,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_chunk_of_only_invalid_events_is_rejected_whole() {
+        let bad =
+            serde_json::json!({"time": "not a time", "id": "b", "org_id": "acme", "actor_id": "a", "action": "x"});
+        let mut report = FileReport::default();
+        assert!(validated(&[(7, bad.clone()), (9, bad)], &mut report).is_empty());
+        assert_eq!(report.rejected, 2);
+        assert_eq!(report.rejections.iter().map(|r| r.record).collect::<Vec<_>>(), [7, 9]);
+    }
+
+    #[test]
     fn records_come_from_lists_documents_and_lines() {
         let positions =
             |text: &str| -> Vec<(usize, bool)> { records(text).into_iter().map(|(p, r)| (p, r.is_ok())).collect() };
@@ -285,5 +299,153 @@ mod tests {
         assert_eq!(positions(r#"{"kind": "Event"}"#), [(1, true)]);
         assert_eq!(positions("{\"a\": 1}\n\n{broken\n{\"c\": 3}\n"), [(1, true), (3, false), (4, true)]);
         assert_eq!(positions(r#"{"Records": 5}"#), [(1, false)]);
+    }
+
+    use proptest::prelude::*;
+
+    /// JSON built from the field names the formats read (and others), so
+    /// that mappings get past their first lookup.
+    fn source_record() -> impl Strategy<Value = Value> {
+        let keys = prop::sample::select(vec![
+            "eventTime",
+            "eventName",
+            "eventSource",
+            "eventID",
+            "userIdentity",
+            "arn",
+            "type",
+            "sourceIPAddress",
+            "userAgent",
+            "requestID",
+            "recipientAccountId",
+            "requestReceivedTimestamp",
+            "stageTimestamp",
+            "verb",
+            "user",
+            "username",
+            "objectRef",
+            "resource",
+            "name",
+            "namespace",
+            "auditID",
+            "responseStatus",
+            "code",
+            "@timestamp",
+            "created_at",
+            "action",
+            "actor",
+            "actor_ip",
+            "org",
+            "repo",
+            "published",
+            "eventType",
+            "displayMessage",
+            "outcome",
+            "result",
+            "client",
+            "ipAddress",
+            "uuid",
+            "id",
+            "alternateId",
+            "target",
+            "time",
+            "timestamp",
+            "attributes",
+            "metadata",
+            "class_uid",
+            "activity_id",
+            "src_endpoint",
+            "ip",
+            "org_id",
+            "actor_id",
+            "content_id",
+            "location",
+            "context",
+            "data",
+            "Records",
+            "items",
+            "events",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            prop::sample::select(vec![
+                "2026-12-01T10:00:00Z",
+                "2026-12-01 10:00:00.5",
+                "1764583200000",
+                "9999-12-31T23:59:60Z",
+                "0000-01-01T00:00:00Z",
+                "",
+                "\u{0}",
+                "acme",
+                "arn:aws:iam::1:user/alice",
+                "10.0.0.1",
+                "fe80::1%eth0",
+            ])
+            .prop_map(Value::from),
+            Just(Value::from("x".repeat(300))),
+            ".{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(keys.clone().prop_map(String::from), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const FORMATS: [ImportFormat; 7] = [
+        ImportFormat::Cloudtrail,
+        ImportFormat::K8s,
+        ImportFormat::Github,
+        ImportFormat::Okta,
+        ImportFormat::Atlassian,
+        ImportFormat::Ocsf,
+        ImportFormat::Ndjson,
+    ];
+
+    proptest! {
+        #![proptest_config(crate::proptest_cases(512))]
+
+        /// Every format maps any record to an event ingest validates, or to
+        /// a reason; validation then keeps or names each record.
+        #[test]
+        fn any_record_of_any_format_is_mapped_or_refused_with_a_reason(record in source_record()) {
+            for format in FORMATS {
+                let mapped = formats::map(format, &record, "acme");
+                if let Err(reason) = &mapped {
+                    prop_assert!(!reason.is_empty());
+                }
+                let Ok(event) = mapped else { continue };
+                // As `import` validates it: in a chunk, beside a good event.
+                let good = serde_json::json!({"time": "2026-12-01T10:00:00Z", "id": "good-1", "org_id": "acme",
+                    "actor_id": "alice", "action": "confluence.page.viewed"});
+                let chunk = [(1, event), (2, good)];
+                let mut report = FileReport::default();
+                let kept = validated(&chunk, &mut report);
+                prop_assert_eq!(kept.len() + report.rejected, chunk.len());
+                prop_assert_eq!(kept.last().map(|(position, _)| *position), Some(2));
+            }
+        }
+
+        /// Any file text gives numbered records, each a value or a reason.
+        #[test]
+        fn any_text_splits_into_numbered_records(text in "(\\{|\\}|\\[|\\]|\"|:|,|\n|[a-z0-9 ]){0,200}") {
+            let records = records(&text);
+            for (i, (position, _)) in records.iter().enumerate() {
+                prop_assert!(*position >= 1 && (i == 0 || *position > records[i - 1].0));
+            }
+        }
+
+        /// Bytes that start like Parquet but are not are a reason, never a crash.
+        #[test]
+        fn bytes_that_are_not_parquet_are_refused(tail in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = b"PAR1".to_vec();
+            bytes.extend(tail);
+            prop_assert!(parquet_as_json_lines(bytes).is_err());
+        }
     }
 }

@@ -616,7 +616,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        #![proptest_config(crate::proptest_cases(1024))]
 
         /// Any bytes sent as gzip are inflated whole within the limit, or
         /// refused: never a panic, never more than the limit.

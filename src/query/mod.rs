@@ -1368,7 +1368,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+            #![proptest_config(crate::proptest_cases(128))]
             #[test]
             fn pushed_filters_return_what_a_full_scan_returns(
                 batches in proptest::collection::vec(proptest::collection::vec(event(), 1..30), 1..6),

@@ -103,7 +103,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        #![proptest_config(crate::proptest_cases(2048))]
 
         /// Any text is measured without a panic, and what it refuses is
         /// refused as too complex.

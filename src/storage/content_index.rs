@@ -401,7 +401,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        #![proptest_config(crate::proptest_cases(1024))]
 
         #[test]
         fn damaged_indexes_are_refused_or_read_without_a_panic(

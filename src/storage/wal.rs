@@ -409,7 +409,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(crate::proptest_cases(64))]
 
         /// Cutting the newest file anywhere loses only whole trailing batches.
         #[test]
