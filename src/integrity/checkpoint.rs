@@ -393,12 +393,18 @@ pub fn read_blocks(data_dir: &Path, checkpoint: &Checkpoint) -> Result<Vec<Hash>
 /// could not be. No log is no lines.
 pub fn read_checkpoints(data_dir: &Path) -> Result<Vec<Result<Checkpoint, String>>, IntegrityError> {
     let path = data_dir.join(INTEGRITY_DIR).join(CHECKPOINTS_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(IntegrityError::io(&path, e)),
     };
-    Ok(text.lines().map(|line| serde_json::from_str(line).map_err(|e| e.to_string())).collect())
+    // Line by line, so that bytes damaged in one line (not even UTF-8) are
+    // that line's finding, not a log that cannot be read at all.
+    let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    if lines.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(lines.split(|b| *b == b'\n').map(|line| serde_json::from_slice(line).map_err(|e| e.to_string())).collect())
 }
 
 fn refuse_if_damaged(tail: &Tail) -> Result<(), IntegrityError> {
@@ -531,6 +537,42 @@ mod tests {
             fs::set_permissions(&inside, fs::Permissions::from_mode(0o644)).unwrap();
             let err = SigningKey::load(&inside, elsewhere.path()).unwrap_err().to_string();
             assert!(err.contains("chmod 600"), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_cases(256))]
+
+        /// Whatever follows a log's whole lines, it opens: bytes with no
+        /// newline are cut off and the chain goes on from the last line;
+        /// whole lines that do not parse stop every append, naming the first.
+        #[test]
+        fn any_bytes_after_a_log_open_as_cut_off_or_damaged(
+            lines in 0..3usize,
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let key = SigningKey::from_seed(&[7; SEED_BYTES]);
+            let leaves: Vec<Hash> = (0..10u32).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
+            let log = CheckpointLog::open(dir.path()).unwrap();
+            let written: Vec<Checkpoint> =
+                (0..lines).map(|i| log.append(&key, 1 + 3 * i as Seq, &leaves[3 * i..3 * i + 3]).unwrap()).collect();
+            let path = dir.path().join(INTEGRITY_DIR).join(CHECKPOINTS_FILE);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::OpenOptions::new().create(true).append(true).open(&path).unwrap().write_all(&garbage).unwrap();
+
+            let log = CheckpointLog::open(dir.path()).unwrap();
+            let appended = log.append(&key, 1 + 3 * lines as Seq, &leaves[9..]);
+            if garbage.contains(&b'\n') {
+                let refused = appended.unwrap_err().to_string();
+                proptest::prop_assert!(refused.contains(&format!("line {} of", lines + 1)), "{}", refused);
+            } else {
+                let line = appended.unwrap();
+                let prev = written.last().map_or_else(|| GENESIS_PREV.to_string(), Checkpoint::chain_hash);
+                proptest::prop_assert_eq!(line.prev, prev);
+                let read: Vec<Checkpoint> = read_checkpoints(dir.path()).unwrap().into_iter().map(Result::unwrap).collect();
+                proptest::prop_assert_eq!(read.len(), lines + 1);
+            }
         }
     }
 }

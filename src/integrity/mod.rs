@@ -277,7 +277,7 @@ pub fn read_segment(
     digest_key: &ring::hmac::Key,
 ) -> Result<SegmentRows, StorageError> {
     let mut rows = SegmentRows {
-        leaves: Vec::with_capacity(segment.meta.rows as usize),
+        leaves: Vec::with_capacity(rows_hint(segment)),
         out_of_order: None,
         content_index: ContentIndexBuilder::default(),
     };
@@ -328,9 +328,16 @@ pub fn read_segment_batches(store: &SegmentStore, segment: &LiveSegment) -> Resu
     Ok(batches)
 }
 
+/// The manifest's row count of `segment` as a capacity to reserve, bounded:
+/// the manifest is what `verify` checks, so it may have been edited.
+fn rows_hint(segment: &LiveSegment) -> usize {
+    const MOST_ROWS_RESERVED: u64 = 1 << 20;
+    segment.meta.rows.min(MOST_ROWS_RESERVED) as usize
+}
+
 /// The seqs a segment holds.
 fn segment_seqs(store: &SegmentStore, segment: &LiveSegment) -> Result<HashSet<Seq>, StorageError> {
-    let mut seqs = HashSet::with_capacity(segment.meta.rows as usize);
+    let mut seqs = HashSet::with_capacity(rows_hint(segment));
     for_each_batch(store, segment.scan_columns(&["seq"])?, |batch| {
         seqs.extend(batch.column(0).as_primitive::<Int64Type>().values().iter().map(|s| *s as Seq));
         Ok(())

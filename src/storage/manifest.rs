@@ -62,6 +62,30 @@ pub struct SegmentMeta {
 pub const MAX_LISTED_ORGS: usize = 1024;
 
 impl SegmentMeta {
+    /// What no segment this server wrote can be, and code reading the
+    /// manifest relies on: a plain file name in `segments/`, a seq range in
+    /// order, organisations sorted with counts that can be added. (Rows
+    /// missing from a range or held twice, counts that disagree, segments
+    /// out of order or overlapping are for `verify` to find and name, so
+    /// they load.)
+    fn check(&self) -> Result<(), String> {
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.file.is_empty() || self.file.starts_with('.') || !self.file.chars().all(plain) {
+            return Err("not a segment file name".into());
+        }
+        if self.min_seq == 0 || self.min_seq > self.max_seq {
+            return Err(format!("seqs {}..={} are not a range", self.min_seq, self.max_seq));
+        }
+        if let Some(orgs) = &self.orgs {
+            let sorted = orgs.windows(2).all(|pair| pair[0].0 < pair[1].0);
+            let total = orgs.iter().try_fold(0u64, |total, (_, rows)| total.checked_add(*rows));
+            if !sorted || total.is_none() {
+                return Err("its organisations are not sorted, or their rows add up past any count".into());
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the segment may hold events of `org`: it lies in the
     /// segment's range of org ids and, where the manifest lists them, among
     /// its organisations.
@@ -116,6 +140,9 @@ impl Manifest {
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if manifest.version != FORMAT_VERSION {
             return Err(corrupt(format!("unsupported manifest version {}", manifest.version)));
+        }
+        for (i, segment) in manifest.segments.iter().enumerate() {
+            segment.check().map_err(|reason| corrupt(format!("segment {} ({:?}): {reason}", i + 1, segment.file)))?;
         }
         Ok(manifest)
     }
@@ -198,5 +225,62 @@ mod tests {
         std::fs::write(dir.path().join("manifest.json"), b"{not json").unwrap();
         let err = Manifest::load(&local_store(dir.path())).unwrap_err().to_string();
         assert!(err.contains("manifest.json"), "{err}");
+    }
+
+    fn any_segment() -> impl proptest::strategy::Strategy<Value = SegmentMeta> {
+        use proptest::prelude::*;
+        let seq = prop_oneof![0u64..5, Just(u64::MAX), any::<u64>()];
+        let orgs =
+            proptest::option::of(proptest::collection::vec(("[a-c]{0,2}", prop_oneof![0u64..5, Just(u64::MAX)]), 0..4));
+        (("[a-z./%-]{0,12}", seq.clone(), seq.clone(), seq), (any::<i64>(), any::<i64>()), orgs).prop_map(
+            |((file, min_seq, max_seq, rows), (min_time_us, max_time_us), orgs)| SegmentMeta {
+                file,
+                size_bytes: 100,
+                rows,
+                min_seq,
+                max_seq,
+                min_time_us,
+                max_time_us,
+                min_org_id: "a".into(),
+                max_org_id: "c".into(),
+                actor_ids: None,
+                max_received_at_us: None,
+                content_index: None,
+                orgs,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_cases(512))]
+
+        /// Any bytes load as a manifest, or as an error naming the file.
+        #[test]
+        fn any_bytes_load_or_are_refused_by_name(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("manifest.json"), &bytes).unwrap();
+            if let Err(e) = Manifest::load(&local_store(dir.path())) {
+                proptest::prop_assert!(e.to_string().contains("manifest.json"), "{}", e);
+            }
+        }
+
+        /// A manifest edited by hand loads only if what readers rely on
+        /// holds; what loads is safe to ask about any organisation.
+        #[test]
+        fn an_edited_manifest_loads_only_if_readers_can_rely_on_it(segments in proptest::collection::vec(any_segment(), 0..3)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = local_store(dir.path());
+            Manifest::new(9, segments).store(&store).unwrap();
+            if let Ok(manifest) = Manifest::load(&store) {
+                for segment in &manifest.segments {
+                    proptest::prop_assert!(!segment.file.contains('/') && !segment.file.starts_with('.'));
+                    proptest::prop_assert!(segment.min_seq <= segment.max_seq);
+                    for org in ["", "a", "b", "bb", "c"] {
+                        // Neither overflows nor indexes out of bounds.
+                        let _ = (segment.org_rows(org), segment.may_hold_org(org));
+                    }
+                }
+            }
+        }
     }
 }
