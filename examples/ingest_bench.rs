@@ -6,6 +6,12 @@
 //! per event on disk and the latency of `count(*)` and a one-actor lookup over
 //! the Postgres wire. Prints one JSON object.
 //!
+//! With `--heavy-clients N`, the events are posted in `2 × --rounds` parts
+//! after a first, unmeasured one (so that there is something to query), and
+//! in every other part N Postgres clients run heavy aggregations over the
+//! whole log back to back: ingest throughput with and without them,
+//! alternating, in one run.
+//!
 //! `bash bench/ingest.sh` runs it and the DuckDB size comparison; see BENCHMARKS.md.
 
 use std::path::PathBuf;
@@ -29,6 +35,12 @@ struct Options {
     /// Post the events of this NDJSON file instead of generated ones
     /// (`bench/run.py` posts the events the other systems load).
     ndjson: Option<PathBuf>,
+    /// Postgres clients running heavy queries during every other part.
+    heavy_clients: usize,
+    /// Pairs of parts (without, with heavy clients).
+    rounds: usize,
+    /// Extra flags for `auditlake serve`, comma-separated.
+    serve_flags: Vec<String>,
 }
 
 fn options() -> Options {
@@ -41,6 +53,9 @@ fn options() -> Options {
         repetitions: 30,
         signing_key: None,
         ndjson: None,
+        heavy_clients: 0,
+        rounds: 1,
+        serve_flags: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -54,10 +69,67 @@ fn options() -> Options {
             "--repetitions" => o.repetitions = value.parse().expect("--repetitions N"),
             "--signing-key" => o.signing_key = Some(value.into()),
             "--ndjson" => o.ndjson = Some(value.into()),
+            "--heavy-clients" => o.heavy_clients = value.parse().expect("--heavy-clients N"),
+            "--rounds" => o.rounds = value.parse().expect("--rounds N"),
+            "--serve-flags" => o.serve_flags = value.split(',').map(String::from).collect(),
             other => panic!("unknown option {other}"),
         }
     }
     o
+}
+
+/// What the heavy clients run, in turn: aggregations over the whole log.
+const HEAVY_QUERIES: [&str; 2] = [
+    "select actor_id, count(*), count(distinct content_id) from audit_events group by actor_id order by 2 desc limit 20",
+    "select action, product, count(*), min(time), max(time) from audit_events group by action, product order by 3 desc",
+];
+
+fn lines_in(bodies: &[String]) -> usize {
+    bodies.iter().map(|b| b.matches('\n').count()).sum()
+}
+
+/// Posts `bodies[range]` from `clients` concurrent clients, each body until
+/// it is acknowledged (waiting out 503 backpressure).
+async fn post_all(
+    bodies: &Arc<Vec<String>>,
+    range: std::ops::Range<usize>,
+    clients: usize,
+    http_url: &str,
+    authorization: &str,
+) {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let clients: Vec<_> = (0..clients)
+        .map(|_| {
+            let (bodies, next, url) = (Arc::clone(bodies), Arc::clone(&next), format!("{http_url}/v1/events"));
+            let (authorization, end) = (authorization.to_string(), range.end);
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        return;
+                    }
+                    loop {
+                        let response = http
+                            .post(&url)
+                            .header("authorization", &authorization)
+                            .body(bodies[i].clone())
+                            .send()
+                            .await
+                            .expect("POST");
+                        match response.status().as_u16() {
+                            200 => break,
+                            503 => tokio::time::sleep(Duration::from_millis(100)).await,
+                            other => panic!("ingest failed with {other}: {}", response.text().await.unwrap()),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -99,6 +171,7 @@ async fn main() {
         .arg("--insecure-trust-loopback")
         .arg("--data-dir")
         .arg(&o.data_dir)
+        .args(&o.serve_flags)
         .args(o.signing_key.iter().flat_map(|key| [std::ffi::OsStr::new("--signing-key"), key.as_os_str()]))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -110,37 +183,66 @@ async fn main() {
     let http_url = format!("http://{}", field("http="));
     let pg_addr: std::net::SocketAddr = field("pg=").parse().unwrap();
 
-    let next = Arc::new(AtomicUsize::new(0));
+    let pg_connect = move || async move {
+        let (pg, connection) = tokio_postgres::connect(
+            &format!("host={} port={} dbname=auditlake user=bench", pg_addr.ip(), pg_addr.port()),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        pg
+    };
+
     let started = Instant::now();
-    let clients: Vec<_> = (0..o.clients)
-        .map(|_| {
-            let (bodies, next, url) = (Arc::clone(&bodies), Arc::clone(&next), format!("{http_url}/v1/events"));
-            let authorization = authorization.clone();
-            tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(body) = bodies.get(i) else { return };
-                    loop {
-                        let response = http
-                            .post(&url)
-                            .header("authorization", &authorization)
-                            .body(body.clone())
-                            .send()
-                            .await
-                            .expect("POST");
-                        match response.status().as_u16() {
-                            200 => break,
-                            503 => tokio::time::sleep(Duration::from_millis(100)).await,
-                            other => panic!("ingest failed with {other}: {}", response.text().await.unwrap()),
+    let mut alternating = serde_json::Map::new();
+    if o.heavy_clients == 0 {
+        post_all(&bodies, 0..bodies.len(), o.clients, &http_url, &authorization).await;
+    } else {
+        let parts = 2 * o.rounds + 1;
+        let per_part = bodies.len().div_ceil(parts);
+        let part = |i: usize| i * per_part..((i + 1) * per_part).min(bodies.len());
+        post_all(&bodies, part(0), o.clients, &http_url, &authorization).await;
+        let (mut idle, mut loaded, mut heavy_done) = (Vec::new(), Vec::new(), 0);
+        for i in 1..parts {
+            let with_queries = i % 2 == 0;
+            let running = Arc::new(std::sync::atomic::AtomicBool::new(with_queries));
+            let done = Arc::new(AtomicUsize::new(0));
+            let heavy: Vec<_> = (0..if with_queries { o.heavy_clients } else { 0 })
+                .map(|c| {
+                    let (running, done) = (Arc::clone(&running), Arc::clone(&done));
+                    let pg = pg_connect();
+                    tokio::spawn(async move {
+                        let pg = pg.await;
+                        while running.load(Ordering::Relaxed) {
+                            pg.simple_query(HEAVY_QUERIES[c % HEAVY_QUERIES.len()]).await.unwrap();
+                            done.fetch_add(1, Ordering::Relaxed);
                         }
-                    }
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.await.unwrap();
+                    })
+                })
+                .collect();
+            let range = part(i);
+            let events: usize = lines_in(&bodies[range.clone()]);
+            let t = Instant::now();
+            post_all(&bodies, range, o.clients, &http_url, &authorization).await;
+            let rate = events as f64 / t.elapsed().as_secs_f64();
+            running.store(false, Ordering::Relaxed);
+            for h in heavy {
+                h.await.unwrap();
+            }
+            heavy_done += done.load(Ordering::Relaxed);
+            if with_queries { loaded.push(rate) } else { idle.push(rate) }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (idle_median, loaded_median) = (median(&mut idle.clone()), median(&mut loaded.clone()));
+        alternating.insert("idle_events_per_second".into(), json!(idle));
+        alternating.insert("with_heavy_queries_events_per_second".into(), json!(loaded));
+        alternating.insert("heavy_clients".into(), json!(o.heavy_clients));
+        alternating.insert("heavy_queries_completed".into(), json!(heavy_done));
+        alternating.insert("loaded_over_idle_median".into(), json!(loaded_median / idle_median));
     }
     let ingest_secs = started.elapsed().as_secs_f64();
 
@@ -171,13 +273,7 @@ async fn main() {
     let segment_bytes: u64 =
         std::fs::read_dir(o.data_dir.join("segments")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
 
-    let (pg, connection) = tokio_postgres::connect(
-        &format!("host={} port={} dbname=auditlake user=bench", pg_addr.ip(), pg_addr.port()),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_connect().await;
     let mut timings = serde_json::Map::new();
     let queries = [
         ("count_all", "select count(*) from audit_events".to_string()),
@@ -225,6 +321,7 @@ async fn main() {
         "bytes_per_event": segment_bytes as f64 / o.events as f64,
         "server_peak_rss_mib": peak_rss_mib,
         "queries": timings,
+        "ingest_with_and_without_heavy_queries": alternating,
     });
     println!("{}", serde_json::to_string_pretty(&result).unwrap());
 }

@@ -451,6 +451,10 @@ struct ServeArgs {
     /// Most concurrent HTTP connections; more are answered 503 at once.
     #[arg(long, default_value_t = ingest::DEFAULT_MAX_HTTP_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_http_connections: usize,
+    /// How much lower than ingest's the query threads' CPU priority is
+    /// (a nice value, 0 to 19; 0: the same).
+    #[arg(long, default_value_t = DEFAULT_QUERY_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
+    query_nice: i32,
     /// Most concurrent Postgres connections.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     max_pg_connections: usize,
@@ -589,17 +593,45 @@ impl ServeArgs {
     }
 }
 
+/// Default of `serve --query-nice`.
+pub const DEFAULT_QUERY_NICE: i32 = 10;
+
 /// Stack of each of the runtime's threads (see `server::complexity`).
 pub const THREAD_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// The runtime statements are planned and run on (Postgres sessions and
 /// the HTTP API's reads), one thread per core.
-fn query_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+///
+/// Its threads run at `nice` (0 to 19) above the process's own: when both
+/// want the CPU, group commit, sealing and `/healthz` come first, and
+/// queries take what is left, so heavy statements slow each other down
+/// rather than the log's intake.
+fn query_runtime(nice: i32) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name("auditlake-query")
         .thread_stack_size(THREAD_STACK_BYTES)
+        .on_thread_start(move || lower_this_threads_priority(nice))
         .enable_all()
         .build()
+}
+
+/// Raises the calling thread's nice value by `nice` (on Linux, priority is
+/// per thread). Failing is harmless: the thread keeps the process's.
+fn lower_this_threads_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id.
+        let changed = unsafe {
+            let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, thread);
+            libc::setpriority(libc::PRIO_PROCESS, thread, (current + nice).min(19))
+        };
+        if changed != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "query thread keeps its priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Parses the command line and runs it.
@@ -1009,7 +1041,7 @@ async fn serve_storage(
     // that keeps a core busy (a big join, a long constant to fold) then
     // competes with ingest and /healthz for the CPU as any thread does,
     // instead of holding the threads their requests wait for.
-    let queries = query_runtime()?;
+    let queries = query_runtime(args.query_nice)?;
     let api = ingest::Api {
         queries: queries.handle().clone(),
         storage: storage.clone(),

@@ -133,6 +133,21 @@ impl Server {
     }
 
     /// `kill -9`: no shutdown code runs.
+    /// The nice value of each of the server's threads named `name`.
+    pub fn threads_nice(&self, name: &str) -> Vec<i64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        let mut nice = Vec::new();
+        for task in tasks.map(|t| t.unwrap().path()) {
+            if std::fs::read_to_string(task.join("comm")).unwrap_or_default().trim() == name {
+                let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+                // Fields after the parenthesised name; nice is the 19th field.
+                let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+                nice.push(fields[16].parse().unwrap());
+            }
+        }
+        nice
+    }
+
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

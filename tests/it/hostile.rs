@@ -489,3 +489,17 @@ async fn a_request_without_a_token_is_answered_before_its_body_is_read() {
     let body = event("after", "acme", "u1", "a.b", 0).to_string();
     assert_eq!(post(&crate::harness::bearer_client(&token), &server.events_url(), body).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_threads_give_way_to_ingest_for_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    server.pg().await.simple_query("select count(*) from audit_events").await.unwrap();
+    let query_threads = server.threads_nice("auditlake-query");
+    assert!(!query_threads.is_empty() && query_threads.iter().all(|n| *n == 10), "{query_threads:?}");
+    assert_eq!(server.threads_nice("auditlake-wal"), [0], "the WAL writer keeps the process's priority");
+    drop(server);
+    let (ok, said) = crate::harness::run_cli_status(&["serve", "--query-nice", "20", "--data-dir", "/nonexistent"]);
+    assert!(!ok && said.contains("--query-nice") && said.contains("0..=19"), "{said}");
+}
