@@ -198,7 +198,7 @@ enum UserCommand {
         #[arg(long)]
         org: Option<String>,
         /// This user's longest statement, instead of the server's --statement-timeout-ms.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=ONE_DAY_MS))]
         statement_timeout_ms: Option<u64>,
         #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
         data_dir: PathBuf,
@@ -415,30 +415,30 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     http_listen: SocketAddr,
     /// Seal the in-memory buffer into a Parquet segment at this many rows.
-    #[arg(long, default_value_t = StorageConfig::new("").seal_max_buffered_rows)]
+    #[arg(long, default_value_t = StorageConfig::new("").seal_max_buffered_rows, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000_000))]
     seal_max_buffered_rows: usize,
     /// Seal the buffer when its oldest row is this old (milliseconds).
-    #[arg(long, default_value_t = StorageConfig::new("").seal_after_ms)]
+    #[arg(long, default_value_t = StorageConfig::new("").seal_after_ms, value_parser = clap::value_parser!(u64).range(10..=ONE_DAY_MS))]
     seal_after_ms: u64,
     /// Seal the buffer when its Arrow arrays take this many bytes.
-    #[arg(long, default_value_t = StorageConfig::new("").seal_max_buffered_bytes)]
+    #[arg(long, default_value_t = StorageConfig::new("").seal_max_buffered_bytes, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=MOST_MEMORY_BYTES))]
     seal_max_buffered_bytes: usize,
     /// Answer 503 to ingest while more bytes than this wait to be sealed.
-    #[arg(long, default_value_t = StorageConfig::new("").max_buffered_bytes)]
+    #[arg(long, default_value_t = StorageConfig::new("").max_buffered_bytes, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MOST_MEMORY_BYTES))]
     max_buffered_bytes: usize,
     /// Largest accepted `POST /v1/events` body (bytes); larger gets 413.
-    #[arg(long, default_value_t = ingest::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = ingest::DEFAULT_MAX_BODY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1 << 30))]
     max_body_bytes: usize,
     /// Merge adjacent small segments into segments of at most this many rows.
-    #[arg(long, default_value_t = StorageConfig::new("").compaction.target_rows)]
+    #[arg(long, default_value_t = StorageConfig::new("").compaction.target_rows, value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
     compaction_target_rows: u64,
     /// Merge only runs of at least this many segments.
-    #[arg(long, default_value_t = StorageConfig::new("").compaction.min_inputs)]
+    #[arg(long, default_value_t = StorageConfig::new("").compaction.min_inputs, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=10_000))]
     compaction_min_segments: usize,
     /// An event whose organisation sent its id within this many hours (by
     /// receive time) is acknowledged again instead of stored twice. Costs
     /// about 50 bytes of memory per event received in the window.
-    #[arg(long, default_value_t = storage::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS)]
+    #[arg(long, default_value_t = storage::idempotency::DEFAULT_IDEMPOTENCY_WINDOW_HOURS, value_parser = clap::value_parser!(u64).range(0..=ONE_YEAR_HOURS))]
     idempotency_window_hours: u64,
     /// Most event ids remembered for idempotency; past it the oldest are
     /// forgotten before the window ends (logged), bounding the memory.
@@ -446,7 +446,7 @@ struct ServeArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000_000))]
     max_idempotency_keys: usize,
     /// How often organisations' retention is applied (milliseconds).
-    #[arg(long, default_value_t = StorageConfig::new("").retention_interval_ms)]
+    #[arg(long, default_value_t = StorageConfig::new("").retention_interval_ms, value_parser = clap::value_parser!(u64).range(100..=ONE_WEEK_MS))]
     retention_interval_ms: u64,
     /// Most concurrent HTTP connections; more are answered 503 at once.
     #[arg(long, default_value_t = ingest::DEFAULT_MAX_HTTP_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
@@ -456,27 +456,27 @@ struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_QUERY_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
     query_nice: i32,
     /// Most concurrent Postgres connections.
-    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     max_pg_connections: usize,
     /// Working memory one query may use (sorts, aggregations) before it
     /// spills or fails with a clear error.
-    #[arg(long, default_value_t = query::DEFAULT_QUERY_MEMORY_BYTES)]
+    #[arg(long, default_value_t = query::DEFAULT_QUERY_MEMORY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=MOST_MEMORY_BYTES))]
     query_memory_bytes: usize,
     /// Working memory all running queries together may use.
-    #[arg(long, default_value_t = query::DEFAULT_TOTAL_QUERY_MEMORY_BYTES)]
+    #[arg(long, default_value_t = query::DEFAULT_TOTAL_QUERY_MEMORY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=MOST_MEMORY_BYTES))]
     total_query_memory_bytes: usize,
     /// Longest one statement may run (milliseconds) before it is canceled
     /// with an error.
-    #[arg(long, default_value_t = query::DEFAULT_STATEMENT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = query::DEFAULT_STATEMENT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=ONE_DAY_MS))]
     statement_timeout_ms: u64,
     /// Most rows one statement may return; more is an error (export larger
     /// sets in pieces).
-    #[arg(long, default_value_t = query::DEFAULT_MAX_RESULT_ROWS)]
+    #[arg(long, default_value_t = query::DEFAULT_MAX_RESULT_ROWS, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     max_result_rows: u64,
     /// Memory for segment bytes queries read again and again (footers, page
     /// indexes, bloom filters, the pages lookups land on), shared by all
     /// connections.
-    #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES)]
+    #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MOST_MEMORY_BYTES))]
     segment_cache_bytes: usize,
     /// The UGC key (`auditlake keygen --ugc-key`): needed when an
     /// organisation's policy hashes UGC, and by `ugc_hash()` in SQL.
@@ -592,6 +592,14 @@ impl ServeArgs {
         Ok(Some(Arc::new(self.policies()?)))
     }
 }
+
+// Bounds of the server's settings: past them a number is a typo (an extra
+// digit, a unit mistaken), refused with the setting's name and range.
+/// Most bytes any memory setting may name: 1 TiB.
+const MOST_MEMORY_BYTES: u64 = 1 << 40;
+const ONE_DAY_MS: u64 = 86_400_000;
+const ONE_WEEK_MS: u64 = 7 * ONE_DAY_MS;
+const ONE_YEAR_HOURS: u64 = 8_760;
 
 /// Default of `serve --query-nice`.
 pub const DEFAULT_QUERY_NICE: i32 = 10;
@@ -989,6 +997,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     args.tls()?;
+    if args.total_query_memory_bytes < args.query_memory_bytes {
+        anyhow::bail!(
+            "--total-query-memory-bytes ({}) is less than --query-memory-bytes ({}): no query could use its share",
+            args.total_query_memory_bytes,
+            args.query_memory_bytes
+        );
+    }
     let (storage, integrity) = open_storage(&args).await?;
     serve_storage(args, storage, integrity).await
 }

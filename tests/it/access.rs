@@ -132,7 +132,7 @@ async fn logins_need_the_password_and_an_org_user_sees_only_its_org() {
 
 /// Runs `auditlake serve ARGS` and returns what it printed, expecting it to
 /// exit by itself within a minute.
-fn serve_refused(data: &Path, args: &[&str]) -> String {
+pub(crate) fn serve_refused(data: &Path, args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
         .args(["serve", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)

@@ -503,3 +503,45 @@ async fn query_threads_give_way_to_ingest_for_the_cpu() {
     let (ok, said) = crate::harness::run_cli_status(&["serve", "--query-nice", "20", "--data-dir", "/nonexistent"]);
     assert!(!ok && said.contains("--query-nice") && said.contains("0..=19"), "{said}");
 }
+
+#[test]
+fn settings_past_their_sane_range_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (flag, value, says) in [
+        ("--seal-after-ms", "0", "10..=86400000"),
+        ("--seal-max-buffered-rows", "0", "1..=100000000"),
+        ("--seal-max-buffered-bytes", "12", "1024..="),
+        ("--max-buffered-bytes", "0", "1..="),
+        ("--max-body-bytes", "10000000000", "1024..=1073741824"),
+        ("--compaction-target-rows", "0", "1..="),
+        ("--compaction-min-segments", "1", "2..=10000"),
+        ("--idempotency-window-hours", "87600", "0..=8760"),
+        ("--retention-interval-ms", "0", "100..=604800000"),
+        ("--max-pg-connections", "0", "1..=65536"),
+        ("--query-memory-bytes", "0", "1024..="),
+        ("--total-query-memory-bytes", "5000000000000", "1024..=1099511627776"),
+        ("--statement-timeout-ms", "360000000", "1..=86400000"),
+        ("--max-result-rows", "0", "1..="),
+        ("--segment-cache-bytes", "2000000000000", "0..=1099511627776"),
+    ] {
+        let error = crate::access::serve_refused(&data, &["--insecure-trust-loopback", flag, value]);
+        assert!(error.contains(flag) && error.contains(says), "{flag} {value}: {error}");
+    }
+    let error = crate::access::serve_refused(
+        &data,
+        &["--insecure-trust-loopback", "--query-memory-bytes", "4096", "--total-query-memory-bytes", "2048"],
+    );
+    assert!(error.contains("is less than --query-memory-bytes"), "{error}");
+    let (ok, said) = crate::harness::run_cli_status(&[
+        "user",
+        "add",
+        "x",
+        "--admin",
+        "--statement-timeout-ms",
+        "100000000",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok && said.contains("--statement-timeout-ms") && said.contains("1..=86400000"), "{said}");
+}
