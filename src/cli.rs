@@ -429,6 +429,10 @@ struct ServeArgs {
     /// Largest accepted `POST /v1/events` body (bytes); larger gets 413.
     #[arg(long, default_value_t = ingest::DEFAULT_MAX_BODY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1 << 30))]
     max_body_bytes: usize,
+    /// Most bytes of event bodies read and parsed at once; past it, requests
+    /// are answered 503 before their body is read.
+    #[arg(long, default_value_t = ingest::DEFAULT_MAX_INFLIGHT_BODY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=MOST_MEMORY_BYTES))]
+    max_inflight_body_bytes: usize,
     /// Merge adjacent small segments into segments of at most this many rows.
     #[arg(long, default_value_t = StorageConfig::new("").compaction.target_rows, value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
     compaction_target_rows: u64,
@@ -997,6 +1001,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     args.tls()?;
+    if args.max_inflight_body_bytes < args.max_body_bytes {
+        anyhow::bail!(
+            "--max-inflight-body-bytes ({}) is less than --max-body-bytes ({}): the largest body could never be read",
+            args.max_inflight_body_bytes,
+            args.max_body_bytes
+        );
+    }
     if args.total_query_memory_bytes < args.query_memory_bytes {
         anyhow::bail!(
             "--total-query-memory-bytes ({}) is less than --query-memory-bytes ({}): no query could use its share",
@@ -1061,6 +1072,7 @@ async fn serve_storage(
         queries: queries.handle().clone(),
         storage: storage.clone(),
         max_body_bytes: args.max_body_bytes,
+        bodies: ingest::BodyBudget::new(args.max_inflight_body_bytes),
         max_connections: args.max_http_connections,
         auth: ingest::IngestAuth {
             tokens: Arc::new(Tokens::in_data_dir(&args.data_dir)),

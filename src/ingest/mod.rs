@@ -41,6 +41,8 @@ use tokens::{Token, TokenScope, Tokens, Unauthenticated};
 
 /// Default largest request body accepted by `POST /v1/events`, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default most bytes of event bodies the server reads and parses at once.
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// What the record of a policy change says was done.
 pub const ACTION_POLICY_CHANGED: &str = "audit_log.policy_changed";
 /// What a client told to back off (storage busy sealing) should wait
@@ -61,6 +63,8 @@ pub enum IngestError {
     Body(String),
     #[error("the request body did not arrive within {seconds} s")]
     BodyTimeout { seconds: u64 },
+    #[error("the server is reading as many bytes of request bodies as it may ({limit_bytes}); retry shortly")]
+    BodiesBusy { limit_bytes: usize },
     #[error("{0}; send application/json or application/x-ndjson, plain or gzip")]
     UnsupportedMedia(String),
     #[error("{0}")]
@@ -108,7 +112,8 @@ impl IngestError {
             IngestError::WrongScope(_) | IngestError::NotThisOrg(_) | IngestError::OtherOrg { .. } => {
                 StatusCode::FORBIDDEN
             }
-            IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
+            IngestError::BodiesBusy { .. }
+            | IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngestError::Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
@@ -171,6 +176,8 @@ pub struct Api {
     pub queries: tokio::runtime::Handle,
     pub storage: Storage,
     pub max_body_bytes: usize,
+    /// What bodies being read and parsed may take together.
+    pub bodies: BodyBudget,
     pub auth: IngestAuth,
     /// What export queries may use.
     pub limits: QueryLimits,
@@ -178,6 +185,31 @@ pub struct Api {
     pub policies: Arc<Policies>,
     /// Inclusion proofs; `None` when the server does not checkpoint.
     pub integrity: Option<Arc<Integrity>>,
+}
+
+/// The memory event bodies may take together while they are read, parsed
+/// and stored: each request holds its announced length (or the largest
+/// body, when it announces none) until answered, or is answered 503 at
+/// once. Without it, every connection a token holder opens could hold a
+/// body of the largest size.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    limit_bytes: usize,
+}
+
+impl BodyBudget {
+    pub fn new(limit_bytes: usize) -> Self {
+        BodyBudget { kib: Arc::new(tokio::sync::Semaphore::new(limit_bytes.div_ceil(1024))), limit_bytes }
+    }
+
+    /// Room for a body of `bytes`, held until the guard is dropped.
+    fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        Arc::clone(&self.kib)
+            .try_acquire_many_owned(kib)
+            .map_err(|_| IngestError::BodiesBusy { limit_bytes: self.limit_bytes })
+    }
 }
 
 /// Largest policy document `PUT /v1/orgs/{org}/policy` reads.
@@ -211,9 +243,13 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most memory set aside for a body before its bytes arrive.
 const BODY_PREALLOCATION_BYTES: u64 = 1024 * 1024;
 
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
 async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usize) -> Result<Bytes, IngestError> {
     let too_large = || IngestError::TooLarge { limit_bytes };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = content_length(headers);
     if declared.is_some_and(|length| length > limit_bytes as u64) {
         return Err(too_large());
     }
@@ -405,6 +441,9 @@ async fn post_events(
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, IngestError> {
     let org = token_org(&app.auth, &headers, TokenScope::Ingest)?;
+    let announced =
+        content_length(&headers).map_or(app.max_body_bytes, |length| length.min(app.max_body_bytes as u64) as usize);
+    let _room = app.bodies.reserve(announced)?;
     let body = read_body(&headers, body, app.max_body_bytes).await?;
     let body = decoded_body(&headers, body, app.max_body_bytes)?;
     let mut events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;

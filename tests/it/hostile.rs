@@ -545,3 +545,41 @@ fn settings_past_their_sane_range_are_refused_by_name() {
     ]);
     assert!(!ok && said.contains("--statement-timeout-ms") && said.contains("1..=86400000"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_being_read_share_one_memory_budget() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = crate::harness::create_token(&data, &["--org", "acme"]);
+    let one_mib = "1048576";
+    let server = Server::start(&data, &["--max-body-bytes", one_mib, "--max-inflight-body-bytes", one_mib]);
+    // A token holder announces most of the budget and sends half of it.
+    let mut slow = std::net::TcpStream::connect(server.http_url.trim_start_matches("http://")).unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(&vec![b' '; 500_000]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // Another body that does not fit what is left is refused unread.
+    let client = crate::harness::bearer_client(&token);
+    let padded = format!("{}{}", event("big", "acme", "u1", "a.b", 0), " ".repeat(200_000));
+    let busy = client.post(server.events_url()).body(padded.clone()).send().await.unwrap();
+    assert_eq!(busy.status(), 503);
+    assert_eq!(busy.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()), Some("1".into()));
+    // A small one still fits.
+    let small = event("small", "acme", "u1", "a.b", 0).to_string();
+    assert_eq!(post(&client, &server.events_url(), small).await.0, 200);
+    // Once the slow client is gone, its share is free again.
+    drop(slow);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(post(&client, &server.events_url(), padded).await.0, 200);
+    let error = crate::access::serve_refused(
+        &data,
+        &["--insecure-trust-loopback", "--max-body-bytes", "4096", "--max-inflight-body-bytes", "2048"],
+    );
+    assert!(error.contains("is less than --max-body-bytes"), "{error}");
+}
