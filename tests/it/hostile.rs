@@ -225,6 +225,20 @@ async fn clients_that_do_not_log_in_cannot_swell_or_fill_the_server() {
     let chunk = vec![b'x'; 64 * 1024];
     let sent = (0..32).take_while(|_| socket.write_all(&chunk).is_ok()).count();
     assert!(closed_within(&mut socket, std::time::Duration::from_secs(5)), "still open after {sent} chunks");
+    // Forty more, at once: each costs its 64 KiB at most.
+    let mut many: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut socket = std::net::TcpStream::connect(&address).unwrap();
+            socket.write_all(&startup_packet("nobody")).unwrap();
+            socket.write_all(&header).unwrap();
+            let _ = socket.write_all(&chunk);
+            socket
+        })
+        .collect();
+    for socket in &mut many {
+        assert!(closed_within(socket, std::time::Duration::from_secs(15)), "an oversized message was read on");
+    }
+    assert_rss_below(&server, PRE_AUTH_RSS_CEILING_BYTES, "oversized messages before logging in");
 
     // Six sockets that never send a byte take every login slot, for ten
     // seconds at most.
@@ -253,6 +267,17 @@ async fn clients_that_do_not_log_in_cannot_swell_or_fill_the_server() {
         admin.query_one(&format!("select count(*) from audit_events where {APP}"), &[]).await.unwrap().get(0);
     assert_eq!(count, 20, "the acknowledged events are there");
     drop(sessions);
+}
+
+/// What the server may hold at most, in all, under an attack by clients who
+/// never log in (the debug build the suite runs idles near 40 MiB).
+const PRE_AUTH_RSS_CEILING_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The server's peak RSS so far stayed under `ceiling` during `attack`.
+fn assert_rss_below(server: &Server, ceiling: u64, attack: &str) {
+    let peak = server.peak_rss_bytes();
+    eprintln!("{attack}: server peak RSS {} MiB", peak / (1024 * 1024));
+    assert!(peak < ceiling, "{attack}: peak RSS {peak} bytes, over {ceiling}");
 }
 
 /// The salt the server gives `user` in a SCRAM exchange.
@@ -394,9 +419,10 @@ async fn slow_http_clients_are_let_go() {
     let data = dir.path().join("data");
     let server = Server::start(&data, &[]);
     let started = std::time::Instant::now();
-    for socket in &mut slow_http_clients(&server, 3) {
+    for socket in &mut slow_http_clients(&server, 40) {
         assert!(closed_within(socket, std::time::Duration::from_secs(20)), "a slow client was kept");
     }
+    assert_rss_below(&server, PRE_AUTH_RSS_CEILING_BYTES, "slow request heads");
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "held for {:?}", started.elapsed());
     // A batch of many bad events is answered with the first hundred
     // problems and their number.
@@ -476,6 +502,22 @@ async fn a_request_without_a_token_is_answered_before_its_body_is_read() {
         let answer = answer_without_body(&server, &head(path, method, ""));
         assert!(answer.starts_with("HTTP/1.1 401"), "{method} {path}: {answer:?}");
     }
+    // Forty clients at once announcing 100 MB and sending 1 MB each of it
+    // (once 750 MB of RSS for 16 MB each): each is answered and let go.
+    let address = server.http_url.trim_start_matches("http://").to_string();
+    let mut many: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            use std::io::Write;
+            let mut socket = std::net::TcpStream::connect(&address).unwrap();
+            socket.write_all(head("/v1/events", "POST", "").as_bytes()).unwrap();
+            let _ = socket.write_all(&vec![b' '; 1024 * 1024]);
+            socket
+        })
+        .collect();
+    for socket in &mut many {
+        assert!(closed_within(socket, std::time::Duration::from_secs(15)), "a body without a token was read on");
+    }
+    assert_rss_below(&server, PRE_AUTH_RSS_CEILING_BYTES, "bodies without a token");
     // With a token, a body announced past the limit is refused unread.
     let answer =
         answer_without_body(&server, &head("/v1/events", "POST", &format!("Authorization: Bearer {token}\r\n")));
