@@ -377,33 +377,111 @@ impl FieldError {
 /// per line), validating every event. The batch is all or nothing: any error
 /// rejects the whole batch, and every error found is reported.
 pub fn parse_batch(body: &[u8], received_at: DateTime<Utc>) -> Result<Vec<Event>, Vec<FieldError>> {
+    parse_batch_listing(body, received_at, usize::MAX).map_err(|rejected| rejected.listed)
+}
+
+/// Why a batch was rejected: its first problems, in order, and how many
+/// there were in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub listed: Vec<FieldError>,
+    pub total: usize,
+}
+
+/// [`parse_batch`], keeping only the first `max_listed` problems and
+/// counting the rest: a body of millions of bad lines (`{}` on each, three
+/// bytes for five problems) costs a count, not gigabytes of messages. Items
+/// are checked one at a time as they are read, so no copy of the whole body
+/// as generic JSON is made either.
+pub fn parse_batch_listing(body: &[u8], received_at: DateTime<Utc>, max_listed: usize) -> Result<Vec<Event>, Rejected> {
     let text = std::str::from_utf8(body).map_err(|e| {
         let line = 1 + body[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
-        vec![FieldError::new(line, None, format!("body is not valid UTF-8: {e}"))]
+        Rejected { listed: vec![FieldError::new(line, None, format!("body is not valid UTF-8: {e}"))], total: 1 }
     })?;
     let received_at_us = received_at.timestamp_micros();
     if let Some(events) = parse_valid_batch(text, received_at_us) {
         return Ok(events);
     }
-    parse_and_report(text, received_at_us)
+    parse_and_report(text, received_at_us, max_listed)
+}
+
+/// What the slow path has found so far.
+struct Report {
+    /// The events read, while no problem has been found (after one, the
+    /// batch is rejected and they are not needed).
+    events: Vec<Event>,
+    rejected: Rejected,
+    max_listed: usize,
+    items: usize,
+}
+
+impl Report {
+    fn item(&mut self, checked: Result<Event, Vec<FieldError>>) {
+        self.items += 1;
+        match checked {
+            Ok(event) if self.rejected.total == 0 => self.events.push(event),
+            Ok(_) => {}
+            Err(problems) => {
+                self.events = Vec::new();
+                self.rejected.total += problems.len();
+                let room = self.max_listed.saturating_sub(self.rejected.listed.len());
+                self.rejected.listed.extend(problems.into_iter().take(room));
+            }
+        }
+    }
 }
 
 /// The slow path of [`parse_batch`]: every event as a generic JSON value,
-/// checked field by field, every problem collected.
-fn parse_and_report(text: &str, received_at_us: i64) -> Result<Vec<Event>, Vec<FieldError>> {
-    let items = split_items(text)?;
-    if items.is_empty() {
-        return Err(vec![FieldError::new(1, None, "batch contains no events")]);
-    }
-    let mut events = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    for (line, value) in items {
-        match validate_event(line, value, received_at_us) {
-            Ok(event) => events.push(event),
-            Err(mut errs) => errors.append(&mut errs),
+/// one at a time, checked field by field, every problem counted.
+fn parse_and_report(text: &str, received_at_us: i64, max_listed: usize) -> Result<Vec<Event>, Rejected> {
+    let mut report =
+        Report { events: Vec::new(), rejected: Rejected { listed: Vec::new(), total: 0 }, max_listed, items: 0 };
+    if text.trim_start().starts_with('[') {
+        let mut position = 0;
+        let mut each = |value: Value| {
+            position += 1;
+            report.item(validate_event(position, value, received_at_us));
+        };
+        let mut items = serde_json::Deserializer::from_str(text);
+        let read = serde::Deserializer::deserialize_seq(&mut items, EachItem(&mut each)).and_then(|()| items.end());
+        if let Err(e) = read {
+            let malformed = FieldError::new(e.line(), None, format!("malformed JSON array: {e}"));
+            return Err(Rejected { listed: vec![malformed], total: 1 });
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let checked = match serde_json::from_str::<Value>(line) {
+                Ok(value) => validate_event(i + 1, value, received_at_us),
+                Err(e) => Err(vec![FieldError::new(i + 1, None, format!("malformed JSON: {e}"))]),
+            };
+            report.item(checked);
         }
     }
-    if errors.is_empty() { Ok(events) } else { Err(errors) }
+    if report.items == 0 {
+        return Err(Rejected { listed: vec![FieldError::new(1, None, "batch contains no events")], total: 1 });
+    }
+    if report.rejected.total == 0 { Ok(report.events) } else { Err(report.rejected) }
+}
+
+/// Hands each element of a JSON array to a function as it is read.
+struct EachItem<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(Value)> serde::de::Visitor<'de> for EachItem<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        while let Some(item) = items.next_element::<Value>()? {
+            (self.0)(item);
+        }
+        Ok(())
+    }
 }
 
 /// The fast path of [`parse_batch`]: typed deserialization straight into
@@ -433,28 +511,6 @@ pub fn event_lines(body: &[u8]) -> Vec<usize> {
         return (1..=count).collect();
     }
     text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()).map(|(i, _)| i + 1).collect()
-}
-
-/// Splits a body into `(line, value)` pairs: a JSON array when the first
-/// non-blank character is `[`, NDJSON otherwise.
-fn split_items(text: &str) -> Result<Vec<(usize, Value)>, Vec<FieldError>> {
-    if text.trim_start().starts_with('[') {
-        let values: Vec<Value> = serde_json::from_str(text)
-            .map_err(|e| vec![FieldError::new(e.line(), None, format!("malformed JSON array: {e}"))])?;
-        return Ok(values.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect());
-    }
-    let mut items = Vec::new();
-    let mut errors = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(value) => items.push((i + 1, value)),
-            Err(e) => errors.push(FieldError::new(i + 1, None, format!("malformed JSON: {e}"))),
-        }
-    }
-    if errors.is_empty() { Ok(items) } else { Err(errors) }
 }
 
 fn json_type_name(value: &Value) -> &'static str {
@@ -712,7 +768,7 @@ mod tests {
                 events
             };
             let fast = parse_valid_batch(&text, RECEIVED_AT_US);
-            let slow = parse_and_report(&text, RECEIVED_AT_US);
+            let slow = parse_and_report(&text, RECEIVED_AT_US, usize::MAX);
             match (fast, slow) {
                 (Some(fast), Ok(slow)) => prop_assert_eq!(without_generated_ids(fast), without_generated_ids(slow)),
                 (None, Err(_)) => {}

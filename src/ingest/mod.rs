@@ -55,8 +55,8 @@ const DISK_FULL_RETRY_AFTER_SECONDS: u32 = 60;
 /// Why an ingest request was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("the batch was rejected: {} invalid field(s)", .0.len())]
-    Invalid(Vec<FieldError>),
+    #[error("the batch was rejected: {} invalid field(s)", .0.total)]
+    Invalid(model::Rejected),
     #[error("request body is larger than the limit of {limit_bytes} bytes")]
     TooLarge { limit_bytes: usize },
     #[error("cannot read the request body: {0}")]
@@ -133,9 +133,13 @@ impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            IngestError::Invalid(errors) | IngestError::OtherOrg { errors, .. } => {
+            IngestError::Invalid(model::Rejected { listed, total }) => {
                 // A batch of a million bad events is answered with the first
                 // problems and how many there are, not a million lines.
+                let listed = &listed[..listed.len().min(MAX_LISTED_PROBLEMS)];
+                json!({ "error": self.to_string(), "errors": listed, "errors_total": total })
+            }
+            IngestError::OtherOrg { errors, .. } => {
                 let listed = &errors[..errors.len().min(MAX_LISTED_PROBLEMS)];
                 json!({ "error": self.to_string(), "errors": listed, "errors_total": errors.len() })
             }
@@ -446,7 +450,8 @@ async fn post_events(
     let _room = app.bodies.reserve(announced)?;
     let body = read_body(&headers, body, app.max_body_bytes).await?;
     let body = decoded_body(&headers, body, app.max_body_bytes)?;
-    let mut events = model::parse_batch(&body, chrono::Utc::now()).map_err(IngestError::Invalid)?;
+    let mut events =
+        model::parse_batch_listing(&body, chrono::Utc::now(), MAX_LISTED_PROBLEMS).map_err(IngestError::Invalid)?;
     if let Some(org) = org
         && events.iter().any(|event| event.org_id != org)
     {
@@ -613,7 +618,7 @@ mod tests {
     fn every_error_maps_to_one_status() {
         let io = || std::io::Error::other("boom");
         let cases = [
-            (IngestError::Invalid(Vec::new()), 400, None),
+            (IngestError::Invalid(model::Rejected { listed: Vec::new(), total: 0 }), 400, None),
             (IngestError::Body("cut off".into()), 400, None),
             (IngestError::TooLarge { limit_bytes: 1 }, 413, None),
             (IngestError::UnsupportedMedia("br".into()), 415, None),

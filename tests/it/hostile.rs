@@ -625,3 +625,20 @@ async fn bodies_being_read_share_one_memory_budget() {
     );
     assert!(error.contains("is less than --max-body-bytes"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_millions_of_bad_events_costs_a_count_not_gigabytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    // Three bytes per event, four problems each (time, org, actor, action
+    // missing): 11 million problems.
+    let lines = 8 * 1024 * 1024 / 3;
+    let (status, answer) = post(&server.http(), &server.events_url(), "{}\n".repeat(lines)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["errors"].as_array().unwrap().len(), 100);
+    assert_eq!(answer["errors_total"].as_u64(), Some(4 * lines as u64), "{}", answer["error"]);
+    assert_rss_below(&server, 512 * 1024 * 1024, "a body of bad events");
+    let good = event("after", "acme", "u1", "a.b", 0).to_string();
+    assert_eq!(post(&server.http(), &server.events_url(), good).await.0, 200);
+}
