@@ -400,10 +400,10 @@ pub fn read_checkpoints(data_dir: &Path) -> Result<Vec<Result<Checkpoint, String
     };
     // Line by line, so that bytes damaged in one line (not even UTF-8) are
     // that line's finding, not a log that cannot be read at all.
-    let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-    if lines.is_empty() {
+    if bytes.is_empty() {
         return Ok(Vec::new());
     }
+    let lines = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
     Ok(lines.split(|b| *b == b'\n').map(|line| serde_json::from_slice(line).map_err(|e| e.to_string())).collect())
 }
 
