@@ -2,6 +2,7 @@
 # Durable HTTP ingest, bytes per event, and query latency of auditlake, plus the
 # size of DuckDB's own zstd Parquet of the same events, in one run.
 #   bash bench/ingest.sh [--events N] [--clients N] [--batch N]
+#   bash bench/ingest.sh --events 6000000 --heavy-clients 8 --rounds 3   # ingest beside heavy queries
 # Results (JSON) go to bench-out/ingest.json; BENCHMARKS.md records a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
