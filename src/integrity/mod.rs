@@ -221,7 +221,8 @@ pub fn absent_leaf(seq: Seq) -> Hash {
     merkle::leaf_hash(&data)
 }
 
-/// Refuses to sign `first..=last` when seqs of it are neither stored nor
+/// Refuses to sign `first..=last` when seqs of it (`leaves`, sorted by
+/// seq) are neither stored nor
 /// recorded as removed: once a directory is checkpointed, every removal is
 /// recorded first, so such a gap is damage or tampering, not retention.
 fn refuse_unexplained_absences(
@@ -230,18 +231,16 @@ fn refuse_unexplained_absences(
     last: Seq,
     file: &str,
 ) -> Result<(), IntegrityError> {
-    let present: HashSet<Seq> = leaves.iter().map(|(seq, _)| *seq).collect();
-    let mut absent = (first..=last).filter(|seq| !present.contains(seq));
-    match absent.next() {
-        None => Ok(()),
-        Some(first_absent) => Err(IntegrityError::Unexplained {
-            file: file.to_string(),
-            first,
-            last,
-            absent: 1 + absent.count() as u64,
-            first_absent,
-        }),
+    // `leaves` are sorted: the seqs of the range held, each once.
+    let mut held: Vec<Seq> = leaves.iter().map(|(seq, _)| *seq).filter(|seq| (first..=last).contains(seq)).collect();
+    held.dedup();
+    let absent = last - first + 1 - held.len() as Seq;
+    if absent == 0 {
+        return Ok(());
     }
+    let first_absent =
+        (first..).zip(&held).find(|(want, held)| want != *held).map_or(first + held.len() as Seq, |(want, _)| want);
+    Err(IntegrityError::Unexplained { file: file.to_string(), first, last, absent, first_absent })
 }
 
 /// `leaves` sorted by seq, if they are exactly `first..=last` once each;

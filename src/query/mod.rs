@@ -394,6 +394,11 @@ impl AuditEventsTable {
             Some(predicate) => matching_buffered(buffer, predicate, &mut buffered_memory)?,
             None => buffer,
         };
+        // What is reserved for copies is what the copies left now take (the
+        // scope's copies are gone once filtered again).
+        if buffered_memory.size() > 0 {
+            buffered_memory.resize(buffer.iter().map(RecordBatch::get_array_memory_size).sum());
+        }
         let in_source = org.is_some();
         let buffered_batches = buffer.len();
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -795,13 +800,18 @@ mod tests {
         assert_eq!(int(&result.collect().await.unwrap(), 0), (BATCHES * ROWS / 5) as i64);
     }
 
-    #[tokio::test]
-    async fn buffered_rows_copied_while_planning_count_against_the_querys_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+    async fn twenty_thousand_buffered_rows(dir: &std::path::Path) -> Storage {
+        let storage = Storage::open(StorageConfig::new(dir)).unwrap();
         for batch in 0..20 {
             storage.append(events(batch, 1000)).await.unwrap();
         }
+        storage
+    }
+
+    #[tokio::test]
+    async fn buffered_rows_copied_while_planning_count_against_the_querys_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = twenty_thousand_buffered_rows(dir.path()).await;
         let sql = "select * from audit_events where actor_id <> 'zed'";
         let small = QueryLimits { memory: QueryMemory::new(64 * 1024, 1 << 30), ..QueryLimits::default() };
         let ctx = new_session_context(&storage, &small).unwrap();
@@ -820,10 +830,7 @@ mod tests {
     #[tokio::test]
     async fn a_result_left_unread_lets_go_of_its_memory_at_the_statement_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        for batch in 0..20 {
-            storage.append(events(batch, 1000)).await.unwrap();
-        }
+        let storage = twenty_thousand_buffered_rows(dir.path()).await;
         let limits = QueryLimits { statement_timeout: Duration::from_millis(300), ..QueryLimits::default() };
         let ctx = new_session_context(&storage, &limits).unwrap();
         let pool = Arc::clone(&ctx.runtime_env().memory_pool);
