@@ -10,11 +10,15 @@ are those issue 22 describes of an independent realistic set:
 - 500,000 content ids, most of them rare (Zipf-like popularity);
 - four long real browser user agents;
 - `attributes` a small JSON object;
-- about 640 bytes per event; 180 days of uniformly spread time.
+- about 640 bytes per event; 180 days of uniformly spread time, written in
+  time order as an audit log receives them (each event's time is drawn
+  uniformly inside its own 1/N of the span, so times are uniform and sorted);
+  `--shuffled` writes them in random time order instead, as an import of
+  history in no particular order would.
 
 Deterministic for a seed:
 
-    python3 bench/independent_events.py N OUT.ndjson [--seed S] [--end 2026-12-01T00:00:00Z]
+    python3 bench/independent_events.py N OUT.ndjson [--seed S] [--end 2026-12-01T00:00:00Z] [--shuffled]
 """
 import argparse
 import bisect
@@ -71,6 +75,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--end", default="2026-12-01T00:00:00Z")
+    parser.add_argument("--shuffled", action="store_true", help="times in random order, not ascending")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     end = datetime.datetime.fromisoformat(args.end.replace("Z", "+00:00"))
@@ -103,7 +108,10 @@ def main():
             if left == 0:
                 session, left = uuid.UUID(int=rng.getrandbits(128)).hex, EVENTS_PER_SESSION
             sessions[actor_id] = (session, left - 1)
-            t = end_s - rng.random() * span_s
+            if args.shuffled:
+                t = end_s - rng.random() * span_s
+            else:
+                t = end_s - span_s + (i + rng.random()) * span_s / args.events
             event = {
                 "time": datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
                     timespec="milliseconds").replace("+00:00", "Z"),

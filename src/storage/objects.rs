@@ -25,6 +25,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
 use datafusion::parquet::arrow::async_writer::AsyncFileWriter;
 use datafusion::parquet::file::metadata::KeyValue;
+use datafusion::parquet::file::writer::SerializedFileWriter;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
@@ -34,7 +35,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::content_index::{self, ContentIndexBuilder, ContentIndexLocation};
 use super::faults::{Faults, IoOp};
-use super::segment::writer_properties;
+use super::segment::{SEGMENT_ROW_GROUP_ROWS, encode_row_group, writer_properties};
 use super::{StorageError, fsync_dir, packed};
 
 const MANIFEST_FILE: &str = "manifest.json";
@@ -231,9 +232,21 @@ impl SegmentStore {
         let options = ArrowWriterOptions::new()
             .with_properties(writer_properties())
             .with_parquet_schema(packed::parquet_schema()?);
-        let writer = ArrowWriter::try_new_with_options(Vec::new(), packed::segment_schema(), options)?;
+        // The Arrow writer sets the file up (schema, embedded Arrow schema);
+        // row groups are then encoded here, each with its own encodings.
+        let (writer, _) = ArrowWriter::try_new_with_options(Vec::new(), packed::segment_schema(), options)?
+            .into_serialized_writer()?;
         let content = ContentIndexBuilder::default();
-        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer, sink, content })
+        Ok(SegmentWriter {
+            store: self,
+            file: file.to_owned(),
+            location,
+            writer,
+            group: Vec::new(),
+            group_rows: 0,
+            sink,
+            content,
+        })
     }
 
     /// The manifest's bytes, or `None` when the log has none yet.
@@ -316,17 +329,23 @@ impl SegmentStore {
     }
 }
 
-/// A segment file being written: Parquet with the segment properties and a
-/// content index (see [`content_index`]), streamed to the store (multipart
-/// when large) and made durable by [`SegmentWriter::finish`]. Sealing, bulk
-/// loads and compaction all write through it, so the durable path (fault
-/// check, fsync) and the index exist once.
+/// A segment file being written: Parquet with the segment properties, each
+/// row group encoded as its own values call for (see
+/// [`encode_row_group`]), and a content index (see [`content_index`]),
+/// streamed to the store (multipart when large) and made durable by
+/// [`SegmentWriter::finish`]. Sealing, bulk loads and compaction all write
+/// through it, so the durable path (fault check, fsync) and the index exist
+/// once.
 pub struct SegmentWriter<'a> {
     store: &'a SegmentStore,
     file: String,
     location: ObjectPath,
     /// Encodes into memory; each finished row group goes on to `sink`.
-    writer: ArrowWriter<Vec<u8>>,
+    writer: SerializedFileWriter<Vec<u8>>,
+    /// The rows of the row group being gathered (its encodings are chosen
+    /// from all of them), `group_rows` of them.
+    group: Vec<RecordBatch>,
+    group_rows: usize,
     sink: BufWriter,
     content: ContentIndexBuilder,
 }
@@ -344,12 +363,33 @@ impl SegmentWriter<'_> {
         if let Some(ids) = batch.column_by_name("content_id") {
             self.content.add(ids.as_string::<i32>().iter());
         }
-        let groups_before = self.writer.flushed_row_groups().len();
-        self.writer.write(batch)?;
-        if self.writer.flushed_row_groups().len() != groups_before {
-            self.send_encoded()?;
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = (SEGMENT_ROW_GROUP_ROWS - self.group_rows).min(batch.num_rows() - offset);
+            self.group.push(batch.slice(offset, len));
+            (self.group_rows, offset) = (self.group_rows + len, offset + len);
+            if self.group_rows == SEGMENT_ROW_GROUP_ROWS {
+                self.write_row_group()?;
+            }
         }
         Ok(())
+    }
+
+    /// Encodes the gathered rows as one row group, with the encodings their
+    /// values call for, and hands it to the store.
+    fn write_row_group(&mut self) -> Result<(), StorageError> {
+        let rows = std::mem::take(&mut self.group);
+        self.group_rows = 0;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let columns = encode_row_group(&rows, &self.writer, self.writer.flushed_row_groups().len())?;
+        let mut group = self.writer.next_row_group()?;
+        for column in columns {
+            column.append_to_row_group(&mut group)?;
+        }
+        group.close()?;
+        self.send_encoded()
     }
 
     /// Hands what the encoder has produced so far to the store.
@@ -363,7 +403,7 @@ impl SegmentWriter<'_> {
     /// written.
     pub fn finish(mut self) -> Result<WrittenSegment, StorageError> {
         let store = self.store;
-        self.writer.flush()?;
+        self.write_row_group()?;
         let group_rows: Vec<u64> = self.writer.flushed_row_groups().iter().map(|g| g.num_rows() as u64).collect();
         let content_index = match std::mem::take(&mut self.content).finish(&group_rows) {
             Some(index) => {

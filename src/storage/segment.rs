@@ -3,7 +3,10 @@
 //!
 //! A segment is plain Parquet (zstd, column statistics, page index, bloom
 //! filters on the investigation keys) so that DuckDB, Spark or pyarrow read it
-//! without auditlake. This module writes and fsyncs one file; publishing it in
+//! without auditlake. Each row group picks its own encodings from its values
+//! (a dictionary where they repeat, plain where they do not): the same
+//! column is a handful of values in one product's log and new on every event
+//! in another's. This module writes and fsyncs one file; publishing it in
 //! the manifest is the engine's job, and until then the file does not exist
 //! for readers. Where the file goes (local directory or bucket) is
 //! [`SegmentStore`]'s business.
@@ -21,8 +24,12 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
+};
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
-use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
+use datafusion::parquet::file::writer::SerializedFileWriter;
 use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
@@ -61,22 +68,51 @@ const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 /// which traps to the hypervisor on a virtual machine (a tenth of a one-actor
 /// lookup's time went there).
 const UNCOMPRESSED_COLUMNS: [&str; 3] = DELTA_COLUMNS;
-/// Near-unique columns: ids (see [`packed`]), and the free-text and content
-/// columns that are nearly as varied within a row group (a `content_id` of
-/// the realistic shape has 184k distinct values in 250k rows). A dictionary
-/// would only be built and abandoned, or, worse, kept: reading one row of a
-/// column chunk decodes its whole dictionary page, which was a third of a
-/// one-actor lookup's scan.
-const NO_DICTIONARY_COLUMNS: [&str; 8] = [
-    "id_uuid",
-    "id_text",
-    "request_id_uuid",
-    "request_id_text",
-    "ugc_digest",
+/// Ids (see [`packed`]): unique by nature, so never worth a dictionary.
+const NO_DICTIONARY_COLUMNS: [&str; 5] = ["id_uuid", "id_text", "request_id_uuid", "request_id_text", "ugc_digest"];
+/// Columns each row group encodes as its own values call for (see
+/// [`encode_row_group`]): whether a value repeats depends on the data,
+/// not on the column. Source addresses repeat per person in one product and
+/// are new on every event in another; session ids repeat within a session;
+/// `received_at` is one value per batch (one for a whole import); content ids
+/// repeat for popular pages and are unique for most.
+const CHOSEN_DICTIONARY_COLUMNS: [&str; 16] = [
+    "org_id",
+    "actor_id",
+    "actor_name",
+    "actor_type",
+    "action",
+    "category",
+    "outcome",
+    "product",
+    "content_type",
     "content_id",
     "content_title",
+    "container_id",
+    "source_ip",
+    "user_agent",
+    "location",
     "session_id",
 ];
+/// Below this many rows per distinct value a row group stores a column's
+/// values plain: a dictionary costs more than it saves (zstd finds the
+/// repeats of plain values too), and a reader of one row decodes the whole
+/// dictionary page first (for addresses new on every event, that was a
+/// lookup's largest decode).
+const MIN_ROWS_PER_DICTIONARY_VALUE: usize = 4;
+/// From this many rows per distinct value on, a dictionary is taken without
+/// trying: a few values over many rows (orgs, actions, one `received_at` per
+/// batch) is what dictionaries are for.
+const SURE_ROWS_PER_DICTIONARY_VALUE: usize = 64;
+/// Between the two, the column is encoded both ways and the dictionary kept
+/// only when it is at least this much smaller (per cent): values that repeat
+/// next to each other (a session's ids) zstd compresses as well without one,
+/// and plain pages are cheaper to read.
+const DICTIONARY_MIN_SAVING_PERCENT: u64 = 10;
+/// `received_at`: delta encoded (it rises with `seq`), or a dictionary when
+/// few batches make up the row group.
+const RECEIVED_AT: &str = "received_at";
+
 /// Columns whose min/max statistics prune nothing, so computing them (a tenth
 /// of a bulk load's encoding time) is wasted: random or free text (ids,
 /// titles, user agents; exact lookups of ids are for bloom filters), and
@@ -123,7 +159,13 @@ pub fn rewritten_file_name(file: &str) -> String {
     format!("{range}.r{}.parquet", generation + 1)
 }
 
+/// The settings of the file as a whole; each row group's column encodings
+/// are chosen by [`encode_row_group`].
 pub(super) fn writer_properties() -> WriterProperties {
+    properties_builder().build()
+}
+
+fn properties_builder() -> WriterPropertiesBuilder {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).expect("valid zstd level")))
         .set_max_row_group_row_count(Some(SEGMENT_ROW_GROUP_ROWS))
@@ -148,7 +190,111 @@ pub(super) fn writer_properties() -> WriterProperties {
     for column in DELTA_LENGTH_COLUMNS {
         props = props.set_column_encoding(ColumnPath::from(column), Encoding::DELTA_LENGTH_BYTE_ARRAY);
     }
-    props.build()
+    props
+}
+
+/// Whether a column of one row group gets a dictionary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dictionary {
+    No,
+    Yes,
+    /// Encode both ways, keep the smaller (see [`DICTIONARY_MIN_SAVING_PERCENT`]).
+    Try,
+}
+
+/// Encodes `rows` (segment schema, in segment order) as the column chunks of
+/// row group number `index` of the file `file` is writing, each column of
+/// [`CHOSEN_DICTIONARY_COLUMNS`] and `received_at` with a dictionary or
+/// without as its values in these rows call for.
+pub(super) fn encode_row_group<W: std::io::Write + Send>(
+    rows: &[RecordBatch],
+    file: &SerializedFileWriter<W>,
+    index: usize,
+) -> Result<Vec<ArrowColumnChunk>, StorageError> {
+    let choices = dictionary_choices(rows);
+    let trying: Vec<&str> = choices.iter().filter(|(_, c)| *c == Dictionary::Try).map(|(name, _)| *name).collect();
+    let schema = packed::segment_schema();
+    // Column writers take their settings from a file writer's: ones that
+    // write nowhere, holding this row group's.
+    let writers = |dictionary_when_trying: bool| -> Result<Vec<ArrowColumnWriter>, StorageError> {
+        let mut props = properties_builder();
+        for (column, choice) in &choices {
+            let dictionary = *choice == Dictionary::Yes || (*choice == Dictionary::Try && dictionary_when_trying);
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*column), dictionary);
+        }
+        let shaper =
+            SerializedFileWriter::new(std::io::sink(), file.schema_descr().root_schema_ptr(), Arc::new(props.build()))?;
+        Ok(ArrowRowGroupWriterFactory::new(&shaper, Arc::clone(&schema)).create_column_writers(index)?)
+    };
+    let mut chosen = writers(true)?;
+    let mut plain = if trying.is_empty() { None } else { Some(writers(false)?) };
+    let tried: Vec<bool> = schema.fields().iter().map(|f| trying.contains(&f.name().as_str())).collect();
+    for batch in rows {
+        for (i, (field, array)) in schema.fields().iter().zip(batch.columns()).enumerate() {
+            // Every segment column is a leaf: one writer per field.
+            for leaf in compute_leaves(field, array)? {
+                if let (true, Some(plain)) = (tried[i], plain.as_mut()) {
+                    plain[i].write(&leaf)?;
+                }
+                chosen[i].write(&leaf)?;
+            }
+        }
+    }
+    let mut plain = plain.map(Vec::into_iter);
+    let mut chunks = Vec::with_capacity(chosen.len());
+    for (i, writer) in chosen.into_iter().enumerate() {
+        let with_dictionary = writer.close()?;
+        let without = plain.as_mut().and_then(Iterator::next).map(ArrowColumnWriter::close).transpose()?;
+        chunks.push(match without {
+            Some(without) if tried[i] && !saves_enough(&with_dictionary, &without) => without,
+            _ => with_dictionary,
+        });
+    }
+    Ok(chunks)
+}
+
+/// Whether a column chunk with a dictionary is enough smaller than the same
+/// values without one to be worth its dictionary page.
+fn saves_enough(with_dictionary: &ArrowColumnChunk, without: &ArrowColumnChunk) -> bool {
+    let bytes = |chunk: &ArrowColumnChunk| chunk.close().metadata.compressed_size().max(0) as u64;
+    bytes(with_dictionary) * 100 <= bytes(without) * (100 - DICTIONARY_MIN_SAVING_PERCENT)
+}
+
+/// For each column whose encoding the row group chooses, whether it gets a
+/// dictionary, from how often its values recur in these rows.
+fn dictionary_choices(batches: &[RecordBatch]) -> Vec<(&'static str, Dictionary)> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let choose = |distinct: Option<usize>| match distinct {
+        Some(n) if n * SURE_ROWS_PER_DICTIONARY_VALUE <= rows => Dictionary::Yes,
+        Some(_) => Dictionary::Try,
+        None => Dictionary::No,
+    };
+    let most = rows / MIN_ROWS_PER_DICTIONARY_VALUE;
+    let column = |name| batches.iter().map(move |batch| batch.column_by_name(name).expect("segment column"));
+    let mut choices: Vec<(&'static str, Dictionary)> = CHOSEN_DICTIONARY_COLUMNS
+        .iter()
+        .map(|&name| {
+            let values = column(name).flat_map(|c| c.as_string::<i32>().iter().flatten());
+            (name, choose(distinct_up_to(values, most)))
+        })
+        .collect();
+    let received = column(RECEIVED_AT).flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter());
+    choices.push((RECEIVED_AT, choose(distinct_up_to(received, most))));
+    choices
+}
+
+/// How many distinct values `values` holds, or `None` past `most`: counting
+/// stops there, so a column of unique values costs `most` insertions, not
+/// one per row.
+fn distinct_up_to<T: std::hash::Hash + Eq>(values: impl Iterator<Item = T>, most: usize) -> Option<usize> {
+    let mut seen = std::collections::HashSet::new();
+    for value in values {
+        seen.insert(value);
+        if seen.len() > most {
+            return None;
+        }
+    }
+    Some(seen.len())
 }
 
 /// The order rows have inside every segment: one actor's events are
@@ -421,6 +567,102 @@ mod tests {
         assert_eq!(ids, ["acme-1", "acme-5", "acme-9", "globex-2", "globex-5"]);
         let seqs = batch.column_by_name("seq").unwrap().as_primitive::<Int64Type>().values().to_vec();
         assert_eq!(seqs, [3, 4, 2, 5, 1], "rows keep their seqs");
+    }
+
+    #[test]
+    fn each_row_group_gets_a_dictionary_only_where_its_values_repeat() {
+        use datafusion::parquet::basic::Encoding;
+        use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        // Two row groups of one org: in the first, every event comes from a
+        // new address and a new batch; in the second, one address and one
+        // batch serve all of them.
+        let rows = SEGMENT_ROW_GROUP_ROWS;
+        let events: Vec<Event> = (0..2 * rows)
+            .map(|i| {
+                let repeating = i >= rows;
+                Event {
+                    source_ip: Some(if repeating {
+                        "10.0.0.1".into()
+                    } else {
+                        format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)
+                    }),
+                    received_at_us: if repeating { 7 } else { i as i64 },
+                    ..event("acme", i as i64)
+                }
+            })
+            .collect();
+        let meta = write_segment(&store, &[model::events_to_batch(&events, 1)]).unwrap();
+
+        let file = std::fs::File::open(store.local_path(&meta.file).unwrap()).unwrap();
+        let reader = SerializedFileReader::new(file).unwrap();
+        let groups = reader.metadata().row_groups();
+        assert_eq!(groups.len(), 2);
+        let dictionary = |group: usize, column: &str| {
+            let chunk = groups[group].columns().iter().find(|c| c.column_path().string() == column).unwrap();
+            chunk.dictionary_page_offset().is_some() && chunk.encodings().any(|e| e == Encoding::RLE_DICTIONARY)
+        };
+        for column in ["source_ip", "received_at"] {
+            assert!(!dictionary(0, column), "{column}: unique values are stored plain");
+            assert!(dictionary(1, column), "{column}: one repeated value gets a dictionary");
+        }
+        // Columns whose values repeat in both groups have a dictionary in both.
+        assert!(dictionary(0, "org_id") && dictionary(1, "org_id"));
+
+        // Whatever the encoding, every value reads back as written.
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReader::try_new(
+            std::fs::File::open(store.local_path(&meta.file).unwrap()).unwrap(),
+            4096,
+        )
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+        let ips: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("source_ip")
+                    .unwrap()
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let sent: Vec<String> = events.iter().map(|e| e.source_ip.clone().unwrap()).collect();
+        assert_eq!(ips, sent);
+    }
+
+    #[test]
+    fn between_few_and_unique_values_the_smaller_encoding_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        let rows = SEGMENT_ROW_GROUP_ROWS;
+        let hex = |n: usize| format!("{:032x}", (n as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+        // Both columns have one distinct value per ten rows (the band where
+        // both encodings are tried): session ids each used by ten events in a
+        // row, which zstd compresses as well without a dictionary, and
+        // container ids drawn in no order, which a dictionary stores in a
+        // dozen bits a row.
+        let events: Vec<Event> = (0..rows)
+            .map(|i| Event {
+                session_id: Some(hex(i / 10)),
+                container_id: Some(hex((i * 7919) % (rows / 10) + 1_000_000)),
+                ..event("acme", i as i64)
+            })
+            .collect();
+        let meta = write_segment(&store, &[model::events_to_batch(&events, 1)]).unwrap();
+        let file = std::fs::File::open(store.local_path(&meta.file).unwrap()).unwrap();
+        let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use datafusion::parquet::file::reader::FileReader;
+        let group = &reader.metadata().row_groups()[0];
+        let dictionary = |column: &str| {
+            let chunk = group.columns().iter().find(|c| c.column_path().string() == column).unwrap();
+            chunk.dictionary_page_offset().is_some()
+        };
+        assert!(!dictionary("session_id"), "adjacent repeats: plain is as small");
+        assert!(dictionary("container_id"), "scattered repeats: the dictionary is smaller");
     }
 
     #[test]
