@@ -2,9 +2,12 @@
 //! CloudTrail, Kubernetes, GitHub, Okta, Atlassian, OCSF, or auditlake's own
 //! NDJSON) into a data directory.
 //!
-//! Each file is read whole (gzip inflated), split into source records (a
-//! CloudTrail `Records` array, a Kubernetes `EventList`, an Atlassian `data`
-//! list, a JSON array, one JSON document, or JSON lines), each record mapped
+//! Each file (gzip inflated) is split into source records (a CloudTrail
+//! `Records` array, a Kubernetes `EventList`, an Atlassian `data` list, a
+//! JSON array, one JSON document, or JSON lines). JSON lines are read a line
+//! at a time and stored a batch at a time, so a file of any size imports in
+//! the memory of one batch; a single document is read whole, up to
+//! [`MAX_DOCUMENT_BYTES`]. Each record is mapped
 //! onto the event schema with the source event kept in `attributes`
 //! (`formats.rs`), validated as `POST /v1/events` validates, put under the
 //! organisation's UGC policy, and appended through the WAL in batches. So an
@@ -17,6 +20,7 @@
 
 mod formats;
 
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -27,6 +31,10 @@ use crate::storage::{Storage, StorageError};
 
 /// Events appended per WAL record.
 pub const IMPORT_BATCH_EVENTS: usize = 10_000;
+/// Largest single JSON document (an array, a `Records` file) read whole;
+/// larger exports must come as JSON lines, which stream. A document takes
+/// several times its size once parsed.
+pub const MAX_DOCUMENT_BYTES: u64 = 512 * 1024 * 1024;
 /// Rejections listed per file; the count covers all of them.
 pub const MAX_LISTED_REJECTIONS: usize = 20;
 
@@ -92,24 +100,113 @@ impl FileReport {
     }
 }
 
-/// The file's text, inflated if it is gzip; a Parquet file (OCSF as Amazon
-/// Security Lake stores it) as a JSON array, one element per row.
-fn read_text(path: &Path) -> Result<String, ImportError> {
-    let read_error = |source| ImportError::Read { path: path.to_path_buf(), source };
-    let bytes = std::fs::read(path).map_err(read_error)?;
-    if bytes.starts_with(b"PAR1") {
-        return parquet_as_json_lines(bytes)
-            .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)));
+/// One source record: its position (the line of a JSON-lines file, else the
+/// place in the file's list) and its JSON, or why it is not JSON.
+type SourceRecord = (usize, Result<Value, String>);
+
+/// A file's source records, read as they are needed.
+enum SourceRecords {
+    /// JSON lines: the next line is read when the last is taken.
+    Lines { reader: Box<dyn BufRead>, line: usize, read_ahead: std::vec::IntoIter<SourceRecord> },
+    /// A document read whole (or a Parquet file), already split.
+    Listed(std::vec::IntoIter<SourceRecord>),
+}
+
+impl SourceRecords {
+    /// Opens `path`: inflated if it is gzip; a Parquet file (OCSF as Amazon
+    /// Security Lake stores it) as a list, one record per row. Whether the
+    /// file is JSON lines is told from its first non-empty line: a JSON
+    /// value of its own with more lines after it.
+    fn open(path: &Path) -> Result<Self, ImportError> {
+        let read_error = |source| ImportError::Read { path: path.to_path_buf(), source };
+        let invalid = |message: String| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, message));
+        let mut file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(read_error)?);
+        let head = file.fill_buf().map_err(read_error)?;
+        if head.starts_with(b"PAR1") {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(read_error)?;
+            let text = parquet_as_json_lines(bytes).map_err(invalid)?;
+            return Ok(SourceRecords::Listed(records(&text).into_iter()));
+        }
+        let reader: Box<dyn BufRead> = if head.starts_with(&[0x1f, 0x8b]) {
+            Box::new(std::io::BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(file)))
+        } else {
+            Box::new(file)
+        };
+        Self::over(reader).map_err(read_error)
     }
-    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut inflated = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes.as_slice()), &mut inflated)
-            .map_err(read_error)?;
-        inflated
-    } else {
-        bytes
-    };
-    String::from_utf8(bytes).map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+
+    /// The records of JSON text read from `reader`.
+    fn over(mut reader: Box<dyn BufRead>) -> std::io::Result<Self> {
+        let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+        let mut line = 0;
+        let Some(first) = next_line(&mut reader, &mut line)? else {
+            return Ok(SourceRecords::Listed(Vec::new().into_iter()));
+        };
+        let first_line = line;
+        if serde_json::from_str::<Value>(&first).is_ok() {
+            match next_line(&mut reader, &mut line)? {
+                Some(second) => {
+                    let read_ahead = vec![(first_line, parse_line(&first)), (line, parse_line(&second))];
+                    return Ok(SourceRecords::Lines { reader, line, read_ahead: read_ahead.into_iter() });
+                }
+                None => return Ok(SourceRecords::Listed(records(&first).into_iter())),
+            }
+        }
+        // One document over several lines: read whole, within bounds.
+        // Blank lines before it keep their numbers, as JSON lines' positions.
+        let mut text = "\n".repeat(first_line - 1) + &first + "\n";
+        let limit = MAX_DOCUMENT_BYTES.saturating_sub(text.len() as u64);
+        reader.take(limit + 1).read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_DOCUMENT_BYTES {
+            return Err(invalid(format!(
+                "one JSON document larger than {} MiB: export it as JSON lines (one event per line), which \
+                 import reads a line at a time",
+                MAX_DOCUMENT_BYTES >> 20
+            )));
+        }
+        Ok(SourceRecords::Listed(records(&text).into_iter()))
+    }
+
+    /// The next record, `None` at the end of the file.
+    fn next_record(&mut self) -> std::io::Result<Option<SourceRecord>> {
+        match self {
+            SourceRecords::Listed(records) => Ok(records.next()),
+            SourceRecords::Lines { reader, line, read_ahead } => {
+                if let Some(record) = read_ahead.next() {
+                    return Ok(Some(record));
+                }
+                Ok(next_line(reader, line)?.map(|text| (*line, parse_line(&text))))
+            }
+        }
+    }
+}
+
+/// The next non-empty line of `reader` without its line ending, `line`
+/// counting the lines read.
+fn next_line(reader: &mut dyn BufRead, line: &mut usize) -> std::io::Result<Option<String>> {
+    let mut text = String::new();
+    loop {
+        text.clear();
+        if reader.read_line(&mut text)? == 0 {
+            return Ok(None);
+        }
+        *line += 1;
+        // Without its ending, as `str::lines` gives it.
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        if !text.trim().is_empty() {
+            return Ok(Some(text));
+        }
+    }
+}
+
+fn parse_line(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
 fn parquet_as_json_lines(bytes: Vec<u8>) -> Result<String, String> {
@@ -149,7 +246,7 @@ fn records(text: &str) -> Vec<(usize, Result<Value, String>)> {
             .lines()
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| (i + 1, serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))))
+            .map(|(i, line)| (i + 1, parse_line(line)))
             .collect(),
     }
 }
@@ -191,35 +288,24 @@ pub async fn import(
     let mut bytes_read = 0;
     for path in paths {
         let mut report = FileReport { path: path.clone(), ..FileReport::default() };
-        let text = read_text(path)?;
-        report.bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(text.len() as u64);
-        let mut mapped = Vec::new();
-        for (position, record) in records(&text) {
-            let event = record.and_then(|r| formats::map(format, &r, org.unwrap_or_default()));
-            match event {
-                Ok(event) => mapped.push((position, event)),
-                Err(reason) => report.reject(position, reason),
-            }
-        }
-        for chunk in mapped.chunks(IMPORT_BATCH_EVENTS) {
-            let mut events = validated(chunk, &mut report);
-            if let (Some(org), ImportFormat::Ndjson) = (org, format) {
-                let (ours, others): (Vec<_>, Vec<_>) = events.into_iter().partition(|(_, e)| e.org_id == org);
-                for (position, event) in others {
-                    report.reject(position, format!("org_id {:?} is not {org:?}", event.org_id));
+        report.bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or_default();
+        let mut source = SourceRecords::open(path)?;
+        let mut mapped = Vec::with_capacity(IMPORT_BATCH_EVENTS);
+        loop {
+            let read = source.next_record().map_err(|source| ImportError::Read { path: path.clone(), source })?;
+            let end = read.is_none();
+            if let Some((position, record)) = read {
+                match record.and_then(|r| formats::map(format, &r, org.unwrap_or_default())) {
+                    Ok(event) => mapped.push((position, event)),
+                    Err(reason) => report.reject(position, reason),
                 }
-                events = ours;
             }
-            if events.is_empty() {
-                continue;
+            if mapped.len() == IMPORT_BATCH_EVENTS || (end && !mapped.is_empty()) {
+                store_chunk(storage, policies, format, org, &mapped, &mut report).await?;
+                mapped.clear();
             }
-            let mut batch: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
-            policies.apply(&mut batch)?;
-            for part in within_record_size(batch, IMPORT_BATCH_MAX_BYTES) {
-                let count = part.len();
-                let appended = storage.append(part).await?;
-                report.imported += count;
-                report.duplicates += appended.duplicates;
+            if end {
+                break;
             }
         }
         bytes_read += report.bytes;
@@ -227,6 +313,38 @@ pub async fn import(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Validates a chunk of mapped records, applies the organisations'
+/// policies and appends what passes through the WAL.
+async fn store_chunk(
+    storage: &Storage,
+    policies: &Policies,
+    format: ImportFormat,
+    org: Option<&str>,
+    chunk: &[(usize, Value)],
+    report: &mut FileReport,
+) -> Result<(), ImportError> {
+    let mut events = validated(chunk, report);
+    if let (Some(org), ImportFormat::Ndjson) = (org, format) {
+        let (ours, others): (Vec<_>, Vec<_>) = events.into_iter().partition(|(_, e)| e.org_id == org);
+        for (position, event) in others {
+            report.reject(position, format!("org_id {:?} is not {org:?}", event.org_id));
+        }
+        events = ours;
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut batch: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
+    policies.apply(&mut batch)?;
+    for part in within_record_size(batch, IMPORT_BATCH_MAX_BYTES) {
+        let count = part.len();
+        let appended = storage.append(part).await?;
+        report.imported += count;
+        report.duplicates += appended.duplicates;
+    }
+    Ok(())
 }
 
 /// The mapped events of a chunk that pass ingest validation; the others
@@ -287,6 +405,31 @@ mod tests {
         assert!(validated(&[(7, bad.clone()), (9, bad)], &mut report).is_empty());
         assert_eq!(report.rejected, 2);
         assert_eq!(report.rejections.iter().map(|r| r.record).collect::<Vec<_>>(), [7, 9]);
+    }
+
+    /// JSON lines without end: whoever reads them all never returns.
+    struct EndlessLines(u64);
+
+    impl std::io::Read for EndlessLines {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let line = format!("{{\"n\": {}}}\n", self.0);
+            let n = line.len().min(buf.len());
+            buf[..n].copy_from_slice(&line.as_bytes()[..n]);
+            // A line cut by a small buffer is not resumed: make buffers large.
+            assert_eq!(n, line.len(), "a buffer too small for one line");
+            self.0 += 1;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn json_lines_are_read_as_they_are_taken_not_whole() {
+        let reader = std::io::BufReader::with_capacity(64 * 1024, EndlessLines(0));
+        let mut source = SourceRecords::over(Box::new(reader)).unwrap();
+        for n in 0..50_000u64 {
+            let (position, record) = source.next_record().unwrap().unwrap();
+            assert_eq!((position, record.unwrap()), (n as usize + 1, serde_json::json!({ "n": n })));
+        }
     }
 
     #[test]
@@ -438,6 +581,17 @@ mod tests {
             for (i, (position, _)) in records.iter().enumerate() {
                 prop_assert!(*position >= 1 && (i == 0 || *position > records[i - 1].0));
             }
+        }
+
+        /// Read a line at a time, any text gives the records it gives read whole.
+        #[test]
+        fn records_streamed_are_the_records_of_the_whole_text(text in "(\\{|\\}|\\[|\\]|\"|:|,|\n|\n\n|[a-z0-9 ]){0,200}") {
+            let mut source = SourceRecords::over(Box::new(std::io::Cursor::new(text.clone().into_bytes()))).unwrap();
+            let mut streamed = Vec::new();
+            while let Some(record) = source.next_record().unwrap() {
+                streamed.push(record);
+            }
+            prop_assert_eq!(streamed, records(&text));
         }
 
         /// Bytes that start like Parquet but are not are a reason, never a crash.
