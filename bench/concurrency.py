@@ -82,7 +82,9 @@ def main():
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--query", choices=[q[0] for q in QUERIES], help="only this query (default: both, mixed)")
     args = parser.parse_args()
+    queries = [q for q in QUERIES if args.query in (None, q[0])]
     systems = {"auditlake": args.auditlake, "postgres": args.postgres}
     rng = random.Random(args.seed)
 
@@ -96,7 +98,7 @@ def main():
     pool = {"actor": sorted(actors), "content": sorted(contents)}
     work = []
     for _ in range(args.clients * args.queries_per_client):
-        name, kind, sql = rng.choice(QUERIES)
+        name, kind, sql = rng.choice(queries)
         work.append((sql, [rng.choice(pool[kind]), newest, newest]))
 
     # Same answers first, on a sample.

@@ -3,14 +3,19 @@
 # holding the same events with btree indexes on actor_id, content_id, time and
 # (org_id, time). Both log clients in with SCRAM-SHA-256 on loopback; the same
 # psycopg driver runs the same investigation queries, systems alternating.
-#   bash bench/concurrency.sh [N] [CLIENTS]     (default 1,000,000 events, 50 clients)
+#   bash bench/concurrency.sh [N] [CLIENTS] [concurrency.py options...]
+#       (default 1,000,000 realistic demo events, 50 clients)
+#   BENCH_NDJSON=FILE bash bench/concurrency.sh 0 16 --query one_actor_7d
+#       (the events of FILE instead, e.g. from bench/independent_events.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/auditlake-target}"
 N=${1:-1000000}
 CLIENTS=${2:-50}
-DATA=${BENCH_DATA_DIR:-/tmp/auditlake-concurrency-$N}
-PGDATA_DIR=/tmp/auditlake-concurrency-pg-$N
+SET_NAME=$N
+[ -n "${BENCH_NDJSON:-}" ] && SET_NAME=$(basename "$BENCH_NDJSON" .ndjson)
+DATA=${BENCH_DATA_DIR:-/tmp/auditlake-concurrency-$SET_NAME}
+PGDATA_DIR=/tmp/auditlake-concurrency-pg-$SET_NAME
 PASSWORD=bench-password-1
 AL_PORT=55451
 PG_PORT=55452
@@ -25,7 +30,11 @@ fi
 cargo build --release --quiet --bin auditlake --example ingest_bench
 B=$CARGO_TARGET_DIR/release/auditlake
 if [ ! -f "$DATA/manifest.json" ]; then
-  $B demo --no-serve --shape realistic --events "$N" --days 180 --data-dir "$DATA"
+  if [ -n "${BENCH_NDJSON:-}" ]; then
+    $B import --format ndjson --data-dir "$DATA" "$BENCH_NDJSON" >/dev/null
+  else
+    $B demo --no-serve --shape realistic --events "$N" --days 180 --data-dir "$DATA"
+  fi
   rm -rf "$PGDATA_DIR" # new events: PostgreSQL loads them afresh
 fi
 AUDITLAKE_PASSWORD=$PASSWORD $B user add bench --admin --data-dir "$DATA" >/dev/null

@@ -3,12 +3,16 @@ events: load throughput, bytes on disk per event, and investigation latency.
 
     python bench/run.py --binary target/release/auditlake --pg-bin /usr/lib/postgresql/15/bin \
         [--events N] [--days D] [--repetitions R] [--work-dir DIR] [--out FILE] [--smoke]
+        [--ndjson FILE]
 
 (`bash bench/run.sh` installs what this needs and runs it.)
 
 1. auditlake generates and bulk-loads N events of the realistic demo shape
-   (50 organisations, 20,018 actors, 500,000 content ids over D days), then
-   serves them. They are exported once, through auditlake's own COPY, to CSV.
+   (50 organisations, 20,018 actors, 500,000 content ids over D days), or,
+   with --ndjson, imports a file of events from another generator (e.g.
+   `bench/independent_events.py`, so that nothing is tuned to one shape),
+   then serves them. They are exported once, through auditlake's own COPY,
+   to CSV.
 2. PostgreSQL loads the CSV with COPY, then gets btree indexes on actor_id,
    content_id, time and (org_id, time), and ANALYZE; load time includes both.
 3. DuckDB loads the same CSV into a native table (a database file), and also
@@ -68,9 +72,14 @@ QUERIES = {
         "from audit_events where org_id = '{p}' and time > {anchor} - interval '7 days' and time <= {anchor} "
         "group by 1, 2 order by day, n desc, action",
     ),
+    "one_org_actions_last_day": (
+        "org",
+        "select action, count(*) as n from audit_events where org_id = '{p}' "
+        "and time > {anchor} - interval '1 day' and time <= {anchor} group by action order by n desc, action",
+    ),
     "failed_logins_per_ip_last_hour": (
-        None,
-        "select source_ip, count(*) as n from audit_events where action = 'auth.login.failed' "
+        "failed_action",
+        "select source_ip, count(*) as n from audit_events where action = '{p}' "
         "and time > {anchor} - interval '1 hour' and time <= {anchor} group by source_ip order by n desc, source_ip",
     ),
     "full_table_aggregate": (
@@ -151,6 +160,7 @@ def main():
     parser.add_argument("--out", default="bench-out/run.json")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--smoke", action="store_true", help="check answers only; 3 repetitions")
+    parser.add_argument("--ndjson", help="import these events (auditlake NDJSON) instead of generating the demo's")
     args = parser.parse_args()
     if args.smoke:
         args.repetitions = 3
@@ -165,10 +175,19 @@ def main():
 
     # 1. auditlake: generate and bulk-load, then serve.
     data = work / "auditlake"
-    _, seconds = timed(lambda: subprocess.run(
-        [args.binary, "demo", "--no-serve", "--shape", "realistic", "--events", str(args.events),
-         "--days", str(args.days), "--data-dir", str(data)], check=True, stdout=subprocess.DEVNULL))
-    results["load"]["auditlake (generate + bulk load)"] = args.events / seconds
+    if args.ndjson:
+        args.events = sum(1 for _ in open(args.ndjson))
+        results["events"], results["shape"] = args.events, f"imported from {Path(args.ndjson).name}"
+        _, seconds = timed(lambda: subprocess.run(
+            [args.binary, "import", "--format", "ndjson", "--data-dir", str(data), args.ndjson],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        results["load"]["auditlake (import: WAL, then segments)"] = args.events / seconds
+    else:
+        results["shape"] = "realistic demo"
+        _, seconds = timed(lambda: subprocess.run(
+            [args.binary, "demo", "--no-serve", "--shape", "realistic", "--events", str(args.events),
+             "--days", str(args.days), "--data-dir", str(data)], check=True, stdout=subprocess.DEVNULL))
+        results["load"]["auditlake (generate + bulk load)"] = args.events / seconds
     results["size"]["auditlake"] = du(data / "segments") / args.events
     port = free_port()
     log = open(work / "auditlake.log", "w")
@@ -256,6 +275,10 @@ def main():
                 f"select distinct content_id from audit_events where content_id is not null and "
                 f"time > {anchor} - interval '90 days' order by content_id").fetchall()],
             "org": [r[0] for r in native.execute("select distinct org_id from audit_events order by 1").fetchall()],
+            # The most frequent failed sign-in action (each shape names its own).
+            "failed_action": [r[0] for r in native.execute(
+                "select action from audit_events where action like '%fail%' and action like '%login%' "
+                "group by action order by count(*) desc, action limit 1").fetchall()] or ["auth.login.failed"],
             None: [None],
         }
         systems = {
@@ -293,7 +316,7 @@ def main():
         server.wait()
         pg.stop()
 
-    print(f"{args.events:,} events; every answer equal across the four systems")
+    print(f"{args.events:,} events ({results['shape']}); every answer equal across the four systems")
     for name, figures in results["queries"].items():
         print(f"  {name:32} median rows {figures['median_rows']}")
     if args.smoke:

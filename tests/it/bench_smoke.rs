@@ -23,7 +23,7 @@ fn the_side_by_side_benchmark_gets_the_same_answers_from_all_four_systems() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("200,000 events; every answer equal across the four systems"), "{stdout}");
+    assert!(stdout.contains("200,000 events (realistic demo); every answer equal across the four systems"), "{stdout}");
     // The answers compared are not empty ones.
     for query in ["top_actions_per_day_one_org", "full_table_aggregate"] {
         let line = stdout.lines().find(|l| l.trim_start().starts_with(query)).unwrap();
