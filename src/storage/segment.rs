@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use datafusion::datasource::listing::PartitionedFile;
@@ -70,30 +70,19 @@ const DELTA_COLUMNS: [&str; 3] = ["time", "received_at", "seq"];
 const UNCOMPRESSED_COLUMNS: [&str; 3] = DELTA_COLUMNS;
 /// Ids (see [`packed`]): unique by nature, so never worth a dictionary.
 const NO_DICTIONARY_COLUMNS: [&str; 5] = ["id_uuid", "id_text", "request_id_uuid", "request_id_text", "ugc_digest"];
-/// Columns each row group encodes as its own values call for (see
-/// [`encode_row_group`]): whether a value repeats depends on the data,
-/// not on the column. Source addresses repeat per person in one product and
-/// are new on every event in another; session ids repeat within a session;
+/// Whether a value repeats depends on the data, not on the column, so every
+/// text column but the ids ([`NO_DICTIONARY_COLUMNS`]) gets its encoding
+/// from each row group's values (see [`encode_row_group`]), as does
+/// `received_at`. Source addresses repeat per person in one product and are
+/// new on every event in another; session ids repeat within a session;
 /// `received_at` is one value per batch (one for a whole import); content ids
 /// repeat for popular pages and are unique for most.
-const CHOSEN_DICTIONARY_COLUMNS: [&str; 16] = [
-    "org_id",
-    "actor_id",
-    "actor_name",
-    "actor_type",
-    "action",
-    "category",
-    "outcome",
-    "product",
-    "content_type",
-    "content_id",
-    "content_title",
-    "container_id",
-    "source_ip",
-    "user_agent",
-    "location",
-    "session_id",
-];
+fn chosen_dictionary_columns() -> impl Iterator<Item = String> {
+    let schema = packed::segment_schema();
+    let text = schema.fields().iter().filter(|f| f.data_type() == &datafusion::arrow::datatypes::DataType::Utf8);
+    let names: Vec<String> = text.map(|f| f.name().clone()).collect();
+    names.into_iter().filter(|name| !NO_DICTIONARY_COLUMNS.contains(&name.as_str()))
+}
 /// Below this many rows per distinct value a row group stores a column's
 /// values plain: a dictionary costs more than it saves (zstd finds the
 /// repeats of plain values too), and a reader of one row decodes the whole
@@ -204,7 +193,7 @@ enum Dictionary {
 
 /// Encodes `rows` (segment schema, in segment order) as the column chunks of
 /// row group number `index` of the file `file` is writing, each column of
-/// [`CHOSEN_DICTIONARY_COLUMNS`] and `received_at` with a dictionary or
+/// [`chosen_dictionary_columns`] and `received_at` with a dictionary or
 /// without as its values in these rows call for.
 pub(super) fn encode_row_group<W: std::io::Write + Send>(
     rows: &[RecordBatch],
@@ -212,7 +201,8 @@ pub(super) fn encode_row_group<W: std::io::Write + Send>(
     index: usize,
 ) -> Result<Vec<ArrowColumnChunk>, StorageError> {
     let choices = dictionary_choices(rows);
-    let trying: Vec<&str> = choices.iter().filter(|(_, c)| *c == Dictionary::Try).map(|(name, _)| *name).collect();
+    let trying: Vec<&str> =
+        choices.iter().filter(|(_, c)| *c == Dictionary::Try).map(|(name, _)| name.as_str()).collect();
     let schema = packed::segment_schema();
     // Column writers take their settings from a file writer's: ones that
     // write nowhere, holding this row group's.
@@ -220,7 +210,7 @@ pub(super) fn encode_row_group<W: std::io::Write + Send>(
         let mut props = properties_builder();
         for (column, choice) in &choices {
             let dictionary = *choice == Dictionary::Yes || (*choice == Dictionary::Try && dictionary_when_trying);
-            props = props.set_column_dictionary_enabled(ColumnPath::from(*column), dictionary);
+            props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), dictionary);
         }
         let shaper =
             SerializedFileWriter::new(std::io::sink(), file.schema_descr().root_schema_ptr(), Arc::new(props.build()))?;
@@ -262,7 +252,7 @@ fn saves_enough(with_dictionary: &ArrowColumnChunk, without: &ArrowColumnChunk) 
 
 /// For each column whose encoding the row group chooses, whether it gets a
 /// dictionary, from how often its values recur in these rows.
-fn dictionary_choices(batches: &[RecordBatch]) -> Vec<(&'static str, Dictionary)> {
+fn dictionary_choices(batches: &[RecordBatch]) -> Vec<(String, Dictionary)> {
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     let choose = |distinct: Option<usize>| match distinct {
         Some(n) if n * SURE_ROWS_PER_DICTIONARY_VALUE <= rows => Dictionary::Yes,
@@ -270,16 +260,19 @@ fn dictionary_choices(batches: &[RecordBatch]) -> Vec<(&'static str, Dictionary)
         None => Dictionary::No,
     };
     let most = rows / MIN_ROWS_PER_DICTIONARY_VALUE;
-    let column = |name| batches.iter().map(move |batch| batch.column_by_name(name).expect("segment column"));
-    let mut choices: Vec<(&'static str, Dictionary)> = CHOSEN_DICTIONARY_COLUMNS
-        .iter()
-        .map(|&name| {
-            let values = column(name).flat_map(|c| c.as_string::<i32>().iter().flatten());
-            (name, choose(distinct_up_to(values, most)))
+    fn column<'a>(batches: &'a [RecordBatch], name: &'a str) -> impl Iterator<Item = &'a ArrayRef> + 'a {
+        batches.iter().map(move |batch| batch.column_by_name(name).expect("segment column"))
+    }
+    let mut choices: Vec<(String, Dictionary)> = chosen_dictionary_columns()
+        .map(|name| {
+            let values = column(batches, &name).flat_map(|c| c.as_string::<i32>().iter().flatten());
+            let choice = choose(distinct_up_to(values, most));
+            (name, choice)
         })
         .collect();
-    let received = column(RECEIVED_AT).flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter());
-    choices.push((RECEIVED_AT, choose(distinct_up_to(received, most))));
+    let received =
+        column(batches, RECEIVED_AT).flat_map(|c| c.as_primitive::<TimestampMicrosecondType>().values().iter());
+    choices.push((RECEIVED_AT.to_owned(), choose(distinct_up_to(received, most))));
     choices
 }
 
