@@ -39,6 +39,9 @@ def connection_setup(dsn, n):
     return times
 
 
+PREPARE_THRESHOLD = 5  # psycopg's default
+
+
 def concurrent(dsn, work, clients):
     """Each client opens its own connection and runs its share of `work`."""
     latencies, errors = [], []
@@ -48,6 +51,7 @@ def concurrent(dsn, work, clients):
 
     def client(share):
         with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.prepare_threshold = PREPARE_THRESHOLD
             barrier.wait()
             mine = []
             for sql, params in share:
@@ -82,9 +86,14 @@ def main():
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-prepare", action="store_true",
+                        help="never prepare statements server-side (psycopg prepares a statement run 5 times; "
+                             "PostgreSQL may then plan it generically, without the parameters' values)")
     parser.add_argument("--query", choices=[q[0] for q in QUERIES], help="only this query (default: both, mixed)")
     args = parser.parse_args()
     queries = [q for q in QUERIES if args.query in (None, q[0])]
+    global PREPARE_THRESHOLD
+    PREPARE_THRESHOLD = None if args.no_prepare else 5
     systems = {"auditlake": args.auditlake, "postgres": args.postgres}
     rng = random.Random(args.seed)
 

@@ -38,8 +38,10 @@ if [ ! -f "$DATA/manifest.json" ]; then
   rm -rf "$PGDATA_DIR" # new events: PostgreSQL loads them afresh
 fi
 AUDITLAKE_PASSWORD=$PASSWORD $B user add bench --admin --data-dir "$DATA" >/dev/null
+# The one-time export of every event to PostgreSQL is larger and longer than
+# an investigation's default limits allow (past 1M events it was cut short).
 $B serve --data-dir "$DATA" --pg-listen 127.0.0.1:$AL_PORT --http-listen 127.0.0.1:0 --max-pg-connections 200 \
-  > "$DATA.log" 2>&1 &
+  --max-result-rows 1000000000 --statement-timeout-ms 3600000 > "$DATA.log" 2>&1 &
 AL_PID=$!
 # PostgreSQL refuses to run as root: its cluster belongs to the postgres user.
 run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
