@@ -144,13 +144,13 @@ impl SourceRecords {
             return Ok(SourceRecords::Listed(Vec::new().into_iter()));
         };
         let first_line = line;
-        if serde_json::from_str::<Value>(&first).is_ok() {
+        if let Ok(value) = serde_json::from_str::<Value>(&first) {
             match next_line(&mut reader, &mut line)? {
                 Some(second) => {
-                    let read_ahead = vec![(first_line, parse_line(&first)), (line, parse_line(&second))];
+                    let read_ahead = vec![(first_line, Ok(value)), (line, parse_line(&second))];
                     return Ok(SourceRecords::Lines { reader, line, read_ahead: read_ahead.into_iter() });
                 }
-                None => return Ok(SourceRecords::Listed(records(&first).into_iter())),
+                None => return Ok(SourceRecords::Listed(listed(value).into_iter())),
             }
         }
         // One document over several lines: read whole, within bounds.
@@ -226,11 +226,25 @@ fn parquet_as_json_lines(bytes: Vec<u8>) -> Result<String, String> {
 
 /// The source records of a file, each with its position, or why a line is
 /// not JSON.
-fn records(text: &str) -> Vec<(usize, Result<Value, String>)> {
-    let numbered = |values: Vec<Value>| values.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect();
+fn records(text: &str) -> Vec<SourceRecord> {
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) => numbered(items),
-        Ok(Value::Object(mut document)) => {
+        Ok(document) => listed(document),
+        // Not one JSON document: JSON lines.
+        Err(_) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| (i + 1, parse_line(line)))
+            .collect(),
+    }
+}
+
+/// The source records of a file that is one JSON document.
+fn listed(document: Value) -> Vec<SourceRecord> {
+    let numbered = |values: Vec<Value>| values.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect();
+    match document {
+        Value::Array(items) => numbered(items),
+        Value::Object(mut document) => {
             let list = ["Records", "items", "data"].into_iter().find(|key| document.contains_key(*key));
             match list.and_then(|key| document.remove(key)) {
                 Some(Value::Array(items)) => numbered(items),
@@ -240,14 +254,7 @@ fn records(text: &str) -> Vec<(usize, Result<Value, String>)> {
                 None => numbered(vec![Value::Object(document)]),
             }
         }
-        Ok(other) => vec![(1, Err(format!("expected a JSON object or array, found {other}")))],
-        // Not one JSON document: JSON lines.
-        Err(_) => text
-            .lines()
-            .enumerate()
-            .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| (i + 1, parse_line(line)))
-            .collect(),
+        other => vec![(1, Err(format!("expected a JSON object or array, found {other}")))],
     }
 }
 
@@ -291,22 +298,19 @@ pub async fn import(
         report.bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or_default();
         let mut source = SourceRecords::open(path)?;
         let mut mapped = Vec::with_capacity(IMPORT_BATCH_EVENTS);
-        loop {
-            let read = source.next_record().map_err(|source| ImportError::Read { path: path.clone(), source })?;
-            let end = read.is_none();
-            if let Some((position, record)) = read {
-                match record.and_then(|r| formats::map(format, &r, org.unwrap_or_default())) {
-                    Ok(event) => mapped.push((position, event)),
-                    Err(reason) => report.reject(position, reason),
-                }
+        let read_error = |source| ImportError::Read { path: path.clone(), source };
+        while let Some((position, record)) = source.next_record().map_err(read_error)? {
+            match record.and_then(|r| formats::map(format, &r, org.unwrap_or_default())) {
+                Ok(event) => mapped.push((position, event)),
+                Err(reason) => report.reject(position, reason),
             }
-            if mapped.len() == IMPORT_BATCH_EVENTS || (end && !mapped.is_empty()) {
+            if mapped.len() == IMPORT_BATCH_EVENTS {
                 store_chunk(storage, policies, format, org, &mapped, &mut report).await?;
                 mapped.clear();
             }
-            if end {
-                break;
-            }
+        }
+        if !mapped.is_empty() {
+            store_chunk(storage, policies, format, org, &mapped, &mut report).await?;
         }
         bytes_read += report.bytes;
         progress(bytes_read);

@@ -237,16 +237,7 @@ impl SegmentStore {
         let (writer, _) = ArrowWriter::try_new_with_options(Vec::new(), packed::segment_schema(), options)?
             .into_serialized_writer()?;
         let content = ContentIndexBuilder::default();
-        Ok(SegmentWriter {
-            store: self,
-            file: file.to_owned(),
-            location,
-            writer,
-            group: Vec::new(),
-            group_rows: 0,
-            sink,
-            content,
-        })
+        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer, group: Vec::new(), sink, content })
     }
 
     /// The manifest's bytes, or `None` when the log has none yet.
@@ -342,10 +333,9 @@ pub struct SegmentWriter<'a> {
     location: ObjectPath,
     /// Encodes into memory; each finished row group goes on to `sink`.
     writer: SerializedFileWriter<Vec<u8>>,
-    /// The rows of the row group being gathered (its encodings are chosen
-    /// from all of them), `group_rows` of them.
+    /// The rows of the row group being gathered: its encodings are chosen
+    /// from all of them.
     group: Vec<RecordBatch>,
-    group_rows: usize,
     sink: BufWriter,
     content: ContentIndexBuilder,
 }
@@ -365,10 +355,11 @@ impl SegmentWriter<'_> {
         }
         let mut offset = 0;
         while offset < batch.num_rows() {
-            let len = (SEGMENT_ROW_GROUP_ROWS - self.group_rows).min(batch.num_rows() - offset);
+            let gathered: usize = self.group.iter().map(RecordBatch::num_rows).sum();
+            let len = (SEGMENT_ROW_GROUP_ROWS - gathered).min(batch.num_rows() - offset);
             self.group.push(batch.slice(offset, len));
-            (self.group_rows, offset) = (self.group_rows + len, offset + len);
-            if self.group_rows == SEGMENT_ROW_GROUP_ROWS {
+            offset += len;
+            if gathered + len == SEGMENT_ROW_GROUP_ROWS {
                 self.write_row_group()?;
             }
         }
@@ -379,7 +370,6 @@ impl SegmentWriter<'_> {
     /// values call for, and hands it to the store.
     fn write_row_group(&mut self) -> Result<(), StorageError> {
         let rows = std::mem::take(&mut self.group);
-        self.group_rows = 0;
         if rows.is_empty() {
             return Ok(());
         }

@@ -77,11 +77,10 @@ const NO_DICTIONARY_COLUMNS: [&str; 5] = ["id_uuid", "id_text", "request_id_uuid
 /// new on every event in another; session ids repeat within a session;
 /// `received_at` is one value per batch (one for a whole import); content ids
 /// repeat for popular pages and are unique for most.
-fn chosen_dictionary_columns() -> impl Iterator<Item = String> {
+fn chosen_dictionary_columns() -> Vec<String> {
     let schema = packed::segment_schema();
     let text = schema.fields().iter().filter(|f| f.data_type() == &datafusion::arrow::datatypes::DataType::Utf8);
-    let names: Vec<String> = text.map(|f| f.name().clone()).collect();
-    names.into_iter().filter(|name| !NO_DICTIONARY_COLUMNS.contains(&name.as_str()))
+    text.filter(|f| !NO_DICTIONARY_COLUMNS.contains(&f.name().as_str())).map(|f| f.name().clone()).collect()
 }
 /// Below this many rows per distinct value a row group stores a column's
 /// values plain: a dictionary costs more than it saves (zstd finds the
@@ -234,9 +233,10 @@ pub(super) fn encode_row_group<W: std::io::Write + Send>(
     let mut chunks = Vec::with_capacity(chosen.len());
     for (i, writer) in chosen.into_iter().enumerate() {
         let with_dictionary = writer.close()?;
-        let without = plain.as_mut().and_then(Iterator::next).map(ArrowColumnWriter::close).transpose()?;
-        chunks.push(match without {
-            Some(without) if tried[i] && !saves_enough(&with_dictionary, &without) => without,
+        // The plain writers of columns not tried were never written to.
+        let without = plain.as_mut().and_then(Iterator::next).filter(|_| tried[i]);
+        chunks.push(match without.map(ArrowColumnWriter::close).transpose()? {
+            Some(without) if !saves_enough(&with_dictionary, &without) => without,
             _ => with_dictionary,
         });
     }
@@ -264,6 +264,7 @@ fn dictionary_choices(batches: &[RecordBatch]) -> Vec<(String, Dictionary)> {
         batches.iter().map(move |batch| batch.column_by_name(name).expect("segment column"))
     }
     let mut choices: Vec<(String, Dictionary)> = chosen_dictionary_columns()
+        .into_iter()
         .map(|name| {
             let values = column(batches, &name).flat_map(|c| c.as_string::<i32>().iter().flatten());
             let choice = choose(distinct_up_to(values, most));
@@ -562,6 +563,17 @@ mod tests {
         assert_eq!(seqs, [3, 4, 2, 5, 1], "rows keep their seqs");
     }
 
+    fn chunk<'a>(
+        group: &'a datafusion::parquet::file::metadata::RowGroupMetaData,
+        column: &str,
+    ) -> &'a datafusion::parquet::file::metadata::ColumnChunkMetaData {
+        group.columns().iter().find(|c| c.column_path().string() == column).unwrap()
+    }
+
+    fn dictionary_page(group: &datafusion::parquet::file::metadata::RowGroupMetaData, column: &str) -> bool {
+        chunk(group, column).dictionary_page_offset().is_some()
+    }
+
     #[test]
     fn each_row_group_gets_a_dictionary_only_where_its_values_repeat() {
         use datafusion::parquet::basic::Encoding;
@@ -594,8 +606,8 @@ mod tests {
         let groups = reader.metadata().row_groups();
         assert_eq!(groups.len(), 2);
         let dictionary = |group: usize, column: &str| {
-            let chunk = groups[group].columns().iter().find(|c| c.column_path().string() == column).unwrap();
-            chunk.dictionary_page_offset().is_some() && chunk.encodings().any(|e| e == Encoding::RLE_DICTIONARY)
+            dictionary_page(&groups[group], column)
+                && chunk(&groups[group], column).encodings().any(|e| e == Encoding::RLE_DICTIONARY)
         };
         for column in ["source_ip", "received_at"] {
             assert!(!dictionary(0, column), "{column}: unique values are stored plain");
@@ -650,10 +662,7 @@ mod tests {
         let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
         use datafusion::parquet::file::reader::FileReader;
         let group = &reader.metadata().row_groups()[0];
-        let dictionary = |column: &str| {
-            let chunk = group.columns().iter().find(|c| c.column_path().string() == column).unwrap();
-            chunk.dictionary_page_offset().is_some()
-        };
+        let dictionary = |column: &str| dictionary_page(group, column);
         assert!(!dictionary("session_id"), "adjacent repeats: plain is as small");
         assert!(dictionary("container_id"), "scattered repeats: the dictionary is smaller");
     }
