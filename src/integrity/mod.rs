@@ -30,8 +30,8 @@ pub use checkpoint::{Checkpoint, CheckpointLog, RemovalScope, SigningKey};
 use merkle::Hash;
 
 use crate::model::Seq;
-use crate::storage::content_index::ContentIndexBuilder;
 use crate::storage::objects::SegmentStore;
+use crate::storage::row_index::RowIndexes;
 use crate::storage::segment::{LiveSegment, for_each_batch};
 use crate::storage::{Expiry, SealWitness, StorageError, packed};
 
@@ -265,8 +265,8 @@ pub type SortKey = (String, String, i64, Seq);
 pub struct SegmentRows {
     pub leaves: Vec<(Seq, Hash)>,
     pub out_of_order: Option<(Seq, Seq)>,
-    /// The content index the rows make, as the segment writer built it.
-    pub content_index: ContentIndexBuilder,
+    /// The row indexes the rows make, as the segment writer built them.
+    pub indexes: RowIndexes,
 }
 
 /// Reads every row of a segment and hashes it.
@@ -278,7 +278,7 @@ pub fn read_segment(
     let mut rows = SegmentRows {
         leaves: Vec::with_capacity(rows_hint(segment)),
         out_of_order: None,
-        content_index: ContentIndexBuilder::default(),
+        indexes: RowIndexes::default(),
     };
     let mut previous: Option<SortKey> = None;
     for_each_batch(store, every_column(segment)?, |batch| {
@@ -304,7 +304,7 @@ pub fn read_segment(
             let (o, a, t, s) = key(batch.num_rows() - 1);
             previous = Some((o.to_string(), a.to_string(), t, s));
         }
-        rows.content_index.add(batch.column_by_name("content_id").expect("content_id").as_string::<i32>().iter());
+        rows.indexes.add_batch(&batch);
         rows.leaves.extend(canonical::leaves(&batch, digest_key));
         Ok(())
     })?;

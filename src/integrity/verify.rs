@@ -23,9 +23,10 @@ use super::{IntegrityError, SigningKey, read_segment};
 use crate::model::Seq;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 
-use crate::storage::content_index::{ContentIndexBuilder, ContentIndexLocation};
 use crate::storage::manifest::Manifest;
+use crate::storage::manifest::SegmentMeta;
 use crate::storage::objects::SegmentStore;
+use crate::storage::row_index::{RowIndexBuilder, RowIndexLocation, RowIndexes};
 use crate::storage::segment::LiveSegment;
 
 /// What is wrong, by kind; the kinds differ in what an auditor does next.
@@ -178,9 +179,7 @@ pub fn verify(
                 format!("segment {} (seqs {}..={}): {e}", meta.file, meta.min_seq, meta.max_seq),
             ),
             Ok(rows) => {
-                if let Some(location) = meta.content_index
-                    && let Err(reason) = check_content_index(store, &meta.file, location, rows.content_index)
-                {
+                if let Err(reason) = check_row_indexes(store, meta, rows.indexes) {
                     report.found(Kind::Modified, format!("segment {}: {reason}", meta.file));
                 }
                 if let Some((a, b)) = rows.out_of_order {
@@ -331,26 +330,34 @@ fn check_manifest(
     Ok(())
 }
 
-/// Whether the content index stored in a segment file is the one its rows
-/// make: a damaged one that still parses would make lookups by
-/// `content_id` select other events' rows.
-fn check_content_index(
-    store: &SegmentStore,
-    file: &str,
-    location: ContentIndexLocation,
-    rebuilt: ContentIndexBuilder,
-) -> Result<(), String> {
-    let bytes = store.read_segment_file(file).map_err(|e| e.to_string())?;
+/// Whether the row indexes stored in a segment file are the ones its rows
+/// make: a damaged one that still parses would make lookups by `content_id`
+/// or `actor_id` select other events' rows.
+fn check_row_indexes(store: &SegmentStore, meta: &SegmentMeta, rebuilt: RowIndexes) -> Result<(), String> {
+    let wanted = [(meta.content_index, rebuilt.content), (meta.actor_index, rebuilt.actor)];
+    let wanted: Vec<(RowIndexLocation, RowIndexBuilder)> =
+        wanted.into_iter().filter_map(|(location, index)| Some((location?, index))).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let bytes = store.read_segment_file(&meta.file).map_err(|e| e.to_string())?;
     let footer =
         ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(|e| format!("footer unreadable: {e}"))?;
     let group_rows: Vec<u64> = footer.row_groups().iter().map(|g| g.num_rows() as u64).collect();
-    let stored = bytes.get(location.offset as usize..(location.offset + location.length) as usize);
-    match (rebuilt.finish(&group_rows), stored) {
-        (Some(want), Some(stored)) if want == stored => Ok(()),
-        _ => {
-            Err("its content index is not the one its rows make (lookups by content_id would select wrong rows)".into())
+    for (location, rebuilt) in wanted {
+        let column = rebuilt.kind().column();
+        let stored = bytes.get(location.offset as usize..(location.offset + location.length) as usize);
+        match (rebuilt.finish(&group_rows), stored) {
+            (Some(want), Some(stored)) if want == stored => {}
+            _ => {
+                return Err(format!(
+                    "its {} index is not the one its rows make (lookups by {column} would select wrong rows)",
+                    column.trim_end_matches("_id")
+                ));
+            }
         }
     }
+    Ok(())
 }
 
 /// Runs of seqs in `first..=last` that neither `leaves` nor `removed` has.

@@ -2,7 +2,8 @@
 //! rows and exists so that `EXPLAIN` and `EXPLAIN ANALYZE` say how the
 //! manifest pruned the log, e.g.
 //! `AuditEventsScanExec: segments_read=3, segments_pruned=17, buffered_batches=2`
-//! (plus, for content-id lookups, `content_index_pruned=12, content_index_scanned=0`).
+//! (plus, for content-id and actor lookups,
+//! `indexed_by=actor_id, index_pruned=12, index_scanned=0`).
 //! Row groups, pages and rows skipped inside the segments read are in the
 //! Parquet scan's own metrics below it.
 
@@ -13,7 +14,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 
 use super::pass_through::{PassThrough, PassThroughExec};
 
-/// What the manifest (and the content indexes) did for one scan.
+/// What the manifest (and the row indexes) did for one scan.
 #[derive(Debug, Clone)]
 pub struct ScanSummary {
     pub segments_read: usize,
@@ -22,20 +23,22 @@ pub struct ScanSummary {
     /// Buffered batches holding rows the filters may keep (each filtered
     /// while planning to those rows).
     pub buffered_batches: usize,
-    /// Set when content indexes were looked up.
-    pub content_index: Option<ContentIndexSummary>,
+    /// Set when row indexes were looked up.
+    pub index: Option<IndexSummary>,
     /// The query's memory the buffered rows copied while planning take:
     /// never read, only held as long as the plan that holds the copies.
     pub _buffered_memory: Arc<MemoryReservation>,
 }
 
-/// What the content indexes did for one scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContentIndexSummary {
-    /// Segments whose index holds none of the content ids (not opened).
+/// What the row indexes did for one scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSummary {
+    /// The indexed columns looked up (`content_id`, `actor_id`).
+    pub columns: Vec<&'static str>,
+    /// Segments whose indexes name no row wanted (not opened).
     pub segments_pruned: usize,
-    /// Segments scanned with the filter: without a usable index, or holding
-    /// a wanted id in too many rows for the index to list.
+    /// Segments scanned with the filters: without a usable index, or holding
+    /// a wanted content id in too many rows for the index to list.
     pub segments_scanned: usize,
 }
 
@@ -43,13 +46,14 @@ impl PassThrough for ScanSummary {
     const NAME: &'static str = "AuditEventsScanExec";
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ScanSummary { segments_read, segments_pruned, buffered_batches, content_index, _buffered_memory: _ } = self;
+        let ScanSummary { segments_read, segments_pruned, buffered_batches, index, _buffered_memory: _ } = self;
         write!(
             f,
             "segments_read={segments_read}, segments_pruned={segments_pruned}, buffered_batches={buffered_batches}"
         )?;
-        if let Some(ContentIndexSummary { segments_pruned, segments_scanned }) = content_index {
-            write!(f, ", content_index_pruned={segments_pruned}, content_index_scanned={segments_scanned}")?;
+        if let Some(IndexSummary { columns, segments_pruned, segments_scanned }) = index {
+            let columns = columns.join("+");
+            write!(f, ", indexed_by={columns}, index_pruned={segments_pruned}, index_scanned={segments_scanned}")?;
         }
         Ok(())
     }

@@ -121,6 +121,7 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
             .collect::<Option<Vec<_>>>()
             .and_then(|v| v.into_iter().max()),
         content_index: written.content_index,
+        actor_index: written.actor_index,
         // Unknown for one input means unknown for the merge.
         orgs: inputs.iter().map(|s| s.meta.orgs.as_ref()).collect::<Option<Vec<_>>>().and_then(|lists| {
             manifest::org_counts(lists.into_iter().flatten().map(|(org, rows)| (org.as_str(), *rows)))

@@ -756,6 +756,7 @@ impl Storage {
             file,
             size_bytes: written.size_bytes,
             content_index: written.content_index,
+            actor_index: written.actor_index,
             orgs: old.meta.orgs.as_ref().and_then(|_| manifest::org_counts(orgs.iter().map(|(o, n)| (o.as_str(), *n)))),
             min_time_us: times.map_or(old.meta.min_time_us, |(lo, _)| lo),
             max_time_us: times.map_or(old.meta.max_time_us, |(_, hi)| hi),

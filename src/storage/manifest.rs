@@ -13,8 +13,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
-use super::content_index::ContentIndexLocation;
 use super::objects::SegmentStore;
+use super::row_index::RowIndexLocation;
 use crate::model::Seq;
 
 const FORMAT_VERSION: u32 = 2;
@@ -45,7 +45,12 @@ pub struct SegmentMeta {
     /// Where the segment's content index lies in its file; absent for
     /// segments written before there was one (queries scan those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_index: Option<ContentIndexLocation>,
+    pub content_index: Option<RowIndexLocation>,
+    /// Where the segment's actor index lies in its file; absent for segments
+    /// written before there was one (queries find actors' rows by the
+    /// Parquet statistics of those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_index: Option<RowIndexLocation>,
     /// The organisations with events in the segment and how many rows each
     /// has, sorted by org id (the segment's own order, so each one's rows are
     /// a run starting where the previous ones' end); absent in manifests
@@ -180,7 +185,8 @@ mod tests {
             max_org_id: "globex".into(),
             actor_ids: Some(("u1".into(), "u7".into())),
             max_received_at_us: Some(7),
-            content_index: Some(ContentIndexLocation { offset: 4, length: 20 }),
+            content_index: Some(RowIndexLocation { offset: 4, length: 20 }),
+            actor_index: Some(RowIndexLocation { offset: 24, length: 30 }),
             orgs: Some(vec![("acme".into(), 4), ("globex".into(), 5)]),
         });
         manifest.store(&store).unwrap();
@@ -204,6 +210,7 @@ mod tests {
             actor_ids: None,
             max_received_at_us: None,
             content_index: None,
+            actor_index: None,
             orgs,
         };
         let listed = meta(org_counts(["initech", "acme", "acme", "initech", "initech"].map(|o| (o, 1))));
@@ -246,6 +253,7 @@ mod tests {
                 actor_ids: None,
                 max_received_at_us: None,
                 content_index: None,
+                actor_index: None,
                 orgs,
             },
         )

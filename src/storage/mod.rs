@@ -22,13 +22,13 @@
 //! ```
 
 pub mod compaction;
-pub mod content_index;
 mod engine;
 pub mod faults;
 pub mod idempotency;
 pub mod manifest;
 pub mod objects;
 pub mod packed;
+pub mod row_index;
 pub mod segment;
 pub mod settings;
 pub mod wal;

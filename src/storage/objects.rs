@@ -18,7 +18,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -33,8 +32,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::content_index::{self, ContentIndexBuilder, ContentIndexLocation};
 use super::faults::{Faults, IoOp};
+use super::row_index::{RowIndexBuilder, RowIndexLocation, RowIndexes};
 use super::segment::{SEGMENT_ROW_GROUP_ROWS, encode_row_group, writer_properties};
 use super::{StorageError, fsync_dir, packed};
 
@@ -236,8 +235,8 @@ impl SegmentStore {
         // row groups are then encoded here, each with its own encodings.
         let (writer, _) = ArrowWriter::try_new_with_options(Vec::new(), packed::segment_schema(), options)?
             .into_serialized_writer()?;
-        let content = ContentIndexBuilder::default();
-        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer, group: Vec::new(), sink, content })
+        let indexes = RowIndexes::default();
+        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer, group: Vec::new(), sink, indexes })
     }
 
     /// The manifest's bytes, or `None` when the log has none yet.
@@ -322,7 +321,7 @@ impl SegmentStore {
 
 /// A segment file being written: Parquet with the segment properties, each
 /// row group encoded as its own values call for (see
-/// [`encode_row_group`]), and a content index (see [`content_index`]),
+/// [`encode_row_group`]), and its row indexes (see [`row_index`]),
 /// streamed to the store (multipart when large) and made durable by
 /// [`SegmentWriter::finish`]. Sealing, bulk loads and compaction all write
 /// through it, so the durable path (fault check, fsync) and the index exist
@@ -337,22 +336,21 @@ pub struct SegmentWriter<'a> {
     /// from all of them.
     group: Vec<RecordBatch>,
     sink: BufWriter,
-    content: ContentIndexBuilder,
+    indexes: RowIndexes,
 }
 
 /// A segment file as [`SegmentWriter::finish`] left it.
 #[derive(Debug, Clone, Copy)]
 pub struct WrittenSegment {
     pub size_bytes: u64,
-    pub content_index: Option<ContentIndexLocation>,
+    pub content_index: Option<RowIndexLocation>,
+    pub actor_index: Option<RowIndexLocation>,
 }
 
 impl SegmentWriter<'_> {
     /// Appends `batch` (segment schema, in segment order).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        if let Some(ids) = batch.column_by_name("content_id") {
-            self.content.add(ids.as_string::<i32>().iter());
-        }
+        self.indexes.add_batch(batch);
         let mut offset = 0;
         while offset < batch.num_rows() {
             let gathered: usize = self.group.iter().map(RecordBatch::num_rows).sum();
@@ -388,28 +386,16 @@ impl SegmentWriter<'_> {
         Ok(self.store.block_on(self.sink.write(encoded.into()))?)
     }
 
-    /// Writes the content index and the footer, completes the upload and,
+    /// Writes the row indexes and the footer, completes the upload and,
     /// locally, fsyncs the file. On error the caller deletes whatever was
     /// written.
     pub fn finish(mut self) -> Result<WrittenSegment, StorageError> {
         let store = self.store;
         self.write_row_group()?;
         let group_rows: Vec<u64> = self.writer.flushed_row_groups().iter().map(|g| g.num_rows() as u64).collect();
-        let content_index = match std::mem::take(&mut self.content).finish(&group_rows) {
-            Some(index) => {
-                // After the last row group, before the footer: Parquet
-                // readers follow the footer's offsets and never read it.
-                let location =
-                    ContentIndexLocation { offset: self.writer.bytes_written() as u64, length: index.len() as u64 };
-                self.writer
-                    .write_all(&index)
-                    .map_err(|e| StorageError::io(Path::new(&store.describe(&self.location)), e))?;
-                let pointer = format!("{},{}", location.offset, location.length);
-                self.writer.append_key_value_metadata(KeyValue::new(content_index::FOOTER_KEY.to_owned(), pointer));
-                Some(location)
-            }
-            None => None,
-        };
+        let RowIndexes { content, actor } = std::mem::take(&mut self.indexes);
+        let content_index = self.write_index(content, &group_rows)?;
+        let actor_index = self.write_index(actor, &group_rows)?;
         self.writer.finish()?;
         self.send_encoded()?;
         store.block_on(self.sink.complete())?;
@@ -420,7 +406,26 @@ impl SegmentWriter<'_> {
         if let Some(path) = store.local_path(&self.file) {
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| StorageError::io(&path, e))?;
         }
-        Ok(WrittenSegment { size_bytes, content_index })
+        Ok(WrittenSegment { size_bytes, content_index, actor_index })
+    }
+
+    /// Writes an index after the last row group, before the footer: Parquet
+    /// readers follow the footer's offsets and never read it. `None` when
+    /// the rows could not be indexed exactly.
+    fn write_index(
+        &mut self,
+        index: RowIndexBuilder,
+        group_rows: &[u64],
+    ) -> Result<Option<RowIndexLocation>, StorageError> {
+        let kind = index.kind();
+        let Some(bytes) = index.finish(group_rows) else { return Ok(None) };
+        let location = RowIndexLocation { offset: self.writer.bytes_written() as u64, length: bytes.len() as u64 };
+        self.writer
+            .write_all(&bytes)
+            .map_err(|e| StorageError::io(Path::new(&self.store.describe(&self.location)), e))?;
+        let pointer = format!("{},{}", location.offset, location.length);
+        self.writer.append_key_value_metadata(KeyValue::new(kind.footer_key().to_owned(), pointer));
+        Ok(Some(location))
     }
 }
 

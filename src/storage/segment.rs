@@ -429,6 +429,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         actor_ids,
         max_received_at_us,
         content_index: written.content_index,
+        actor_index: written.actor_index,
         orgs,
     })
 }

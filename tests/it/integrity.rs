@@ -124,6 +124,7 @@ fn replace_segment(data: &Path, n: usize, file: &str, rows: &RecordBatch) {
     segment["size_bytes"] = fs::metadata(&path).unwrap().len().into();
     segment["rows"] = rows.num_rows().into();
     segment.as_object_mut().unwrap().remove("content_index");
+    segment.as_object_mut().unwrap().remove("actor_index");
     write_manifest(data, &manifest);
 }
 
@@ -292,22 +293,23 @@ fn each_kind_of_tampering_is_detected_and_named() {
     replace_segment(&data, 0, &file, &reorder(&rows, order));
     assert_tampered(&data, &key, &[&format!("extra: segment {file} holds seq {dup} more than once")]);
 
-    // A content index that still parses but names other rows.
-    let data = case("index");
-    let segment = &manifest(&data)["segments"][0];
-    let file = segment["file"].as_str().unwrap().to_string();
-    let end =
-        segment["content_index"]["offset"].as_u64().unwrap() + segment["content_index"]["length"].as_u64().unwrap();
-    let path = data.join("segments").join(&file);
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[end as usize - 1] ^= 1;
-    fs::write(&path, bytes).unwrap();
-    let stdout = assert_tampered(
-        &data,
-        &key,
-        &[&format!("modified: segment {file}: its content index is not the one its rows make")],
-    );
-    assert_eq!(stdout.lines().count(), 2, "the events themselves are intact: {stdout}");
+    // A content or actor index that still parses but names other rows.
+    for (index, what) in [("content_index", "content"), ("actor_index", "actor")] {
+        let data = case(index);
+        let segment = &manifest(&data)["segments"][0];
+        let file = segment["file"].as_str().unwrap().to_string();
+        let end = segment[index]["offset"].as_u64().unwrap() + segment[index]["length"].as_u64().unwrap();
+        let path = data.join("segments").join(&file);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[end as usize - 1] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        let stdout = assert_tampered(
+            &data,
+            &key,
+            &[&format!("modified: segment {file}: its {what} index is not the one its rows make")],
+        );
+        assert_eq!(stdout.lines().count(), 2, "the events themselves are intact: {stdout}");
+    }
 
     // And the untouched copy still verifies.
     let (code, stdout) = verify(&pristine, &key);
