@@ -4,6 +4,15 @@ Both systems get the same psycopg driver, SCRAM logins on loopback and the
 same queries with the same parameters; rounds alternate between systems.
 Answers to a sample of queries are compared first. Prints a table and one
 JSON line.
+
+With --dashboard: a Grafana-style dashboard instead. Each of --users users
+(one organisation each, the largest among them) looks at ten panels
+(PANELS) and refreshes them every --refresh-s seconds, the ten at once on
+ten connections of its own, with the panel's SQL and time range inlined as
+Grafana's PostgreSQL data source sends it (simple protocol); users start at
+random offsets within the first interval. Every panel's answer is compared
+between the systems first; then per-panel latencies (p50, p95) over
+--duration-s per system and round.
 """
 import argparse
 import json
@@ -11,6 +20,7 @@ import random
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
@@ -21,6 +31,43 @@ QUERIES = [
     ("one_content_90d", "content",
      "select time, actor_id, action from audit_events "
      "where content_id = %s and time > %s::timestamptz - interval '90 days' and time <= %s::timestamptz order by time, seq"),
+]
+
+
+# A dashboard over one organisation's audit log; {org} and {now} are the
+# dashboard variable and the end of the time range picker.
+WINDOW = "org_id = '{org}' and time > timestamptz '{now}' - interval '{span}' and time <= timestamptz '{now}'"
+PANELS = [
+    ("events per 5 min, 6 h",
+     "select date_bin(interval '5 minutes', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
+     "from audit_events where " + WINDOW.replace("{span}", "6 hours") + " group by 1 order by 1"),
+    ("top actions, 24 h",
+     "select action, count(*) as n from audit_events where " + WINDOW.replace("{span}", "24 hours")
+     + " group by action order by n desc, action limit 10"),
+    ("failures per hour, 24 h",
+     "select date_bin(interval '1 hour', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
+     "from audit_events where outcome = 'failure' and " + WINDOW.replace("{span}", "24 hours")
+     + " group by 1 order by 1"),
+    ("top actors, 24 h",
+     "select actor_id, count(*) as n from audit_events where " + WINDOW.replace("{span}", "24 hours")
+     + " group by actor_id order by n desc, actor_id limit 10"),
+    ("active actors, 7 d",
+     "select count(distinct actor_id) as actors from audit_events where " + WINDOW.replace("{span}", "7 days")),
+    ("events by category, 7 d",
+     "select category, count(*) as n from audit_events where " + WINDOW.replace("{span}", "7 days")
+     + " group by category order by n desc, category"),
+    ("failing source IPs, 7 d",
+     "select source_ip, count(*) as n from audit_events where outcome = 'failure' and "
+     + WINDOW.replace("{span}", "7 days") + " group by source_ip order by n desc, source_ip limit 10"),
+    ("latest events",
+     "select time, actor_id, action, content_id from audit_events where " + WINDOW.replace("{span}", "30 days")
+     + " order by time desc, seq desc limit 20"),
+    ("access changes, 30 d",
+     "select time, actor_id, action from audit_events where category = 'access' and "
+     + WINDOW.replace("{span}", "30 days") + " order by time desc, seq desc limit 50"),
+    ("events per day, 30 d",
+     "select date_bin(interval '1 day', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
+     "from audit_events where " + WINDOW.replace("{span}", "30 days") + " group by 1 order by 1"),
 ]
 
 
@@ -77,6 +124,94 @@ def concurrent(dsn, work, clients):
     return len(work) / elapsed, latencies
 
 
+def dashboard_sql(panel, org, now):
+    return PANELS[panel][1].replace("{org}", org).replace("{now}", now.isoformat())
+
+
+def dashboard(dsn, users, refresh_s, duration_s, seed):
+    """Per panel, the latencies (ms) of every refresh of every user."""
+    latencies = {i: [] for i in range(len(PANELS))}
+    errors = []
+    lock = threading.Lock()
+    rng = random.Random(seed)
+    offsets = [rng.uniform(0, refresh_s) for _ in users]
+    barrier = threading.Barrier(len(users) + 1)
+
+    def user(org, offset, now):
+        connections = [psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) for _ in PANELS]
+
+        def panel(i):
+            started = time.perf_counter()
+            try:
+                connections[i].execute(dashboard_sql(i, org, now), prepare=False).fetchall()
+            except Exception as e:  # noqa: BLE001 - reported, not hidden
+                errors.append(f"{PANELS[i][0]}: {e}")
+            return i, (time.perf_counter() - started) * 1000
+
+        with ThreadPoolExecutor(len(PANELS)) as pool:
+            barrier.wait()
+            start = time.perf_counter()
+            next_refresh = start + offset
+            while next_refresh < start + duration_s:
+                time.sleep(max(0.0, next_refresh - time.perf_counter()))
+                done = list(pool.map(panel, range(len(PANELS))))
+                with lock:
+                    for i, ms in done:
+                        latencies[i].append(ms)
+                next_refresh += refresh_s
+        for c in connections:
+            c.close()
+
+    threads = [threading.Thread(target=user, args=(org, off, now)) for (org, now), off in zip(users, offsets)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} panel queries failed, e.g. {errors[0]}")
+    return latencies
+
+
+def run_dashboard(args, systems):
+    with psycopg.connect(args.postgres, autocommit=True) as pg:
+        orgs = [r[0] for r in pg.execute("select org_id from audit_events group by org_id order by count(*) desc")]
+        newest = {o: t for o, t in pg.execute("select org_id, max(time) from audit_events group by org_id")}
+    rng = random.Random(args.seed)
+    chosen = [orgs[0]] + rng.sample(orgs[1:], min(len(orgs) - 1, args.users - 1))
+    users = [(org, newest[org]) for org in chosen]
+    # Plain SQL, as Grafana sends it: psycopg's client-side cursors.
+    plain = {"autocommit": True, "cursor_factory": psycopg.ClientCursor}
+    with psycopg.connect(args.auditlake, **plain) as al, psycopg.connect(args.postgres, **plain) as pg:
+        for org, now in users:
+            for i in range(len(PANELS)):
+                sql = dashboard_sql(i, org, now)
+                a = [tuple(r) for r in al.execute(sql, prepare=False).fetchall()]
+                p = [tuple(r) for r in pg.execute(sql, prepare=False).fetchall()]
+                if a != p:
+                    raise SystemExit(f"answers differ for {PANELS[i][0]} of {org}: {a[:3]} vs {p[:3]}")
+    lat = {s: {i: [] for i in range(len(PANELS))} for s in systems}
+    for round_ in range(args.rounds):
+        order = list(systems) if round_ % 2 == 0 else list(reversed(systems))
+        for system in order:
+            for i, ms in dashboard(systems[system], users, args.refresh_s, args.duration_s, args.seed + round_).items():
+                lat[system][i] += ms
+    results = {}
+    print(f"{len(users)} users x {len(PANELS)} panels, refresh every {args.refresh_s} s "
+          f"(orgs {', '.join(o for o, _ in users)}), p50 / p95 ms:")
+    print(f"{'panel':28} " + " ".join(f"{s:>22}" for s in systems))
+    for i, (name, _) in enumerate(PANELS):
+        cells = []
+        for system in systems:
+            values = lat[system][i]
+            results.setdefault(system, {})[name] = {
+                "p50_ms": round(statistics.median(values), 2), "p95_ms": round(percentile(values, 95), 2),
+                "refreshes": len(values)}
+            cells.append(f"{statistics.median(values):9.2f} / {percentile(values, 95):9.2f}")
+        print(f"{name:28} " + " ".join(f"{c:>22}" for c in cells), flush=True)
+    print(json.dumps({"users": len(users), "panels": len(PANELS), "refresh_s": args.refresh_s, "results": results}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--auditlake", required=True)
@@ -90,7 +225,14 @@ def main():
                         help="never prepare statements server-side (psycopg prepares a statement run 5 times; "
                              "PostgreSQL may then plan it generically, without the parameters' values)")
     parser.add_argument("--query", choices=[q[0] for q in QUERIES], help="only this query (default: both, mixed)")
+    parser.add_argument("--dashboard", action="store_true", help="the Grafana-style dashboard instead (see above)")
+    parser.add_argument("--users", type=int, default=5)
+    parser.add_argument("--refresh-s", type=float, default=5.0)
+    parser.add_argument("--duration-s", type=float, default=60.0)
     args = parser.parse_args()
+    if args.dashboard:
+        run_dashboard(args, {"auditlake": args.auditlake, "postgres": args.postgres})
+        return
     queries = [q for q in QUERIES if args.query in (None, q[0])]
     global PREPARE_THRESHOLD
     PREPARE_THRESHOLD = None if args.no_prepare else 5
