@@ -1,12 +1,15 @@
 //! Lookups answered by the segments' row indexes ([`row_index`]): "who
-//! viewed this page" and "what did this person do" name the rows to read.
+//! viewed this page" and "what did this person do" name the rows to read;
+//! and the manifest's runs of each organisation's rows: "this
+//! organisation's last day" reads that run only.
 //!
-//! `content_id = 'x'`, `actor_id = 'x'` and their `IN ('x', 'y')` forms are
-//! the filters the table applies exactly itself: segments with the indexes
-//! get a Parquet access plan selecting exactly their rows (a segment without
-//! any is not opened; with both filters, the rows both name), and segments
-//! without them (written before there were indexes), like the in-memory
-//! buffer, get the filters applied inside the scan. Because the filters are
+//! `content_id = 'x'`, `actor_id = 'x'`, `org_id = 'x'` and their
+//! `IN ('x', 'y')` forms are the filters the table applies exactly itself:
+//! segments with the indexes (and organisations listed in the manifest) get
+//! a Parquet access plan selecting exactly their rows (a segment without any
+//! is not opened; with several filters, the rows all of them name), and
+//! segments without them (written before there were indexes), like the
+//! in-memory buffer, get the filters applied inside the scan. Because the filters are
 //! exact, DataFusion adds no filter of its own above the scan, so the
 //! columns are not even read unless the query selects them.
 //!
@@ -30,12 +33,42 @@ use super::segment_cache::SegmentCache;
 use crate::storage::row_index::{Parsed, RowIndexHead, RowIndexKind, RowIndexLocation};
 use crate::storage::segment::LiveSegment;
 
-const KINDS: [RowIndexKind; 2] = [RowIndexKind::Content, RowIndexKind::Actor];
+/// A column whose rows a segment can name without a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyed {
+    /// The manifest lists each organisation's run of rows.
+    Org,
+    Actor,
+    Content,
+}
 
-/// The keys of one indexed column a query keeps rows of.
+/// In the order lookups go: the manifest's runs first (no read at all),
+/// then the indexes.
+const KEYED: [Keyed; 3] = [Keyed::Org, Keyed::Actor, Keyed::Content];
+
+impl Keyed {
+    pub fn column(self) -> &'static str {
+        match self {
+            Keyed::Org => "org_id",
+            Keyed::Actor => RowIndexKind::Actor.column(),
+            Keyed::Content => RowIndexKind::Content.column(),
+        }
+    }
+
+    /// The row index naming this column's rows, and where a segment keeps it.
+    fn index(self, segment: &LiveSegment) -> Option<(RowIndexKind, Option<RowIndexLocation>)> {
+        match self {
+            Keyed::Org => None,
+            Keyed::Actor => Some((RowIndexKind::Actor, segment.meta.actor_index)),
+            Keyed::Content => Some((RowIndexKind::Content, segment.meta.content_index)),
+        }
+    }
+}
+
+/// The keys of one such column a query keeps rows of.
 #[derive(Debug, Clone)]
 pub struct Wanted {
-    pub kind: RowIndexKind,
+    pub keyed: Keyed,
     pub keys: BTreeSet<String>,
 }
 
@@ -81,20 +114,20 @@ fn text(value: &ScalarValue) -> Option<Option<String>> {
 
 /// Whether `filter` is one the table applies exactly (see [`exact_values`]).
 pub fn is_exact(filter: &Expr) -> bool {
-    KINDS.iter().any(|kind| exact_values(filter, kind.column()).is_some())
+    KEYED.iter().any(|keyed| exact_values(filter, keyed.column()).is_some())
 }
 
 /// Per indexed column, the keys every exact filter of `filters` on it
 /// allows (their intersection); empty when there is no exact filter.
 pub fn wanted(filters: &[Expr]) -> Vec<Wanted> {
-    KINDS
+    KEYED
         .iter()
-        .filter_map(|&kind| {
+        .filter_map(|&keyed| {
             let keys = filters
                 .iter()
-                .filter_map(|f| exact_values(f, kind.column()))
+                .filter_map(|f| exact_values(f, keyed.column()))
                 .reduce(|a, b| a.intersection(&b).cloned().collect())?;
-            Some(Wanted { kind, keys })
+            Some(Wanted { keyed, keys })
         })
         .collect()
 }
@@ -102,7 +135,7 @@ pub fn wanted(filters: &[Expr]) -> Vec<Wanted> {
 /// The exact filters of `wanted` as one predicate, for what has no index.
 pub fn predicate(wanted: &[Wanted]) -> Option<Expr> {
     conjunction(
-        wanted.iter().map(|w| col(w.kind.column()).in_list(w.keys.iter().map(|k| lit(k.as_str())).collect(), false)),
+        wanted.iter().map(|w| col(w.keyed.column()).in_list(w.keys.iter().map(|k| lit(k.as_str())).collect(), false)),
     )
 }
 
@@ -117,53 +150,96 @@ pub enum Lookup {
     None,
 }
 
-/// Looks the `wanted` keys up in `segment`'s indexes: the rows every wanted
-/// column's index names. With `within` (a scan of one organisation), only
-/// rows in that run count: `Some(None)` when the manifest does not say where
-/// its rows lie, and the indexes are then not used, so that whether they
-/// name another organisation's rows never changes what is read.
-pub async fn lookup(
-    cache: &SegmentCache,
-    segment: &LiveSegment,
-    wanted: &[Wanted],
-    within: Option<Option<Range<u64>>>,
-) -> Lookup {
-    let mut rows: Option<Vec<Range<u32>>> = match within {
-        Some(None) => return Lookup::Unindexed,
-        Some(Some(run)) => Some(std::iter::once(clamp(run.start)..clamp(run.end)).collect()),
-        None => None,
-    };
+/// Looks the `wanted` keys up in `segment`'s manifest entry and indexes:
+/// the rows every wanted column names. A scan of one organisation always
+/// wants its `org_id`, so when the manifest does not say where its rows
+/// lie, the indexes are not used at all, and whether they name another
+/// organisation's rows never changes what is read.
+pub async fn lookup(cache: &SegmentCache, segment: &LiveSegment, wanted: &[Wanted]) -> Lookup {
+    let mut rows: Option<Vec<Range<u32>>> = None;
     let mut group_rows = None;
     for want in wanted {
-        let location = match want.kind {
-            RowIndexKind::Content => segment.meta.content_index,
-            RowIndexKind::Actor => segment.meta.actor_index,
+        let found = match want.keyed.index(segment) {
+            None => match org_runs(segment, &want.keys) {
+                Some(runs) => runs,
+                None => return Lookup::Unindexed,
+            },
+            Some((_, None)) => return Lookup::Unindexed,
+            Some((kind, Some(location))) => match rows_of(cache, segment, kind, location, &want.keys).await {
+                Ok(None) => return Lookup::Unindexed,
+                Ok(Some((head, found))) => {
+                    group_rows = Some(head.group_rows);
+                    found
+                }
+                Err(reason) => {
+                    warn!(segment = %segment.meta.file, %reason, "row index unusable; scanning the segment instead");
+                    return Lookup::Unindexed;
+                }
+            },
         };
-        let Some(location) = location else { return Lookup::Unindexed };
-        match rows_of(cache, segment, want.kind, location, &want.keys).await {
-            Ok(None) => return Lookup::Unindexed,
-            Ok(Some((head, found))) => {
-                rows = Some(match rows {
-                    Some(rows) => intersection(&rows, &found),
-                    None => found,
-                });
-                group_rows = Some(head.group_rows);
-            }
-            Err(reason) => {
-                warn!(segment = %segment.meta.file, %reason, "row index unusable; scanning the segment instead");
-                return Lookup::Unindexed;
-            }
+        let found = match rows {
+            Some(rows) => intersection(&rows, &found),
+            None => found,
+        };
+        if found.is_empty() {
+            return Lookup::None;
         }
+        rows = Some(found);
     }
-    match (rows, group_rows) {
-        (Some(rows), Some(group_rows)) if !rows.is_empty() => Lookup::Rows(access_plan(&group_rows, &rows)),
-        (Some(_), Some(_)) => Lookup::None,
-        _ => Lookup::Unindexed,
-    }
+    let Some(rows) = rows else { return Lookup::Unindexed };
+    let group_rows = match group_rows {
+        Some(group_rows) => group_rows,
+        // Only organisations wanted: the row group sizes come from either
+        // index's head (one cached read).
+        None => match any_head(cache, segment).await {
+            Some(head) => head.group_rows,
+            None => return Lookup::Unindexed,
+        },
+    };
+    Lookup::Rows(access_plan(&group_rows, &rows))
+}
+
+/// The runs of rows of the organisations `orgs` in `segment`, from the
+/// manifest; `None` when it does not list the segment's organisations.
+fn org_runs(segment: &LiveSegment, orgs: &BTreeSet<String>) -> Option<Vec<Range<u32>>> {
+    segment.meta.orgs.as_ref()?;
+    let runs = orgs.iter().filter_map(|org| segment.meta.org_rows(org)).map(|run| clamp(run.start)..clamp(run.end));
+    Some(merged(runs.collect()))
 }
 
 fn clamp(row: u64) -> u32 {
     row.min(u64::from(u32::MAX)) as u32
+}
+
+/// The head of the segment's actor or content index, whichever it has.
+async fn any_head(cache: &SegmentCache, segment: &LiveSegment) -> Option<RowIndexHead> {
+    for (kind, location) in
+        [(RowIndexKind::Actor, segment.meta.actor_index), (RowIndexKind::Content, segment.meta.content_index)]
+    {
+        if let Some(location) = location
+            && let Ok(head) = read_head(cache, segment, kind, location).await
+        {
+            return Some(head);
+        }
+    }
+    None
+}
+
+async fn read_head(
+    cache: &SegmentCache,
+    segment: &LiveSegment,
+    kind: RowIndexKind,
+    location: RowIndexLocation,
+) -> Result<RowIndexHead, String> {
+    let mut range = location.first_read();
+    loop {
+        let bytes = cache.read(segment, range.clone()).await.map_err(|e| e.to_string())?;
+        match RowIndexHead::parse(kind, location, &bytes).map_err(|e| e.to_string())? {
+            Parsed::Head(head) => return Ok(head),
+            Parsed::NeedRange(whole) if whole != range => range = whole,
+            Parsed::NeedRange(_) => return Err("the index head cannot be read whole".into()),
+        }
+    }
 }
 
 /// The runs of rows holding any of `keys`, sorted and merged, and the head
@@ -176,15 +252,7 @@ async fn rows_of(
     location: RowIndexLocation,
     keys: &BTreeSet<String>,
 ) -> Result<Option<(RowIndexHead, Vec<Range<u32>>)>, String> {
-    let mut range = location.first_read();
-    let head = loop {
-        let bytes = cache.read(segment, range.clone()).await.map_err(|e| e.to_string())?;
-        match RowIndexHead::parse(kind, location, &bytes).map_err(|e| e.to_string())? {
-            Parsed::Head(head) => break head,
-            Parsed::NeedRange(whole) if whole != range => range = whole,
-            Parsed::NeedRange(_) => return Err("the index head cannot be read whole".into()),
-        }
-    };
+    let head = read_head(cache, segment, kind, location).await?;
     let starts = cache.read(segment, head.starts_range()).await.map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
     for key in keys {
@@ -295,7 +363,8 @@ mod tests {
         let either = col("content_id").eq(lit("p1")).or(lit("p3").eq(col("content_id")));
         assert_eq!(exact(&either), ids(&["p1", "p3"]));
         assert_eq!(exact(&col("content_id").eq(lit("p1")).or(col("actor_id").eq(lit("u")))), None);
-        assert!(is_exact(&col("actor_id").eq(lit("u"))) && !is_exact(&col("org_id").eq(lit("acme"))));
+        assert!(is_exact(&col("actor_id").eq(lit("u"))) && is_exact(&col("org_id").eq(lit("acme"))));
+        assert!(!is_exact(&col("action").eq(lit("page.viewed"))));
 
         let filters = [
             col("content_id").in_list(vec![lit("p1"), lit("p2")], false),
@@ -304,11 +373,8 @@ mod tests {
             col("time").gt(lit(1)),
         ];
         let wanted = wanted(&filters);
-        let found: Vec<_> = wanted.iter().map(|w| (w.kind, w.keys.clone())).collect();
-        assert_eq!(
-            found,
-            [(RowIndexKind::Content, ids(&["p2"]).unwrap()), (RowIndexKind::Actor, ids(&["u"]).unwrap())]
-        );
+        let found: Vec<_> = wanted.iter().map(|w| (w.keyed, w.keys.clone())).collect();
+        assert_eq!(found, [(Keyed::Actor, ids(&["u"]).unwrap()), (Keyed::Content, ids(&["p2"]).unwrap())]);
         assert!(super::wanted(&[col("time").gt(lit(1))]).is_empty());
     }
 

@@ -463,10 +463,10 @@ impl AuditEventsTable {
                 let lookups = futures::stream::iter(segments.iter().cloned())
                     .map(|segment| {
                         let (cache, wanted) = (self.cache.clone(), Arc::clone(&wanted));
-                        // An organisation's lookup takes only the index's rows in
-                        // its own run, so rows of other organisations are not read.
-                        let within = org.map(|org| segment.meta.org_rows(org));
-                        async move { index_lookup::lookup(&cache, &segment, &wanted, within).await }
+                        // An organisation's scan wants its `org_id` (the scope
+                        // is among the filters), so it takes only rows in its
+                        // own run, and rows of other organisations are not read.
+                        async move { index_lookup::lookup(&cache, &segment, &wanted).await }
                     })
                     .buffered(INDEX_LOOKUPS_AT_ONCE)
                     .collect::<Vec<_>>()
@@ -478,7 +478,7 @@ impl AuditEventsTable {
                         index_lookup::Lookup::None => pruned += 1,
                     }
                 }
-                let columns = wanted.iter().map(|w| w.kind.column()).collect();
+                let columns = wanted.iter().map(|w| w.keyed.column()).collect();
                 index = Some(IndexSummary { columns, segments_pruned: pruned, segments_scanned: unindexed.len() });
                 segments_read = indexed.len() + unindexed.len();
                 let other_filters: Vec<Expr> = filters.iter().filter(|f| !index_lookup::is_exact(f)).cloned().collect();
@@ -1099,14 +1099,16 @@ mod tests {
         let initech = scoped_scan(&storage, "initech", "select * from audit_events").await;
         assert_eq!(initech.matches(".parquet").count(), 2, "{initech}");
         // The user's cast stays above the barrier; the leakproof filter goes
-        // below it, with the scope, into the Parquet scan.
+        // below it, with the scope, into the scan.
         let sql = "select id from audit_events where actor_id = 'u1' and cast(action as int) = 1";
         // Of acme's two segments, the actor index of one names no row of u1
         // in acme's run: only the other is opened.
         let acme = scoped_scan(&storage, "acme", sql).await;
         assert_eq!(acme.matches(".parquet").count(), 1, "{acme}");
-        assert!(acme.contains("predicate=") && acme.contains("org_id@"), "{acme}");
-        assert!(acme.contains("indexed_by=actor_id, index_pruned=1"), "{acme}");
+        // The scan reads acme's run of rows (the manifest's), and the scope
+        // is applied again above it, as the barrier.
+        assert!(acme.contains("indexed_by=org_id+actor_id, index_pruned=1"), "{acme}");
+        assert!(acme.starts_with("FilterExec: org_id@2 = acme"), "{acme}");
         assert!(!acme.to_lowercase().contains("cast"), "{acme}");
         storage.shutdown();
     }
