@@ -1,11 +1,12 @@
 """One lookup repeated against a running auditlake server, for profiling and
 for A/B runs of two servers side by side (one port each, alternating runs).
 
-    python bench/lookup_loop.py --pg-port P [--kind actor|content|select1]
-        [--repetitions N] [--gap-ms G] [--set "SQL"]...
+    python bench/lookup_loop.py --pg-port P [--kind actor|content|select1|sql]
+        [--sql "SELECT ..."] [--repetitions N] [--gap-ms G] [--set "SQL"]...
 
 Parameters are actors (or content ids) active in the last 7 (90) days of the
 data, reused in turn; each statement is sent as literal SQL, as psql would.
+`--kind sql` repeats the one statement of `--sql` (e.g. a dashboard panel).
 `--gap-ms` sleeps between statements: an idle server runs the same statement
 markedly slower than one answering back to back (caches and the virtual CPU
 go cold), so the two tell apart what a lookup costs from what idling costs.
@@ -21,7 +22,8 @@ import psycopg
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pg-port", type=int, required=True)
-    parser.add_argument("--kind", choices=["actor", "content", "select1"], default="actor")
+    parser.add_argument("--kind", choices=["actor", "content", "select1", "sql"], default="actor")
+    parser.add_argument("--sql", help="the statement --kind sql repeats")
     parser.add_argument("--repetitions", type=int, default=300)
     parser.add_argument("--gap-ms", type=float, default=0.0)
     parser.add_argument("--set", action="append", default=[], help="a SET statement run first")
@@ -44,6 +46,8 @@ def main():
             "and content_id is not null limit 60").fetchall()]
         template = ("select time, actor_id, action from audit_events where content_id = '{p}' "
                     f"and time > {anchor} - interval '90 days' and time <= {anchor} order by time, seq")
+    elif args.kind == "sql":
+        params, template = ["-"], args.sql.replace("{", "{{").replace("}", "}}")
     else:
         params, template = ["1"], "select {p}"
 
