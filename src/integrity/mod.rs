@@ -267,6 +267,8 @@ pub struct SegmentRows {
     pub out_of_order: Option<(Seq, Seq)>,
     /// The row indexes the rows make, as the segment writer built them.
     pub indexes: RowIndexes,
+    /// Rows per organisation, as the manifest lists them.
+    pub org_rows: std::collections::BTreeMap<String, u64>,
 }
 
 /// Reads every row of a segment and hashes it.
@@ -279,6 +281,7 @@ pub fn read_segment(
         leaves: Vec::with_capacity(rows_hint(segment)),
         out_of_order: None,
         indexes: RowIndexes::default(),
+        org_rows: Default::default(),
     };
     let mut previous: Option<SortKey> = None;
     for_each_batch(store, every_column(segment)?, |batch| {
@@ -305,6 +308,9 @@ pub fn read_segment(
             previous = Some((o.to_string(), a.to_string(), t, s));
         }
         rows.indexes.add_batch(&batch);
+        for org in orgs.iter().flatten() {
+            *rows.org_rows.entry(org.to_owned()).or_insert(0) += 1;
+        }
         rows.leaves.extend(canonical::leaves(&batch, digest_key));
         Ok(())
     })?;

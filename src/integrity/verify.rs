@@ -23,8 +23,7 @@ use super::{IntegrityError, SigningKey, read_segment};
 use crate::model::Seq;
 use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 
-use crate::storage::manifest::Manifest;
-use crate::storage::manifest::SegmentMeta;
+use crate::storage::manifest::{self, Manifest, SegmentMeta};
 use crate::storage::objects::SegmentStore;
 use crate::storage::row_index::{RowIndexBuilder, RowIndexLocation, RowIndexes};
 use crate::storage::segment::LiveSegment;
@@ -181,6 +180,17 @@ pub fn verify(
             Ok(rows) => {
                 if let Err(reason) = check_row_indexes(store, meta, rows.indexes) {
                     report.found(Kind::Modified, format!("segment {}: {reason}", meta.file));
+                }
+                let counted = manifest::org_counts(rows.org_rows.iter().map(|(org, n)| (org.as_str(), *n)));
+                if meta.orgs.is_some() && meta.orgs != counted {
+                    report.found(
+                        Kind::Modified,
+                        format!(
+                            "segment {}: the manifest's rows per organisation are not the ones its rows make \
+                             (filters by org_id would select wrong rows)",
+                            meta.file
+                        ),
+                    );
                 }
                 if let Some((a, b)) = rows.out_of_order {
                     report.found(
@@ -392,7 +402,7 @@ fn check_blocks(
     blocks: &[Hash],
     leaves: &BTreeMap<Seq, (Hash, usize)>,
     removed: &BTreeMap<Seq, Hash>,
-    segments: &[crate::storage::manifest::SegmentMeta],
+    segments: &[SegmentMeta],
     report: &mut Report,
 ) {
     for (b, want) in blocks.iter().enumerate() {

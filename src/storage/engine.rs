@@ -719,7 +719,7 @@ impl Storage {
 
     /// Writes a copy of segment `old` with `rewrite` applied to each batch,
     /// durably, under the name of its next generation. Its meta is `old`'s
-    /// but for the file, its size and content index; the copy is deleted if
+    /// but for the file, its size and row indexes; the copy is deleted if
     /// writing fails.
     fn write_copy(
         &self,

@@ -311,6 +311,22 @@ fn each_kind_of_tampering_is_detected_and_named() {
         assert_eq!(stdout.lines().count(), 2, "the events themselves are intact: {stdout}");
     }
 
+    // The manifest's runs of organisations moved: filters by org_id (which
+    // read an organisation's run exactly) would select another's rows.
+    let data = case("org-runs");
+    let mut m = manifest(&data);
+    let orgs = m["segments"][0]["orgs"].as_array_mut().expect("the segment lists its organisations");
+    assert_eq!(orgs.len(), 2, "{orgs:?}");
+    let (first, second) = (orgs[0][1].as_u64().unwrap(), orgs[1][1].as_u64().unwrap());
+    (orgs[0][1], orgs[1][1]) = ((first + 1).into(), (second - 1).into());
+    let file = m["segments"][0]["file"].as_str().unwrap().to_string();
+    write_manifest(&data, &m);
+    assert_tampered(
+        &data,
+        &key,
+        &[&format!("modified: segment {file}: the manifest's rows per organisation are not the ones its rows make")],
+    );
+
     // And the untouched copy still verifies.
     let (code, stdout) = verify(&pristine, &key);
     assert_eq!((code, stdout.trim()), (Some(0), "ok"));
