@@ -25,7 +25,7 @@ use datafusion::parquet::file::metadata::ParquetMetaDataReader;
 
 use crate::storage::manifest::{self, Manifest, SegmentMeta};
 use crate::storage::objects::SegmentStore;
-use crate::storage::row_index::{RowIndexBuilder, RowIndexLocation, RowIndexes};
+use crate::storage::row_index::{self, RowIndexBuilder, RowIndexLocation, RowIndexes};
 use crate::storage::segment::LiveSegment;
 
 /// What is wrong, by kind; the kinds differ in what an auditor does next.
@@ -357,7 +357,9 @@ fn check_row_indexes(store: &SegmentStore, meta: &SegmentMeta, rebuilt: RowIndex
     for (location, rebuilt) in wanted {
         let column = rebuilt.kind().column();
         let stored = bytes.get(location.offset as usize..(location.offset + location.length) as usize);
-        match (rebuilt.finish(&group_rows), stored) {
+        // Rebuilt in the format the stored index was written in.
+        let version = stored.and_then(|stored| rebuilt.kind().version_of(stored)).unwrap_or(row_index::VERSION);
+        match (rebuilt.finish_as(version, &group_rows), stored) {
             (Some(want), Some(stored)) if want == stored => {}
             _ => {
                 return Err(format!(

@@ -19,18 +19,19 @@
 //! one. The manifest records where they are ([`RowIndexLocation`]), and the
 //! footer says so too ([`RowIndexKind::footer_key`]), for other tools.
 //!
-//! Format (version 1), little-endian, built to be read with three range
+//! Format (version 2), little-endian, built to be read with three range
 //! reads per lookup, two of them the same for every key (the head, the
 //! bucket starts) and one small (the bucket):
 //!
 //! ```text
-//! magic         b"ALCIDX01" (content ids) or b"ALAIDX01" (actor ids)
+//! magic         b"ALCIDX02" (content ids) or b"ALAIDX02" (actor ids)
 //! buckets B     u32, a power of two
 //! groups G      u32
 //! group rows    G × u32            rows of each row group, in file order
 //! bucket starts (B + 1) × u32      byte offsets into the entries
 //! entries       per bucket, sorted by key:
-//!               len, key (UTF-8), then
+//!               shared, len, key bytes after the first `shared` (UTF-8)
+//!               it has in common with the bucket's previous key, then
 //!   content:    n, first row, n - 1 row deltas
 //!               (n = 0: the id is in more than MAX_LISTED_ROWS rows,
 //!               which are not listed)
@@ -46,7 +47,9 @@
 //!
 //! Inside entries every number is an unsigned LEB128 varint: a content id's
 //! rows are few and far apart, and varints keep the index smaller than
-//! fixed-width u32s by about a third.
+//! fixed-width u32s by about a third. Keys are front-coded: sorted within
+//! their bucket, neighbours share a prefix (`page-1`, `user-61`), which
+//! version 1 (`...01`, every key whole; still read) stored again each time.
 //!
 //! A key's bucket is the low bits of its 64-bit FNV-1a hash. Rows are
 //! numbered from 0 over the whole file. This module builds and reads the
@@ -61,7 +64,9 @@ use serde::{Deserialize, Serialize};
 /// Most rows of one content id the index lists (see above).
 pub const MAX_LISTED_ROWS: usize = 16;
 /// Keys per bucket the index aims at: a lookup reads one bucket.
-const KEYS_PER_BUCKET: usize = 16;
+const KEYS_PER_BUCKET: usize = 32;
+/// The format version written; versions 1 and 2 are read.
+pub const VERSION: u8 = 2;
 const MAX_BUCKETS: usize = 1 << 16;
 /// Longest key the index takes. Validation keeps ids far shorter
 /// (`model::MAX_KEY_FIELD_BYTES`); a segment with a longer one gets no index
@@ -86,11 +91,19 @@ impl RowIndexKind {
         }
     }
 
-    fn magic(self) -> &'static [u8; 8] {
-        match self {
-            RowIndexKind::Content => b"ALCIDX01",
-            RowIndexKind::Actor => b"ALAIDX01",
-        }
+    fn magic(self, version: u8) -> [u8; 8] {
+        let mut magic = match self {
+            RowIndexKind::Content => *b"ALCIDX00",
+            RowIndexKind::Actor => *b"ALAIDX00",
+        };
+        magic[7] = b'0' + version;
+        magic
+    }
+
+    /// The format version of index bytes of this kind, when they start with
+    /// a magic it reads.
+    pub fn version_of(self, bytes: &[u8]) -> Option<u8> {
+        (1..=VERSION).find(|&version| bytes.starts_with(&self.magic(version)))
     }
 
     /// Key of the footer entry that points at the index (`"offset,length"`).
@@ -172,6 +185,12 @@ impl RowIndexBuilder {
     /// The index's bytes, for a file whose row groups hold `group_rows`;
     /// `None` when some row cannot be indexed exactly.
     pub fn finish(self, group_rows: &[u64]) -> Option<Vec<u8>> {
+        self.finish_as(VERSION, group_rows)
+    }
+
+    /// [`RowIndexBuilder::finish`] in format `version` (`verify` compares a
+    /// stored index with the one the rows make in its own version).
+    pub fn finish_as(self, version: u8, group_rows: &[u64]) -> Option<Vec<u8>> {
         if self.unindexable || group_rows.iter().sum::<u64>() != self.next_row {
             return None;
         }
@@ -188,9 +207,19 @@ impl RowIndexBuilder {
         let mut starts = Vec::with_capacity(buckets + 1);
         for bucket in by_bucket {
             starts.push(entries.len() as u32);
+            let mut previous: &[u8] = &[];
             for (key, runs) in bucket {
-                put_varint(&mut entries, key.len() as u32);
-                entries.extend_from_slice(key.as_bytes());
+                let key = key.as_bytes();
+                let shared = match version {
+                    1 => 0,
+                    _ => previous.iter().zip(key).take_while(|(a, b)| a == b).count(),
+                };
+                if version > 1 {
+                    put_varint(&mut entries, shared as u32);
+                }
+                put_varint(&mut entries, (key.len() - shared) as u32);
+                entries.extend_from_slice(&key[shared..]);
+                previous = key;
                 match self.kind {
                     RowIndexKind::Content => put_rows(&mut entries, runs),
                     RowIndexKind::Actor => put_runs(&mut entries, runs),
@@ -200,7 +229,7 @@ impl RowIndexBuilder {
         starts.push(entries.len() as u32);
 
         let mut out = Vec::with_capacity(16 + 4 * (group_rows.len() + starts.len()) + entries.len());
-        out.extend_from_slice(self.kind.magic());
+        out.extend_from_slice(&self.kind.magic(version));
         out.extend_from_slice(&(buckets as u32).to_le_bytes());
         out.extend_from_slice(&(group_rows.len() as u32).to_le_bytes());
         for rows in group_rows {
@@ -290,6 +319,7 @@ pub struct RowIndexError {
 #[derive(Debug, Clone)]
 pub struct RowIndexHead {
     kind: RowIndexKind,
+    version: u8,
     location: RowIndexLocation,
     buckets: u32,
     /// Rows of each row group, in file order.
@@ -307,9 +337,9 @@ impl RowIndexHead {
     /// Parses the head of a `kind` index from `bytes`, read from its start.
     pub fn parse(kind: RowIndexKind, location: RowIndexLocation, bytes: &[u8]) -> Result<Parsed, RowIndexError> {
         let bad = |reason| RowIndexError { kind, offset: location.offset, reason };
-        if bytes.len() < 16 || &bytes[..8] != kind.magic() {
+        let Some(version) = kind.version_of(bytes).filter(|_| bytes.len() >= 16) else {
             return Err(bad("no index magic of its kind"));
-        }
+        };
         let buckets = u32_at(bytes, 8);
         let groups = u32_at(bytes, 12);
         if !buckets.is_power_of_two() || buckets as usize > MAX_BUCKETS {
@@ -323,7 +353,7 @@ impl RowIndexHead {
             return Ok(Parsed::NeedRange(location.offset..location.offset + head_length));
         }
         let group_rows = (0..groups as usize).map(|g| u32_at(bytes, 16 + 4 * g)).collect();
-        Ok(Parsed::Head(RowIndexHead { kind, location, buckets, group_rows }))
+        Ok(Parsed::Head(RowIndexHead { kind, version, location, buckets, group_rows }))
     }
 
     fn bad(&self, reason: &'static str) -> RowIndexError {
@@ -360,9 +390,19 @@ impl RowIndexHead {
         let truncated = || self.bad("truncated entry");
         let out_of_range = || self.bad("row number out of range");
         let mut at = 0;
+        // The key being read, built from its neighbour's shared bytes.
+        let mut name: Vec<u8> = Vec::new();
         while at < bucket.len() {
+            let shared = match self.version {
+                1 => 0,
+                _ => take_varint(bucket, &mut at).ok_or_else(truncated)? as usize,
+            };
+            if shared > name.len() {
+                return Err(self.bad("a key shares more than its neighbour has"));
+            }
+            name.truncate(shared);
             let length = take_varint(bucket, &mut at).ok_or_else(truncated)? as usize;
-            let name = bucket.get(at..at + length).ok_or_else(truncated)?;
+            name.extend_from_slice(bucket.get(at..at.saturating_add(length)).ok_or_else(truncated)?);
             at += length;
             let wanted = name == key.as_bytes();
             let count = take_varint(bucket, &mut at).ok_or_else(truncated)?;
@@ -449,11 +489,15 @@ mod tests {
     }
 
     fn build(kind: RowIndexKind, keys: &[Option<String>], group_rows: &[u64]) -> Vec<u8> {
+        build_as(VERSION, kind, keys, group_rows)
+    }
+
+    fn build_as(version: u8, kind: RowIndexKind, keys: &[Option<String>], group_rows: &[u64]) -> Vec<u8> {
         let mut builder = RowIndexBuilder::new(kind);
         let (first, rest) = keys.split_at(keys.len() / 2);
         builder.add(first.iter().map(|k| k.as_deref()));
         builder.add(rest.iter().map(|k| k.as_deref()));
-        builder.finish(group_rows).expect("an index")
+        builder.finish_as(version, group_rows).expect("an index")
     }
 
     /// What a full scan finds: the runs of rows holding `key`.
@@ -520,6 +564,29 @@ mod tests {
         assert_eq!(in_two.len(), 2, "not in the first organisation: {in_two:?}");
         assert_eq!(lookup(RowIndexKind::Actor, &bytes, "user-5000@example.com"), Some(vec![]));
         assert_eq!(lookup(RowIndexKind::Actor, &bytes, "user-1@example.co"), Some(vec![]), "a prefix");
+    }
+
+    #[test]
+    fn keys_sharing_a_prefix_are_stored_once_and_version_1_still_reads() {
+        let keys: Vec<Option<String>> =
+            (0..20_000).map(|i| Some(format!("user-{i}@org-{:03}.example", i % 50))).collect();
+        let (v1, v2) =
+            (build_as(1, RowIndexKind::Actor, &keys, &[20_000]), build_as(2, RowIndexKind::Actor, &keys, &[20_000]));
+        assert!(v2.len() * 10 < v1.len() * 9, "front coding saves a tenth at least: {} vs {}", v2.len(), v1.len());
+        assert_eq!(RowIndexKind::Actor.version_of(&v1), Some(1));
+        assert_eq!(RowIndexKind::Actor.version_of(&v2), Some(2));
+        assert_eq!(RowIndexKind::Content.version_of(&v2), None);
+        for bytes in [&v1, &v2] {
+            for i in [0, 7, 19_999] {
+                let key = format!("user-{i}@org-{:03}.example", i % 50);
+                assert_eq!(
+                    lookup(RowIndexKind::Actor, bytes, &key),
+                    Some(std::iter::once(i..i + 1).collect()),
+                    "{key}"
+                );
+            }
+            assert_eq!(lookup(RowIndexKind::Actor, bytes, "user-"), Some(vec![]));
+        }
     }
 
     #[test]
@@ -601,6 +668,7 @@ mod tests {
         /// MAX_LISTED_ROWS is told unlisted; a key in no row finds nothing.
         #[test]
         fn the_index_answers_what_a_full_scan_finds(
+            version in 1..=VERSION,
             kind in kind(),
             keys in proptest::collection::vec(proptest::option::weighted(0.9, 0u32..40), 0..3_000),
             groups in 1usize..6,
@@ -610,7 +678,7 @@ mod tests {
             let total = keys.len() as u64;
             let mut group_rows = vec![total / groups as u64; groups];
             group_rows[0] += total % groups as u64;
-            let bytes = build(kind, &keys, &group_rows);
+            let bytes = build_as(version, kind, &keys, &group_rows);
             for key in (0..40).map(|k| format!("key-{k}")) {
                 let scanned = scanned_runs(&keys, &key);
                 let rows: usize = scanned.iter().map(|run| run.len()).sum();
@@ -626,13 +694,14 @@ mod tests {
 
         #[test]
         fn damaged_indexes_are_refused_or_read_without_a_panic(
+            version in 1..=VERSION,
             kind in kind(),
             flips in proptest::collection::vec((0usize..4096, any::<u8>()), 1..8),
             cut in 0usize..4096,
             key in "page-[0-9]{1,3}",
         ) {
             let keys: Vec<Option<String>> = (0..3_000).map(|i| Some(format!("page-{}", i % 400))).collect();
-            let mut bytes = build(kind, &keys, &[1_000, 1_000, 1_000]);
+            let mut bytes = build_as(version, kind, &keys, &[1_000, 1_000, 1_000]);
             for (at, value) in flips {
                 let at = at % bytes.len();
                 bytes[at] ^= value;
@@ -644,7 +713,7 @@ mod tests {
         #[test]
         fn any_bytes_are_refused_or_read_without_a_panic(kind in kind(), bytes in proptest::collection::vec(any::<u8>(), 0..512), key in ".{0,8}") {
             lookup_in_damaged(kind, &bytes, &key);
-            let mut with_magic = kind.magic().to_vec();
+            let mut with_magic = kind.magic(VERSION).to_vec();
             with_magic.extend_from_slice(&bytes);
             lookup_in_damaged(kind, &with_magic, &key);
         }
