@@ -36,38 +36,39 @@ QUERIES = [
 
 # A dashboard over one organisation's audit log; {org} and {now} are the
 # dashboard variable and the end of the time range picker.
-WINDOW = "org_id = '{org}' and time > timestamptz '{now}' - interval '{span}' and time <= timestamptz '{now}'"
+def window(span, where=""):
+    return (f"from audit_events where {where}org_id = '{{org}}' and time > timestamptz '{{now}}' "
+            f"- interval '{span}' and time <= timestamptz '{{now}}'")
+
+
+def per_bin(width, span, where=""):
+    """A time series panel: events per bin of `width`."""
+    return (f"select date_bin(interval '{width}', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
+            f"{window(span, where)} group by 1 order by 1")
+
+
+def top(column, span, where="", limit=" limit 10"):
+    """A bar chart panel: events per value of `column`, most first."""
+    return (f"select {column}, count(*) as n {window(span, where)} "
+            f"group by {column} order by n desc, {column}{limit}")
+
+
+def latest(columns, span, where, rows):
+    """A table panel: the newest events."""
+    return f"select time, {columns} {window(span, where)} order by time desc, seq desc limit {rows}"
+
+
 PANELS = [
-    ("events per 5 min, 6 h",
-     "select date_bin(interval '5 minutes', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
-     "from audit_events where " + WINDOW.replace("{span}", "6 hours") + " group by 1 order by 1"),
-    ("top actions, 24 h",
-     "select action, count(*) as n from audit_events where " + WINDOW.replace("{span}", "24 hours")
-     + " group by action order by n desc, action limit 10"),
-    ("failures per hour, 24 h",
-     "select date_bin(interval '1 hour', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
-     "from audit_events where outcome = 'failure' and " + WINDOW.replace("{span}", "24 hours")
-     + " group by 1 order by 1"),
-    ("top actors, 24 h",
-     "select actor_id, count(*) as n from audit_events where " + WINDOW.replace("{span}", "24 hours")
-     + " group by actor_id order by n desc, actor_id limit 10"),
-    ("active actors, 7 d",
-     "select count(distinct actor_id) as actors from audit_events where " + WINDOW.replace("{span}", "7 days")),
-    ("events by category, 7 d",
-     "select category, count(*) as n from audit_events where " + WINDOW.replace("{span}", "7 days")
-     + " group by category order by n desc, category"),
-    ("failing source IPs, 7 d",
-     "select source_ip, count(*) as n from audit_events where outcome = 'failure' and "
-     + WINDOW.replace("{span}", "7 days") + " group by source_ip order by n desc, source_ip limit 10"),
-    ("latest events",
-     "select time, actor_id, action, content_id from audit_events where " + WINDOW.replace("{span}", "30 days")
-     + " order by time desc, seq desc limit 20"),
-    ("access changes, 30 d",
-     "select time, actor_id, action from audit_events where category = 'access' and "
-     + WINDOW.replace("{span}", "30 days") + " order by time desc, seq desc limit 50"),
-    ("events per day, 30 d",
-     "select date_bin(interval '1 day', time, timestamptz '2000-01-01 00:00:00+00') as t, count(*) as n "
-     "from audit_events where " + WINDOW.replace("{span}", "30 days") + " group by 1 order by 1"),
+    ("events per 5 min, 6 h", per_bin("5 minutes", "6 hours")),
+    ("top actions, 24 h", top("action", "24 hours")),
+    ("failures per hour, 24 h", per_bin("1 hour", "24 hours", "outcome = 'failure' and ")),
+    ("top actors, 24 h", top("actor_id", "24 hours")),
+    ("active actors, 7 d", f"select count(distinct actor_id) as actors {window('7 days')}"),
+    ("events by category, 7 d", top("category", "7 days", limit="")),
+    ("failing source IPs, 7 d", top("source_ip", "7 days", "outcome = 'failure' and ")),
+    ("latest events", latest("actor_id, action, content_id", "30 days", "", 20)),
+    ("access changes, 30 d", latest("actor_id, action", "30 days", "category = 'access' and ", 50)),
+    ("events per day, 30 d", per_bin("1 day", "30 days")),
 ]
 
 
