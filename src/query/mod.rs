@@ -24,7 +24,6 @@ use datafusion::common::{DFSchema, DataFusionError, Result, internal_err, plan_e
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::{ParquetAccessPlan, RowGroupAccess};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::SessionStateBuilder;
@@ -38,11 +37,11 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
@@ -72,11 +71,6 @@ use scan_exec::{AuditEventsScanExec, IndexSummary, ScanSummary};
 
 /// Segments whose row indexes one query looks into at once.
 const INDEX_LOOKUPS_AT_ONCE: usize = 16;
-/// Index lookups selecting at most this many rows read them in one
-/// partition: a second one would open the same files again for a share of a
-/// few pages, and its merge cost more than it saved (a tenth of a one-actor
-/// lookup).
-const ONE_PARTITION_MAX_ROWS: usize = 64 * 1024;
 
 /// The catalog and schema clients see: `auditlake.public.audit_events`.
 pub const CATALOG: &str = "auditlake";
@@ -192,18 +186,10 @@ impl AuditEventsTable {
 
         let store_url = self.storage.segment_store().url().clone();
         let unpacking = wanted.iter().any(|&i| packed::is_packed(table.field(i).name()));
-        let few_rows =
-            files.iter().map(selected_rows).sum::<Option<usize>>().is_some_and(|rows| rows <= ONE_PARTITION_MAX_ROWS);
-        let partitions = if few_rows { 1 } else { state.config().target_partitions() };
-        let groups = newest_first_groups(files, partitions);
-        // Declared, so that DataFusion does not split the files into byte
-        // ranges again for more partitions.
-        let declared = few_rows.then(|| Partitioning::UnknownPartitioning(groups.len()));
         let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
             .with_projection_indices(Some(read))?
             .with_limit(limit)
-            .with_file_groups(groups)
-            .with_output_partitioning(declared)
+            .with_file_groups(newest_first_groups(files, state.config().target_partitions()))
             .build();
         let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         if !unpacking {
@@ -212,20 +198,6 @@ impl AuditEventsTable {
         }
         Ok(Arc::new(ProjectionExec::try_new(outputs, scan)?))
     }
-}
-
-/// The rows an index lookup's access plan selects in `file`; `None` for a
-/// file scanned without one.
-fn selected_rows(file: &PartitionedFile) -> Option<usize> {
-    let plan = file.extension::<ParquetAccessPlan>()?;
-    plan.inner()
-        .iter()
-        .map(|group| match group {
-            RowGroupAccess::Skip => Some(0),
-            RowGroupAccess::Selection(selection) => Some(selection.row_count()),
-            RowGroupAccess::Scan => None,
-        })
-        .sum()
 }
 
 /// Segment files (newest first) dealt out to `partitions` groups in turn,
@@ -1264,7 +1236,6 @@ mod tests {
         let actor_rows = int(&ctx.sql(&actor_rows).await.unwrap().collect().await.unwrap(), 0) as usize;
         assert!(kept > 0 && examined <= actor_rows, "{examined} rows examined of the actor's {actor_rows}\n{text}");
         assert!(!scan.contains("actor_id"), "actor_id is neither filtered on nor read\n{text}");
-        assert!(scan.starts_with("DataSourceExec: file_groups={1 group:"), "few rows, one partition\n{text}");
 
         // The newest few events of the actor: the top-k's dynamic filter skips
         // the row groups of older segments, so the scan hands on a handful of
