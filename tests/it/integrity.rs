@@ -10,7 +10,7 @@ use std::sync::Arc;
 use auditlake::integrity::{Integrity, SigningKey};
 use auditlake::model::Event;
 use auditlake::storage::packed;
-use auditlake::storage::{Storage, StorageConfig};
+use auditlake::storage::{Storage, StorageConfig, StorageError};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::Int64Type;
@@ -44,6 +44,22 @@ fn config(dir: &Path, key: Option<&Path>) -> StorageConfig {
     StorageConfig { witness, ..StorageConfig::new(dir) }
 }
 
+/// Opens the directory a storage of this test just shut down. Its `LOCK`
+/// (flock) goes with the last descriptor of the file, and another test's
+/// process being spawned in between (fork, then exec closes the copy) can
+/// hold a copy for a moment: open again until the lock is free.
+fn open(dir: &Path, key: Option<&Path>) -> Storage {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Storage::open(config(dir, key)) {
+            Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+}
+
 /// Appends `segments` batches of events after `from`, sealing each.
 fn seal_batches(storage: &Storage, from: usize, segments: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -61,7 +77,7 @@ fn sealed_log(root: &Path) -> (PathBuf, PathBuf) {
     fs::create_dir_all(key.parent().unwrap()).unwrap();
     SigningKey::create(&key).unwrap();
     let data = root.join("data");
-    let storage = Storage::open(config(&data, Some(&key))).unwrap();
+    let storage = open(&data, Some(&key));
     seal_batches(&storage, 0, SEGMENTS);
     storage.shutdown();
     (data, key)
@@ -159,7 +175,7 @@ fn a_sealed_log_verifies_and_a_key_given_later_checkpoints_what_came_before() {
     // Sealed without a key, then opened with one: the gap is checkpointed
     // from the segments at start, and the chain goes on from there.
     for (key, from, segments) in [(None, SEGMENTS, 2), (Some(key.as_path()), SEGMENTS + 2, 1)] {
-        let storage = Storage::open(config(&data, key)).unwrap();
+        let storage = open(&data, key);
         seal_batches(&storage, from * EVENTS_PER_SEGMENT, segments);
         storage.shutdown();
     }
@@ -561,7 +577,7 @@ fn events_removed_before_a_directory_was_checkpointed_are_recorded_as_absent() {
     fs::create_dir_all(key.parent().unwrap()).unwrap();
     SigningKey::create(&key).unwrap();
     let data = root.path().join("data");
-    let storage = Storage::open(config(&data, None)).unwrap();
+    let storage = open(&data, None);
     seal_batches(&storage, 0, 2);
     storage.shutdown();
     drop(storage);
@@ -573,7 +589,7 @@ fn events_removed_before_a_directory_was_checkpointed_are_recorded_as_absent() {
     assert!(ok && stdout.starts_with("600 event(s) removed"), "{stdout}{stderr}");
 
     // The key arrives: the gaps are recorded as absent, the rest checkpointed.
-    let storage = Storage::open(config(&data, Some(&key))).unwrap();
+    let storage = open(&data, Some(&key));
     seal_batches(&storage, 2 * EVENTS_PER_SEGMENT, 1);
     storage.shutdown();
     drop(storage);
@@ -599,7 +615,7 @@ fn events_missing_from_a_checkpointed_directory_are_not_signed_away_as_removed()
     let root = tempfile::tempdir().unwrap();
     let (data, key) = sealed_log(root.path());
     // A range whose checkpoint did not happen (here: sealed without the key).
-    let storage = Storage::open(config(&data, None)).unwrap();
+    let storage = open(&data, None);
     seal_batches(&storage, SEGMENTS * EVENTS_PER_SEGMENT, 1);
     storage.shutdown();
     drop(storage);
@@ -610,7 +626,7 @@ fn events_missing_from_a_checkpointed_directory_are_not_signed_away_as_removed()
     let kept: Vec<u32> = (0..rows.num_rows() as u32).filter(|i| *i != 17).collect();
     replace_segment(&data, SEGMENTS, &file, &reorder(&rows, kept));
 
-    let storage = Storage::open(config(&data, Some(&key))).unwrap();
+    let storage = open(&data, Some(&key));
     let health = storage.health();
     storage.shutdown();
     drop(storage);
