@@ -309,7 +309,11 @@ pub fn read_segment(
         }
         rows.indexes.add_batch(&batch);
         for org in orgs.iter().flatten() {
-            *rows.org_rows.entry(org.to_owned()).or_insert(0) += 1;
+            // One allocation per organisation, not per row.
+            match rows.org_rows.get_mut(org) {
+                Some(count) => *count += 1,
+                None => _ = rows.org_rows.insert(org.to_owned(), 1),
+            }
         }
         rows.leaves.extend(canonical::leaves(&batch, digest_key));
         Ok(())
