@@ -33,7 +33,7 @@ pub struct ScanSummary {
 /// What the row indexes did for one scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexSummary {
-    /// The indexed columns looked up (`content_id`, `actor_id`).
+    /// The columns whose rows were named (`org_id`, `actor_id`, `content_id`).
     pub columns: Vec<&'static str>,
     /// Segments whose indexes name no row wanted (not opened).
     pub segments_pruned: usize,

@@ -321,7 +321,7 @@ impl SegmentStore {
 
 /// A segment file being written: Parquet with the segment properties, each
 /// row group encoded as its own values call for (see
-/// [`encode_row_group`]), and its row indexes (see [`row_index`]),
+/// [`encode_row_group`]), and its row indexes (see [`super::row_index`]),
 /// streamed to the store (multipart when large) and made durable by
 /// [`SegmentWriter::finish`]. Sealing, bulk loads and compaction all write
 /// through it, so the durable path (fault check, fsync) and the index exist
