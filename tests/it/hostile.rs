@@ -612,7 +612,10 @@ async fn bodies_being_read_share_one_memory_budget() {
     let busy = client.post(server.events_url()).body(padded.clone()).send().await.unwrap();
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()), Some("1".into()));
-    // A small one still fits.
+    // A small one still fits. (On a new connection: the refused one's body
+    // was left unread, so the server closes that connection, and a pooled
+    // client reusing it saw the close as a failed request.)
+    let client = crate::harness::bearer_client(&token);
     let small = event("small", "acme", "u1", "a.b", 0).to_string();
     assert_eq!(post(&client, &server.events_url(), small).await.0, 200);
     // Once the slow client is gone, its share is free again.
