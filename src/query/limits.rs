@@ -71,6 +71,10 @@ pub(super) struct StatementLimitsRule {
     pub limits: StatementLimits,
 }
 
+impl StatementLimitsRule {
+    pub const NAME: &str = "auditlake_statement_limits";
+}
+
 impl PhysicalOptimizerRule for StatementLimitsRule {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         if plan.is::<StatementLimitsExec>() {
@@ -85,7 +89,7 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
     }
 
     fn name(&self) -> &str {
-        "auditlake_statement_limits"
+        Self::NAME
     }
 
     fn schema_check(&self) -> bool {

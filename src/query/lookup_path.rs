@@ -1,0 +1,312 @@
+//! The short road for the statements investigations send most: "what did
+//! this person do", "who touched this page". Such a statement reads one
+//! table through a filter that names actors or content ids, and at most
+//! sorts, projects and limits what it finds; its best plan is known before
+//! any optimizer looks at it. DataFusion's optimizers cost more than the
+//! lookup itself (about a third of a 5 ms lookup, see BENCHMARKS.md), so
+//! this module builds that plan directly: the table's own scan (with its
+//! tenant scope, pruning and row indexes, exactly as for any statement),
+//! the filters the scan does not apply exactly, the sort, the projections,
+//! the limit, and the statement's limits on top.
+//!
+//! Every other statement (joins, aggregates, subqueries, window functions,
+//! scans without a lookup key) takes DataFusion's full road: this module
+//! answers `None` for anything it does not recognise, and never changes
+//! what a statement returns, only how its plan is found.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use datafusion::arrow::compute::SortOptions;
+use datafusion::catalog::Session;
+use datafusion::catalog::TableProvider;
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{DFSchema, Result, internal_err};
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::SessionState;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
+use datafusion::logical_expr::{Expr, Limit, LogicalPlan, TableScan};
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::limit::GlobalLimitExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+use super::AuditEventsTable;
+use super::index_lookup::{self, Keyed};
+use super::limits::StatementLimitsRule;
+
+datafusion::common::extensions_options! {
+    /// Settings of auditlake's own in a session (`SET auditlake.…`, admins only).
+    pub struct AuditlakeOptions {
+        /// Whether actor and content lookups take this module's road; off,
+        /// DataFusion plans them as every other statement (to compare the two).
+        pub lookup_path: bool, default = true
+    }
+}
+
+impl ConfigExtension for AuditlakeOptions {
+    const PREFIX: &'static str = "auditlake";
+}
+
+/// Plans with the lookup path first, and with DataFusion's planner (and
+/// its physical optimizers) what that path does not take.
+#[derive(Debug, Default)]
+pub struct LookupFirstPlanner;
+
+#[async_trait]
+impl QueryPlanner for LookupFirstPlanner {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+            return internal_err!("the lookup path plans in DataFusion's own sessions only");
+        };
+        if let Some(lookup) = self::plan(state, plan).await? {
+            return Ok(lookup);
+        }
+        DefaultPhysicalPlanner::default().create_physical_plan(plan, state).await
+    }
+}
+
+/// The plan of `plan` (optimised by DataFusion's logical optimizer) when it
+/// is a lookup this module plans itself, `None` when DataFusion should.
+pub async fn plan(state: &SessionState, plan: &LogicalPlan) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    if !state.config_options().extensions.get::<AuditlakeOptions>().is_none_or(|o| o.lookup_path) {
+        return Ok(None);
+    }
+    let Some(shape) = Shape::of(plan) else { return Ok(None) };
+    let table = source_as_provider(&shape.scan.source)?;
+    // The table read in full is the reference every road is checked against.
+    if !table.downcast_ref::<AuditEventsTable>().is_some_and(|t| t.pushdown) {
+        return Ok(None);
+    }
+    shape.build(state, table.as_ref()).await
+}
+
+/// A statement of the recognised shape, top down: projections, sorts,
+/// limits and filters over one scan of `audit_events` with a lookup among
+/// its filters.
+struct Shape<'a> {
+    above: Vec<&'a LogicalPlan>,
+    scan: &'a TableScan,
+}
+
+impl<'a> Shape<'a> {
+    fn of(plan: &'a LogicalPlan) -> Option<Shape<'a>> {
+        let mut above = Vec::new();
+        let mut node = plan;
+        loop {
+            let input = match node {
+                LogicalPlan::Projection(p) if p.expr.iter().all(plain) => &p.input,
+                LogicalPlan::Sort(s) if s.expr.iter().all(|e| plain(&e.expr)) => &s.input,
+                LogicalPlan::Filter(f) if plain(&f.predicate) => &f.input,
+                LogicalPlan::Limit(limit) if limit_of(limit).is_some() => &limit.input,
+                LogicalPlan::TableScan(scan) if scan.filters.iter().all(plain) => {
+                    // Only lookups: the rows an index names bound what is
+                    // read, so no optimizer's limit or dynamic filter could
+                    // read less.
+                    let keyed = index_lookup::wanted(&scan.filters);
+                    if !keyed.iter().any(|w| matches!(w.keyed, Keyed::Actor | Keyed::Content)) {
+                        return None;
+                    }
+                    return Some(Shape { above, scan });
+                }
+                _ => return None,
+            };
+            above.push(node);
+            node = input;
+        }
+    }
+
+    /// The plan DataFusion's planner would start from for these nodes,
+    /// node for node, with the scan's partitions merged where a sort or a
+    /// limit needs all rows, and the statement's limits on top.
+    async fn build(self, state: &SessionState, table: &dyn TableProvider) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<Expr> = self.scan.filters.iter().cloned().map(unnormalize_col).collect();
+        let mut plan = table.scan(state, self.scan.projection.as_ref(), &filters, self.scan.fetch).await?;
+        let mut input: &DFSchema = self.scan.projected_schema.as_ref();
+        for (i, node) in self.above.iter().enumerate().rev() {
+            plan = match node {
+                LogicalPlan::Filter(filter) => {
+                    let predicate = state.create_physical_expr(filter.predicate.clone(), input)?;
+                    Arc::new(FilterExec::try_new(predicate, plan)?)
+                }
+                LogicalPlan::Sort(sort) => {
+                    let mut ordering = Vec::with_capacity(sort.expr.len());
+                    for e in &sort.expr {
+                        let expr = state.create_physical_expr(e.expr.clone(), input)?;
+                        let options = SortOptions { descending: !e.asc, nulls_first: e.nulls_first };
+                        ordering.push(PhysicalSortExpr { expr, options });
+                    }
+                    let Some(ordering) = LexOrdering::new(ordering) else { return Ok(None) };
+                    // A limit right above the sort keeps only the top rows while sorting.
+                    let fetch = match (sort.fetch, i.checked_sub(1).map(|j| self.above[j])) {
+                        (Some(fetch), _) => Some(fetch),
+                        (None, Some(LogicalPlan::Limit(limit))) => match limit_of(limit) {
+                            Some((skip, Some(fetch))) => Some(skip + fetch),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    Arc::new(SortExec::new(ordering, one_partition(plan)).with_fetch(fetch))
+                }
+                LogicalPlan::Projection(projection) => {
+                    let mut exprs = Vec::with_capacity(projection.expr.len());
+                    for (e, field) in projection.expr.iter().zip(projection.schema.fields()) {
+                        exprs.push((state.create_physical_expr(e.clone(), input)?, field.name().clone()));
+                    }
+                    Arc::new(ProjectionExec::try_new(exprs, plan)?)
+                }
+                LogicalPlan::Limit(limit) => {
+                    let Some((skip, fetch)) = limit_of(limit) else { return Ok(None) };
+                    Arc::new(GlobalLimitExec::new(one_partition(plan), skip, fetch))
+                }
+                _ => return Ok(None),
+            };
+            input = node.schema().as_ref();
+        }
+        if plan.schema().fields().len() != input.fields().len() {
+            return Ok(None);
+        }
+        // The statement's timeout, row limit and cancel, as every plan gets them.
+        let Some(limits) = state.physical_optimizers().iter().find(|r| r.name() == StatementLimitsRule::NAME) else {
+            return Ok(None);
+        };
+        Ok(Some(limits.optimize(one_partition(plan), state.config_options())?))
+    }
+}
+
+/// `OFFSET` and `LIMIT` as numbers, when they are literals.
+fn limit_of(limit: &Limit) -> Option<(usize, Option<usize>)> {
+    match (limit.get_skip_type().ok()?, limit.get_fetch_type().ok()?) {
+        (SkipType::Literal(skip), FetchType::Literal(fetch)) => Some((skip, fetch)),
+        _ => None,
+    }
+}
+
+fn one_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    if plan.output_partitioning().partition_count() > 1 { Arc::new(CoalescePartitionsExec::new(plan)) } else { plan }
+}
+
+/// An expression evaluated row by row on this one table: no subquery, no
+/// reference to an outer query, no parameter left unbound.
+fn plain(expr: &Expr) -> bool {
+    !expr
+        .exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_)
+                    | Expr::Exists(_)
+                    | Expr::InSubquery(_)
+                    | Expr::SetComparison(_)
+                    | Expr::OuterReferenceColumn(..)
+                    | Expr::Placeholder(_)
+                    | Expr::AggregateFunction(_)
+                    | Expr::WindowFunction(_)
+                    | Expr::GroupingSet(_)
+                    | Expr::Unnest(_)
+            ))
+        })
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+    use crate::query::{QueryLimits, new_session_context};
+    use crate::storage::{Storage, StorageConfig};
+
+    async fn takes_the_road(ctx: &datafusion::prelude::SessionContext, sql: &str) -> bool {
+        let optimized = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap();
+        plan(&ctx.state(), &optimized).await.unwrap().is_some()
+    }
+
+    /// The rows as text, in an order of their own (the order of sorted
+    /// statements is checked by the property test in `query`).
+    fn sorted_lines(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<String> {
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(batches).unwrap().to_string();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_take_the_short_road_and_nothing_else_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+        let events: Vec<Event> = (0..40)
+            .map(|i| Event {
+                time_us: 1_795_000_000_000_000 + i * 1_000_000,
+                id: format!("e{i}"),
+                org_id: ["acme", "globex"][i as usize % 2].into(),
+                actor_id: format!("u{}", i % 4),
+                content_id: Some(format!("c{}", i % 3)),
+                action: "page.viewed".into(),
+                ..Event::default()
+            })
+            .collect();
+        storage.append(events[..20].to_vec()).await.unwrap();
+        let sealer = storage.clone();
+        tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
+        storage.append(events[20..].to_vec()).await.unwrap();
+        let ctx = new_session_context(&storage, &QueryLimits::default()).unwrap();
+
+        let lookups = [
+            "select time, action, source_ip, content_id from audit_events where actor_id = 'u1' \
+             and time > timestamptz '2026-11-18T00:00:00Z' - interval '7 days' order by time, seq",
+            "select time, actor_id, action from audit_events where content_id in ('c1', 'c2') order by time desc limit 5",
+            "select upper(action) as a, seq + 1 from audit_events where actor_id = 'u2' and action like 'page.%' order by seq limit 3 offset 1",
+            "select * from audit_events where content_id = 'c0'",
+        ];
+        for sql in lookups {
+            assert!(takes_the_road(&ctx, sql).await, "{sql}");
+        }
+        let others = [
+            "select count(*) from audit_events where actor_id = 'u1'",
+            "select * from audit_events where action = 'page.viewed' order by time desc limit 5",
+            "select * from audit_events where org_id = 'acme'",
+            "select distinct action from audit_events where actor_id = 'u1'",
+            "select a.seq from audit_events a join audit_events b on a.seq = b.seq where a.actor_id = 'u1'",
+            "select seq from audit_events where actor_id = 'u1' and seq in (select seq from audit_events where content_id = 'c1')",
+            "select seq, row_number() over (order by time) from audit_events where actor_id = 'u1'",
+            "select seq from audit_events where actor_id = 'u1' union all select seq from audit_events where actor_id = 'u2'",
+        ];
+        for sql in others {
+            assert!(!takes_the_road(&ctx, sql).await, "{sql}");
+        }
+        // An admin can turn the road off to compare.
+        let off = new_session_context(&storage, &QueryLimits::default()).unwrap();
+        off.sql("set auditlake.lookup_path = false").await.unwrap().collect().await.unwrap();
+        assert!(!takes_the_road(&off, lookups[0]).await);
+        assert!(takes_the_road(&ctx, lookups[0]).await, "a setting of one session only");
+
+        // What the road answers is what DataFusion's road answers, row for row.
+        let reference = |sql: &str| {
+            let ctx = ctx.clone();
+            let sql = sql.to_string();
+            async move {
+                let df = ctx.sql(&sql).await.unwrap();
+                let (state, logical) = df.into_parts();
+                let optimized = state.optimize(&logical).unwrap();
+                let physical =
+                    DefaultPhysicalPlanner::default().create_physical_plan(&optimized, &state).await.unwrap();
+                let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await.unwrap();
+                sorted_lines(&batches)
+            }
+        };
+        for sql in lookups {
+            let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            let ours = sorted_lines(&batches);
+            assert!(ours.len() > 4, "{sql} found rows: {ours:?}");
+            assert_eq!(ours, reference(sql).await, "{sql}");
+        }
+        storage.shutdown();
+    }
+}
