@@ -22,6 +22,8 @@ use datafusion::arrow::compute::SortOptions;
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
 use datafusion::common::config::ConfigExtension;
+use datafusion::common::display::ToStringifiedPlan;
+use datafusion::common::format::{ExplainAnalyzeCategories, ExplainFormat};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{DFSchema, Result, internal_err};
 use datafusion::datasource::source_as_provider;
@@ -29,9 +31,14 @@ use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::expr_rewriter::unnormalize_col;
 use datafusion::logical_expr::logical_plan::{FetchType, SkipType};
-use datafusion::logical_expr::{Expr, Limit, LogicalPlan, TableScan};
+use datafusion::logical_expr::{Analyze, Explain, Expr, Limit, LogicalPlan, PlanType, StringifiedPlan, TableScan};
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_plan::analyze::AnalyzeExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::displayable;
+use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -67,11 +74,60 @@ impl QueryPlanner for LookupFirstPlanner {
         let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
             return internal_err!("the lookup path plans in DataFusion's own sessions only");
         };
-        if let Some(lookup) = self::plan(state, plan).await? {
-            return Ok(lookup);
+        // `EXPLAIN` and `EXPLAIN ANALYZE` show the plan the statement runs.
+        let planned = match plan {
+            LogicalPlan::Explain(explain) => explained(state, explain).await?,
+            LogicalPlan::Analyze(analyze) => analyzed(state, analyze).await?,
+            _ => self::plan(state, plan).await?,
+        };
+        match planned {
+            Some(planned) => Ok(planned),
+            None => DefaultPhysicalPlanner::default().create_physical_plan(plan, state).await,
         }
-        DefaultPhysicalPlanner::default().create_physical_plan(plan, state).await
     }
+}
+
+/// `EXPLAIN` of a lookup as DataFusion shows any plan (the indented form):
+/// the logical plans, then the physical plan this module made.
+async fn explained(state: &SessionState, explain: &Explain) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let shown = explain.logical_optimization_succeeded && explain.explain_format == ExplainFormat::Indent;
+    if !shown || explain.verbose {
+        return Ok(None);
+    }
+    let Some(physical) = plan(state, &explain.plan).await? else { return Ok(None) };
+    let options = &state.config_options().explain;
+    let mut plans = Vec::new();
+    if !options.physical_plan_only {
+        plans.clone_from(&explain.stringified_plans);
+        plans.push(explain.plan.to_stringified(PlanType::FinalLogicalPlan));
+    }
+    if !options.logical_plan_only {
+        let shown = displayable(physical.as_ref())
+            .set_show_statistics(explain.show_statistics.unwrap_or(options.show_statistics))
+            .set_show_schema(options.show_schema)
+            .indent(false)
+            .to_string();
+        plans.push(StringifiedPlan::new(PlanType::FinalPhysicalPlan, shown));
+    }
+    Ok(Some(Arc::new(ExplainExec::new(Arc::clone(explain.schema.inner()), plans, false))))
+}
+
+/// `EXPLAIN ANALYZE` of a lookup: the plan this module made, run and measured.
+async fn analyzed(state: &SessionState, analyze: &Analyze) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(input) = plan(state, &analyze.input).await? else { return Ok(None) };
+    let options = &state.config_options().explain;
+    let level = analyze.analyze_level.unwrap_or(options.analyze_level);
+    let categories = match analyze.analyze_categories.clone().unwrap_or_else(|| options.analyze_categories.clone()) {
+        ExplainAnalyzeCategories::All => None,
+        ExplainAnalyzeCategories::Only(categories) => Some(categories),
+    };
+    let schema = Arc::clone(analyze.schema.inner());
+    let exec = AnalyzeExec::builder(analyze.verbose, options.show_statistics, input, schema)
+        .with_metric_types(level.included_types())
+        .with_metric_categories(categories)
+        .with_format(analyze.format.clone())
+        .build();
+    Ok(Some(Arc::new(exec)))
 }
 
 /// The plan of `plan` (optimised by DataFusion's logical optimizer) when it
@@ -135,7 +191,13 @@ impl<'a> Shape<'a> {
             plan = match node {
                 LogicalPlan::Filter(filter) => {
                     let predicate = state.create_physical_expr(filter.predicate.clone(), input)?;
-                    Arc::new(FilterExec::try_new(predicate, plan)?)
+                    let filtered = Arc::new(FilterExec::try_new(predicate, plan)?);
+                    // The one optimizer rule the road keeps: it hands the
+                    // filters the scan does not apply exactly (a time range)
+                    // to the Parquet source, to prune row groups and pages
+                    // and to decode the other columns of matching rows only.
+                    // It never passes below an organisation's scope.
+                    FilterPushdown::new().optimize(filtered, state.config_options())?
                 }
                 LogicalPlan::Sort(sort) => {
                     let mut ordering = Vec::with_capacity(sort.expr.len());
@@ -281,6 +343,19 @@ mod tests {
         for sql in others {
             assert!(!takes_the_road(&ctx, sql).await, "{sql}");
         }
+        // `EXPLAIN` shows the plan the road makes, `EXPLAIN ANALYZE` runs it.
+        let optimized = ctx.sql(lookups[1]).await.unwrap().into_optimized_plan().unwrap();
+        let road = plan(&ctx.state(), &optimized).await.unwrap().unwrap();
+        let explain = ctx.sql(&format!("explain {}", lookups[1])).await.unwrap().collect().await.unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&explain).unwrap().to_string();
+        let expected = displayable(road.as_ref()).indent(false).to_string();
+        for line in expected.lines() {
+            assert!(shown.contains(line.trim_end()), "{line} not in {shown}");
+        }
+        assert!(expected.contains("StatementLimitsExec"), "{expected}");
+        let analyze = ctx.sql(&format!("explain analyze {}", lookups[1])).await.unwrap().collect().await.unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&analyze).unwrap().to_string();
+        assert!(shown.contains("StatementLimitsExec") && shown.contains("output_rows=5"), "{shown}");
         // An admin can turn the road off to compare.
         let off = new_session_context(&storage, &QueryLimits::default()).unwrap();
         off.sql("set auditlake.lookup_path = false").await.unwrap().collect().await.unwrap();
