@@ -24,8 +24,9 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::config::ConfigExtension;
 use datafusion::common::display::ToStringifiedPlan;
 use datafusion::common::format::{ExplainAnalyzeCategories, ExplainFormat};
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, Result, internal_err};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
@@ -43,6 +44,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
@@ -185,7 +187,8 @@ impl<'a> Shape<'a> {
     /// limit needs all rows, and the statement's limits on top.
     async fn build(self, state: &SessionState, table: &dyn TableProvider) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         let filters: Vec<Expr> = self.scan.filters.iter().cloned().map(unnormalize_col).collect();
-        let mut plan = table.scan(state, self.scan.projection.as_ref(), &filters, self.scan.fetch).await?;
+        let scan = table.scan(state, self.scan.projection.as_ref(), &filters, self.scan.fetch).await?;
+        let mut plan = spread_over_partitions(scan, state)?;
         let mut input: &DFSchema = self.scan.projected_schema.as_ref();
         for (i, node) in self.above.iter().enumerate().rev() {
             plan = match node {
@@ -216,7 +219,16 @@ impl<'a> Shape<'a> {
                         },
                         _ => None,
                     };
-                    Arc::new(SortExec::new(ordering, one_partition(plan)).with_fetch(fetch))
+                    // Each partition sorts its rows, then one merge: a
+                    // frequent content id's thousands of rows sort on both cores.
+                    let partitions = plan.output_partitioning().partition_count();
+                    let sort = SortExec::new(ordering.clone(), plan).with_fetch(fetch);
+                    if partitions > 1 {
+                        let sorted = Arc::new(sort.with_preserve_partitioning(true));
+                        Arc::new(SortPreservingMergeExec::new(ordering, sorted).with_fetch(fetch))
+                    } else {
+                        Arc::new(sort)
+                    }
                 }
                 LogicalPlan::Projection(projection) => {
                     let mut exprs = Vec::with_capacity(projection.expr.len());
@@ -242,6 +254,27 @@ impl<'a> Shape<'a> {
         };
         Ok(Some(limits.optimize(one_partition(plan), state.config_options())?))
     }
+}
+
+/// The scan's files split into byte ranges over the session's partitions
+/// where they are large enough, as DataFusion's optimizer splits them: a
+/// frequent content id's rows are read from one large segment on both cores.
+fn spread_over_partitions(scan: Arc<dyn ExecutionPlan>, state: &SessionState) -> Result<Arc<dyn ExecutionPlan>> {
+    let config = state.config_options();
+    if !config.optimizer.repartition_file_scans {
+        return Ok(scan);
+    }
+    let partitions = config.execution.target_partitions;
+    let spread = scan.transform_up(|node| {
+        if !node.is::<DataSourceExec>() {
+            return Ok(Transformed::no(node));
+        }
+        Ok(match node.repartitioned(partitions, config)? {
+            Some(spread) => Transformed::yes(spread),
+            None => Transformed::no(node),
+        })
+    })?;
+    Ok(spread.data)
 }
 
 /// `OFFSET` and `LIMIT` as numbers, when they are literals.
