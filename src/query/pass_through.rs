@@ -46,6 +46,11 @@ impl<T: PassThrough> PassThroughExec<T> {
     pub fn new(input: Arc<dyn ExecutionPlan>, node: T) -> Self {
         PassThroughExec { input, node: Arc::new(node) }
     }
+
+    /// What this node says about its input.
+    pub fn node(&self) -> &T {
+        &self.node
+    }
 }
 
 impl<T: PassThrough> DisplayAs for PassThroughExec<T> {

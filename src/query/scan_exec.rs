@@ -42,6 +42,14 @@ pub struct IndexSummary {
     pub segments_scanned: usize,
 }
 
+impl ScanSummary {
+    /// Whether the scan reads rows no index listed (a frequent content id,
+    /// a segment without indexes, no lookup at all): then it reads many.
+    pub fn reads_unlisted_rows(&self) -> bool {
+        self.index.as_ref().is_none_or(|index| index.segments_scanned > 0)
+    }
+}
+
 impl PassThrough for ScanSummary {
     const NAME: &'static str = "AuditEventsScanExec";
 
