@@ -248,6 +248,16 @@ impl<'a> Shape<'a> {
         if plan.schema().fields().len() != input.fields().len() {
             return Ok(None);
         }
+        // "The newest n of an actor": the sort's top-n hands the scan a
+        // dynamic filter (time above the n-th newest so far), which rules
+        // out the row groups of older segments (read newest first) from
+        // their footers alone. The second half of DataFusion's filter
+        // pushdown, which only such a sort needs.
+        let top_n = self.above.iter().any(|node| matches!(node, LogicalPlan::Sort(sort) if sort.fetch.is_some()))
+            || self.above.windows(2).any(|pair| matches!(pair, [LogicalPlan::Limit(_), LogicalPlan::Sort(_)]));
+        if top_n {
+            plan = FilterPushdown::new_post_optimization().optimize(plan, state.config_options())?;
+        }
         // The statement's timeout, row limit and cancel, as every plan gets them.
         let Some(limits) = state.physical_optimizers().iter().find(|r| r.name() == StatementLimitsRule::NAME) else {
             return Ok(None);
