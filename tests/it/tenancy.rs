@@ -144,6 +144,18 @@ fn value_probes() -> Vec<String> {
                 other("1")
             ),
             format!("select count(*) from audit_events group by cast({} as int)", other("1")),
+            // Lookups take a road of their own (`query::lookup_path`): the
+            // same traps in its select list and in the filters above its scan.
+            format!(
+                "select cast({} as int) from audit_events where actor_id in ('acme-u1', 'globex-u1') \
+                 order by seq limit 5",
+                other("1")
+            ),
+            format!(
+                "select seq from audit_events where content_id in ('globex-c1', 'globex-c2') \
+                 and cast({} as int) = 1 order by time desc limit 3",
+                other("1")
+            ),
         ]);
     }
     probes.push(
@@ -373,6 +385,7 @@ async fn organisation_users_may_set_what_clients_send_and_nothing_else() {
     for (set, code) in [
         ("set datafusion.execution.parquet.pushdown_filters = false", "42501"),
         ("set datafusion.execution.target_partitions = 64", "42501"),
+        ("set auditlake.lookup_path = false", "42501"),
         ("set datafusion.runtime.memory_limit = '8G'", "42501"),
         ("set datafusion.runtime.temp_directory = '/tmp/x'", "42501"),
         ("set work_mem = '1GB'", "42501"),
@@ -391,6 +404,7 @@ async fn organisation_users_may_set_what_clients_send_and_nothing_else() {
     assert_eq!(error.code().map(|c| c.code()), Some("42501"), "{error}");
     // Admins keep DataFusion's settings, but not the server's limits.
     admin.batch_execute("set datafusion.execution.target_partitions = 4").await.unwrap();
+    admin.batch_execute("set auditlake.lookup_path = false").await.unwrap();
     let error = admin.batch_execute("set datafusion.runtime.memory_limit = '8G'").await.unwrap_err();
     assert_eq!(error.code().map(|c| c.code()), Some("42501"), "{error}");
 
