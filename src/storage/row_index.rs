@@ -19,12 +19,12 @@
 //! one. The manifest records where they are ([`RowIndexLocation`]), and the
 //! footer says so too ([`RowIndexKind::footer_key`]), for other tools.
 //!
-//! Format (version 2), little-endian, built to be read with three range
+//! Format (versions 2 and 3), little-endian, built to be read with three range
 //! reads per lookup, two of them the same for every key (the head, the
 //! bucket starts) and one small (the bucket):
 //!
 //! ```text
-//! magic         b"ALCIDX02" (content ids) or b"ALAIDX02" (actor ids)
+//! magic         b"ALCIDX03" (content ids) or b"ALAIDX03" (actor ids)
 //! buckets B     u32, a power of two
 //! groups G      u32
 //! group rows    G × u32            rows of each row group, in file order
@@ -33,23 +33,30 @@
 //!               shared, len, key bytes after the first `shared` (UTF-8)
 //!               it has in common with the bucket's previous key, then
 //!   content:    n, first row, n - 1 row deltas
-//!               (n = 0: the id is in more than MAX_LISTED_ROWS rows,
-//!               which are not listed)
+//!               (n = 0: the id is in more rows than its version lists,
+//!               `max_listed_rows`, which are not listed)
 //!   actor:      n, n × (rows since the previous run's end, run length)
 //! ```
 //!
-//! Only content ids in a few rows of the segment are worth listing: an id in
-//! more rows than the segment has row groups is in nearly every group, so
-//! reading its rows costs what scanning the segment does, and listing every
-//! row of every frequent id cost 2 bytes per event. A lookup of such an id
-//! scans the segment with the filter. Actors are always listed: their rows
-//! are runs (one per organisation the id acts in), a few bytes each.
+//! Content ids are listed up to a number of rows: listing every row of every
+//! frequent id cost 2 bytes per event, and a lookup of an id past the limit
+//! scans the segment with the filter (bloom filters, then `content_id`
+//! decoded and compared in every row group they keep). Version 2 listed at
+//! most 16 rows, reasoning that an id in more rows than the segment has row
+//! groups is in nearly every group anyway; but the scan also decodes and
+//! compares the id column itself, the longest read, and on the independent
+//! shape ids with 17 to 256 rows per segment (a sixth of the events) made a
+//! content lookup's slow tail. Version 3 lists up to 256 (same layout; the
+//! limit goes with the version, so `verify` rebuilds each index by its own).
+//! Actors are always listed: their rows are runs (one per organisation the
+//! id acts in), a few bytes each.
 //!
 //! Inside entries every number is an unsigned LEB128 varint: a content id's
 //! rows are few and far apart, and varints keep the index smaller than
 //! fixed-width u32s by about a third. Keys are front-coded: sorted within
 //! their bucket, neighbours share a prefix (`page-1`, `user-61`), which
 //! version 1 (`...01`, every key whole; still read) stored again each time.
+//! Versions 2 and 3 differ only in how many rows of a content id they list.
 //!
 //! A key's bucket is the low bits of its 64-bit FNV-1a hash. Rows are
 //! numbered from 0 over the whole file. This module builds and reads the
@@ -61,12 +68,14 @@ use std::ops::Range;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use serde::{Deserialize, Serialize};
 
-/// Most rows of one content id the index lists (see above).
-pub const MAX_LISTED_ROWS: usize = 16;
+/// Most rows of one content id an index of format `version` lists (see above).
+pub fn max_listed_rows(version: u8) -> usize {
+    if version >= 3 { 256 } else { 16 }
+}
 /// Keys per bucket the index aims at: a lookup reads one bucket.
 const KEYS_PER_BUCKET: usize = 32;
-/// The format version written; versions 1 and 2 are read.
-pub const VERSION: u8 = 2;
+/// The format version written; versions 1 to 3 are read.
+pub const VERSION: u8 = 3;
 const MAX_BUCKETS: usize = 1 << 16;
 /// Longest key the index takes. Validation keeps ids far shorter
 /// (`model::MAX_KEY_FIELD_BYTES`); a segment with a longer one gets no index
@@ -76,7 +85,7 @@ const MAX_KEY_BYTES: usize = 64 * 1024;
 /// Which column an index is over; the two differ in how they list rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowIndexKind {
-    /// `content_id`: each id's rows one by one, up to [`MAX_LISTED_ROWS`].
+    /// `content_id`: each id's rows one by one, up to [`max_listed_rows`].
     Content,
     /// `actor_id`: each id's runs of rows, all of them.
     Actor,
@@ -221,7 +230,7 @@ impl RowIndexBuilder {
                 entries.extend_from_slice(&key[shared..]);
                 previous = key;
                 match self.kind {
-                    RowIndexKind::Content => put_rows(&mut entries, runs),
+                    RowIndexKind::Content => put_rows(&mut entries, runs, max_listed_rows(version)),
                     RowIndexKind::Actor => put_runs(&mut entries, runs),
                 }
             }
@@ -243,10 +252,10 @@ impl RowIndexBuilder {
     }
 }
 
-/// A content id's entry: its rows one by one, or none past [`MAX_LISTED_ROWS`].
-fn put_rows(entries: &mut Vec<u8>, runs: &[Range<u32>]) {
+/// A content id's entry: its rows one by one, or none past `listed`.
+fn put_rows(entries: &mut Vec<u8>, runs: &[Range<u32>], listed: usize) {
     let rows: usize = runs.iter().map(|run| run.len()).sum();
-    if rows > MAX_LISTED_ROWS {
+    if rows > listed {
         put_varint(entries, 0);
         return;
     }
@@ -521,7 +530,7 @@ mod tests {
         let ids: Vec<Option<String>> = (0..200_000)
             .map(|i| match i {
                 _ if i % 7 == 0 => None,
-                _ if i % 1_000 == 1 => Some("home".to_owned()),
+                _ if i % 500 == 1 => Some("home".to_owned()),
                 _ => Some(format!("page-{}", i % 70_000)),
             })
             .collect();
@@ -530,10 +539,10 @@ mod tests {
             let id = format!("page-{probe}");
             let expected: Vec<u32> =
                 (0..200_000u32).filter(|&i| ids[i as usize].as_deref() == Some(id.as_str())).collect();
-            assert!(!expected.is_empty() && expected.len() <= MAX_LISTED_ROWS, "{id}: {expected:?}");
+            assert!(!expected.is_empty() && expected.len() <= max_listed_rows(VERSION), "{id}: {expected:?}");
             assert_eq!(content_rows(&bytes, &id), Some(expected), "{id}");
         }
-        assert_eq!(content_rows(&bytes, "home"), None, "in 200 rows: not listed");
+        assert_eq!(content_rows(&bytes, "home"), None, "in 400 rows: not listed");
         assert_eq!(content_rows(&bytes, "page-70000"), Some(vec![]));
         assert_eq!(content_rows(&bytes, ""), Some(vec![]));
     }
@@ -564,6 +573,32 @@ mod tests {
         assert_eq!(in_two.len(), 2, "not in the first organisation: {in_two:?}");
         assert_eq!(lookup(RowIndexKind::Actor, &bytes, "user-5000@example.com"), Some(vec![]));
         assert_eq!(lookup(RowIndexKind::Actor, &bytes, "user-1@example.co"), Some(vec![]), "a prefix");
+    }
+
+    #[test]
+    fn version_3_lists_content_ids_in_up_to_256_rows_and_version_2_in_16() {
+        let keys: Vec<Option<String>> = (0..10_000u32)
+            .map(|i| match i % 100 {
+                0 => Some("every-hundredth".to_owned()),
+                1 if i % 2_000 == 1 => Some("every-two-thousandth".to_owned()),
+                _ => Some(format!("rare-{i}")),
+            })
+            .collect();
+        let (v2, v3) = (
+            build_as(2, RowIndexKind::Content, &keys, &[10_000]),
+            build_as(3, RowIndexKind::Content, &keys, &[10_000]),
+        );
+        assert_eq!(RowIndexKind::Content.version_of(&v2), Some(2));
+        assert_eq!(RowIndexKind::Content.version_of(&v3), Some(3));
+        let hundredth: Vec<u32> = (0..10_000).step_by(100).collect();
+        assert_eq!(lookup(RowIndexKind::Content, &v2, "every-hundredth"), None, "100 rows: past 16");
+        let listed = lookup(RowIndexKind::Content, &v3, "every-hundredth").expect("100 rows: listed");
+        assert_eq!(listed, hundredth.iter().map(|&row| row..row + 1).collect::<Vec<_>>());
+        for bytes in [&v2, &v3] {
+            assert_eq!(lookup(RowIndexKind::Content, bytes, "rare-7"), Some(vec![7..8]));
+            let five: Vec<Range<u32>> = (0..5).map(|k| 2_000 * k + 1..2_000 * k + 2).collect();
+            assert_eq!(lookup(RowIndexKind::Content, bytes, "every-two-thousandth"), Some(five));
+        }
     }
 
     #[test]
@@ -665,16 +700,19 @@ mod tests {
         /// The index's answer is the full scan's: every key of any sequence
         /// of rows (in any order, runs or scattered, some rows without one)
         /// finds exactly the rows holding it, or for content ids past
-        /// MAX_LISTED_ROWS is told unlisted; a key in no row finds nothing.
+        /// their version's `max_listed_rows` is told unlisted; a key in no row
+        /// finds nothing.
         #[test]
         fn the_index_answers_what_a_full_scan_finds(
             version in 1..=VERSION,
             kind in kind(),
+            distinct in prop_oneof![Just(2u32), Just(40u32)],
             keys in proptest::collection::vec(proptest::option::weighted(0.9, 0u32..40), 0..3_000),
             groups in 1usize..6,
             absent in 40u32..50,
         ) {
-            let keys: Vec<Option<String>> = keys.into_iter().map(|k| k.map(|k| format!("key-{k}"))).collect();
+            // Two keys: each in more rows than any version lists.
+            let keys: Vec<Option<String>> = keys.into_iter().map(|k| k.map(|k| format!("key-{}", k % distinct))).collect();
             let total = keys.len() as u64;
             let mut group_rows = vec![total / groups as u64; groups];
             group_rows[0] += total % groups as u64;
@@ -683,7 +721,7 @@ mod tests {
                 let scanned = scanned_runs(&keys, &key);
                 let rows: usize = scanned.iter().map(|run| run.len()).sum();
                 let expected = match kind {
-                    RowIndexKind::Content if rows > MAX_LISTED_ROWS => None,
+                    RowIndexKind::Content if rows > max_listed_rows(version) => None,
                     RowIndexKind::Content => Some(scanned.into_iter().flat_map(|run| run.map(|row| row..row + 1)).collect()),
                     RowIndexKind::Actor => Some(scanned),
                 };
