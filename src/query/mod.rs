@@ -940,7 +940,7 @@ mod tests {
     async fn content_lookups_read_listed_rows_scan_for_frequent_ids_and_see_the_buffer() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
-        // Segment 1: "home" in 40 rows (too many to list), "rare" in 2.
+        // Segment 1: "home" in 326 rows (too many to list), "rare" in 2.
         // Segment 2: neither. Then "rare" once more, still buffered.
         let with_content = |batch: usize, n: usize, content: &dyn Fn(usize) -> Option<&'static str>| {
             events(batch, n)
@@ -949,13 +949,13 @@ mod tests {
                 .map(|(i, e)| Event { content_id: content(i).map(str::to_owned), ..e })
                 .collect::<Vec<_>>()
         };
-        let first = with_content(0, 60, &|i| match i {
+        let first = with_content(0, 600, &|i| match i {
             7 | 31 => Some("rare"),
             _ if i % 3 == 0 || i % 5 == 0 || i % 7 == 0 => Some("home"),
             _ => None,
         });
         let homes = first.iter().filter(|e| e.content_id.as_deref() == Some("home")).count();
-        assert!(homes > 16, "{homes}");
+        assert!(homes > crate::storage::row_index::max_listed_rows(crate::storage::row_index::VERSION), "{homes}");
         for batch in [first, with_content(1, 60, &|_| Some("other"))] {
             storage.append(batch).await.unwrap();
             let sealer = storage.clone();
