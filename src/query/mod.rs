@@ -8,7 +8,8 @@
 //! bloom filters, page index) and reported as `Inexact`, so DataFusion
 //! re-applies them above the scan. Content-id and actor lookups are the
 //! exception: the segments' row indexes answer them exactly (see
-//! [`index_lookup`]).
+//! [`index_lookup`]), and their statements are planned without DataFusion's
+//! physical optimizers (see [`lookup_path`]).
 //!
 //! This layer never writes to storage and never sees a connection.
 

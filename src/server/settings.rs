@@ -5,7 +5,7 @@
 //! the transaction characteristics); those are honoured or answered as
 //! PostgreSQL would. Everything else changes the engine rather than the
 //! client's view of it (`datafusion.*` among them: row filters, pruning,
-//! parallelism), so for an organisation's user it is refused with 42501
+//! parallelism; and `auditlake.lookup_path`, which road lookups take), so for an organisation's user it is refused with 42501
 //! before it reaches DataFusion. `datafusion.runtime.*` (memory pools, spill
 //! directories) is refused for everyone: those limits are the server's.
 //!
