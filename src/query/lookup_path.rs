@@ -144,7 +144,12 @@ pub async fn plan(state: &SessionState, plan: &LogicalPlan) -> Result<Option<Arc
     if !table.downcast_ref::<AuditEventsTable>().is_some_and(|t| t.pushdown) {
         return Ok(None);
     }
-    shape.build(state, table.as_ref()).await
+    // The statement's timeout, row limit and cancel, as every plan gets them.
+    let Some(limits) = state.physical_optimizers().iter().find(|r| r.name() == StatementLimitsRule::NAME) else {
+        return Ok(None);
+    };
+    let built = shape.build(state, table.as_ref()).await?;
+    Ok(Some(limits.optimize(built, state.config_options())?))
 }
 
 /// A statement of the recognised shape, top down: projections, sorts,
@@ -162,7 +167,7 @@ impl<'a> Shape<'a> {
         loop {
             let input = match node {
                 LogicalPlan::Projection(p) if p.expr.iter().all(plain) => &p.input,
-                LogicalPlan::Sort(s) if s.expr.iter().all(|e| plain(&e.expr)) => &s.input,
+                LogicalPlan::Sort(s) if !s.expr.is_empty() && s.expr.iter().all(|e| plain(&e.expr)) => &s.input,
                 LogicalPlan::Filter(f) if plain(&f.predicate) => &f.input,
                 LogicalPlan::Limit(limit) if limit_of(limit).is_some() => &limit.input,
                 LogicalPlan::TableScan(scan) if scan.filters.iter().all(plain) => {
@@ -184,12 +189,13 @@ impl<'a> Shape<'a> {
 
     /// The plan DataFusion's planner would start from for these nodes,
     /// node for node, with the scan's partitions merged where a sort or a
-    /// limit needs all rows, and the statement's limits on top.
-    async fn build(self, state: &SessionState, table: &dyn TableProvider) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    /// limit needs all rows.
+    async fn build(self, state: &SessionState, table: &dyn TableProvider) -> Result<Arc<dyn ExecutionPlan>> {
         let filters: Vec<Expr> = self.scan.filters.iter().cloned().map(unnormalize_col).collect();
         let scan = table.scan(state, self.scan.projection.as_ref(), &filters, self.scan.fetch).await?;
         let mut plan = spread_over_partitions(scan, state)?;
         let mut input: &DFSchema = self.scan.projected_schema.as_ref();
+        let mut top_n = false;
         for (i, node) in self.above.iter().enumerate().rev() {
             plan = match node {
                 LogicalPlan::Filter(filter) => {
@@ -209,16 +215,19 @@ impl<'a> Shape<'a> {
                         let options = SortOptions { descending: !e.asc, nulls_first: e.nulls_first };
                         ordering.push(PhysicalSortExpr { expr, options });
                     }
-                    let Some(ordering) = LexOrdering::new(ordering) else { return Ok(None) };
+                    let Some(ordering) = LexOrdering::new(ordering) else {
+                        return internal_err!("a sort without keys on the lookup road");
+                    };
                     // A limit right above the sort keeps only the top rows while sorting.
                     let fetch = match (sort.fetch, i.checked_sub(1).map(|j| self.above[j])) {
                         (Some(fetch), _) => Some(fetch),
                         (None, Some(LogicalPlan::Limit(limit))) => match limit_of(limit) {
-                            Some((skip, Some(fetch))) => Some(skip + fetch),
+                            Some((skip, Some(fetch))) => Some(skip.saturating_add(fetch)),
                             _ => None,
                         },
                         _ => None,
                     };
+                    top_n |= fetch.is_some();
                     // Each partition sorts its rows, then one merge: a
                     // frequent content id's thousands of rows sort on both cores.
                     let partitions = plan.output_partitioning().partition_count();
@@ -238,31 +247,25 @@ impl<'a> Shape<'a> {
                     Arc::new(ProjectionExec::try_new(exprs, plan)?)
                 }
                 LogicalPlan::Limit(limit) => {
-                    let Some((skip, fetch)) = limit_of(limit) else { return Ok(None) };
+                    let Some((skip, fetch)) = limit_of(limit) else {
+                        return internal_err!("a limit that is not a number on the lookup road");
+                    };
                     Arc::new(GlobalLimitExec::new(one_partition(plan), skip, fetch))
                 }
-                _ => return Ok(None),
+                other => return internal_err!("{} on the lookup road", other.display()),
             };
             input = node.schema().as_ref();
-        }
-        if plan.schema().fields().len() != input.fields().len() {
-            return Ok(None);
         }
         // "The newest n of an actor": the sort's top-n hands the scan a
         // dynamic filter (time above the n-th newest so far), which rules
         // out the row groups of older segments (read newest first) from
         // their footers alone. The second half of DataFusion's filter
         // pushdown, which only such a sort needs.
-        let top_n = self.above.iter().any(|node| matches!(node, LogicalPlan::Sort(sort) if sort.fetch.is_some()))
-            || self.above.windows(2).any(|pair| matches!(pair, [LogicalPlan::Limit(_), LogicalPlan::Sort(_)]));
         if top_n {
             plan = FilterPushdown::new_post_optimization().optimize(plan, state.config_options())?;
         }
-        // The statement's timeout, row limit and cancel, as every plan gets them.
-        let Some(limits) = state.physical_optimizers().iter().find(|r| r.name() == StatementLimitsRule::NAME) else {
-            return Ok(None);
-        };
-        Ok(Some(limits.optimize(one_partition(plan), state.config_options())?))
+        // `StatementLimitsRule` merges what partitions are left.
+        Ok(plan)
     }
 }
 
