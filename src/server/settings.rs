@@ -60,6 +60,9 @@ const NO_EFFECT_SETTINGS: [&str; 9] = [
     "row_security",
 ];
 
+/// The settings of the engine below SQL: DataFusion's and auditlake's own.
+const ENGINE_PREFIXES: [&str; 2] = ["datafusion.", "auditlake."];
+
 /// The prefix of DataFusion settings no client may change.
 const RUNTIME_PREFIX: &str = "datafusion.runtime.";
 
@@ -86,7 +89,7 @@ impl SettingsHook {
         matches!(self.scope.get(), Some(Scope::All))
     }
 
-    fn decide(&self, set: &Set) -> Decision {
+    fn decide(&self, set: &Set, session: &SessionContext) -> Decision {
         let names = names(set);
         if let Some(name) = names.iter().find(|n| n.starts_with(RUNTIME_PREFIX)) {
             return refused(
@@ -106,7 +109,10 @@ impl SettingsHook {
             };
         }
         if self.is_admin() {
-            return Decision::PassOn;
+            return match engine_setting_error(set, session) {
+                Some(message) => refused("22023", message),
+                None => Decision::PassOn,
+            };
         }
         for name in &names {
             match name.as_str() {
@@ -149,9 +155,9 @@ impl SettingsHook {
         })
     }
 
-    fn answer(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
+    fn answer(&self, statement: &Statement, session: &SessionContext) -> Option<PgWireResult<Response>> {
         let Statement::Set(set) = statement else { return self.show(statement) };
-        match self.decide(set) {
+        match self.decide(set, session) {
             Decision::Done => Some(Ok(Response::Execution(Tag::new("SET")))),
             Decision::PassOn => None,
             Decision::Refused { code, message } => Some(Err(statement_error(code, message))),
@@ -179,16 +185,36 @@ fn names(set: &Set) -> Vec<String> {
     }
 }
 
-/// A setting's value as text, unquoted and lower-case.
-fn text(value: &Expr) -> String {
-    let raw = match value {
+/// A setting's value as written, unquoted.
+fn raw_text(value: &Expr) -> String {
+    match value {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
             other => other.to_string(),
         },
         other => other.to_string(),
-    };
-    raw.trim().to_lowercase()
+    }
+}
+
+/// A setting's value as text, unquoted and lower-case.
+fn text(value: &Expr) -> String {
+    raw_text(value).trim().to_lowercase()
+}
+
+/// Why an admin's `SET` of an engine setting (`datafusion.*`,
+/// `auditlake.*`) cannot be applied, tried on a copy of the session's
+/// settings: datafusion-postgres answers `SET` to any statement and drops
+/// DataFusion's error, so a mistyped name or value would change nothing
+/// without a word.
+fn engine_setting_error(set: &Set, session: &SessionContext) -> Option<String> {
+    let Set::SingleAssignment { variable, values, .. } = set else { return None };
+    let name = variable.to_string().to_lowercase();
+    if !ENGINE_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        return None;
+    }
+    let value = values.first().map(raw_text).unwrap_or_default();
+    let mut options = session.state().config_options().as_ref().clone();
+    options.set(&name, &value).err().map(|e| format!("cannot set \"{name}\" to \"{value}\": {e}"))
 }
 
 fn first_value(set: &Set) -> Option<String> {
@@ -239,20 +265,20 @@ impl QueryHook for SettingsHook {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        _session_context: &SessionContext,
+        session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.answer(statement)
+        self.answer(statement, session_context)
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _session_context: &SessionContext,
+        session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         let Statement::Set(set) = statement else { return None };
-        match self.decide(set) {
+        match self.decide(set, session_context) {
             Decision::Refused { code, message } => Some(Err(statement_error(code, message))),
             Decision::Done => {
                 let schema = Arc::new(DFSchema::empty());
@@ -267,10 +293,10 @@ impl QueryHook for SettingsHook {
         statement: &Statement,
         _logical_plan: &LogicalPlan,
         _params: &ParamValues,
-        _session_context: &SessionContext,
+        session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        self.answer(statement)
+        self.answer(statement, session_context)
     }
 }
 

@@ -405,6 +405,11 @@ async fn organisation_users_may_set_what_clients_send_and_nothing_else() {
     // Admins keep DataFusion's settings, but not the server's limits.
     admin.batch_execute("set datafusion.execution.target_partitions = 4").await.unwrap();
     admin.batch_execute("set auditlake.lookup_path = false").await.unwrap();
+    // A mistyped engine setting is an error, not a silent `SET`.
+    for wrong in ["set auditlake.lookup_path = banana", "set datafusion.execution.no_such_option = 1"] {
+        let error = admin.batch_execute(wrong).await.unwrap_err();
+        assert_eq!(error.code().map(|c| c.code()), Some("22023"), "{wrong}: {error}");
+    }
     let error = admin.batch_execute("set datafusion.runtime.memory_limit = '8G'").await.unwrap_err();
     assert_eq!(error.code().map(|c| c.code()), Some("42501"), "{error}");
 
