@@ -1200,20 +1200,26 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_one_actor_lookup_reads_a_small_fraction_of_a_million_events_then_hits_the_cache() {
+    async fn a_one_actor_lookup_reads_a_small_fraction_of_the_log_then_hits_the_cache() {
         use crate::ingest::demo;
-        const EVENTS: usize = 1_000_000;
+        // Month-long history in 25 segments: enough for pruning by time and
+        // by index to show; the speed at a million events and more is the
+        // benchmarks' business (BENCHMARKS.md).
+        const EVENTS: usize = 200_000;
+        const SEGMENT_ROWS: usize = EVENTS / 25;
         const END_US: i64 = 1_795_600_000_000_000;
         let dir = tempfile::tempdir().unwrap();
-        // 40,000-row segments are not small at this target: none is merged.
-        let compaction = CompactionPolicy { target_rows: 40_000, min_inputs: 4 };
+        // Segments at the target size are not small: none is merged.
+        let compaction = CompactionPolicy { target_rows: SEGMENT_ROWS as u64, min_inputs: 4 };
         let storage = Storage::open(StorageConfig { compaction, ..StorageConfig::new(dir.path()) }).unwrap();
         let mut generator = demo::Generator::new(11, EVENTS, END_US, 30, demo::Shape::REALISTIC);
         let loader = storage.clone();
-        tokio::task::spawn_blocking(move || loader.bulk_load(std::iter::from_fn(|| generator.next_segment(40_000))))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            loader.bulk_load(std::iter::from_fn(|| generator.next_segment(SEGMENT_ROWS)))
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let segments = storage.stats().segments;
         assert!(segments >= 25, "{segments} segments");
         let since = chrono::DateTime::from_timestamp_micros(END_US - 7 * 86_400_000_000).unwrap().to_rfc3339();
@@ -1245,9 +1251,14 @@ mod tests {
         // the row groups of older segments, so the scan hands on a handful of
         // the actor's rows, not its whole history.
         // An everyday actor: the incident actor's history is mostly in its last day.
-        let actor = "org-23-u101";
-        let history = format!("select count(*) from audit_events where actor_id = '{actor}'");
-        let history = int(&ctx.sql(&history).await.unwrap().collect().await.unwrap(), 0) as usize;
+        let busiest = format!(
+            "select actor_id, count(*) from audit_events where actor_id <> '{}' \
+             group by actor_id order by count(*) desc, actor_id limit 1",
+            demo::INCIDENT_ACTOR
+        );
+        let busiest = ctx.sql(&busiest).await.unwrap().collect().await.unwrap();
+        let actor = busiest[0].column(0).as_string::<i32>().value(0).to_owned();
+        let history = int(&busiest, 1) as usize;
         assert!(history >= 20, "{history} events of {actor}");
         let newest = format!(
             "select time, action from audit_events where actor_id = '{actor}' order by time desc, seq desc limit 5"

@@ -9,7 +9,7 @@ fn ndjson(events: &[Value]) -> String {
 }
 
 #[tokio::test]
-async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
+async fn posted_events_are_queryable_over_both_query_protocols() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let http = server.http();
@@ -65,10 +65,10 @@ async fn posted_events_are_queryable_from_tokio_postgres_and_psql() {
     assert_eq!(rows[1].get::<_, Option<String>>(6).as_deref(), Some("Payroll ☃"));
     assert_eq!(rows[0].get::<_, Option<String>>(5), None);
 
-    // Simple protocol through the real psql binary.
-    assert_eq!(server.psql(&format!("select count(*) from audit_events where {APP}")).unwrap().trim(), "3");
+    // The simple query protocol, as psql sends it.
+    assert_eq!(server.sql(&format!("select count(*) from audit_events where {APP}")).unwrap().trim(), "3");
     assert_eq!(
-        server.psql("select actor_id || ':' || action from audit_events where org_id = 'acme' order by time").unwrap(),
+        server.sql("select actor_id || ':' || action from audit_events where org_id = 'acme' order by time").unwrap(),
         "alice:confluence.page.viewed\nbob:jira.issue.deleted\n"
     );
 }
@@ -189,11 +189,11 @@ fn a_query_over_its_memory_limit_fails_and_the_server_goes_on() {
     let data = dir.path().join("data");
     demo_data_dir(&data, 20_000, 3);
     let server = Server::start(&data, &["--query-memory-bytes", "65536"]);
-    let join = server.psql("select count(*) from audit_events a join audit_events b on a.id = b.id");
+    let join = server.sql("select count(*) from audit_events a join audit_events b on a.id = b.id");
     let error = join.unwrap_err();
     assert!(error.contains("query memory limit of 65536 bytes reached"), "{error}");
     assert!(error.contains("--query-memory-bytes"), "the error says what to change: {error}");
-    assert_eq!(server.psql(&format!("select count(*) from audit_events where {APP}")).unwrap(), "20000\n");
+    assert_eq!(server.sql(&format!("select count(*) from audit_events where {APP}")).unwrap(), "20000\n");
 }
 
 #[tokio::test]
@@ -203,33 +203,33 @@ async fn runaway_statements_are_stopped_and_ingest_goes_on() {
     demo_data_dir(&data, 3_000, 3);
     let server = Server::start(&data, &["--statement-timeout-ms", "500", "--max-result-rows", "2500"]);
     let runaway = "select count(*) from audit_events a, generate_series(1, 10000000) g where a.seq + g.value > 0";
-    let error = server.psql(runaway).unwrap_err();
+    let error = server.sql(runaway).unwrap_err();
     assert!(error.contains("statement timeout of 500 ms"), "{error}");
     assert!(error.contains("--statement-timeout-ms"), "the error says what to change: {error}");
 
-    let error = server.psql("select * from audit_events").unwrap_err();
+    let error = server.sql("select * from audit_events").unwrap_err();
     assert!(error.contains("more than 2500 rows"), "{error}");
     assert!(error.contains("--max-result-rows"), "the error says what to change: {error}");
-    assert_eq!(server.psql("select count(*) from (select id from audit_events limit 2500) t").unwrap(), "2500\n");
+    assert_eq!(server.sql("select count(*) from (select id from audit_events limit 2500) t").unwrap(), "2500\n");
 
     // A user's own statement timeout replaces the server's, for that user only.
     drop(server);
     add_user(&data, "patient", &["--admin", "--statement-timeout-ms", "60000"]);
     add_user(&data, "hasty", &["--admin", "--statement-timeout-ms", "200"]);
     let server = Server::start(&data, &["--statement-timeout-ms", "500", "--max-result-rows", "2500"]);
-    let error = server.psql_as("hasty", runaway).unwrap_err();
+    let error = server.sql_as("hasty", runaway).unwrap_err();
     assert!(error.contains("statement timeout of 200 ms"), "{error}");
     let explain = "explain select count(*) from audit_events";
-    assert!(server.psql_as("patient", explain).unwrap().contains("timeout_ms=60000"));
-    assert!(server.psql_as("hasty", explain).unwrap().contains("timeout_ms=200"));
-    assert!(server.psql(explain).unwrap().contains("timeout_ms=500"), "others keep the server's");
+    assert!(server.sql_as("patient", explain).unwrap().contains("timeout_ms=60000"));
+    assert!(server.sql_as("hasty", explain).unwrap().contains("timeout_ms=200"));
+    assert!(server.sql(explain).unwrap().contains("timeout_ms=500"), "others keep the server's");
 
     // The server still takes events and answers while and after queries were stopped.
     let http = server.http();
     let after = event("after-runaway", "acme", "u1", "page.viewed", 0).to_string();
     let (status, body) = post(&http, &server.events_url(), after).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(server.psql("select count(*) from audit_events where id = 'after-runaway'").unwrap(), "1\n");
+    assert_eq!(server.sql("select count(*) from audit_events where id = 'after-runaway'").unwrap(), "1\n");
 }
 
 /// What the server logs when a cancel request names one of its connections.
@@ -306,7 +306,7 @@ async fn clients_past_the_connection_limit_are_told_why_and_cancel_requests_stil
     let error = tokio_postgres::connect(&server.url(), tokio_postgres::NoTls).await.err().expect("refused");
     let db = error.as_db_error().unwrap_or_else(|| panic!("a server error, not {error}"));
     assert_eq!((db.code().code(), db.message()), ("53300", "sorry, too many clients already"));
-    let refused = server.psql("select 1").unwrap_err();
+    let refused = server.sql("select 1").unwrap_err();
     assert!(refused.contains("sorry, too many clients already"), "{refused}");
 
     // A cancel request is no session: it reaches its statement while the

@@ -197,6 +197,43 @@ impl Server {
         }
     }
 
+    /// Runs `sql` as [`Server::sql`] until it prints `expected` (for what the
+    /// server writes in the background, such as its records of access), and
+    /// returns what it printed last.
+    pub fn sql_until(&self, sql: &str, expected: &str) -> String {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let out = self.sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            if out == expected || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `sql` with the simple query protocol, as psql sends it, and prints
+    /// the rows as `psql -A -t` does (`|` between columns, an empty field for
+    /// NULL, every statement's rows in turn); an error is `ERROR:  message`.
+    /// It needs no program besides the server, so the first test tier runs
+    /// anywhere the Rust toolchain does; [`Server::psql`] is the real psql.
+    pub fn sql(&self, sql: &str) -> Result<String, String> {
+        self.sql_as(TEST_USER, sql)
+    }
+
+    /// [`Server::sql`] logged in as `user` with [`TEST_PASSWORD`].
+    pub fn sql_as(&self, user: &str, sql: &str) -> Result<String, String> {
+        // A thread of its own, so that sync and async tests alike can wait
+        // for it, as they wait for a psql process.
+        let url = format!("{}?application_name={SQL_APPLICATION_NAME}", self.url_as(user));
+        let sql = sql.to_string();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(simple_query_as_psql_prints(&url, &sql))
+        })
+        .join()
+        .unwrap()
+    }
+
     /// Runs SQL through the real `psql` binary, unaligned and tuples-only.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
         self.psql_as(TEST_USER, sql)
@@ -224,6 +261,28 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `application_name` [`Server::sql`] connects with, which the server's
+/// records of access name.
+pub const SQL_APPLICATION_NAME: &str = "auditlake-tests";
+
+async fn simple_query_as_psql_prints(url: &str, sql: &str) -> Result<String, String> {
+    let as_text = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(db) => format!("ERROR:  {}", db.message()),
+        None => e.to_string(),
+    };
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(as_text)?;
+    tokio::spawn(connection);
+    let mut printed = String::new();
+    for message in client.simple_query(sql).await.map_err(as_text)? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            let fields: Vec<&str> = (0..row.len()).map(|i| row.get(i).unwrap_or("")).collect();
+            printed += &fields.join("|");
+            printed.push('\n');
+        }
+    }
+    Ok(printed)
 }
 
 /// The admin every test server has (see [`Server::try_start_with_env`]).

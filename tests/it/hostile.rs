@@ -67,7 +67,7 @@ async fn statements_too_deep_to_plan_are_refused_and_the_server_stays_up() {
     );
     let refusals = "select count(*) from audit_events where org_id = 'acme' and category = 'audit_access' \
                     and attributes like '%\"sqlstate\":\"54001\"%'";
-    assert_eq!(server.psql_until(refusals, "8\n"), "8\n");
+    assert_eq!(server.sql_until(refusals, "8\n"), "8\n");
 }
 
 /// What one statement of a few dozen bytes once made the server allocate
@@ -177,7 +177,7 @@ async fn busy_statements_leave_health_checks_and_ingest_answering() {
     let after = event("after", "acme", "u2", "a.b", 0).to_string();
     assert_eq!(post(&server.http(), &server.events_url(), after).await.0, 200);
     let sql = format!("select count(*) from audit_events where {APP}");
-    assert_eq!(server.psql(&sql).unwrap(), "21\n");
+    assert_eq!(server.sql(&sql).unwrap(), "21\n");
 }
 
 /// A protocol 3.0 start-up packet for `user`.
@@ -360,7 +360,7 @@ async fn password_guessing_is_slowed_after_a_few_failures() {
     alice.simple_query("select 1").await.unwrap();
     // Only the checked guesses are on record.
     let failed = "select count(*) from audit_events where action = 'audit_log.login_failed'";
-    let recorded: usize = server.psql(failed).unwrap().trim().parse().unwrap();
+    let recorded: usize = server.sql(failed).unwrap().trim().parse().unwrap();
     assert!(recorded <= checked + 1, "{recorded} failures recorded for {checked} checked");
     eprintln!("60 guesses in {elapsed:?}: {checked} passwords checked, {waited} told to wait");
 }
@@ -465,10 +465,10 @@ async fn sigterm_stops_the_server_in_order_as_ctrl_c_does() {
     // The record of the last statement was flushed before the exit.
     let server = Server::start(&data, &[]);
     let sql = format!("select count(*) from audit_events where {APP}");
-    assert_eq!(server.psql(&sql).unwrap(), "10\n");
+    assert_eq!(server.sql(&sql).unwrap(), "10\n");
     let flushed = "select count(*) from audit_events where attributes like '%before the stop%' \
                    and position('count' in attributes) = 0";
-    assert_eq!(server.psql(flushed).unwrap(), "1\n");
+    assert_eq!(server.sql(flushed).unwrap(), "1\n");
 }
 
 /// What the HTTP listener answers to `head` (request line and headers)

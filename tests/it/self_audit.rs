@@ -36,8 +36,8 @@ async fn statements_and_logins_are_recorded_and_each_org_sees_its_own() {
         let url = format!("postgres://{user}:not-the-password@127.0.0.1:{}/auditlake", server.pg_port);
         assert!(tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_err());
     }
-    // psql names itself.
-    let out = server.psql_as("acme-analyst", "select count(*) from audit_events where actor_id = 'bob'");
+    // A client that names itself is recorded with its name.
+    let out = server.sql_as("acme-analyst", "select count(*) from audit_events where actor_id = 'bob'");
     assert_eq!(out.unwrap(), "1\n");
 
     let expected = "\
@@ -46,27 +46,24 @@ acme-analyst|acme|audit_log.query|success|127.0.0.1|-|select id from audit_event
 acme-analyst|acme|audit_log.query|failure|127.0.0.1|-|delete from audit_events|0|-|25006
 acme-analyst|acme|audit_log.login_failed|failure|127.0.0.1|-|-|-1|-|28P01
 mallory|_auditlake|audit_log.login_failed|failure|127.0.0.1|-|-|-1|-|28P01
-acme-analyst|acme|audit_log.login|success|127.0.0.1|psql|-|-1|-|-
-acme-analyst|acme|audit_log.query|success|127.0.0.1|psql|select count(*) from audit_events where actor_id = 'bob'|1|-|-
+acme-analyst|acme|audit_log.login|success|127.0.0.1|auditlake-tests|-|-1|-|-
+acme-analyst|acme|audit_log.query|success|127.0.0.1|auditlake-tests|select count(*) from audit_events where actor_id = 'bob'|1|-|-
 ";
-    assert_eq!(server.psql_until(RECORDS, expected), expected);
+    assert_eq!(server.sql_until(RECORDS, expected), expected);
 
     // Durations are measured; the tenant sees its own records, not the
     // failed login of a name that belongs to no org.
-    let timed = server.psql(
+    let timed = server.sql(
         "select count(*) from audit_events where action = 'audit_log.query' and actor_id = 'acme-analyst' \
          and json_get_float(attributes, 'duration_ms') > 0",
     );
     assert_eq!(timed.unwrap(), "3\n");
     let seen_by_acme = server
-        .psql_as(
-            "acme-analyst",
-            "select distinct actor_id from audit_events where category = 'audit_access' order by 1",
-        )
+        .sql_as("acme-analyst", "select distinct actor_id from audit_events where category = 'audit_access' order by 1")
         .unwrap();
     assert_eq!(seen_by_acme, "acme-analyst\n");
     let admins =
-        server.psql("select count(*) > 0 from audit_events where org_id = '_auditlake' and actor_id = 'tester'");
+        server.sql("select count(*) > 0 from audit_events where org_id = '_auditlake' and actor_id = 'tester'");
     assert_eq!(admins.unwrap(), "t\n", "admins' statements are recorded under the system org");
 
     // Nobody can post records that look like the server's own.

@@ -60,7 +60,7 @@ async fn planted(dir: &std::path::Path, sealed: bool) -> Server {
         "select count(*) from audit_events where org_id = '_auditlake' and attributes like '%{ADMIN_SQL}%' \
          and position('count(*)' in attributes) = 0"
     );
-    assert_eq!(server.psql_until(&recorded, "1\n"), "1\n");
+    assert_eq!(server.sql_until(&recorded, "1\n"), "1\n");
     server
 }
 
@@ -312,9 +312,9 @@ async fn attack(server: &Server, label: &str) -> Vec<String> {
     attacker.simple("select 'attack over'").await;
     let records = "select count(*) from audit_events where org_id = 'acme' and category = 'audit_access' \
                    and attributes like '%attack over%'";
-    assert_eq!(server.psql_until(records, "1\n"), "1\n", "{label}");
+    assert_eq!(server.sql_until(records, "1\n"), "1\n", "{label}");
     let stored = server
-        .psql("select coalesce(attributes, '') from audit_events where org_id = 'acme' and category = 'audit_access'")
+        .sql("select coalesce(attributes, '') from audit_events where org_id = 'acme' and category = 'audit_access'")
         .unwrap();
     assert!(stored.lines().count() > 40, "{label}: {stored}");
     leaks.extend(leaked(&format!("{label}: the attacker's records"), &stored));
@@ -328,14 +328,14 @@ async fn an_organisations_user_learns_nothing_of_another_organisations_events() 
     for sealed in [false, true] {
         let server = planted(dir.path(), sealed).await;
         // The markers are there to be found: the admin reads them.
-        let admin = server.psql("select count(*) from audit_events where actor_name = 'Gx Name Q7Z1'").unwrap();
+        let admin = server.sql("select count(*) from audit_events where actor_name = 'Gx Name Q7Z1'").unwrap();
         assert_eq!(admin, format!("{ACME_EVENTS}\n"));
         // Where globex's rows lie, as the admin's plan tells.
         let plan = "explain analyze select * from audit_events where org_id = 'globex'";
         let wanted = if sealed { "buffered_batches=0" } else { "segments_read=0" };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !server.psql(plan).unwrap().contains(wanted) {
-            assert!(Instant::now() < deadline, "never {wanted}: {}", server.psql(plan).unwrap());
+        while !server.sql(plan).unwrap().contains(wanted) {
+            assert!(Instant::now() < deadline, "never {wanted}: {}", server.sql(plan).unwrap());
             std::thread::sleep(Duration::from_millis(100));
         }
         leaks.extend(attack(&server, if sealed { "sealed" } else { "buffered" }).await);

@@ -82,7 +82,7 @@ async fn every_rejection_reason_is_named_and_a_rejected_batch_stores_nothing() {
     assert!(answer["error"].as_str().unwrap().contains("16384 bytes"), "{answer}");
 
     assert_eq!(count(&server).await, 1, "only the first, valid request was stored");
-    let ids = server.psql(&format!("select id from audit_events where {APP}")).unwrap();
+    let ids = server.sql(&format!("select id from audit_events where {APP}")).unwrap();
     assert_eq!(ids, "kept\n");
 }
 
