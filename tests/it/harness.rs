@@ -263,6 +263,20 @@ impl Drop for Server {
     }
 }
 
+/// Polls `check` until it holds, for [`START_TIMEOUT`] at most: what a test
+/// awaits instead of sleeping for a guessed time. Panics naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The `application_name` [`Server::sql`] connects with, which the server's
 /// records of access name.
 pub const SQL_APPLICATION_NAME: &str = "auditlake-tests";

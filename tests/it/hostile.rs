@@ -2,7 +2,7 @@
 //! attempt the server still answers, and the events acknowledged before it
 //! are all there.
 
-use crate::harness::{APP, Server, add_user, event, post};
+use crate::harness::{APP, Server, add_user, event, post, wait_until};
 
 /// A server with the org user `acme-analyst` (and any extra flags) that has
 /// acknowledged twenty control events of `acme`'s user `u1`.
@@ -244,9 +244,11 @@ async fn clients_that_do_not_log_in_cannot_swell_or_fill_the_server() {
     // seconds at most.
     let started = std::time::Instant::now();
     let mut idle: Vec<std::net::TcpStream> = (0..6).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let refused = server.pg_as("acme-analyst").await.expect_err("no login slot");
-    assert_eq!(refused.code().map(|c| c.code()), Some("53300"), "{refused:?}");
+    let no_slot = || async {
+        let refused = server.pg_as("acme-analyst").await.err();
+        refused.and_then(|e| e.code().cloned()).is_some_and(|code| code.code() == "53300")
+    };
+    wait_until("53300 while the idle sockets hold every login slot", no_slot).await;
     for socket in &mut idle {
         assert!(closed_within(socket, std::time::Duration::from_secs(15)), "an idle socket stayed open");
     }
@@ -440,8 +442,10 @@ async fn a_full_http_listener_answers_503_at_once() {
     let server = Server::start(&data, &["--max-http-connections", "4"]);
     let mut slow = slow_http_clients(&server, 3);
     slow.push(std::net::TcpStream::connect(server.http_url.trim_start_matches("http://")).unwrap());
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let busy = reqwest::Client::new().get(format!("{}/healthz", server.http_url)).send().await.unwrap();
+    let healthz = format!("{}/healthz", server.http_url);
+    let busy = || async { reqwest::Client::new().get(&healthz).send().await.unwrap().status() == 503 };
+    wait_until("503 while the slow clients hold every connection", busy).await;
+    let busy = reqwest::Client::new().get(&healthz).send().await.unwrap();
     assert_eq!(busy.status(), 503);
     assert_eq!(busy.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()), Some("1".into()));
     for socket in &mut slow {
@@ -620,8 +624,8 @@ async fn bodies_being_read_share_one_memory_budget() {
     assert_eq!(post(&client, &server.events_url(), small).await.0, 200);
     // Once the slow client is gone, its share is free again.
     drop(slow);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(post(&client, &server.events_url(), padded).await.0, 200);
+    let freed = || async { post(&client, &server.events_url(), padded.clone()).await.0 == 200 };
+    wait_until("the padded body accepted once the slow client left", freed).await;
     let error = crate::access::serve_refused(
         &data,
         &["--insecure-trust-loopback", "--max-body-bytes", "4096", "--max-inflight-body-bytes", "2048"],
