@@ -183,20 +183,6 @@ impl Server {
         Ok(client)
     }
 
-    /// Runs `sql` through psql until it prints `expected` (for what the
-    /// server writes in the background, such as its records of access), and
-    /// returns what it printed last.
-    pub fn psql_until(&self, sql: &str, expected: &str) -> String {
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let out = self.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-            if out == expected || std::time::Instant::now() > deadline {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Runs `sql` as [`Server::sql`] until it prints `expected` (for what the
     /// server writes in the background, such as its records of access), and
     /// returns what it printed last.
@@ -215,7 +201,7 @@ impl Server {
     /// the rows as `psql -A -t` does (`|` between columns, an empty field for
     /// NULL, every statement's rows in turn); an error is `ERROR:  message`.
     /// It needs no program besides the server, so the first test tier runs
-    /// anywhere the Rust toolchain does; [`Server::psql`] is the real psql.
+    /// anywhere the Rust toolchain does (the second tier drives the real psql).
     pub fn sql(&self, sql: &str) -> Result<String, String> {
         self.sql_as(TEST_USER, sql)
     }
@@ -232,27 +218,6 @@ impl Server {
         })
         .join()
         .unwrap()
-    }
-
-    /// Runs SQL through the real `psql` binary, unaligned and tuples-only.
-    pub fn psql(&self, sql: &str) -> Result<String, String> {
-        self.psql_as(TEST_USER, sql)
-    }
-
-    /// [`Server::psql`] logged in as `user` with [`TEST_PASSWORD`].
-    pub fn psql_as(&self, user: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.pg_port.to_string(), "-d", "auditlake", "-U", user])
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .env("PGPASSWORD", TEST_PASSWORD)
-            .output()
-            .expect("psql is installed (see .ci/setup)");
-        if out.status.success() {
-            Ok(String::from_utf8(out.stdout).unwrap())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
     }
 }
 
