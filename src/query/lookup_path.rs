@@ -48,9 +48,10 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
+use super::AuditEventsTable;
 use super::index_lookup::{self, Keyed};
 use super::limits::StatementLimitsRule;
-use super::{AuditEventsScanExec, AuditEventsTable};
+use super::scan_exec::AuditEventsScanExec;
 
 datafusion::common::extensions_options! {
     /// Settings of auditlake's own in a session (`SET auditlake.…`, admins only).

@@ -263,7 +263,7 @@ async fn tls_that_cannot_be_used_stops_the_start_and_a_plaintext_client_is_refus
     let (ca, cert, key) = certificates(dir.path());
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--tls-cert", &cert, "--tls-key", &key, "--require-tls"]);
-    let error = server.pg_as(TEST_USER).await.err().expect("a plaintext login is refused");
+    let error = server.pg_as(TEST_USER).await.expect_err("a plaintext login is refused");
     let db = error.as_db_error().unwrap_or_else(|| panic!("a server error, not {error}"));
     assert!(db.message().contains("accepts only TLS connections"), "{db}");
     drop(server);
