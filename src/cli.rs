@@ -629,6 +629,7 @@ fn query_runtime(nice: i32) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Raises the calling thread's nice value by `nice` (on Linux, priority is
 /// per thread). Failing is harmless: the thread keeps the process's.
+#[allow(unsafe_code)]
 fn lower_this_threads_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
@@ -1216,6 +1217,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// How long mimalloc (the binary's allocator) keeps freed memory before
 /// returning it to the OS. mimalloc's own `MIMALLOC_PURGE_DELAY` wins, for
 /// experiments; without mimalloc as the allocator this changes nothing.
+#[allow(unsafe_code)]
 pub fn set_allocator_purge_delay_ms(ms: i64) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option; mimalloc reads it when it purges.
