@@ -996,13 +996,13 @@ fn replay_wal(wal_dir: &Path, sealed_seq: Seq) -> Result<Replayed, StorageError>
         if outcome.torn_tail {
             warn!(file = %path.display(), valid_len = outcome.valid_len, "truncating torn WAL tail");
         }
-        for batch in outcome.batches {
+        for (batch, offset) in outcome.batches.into_iter().zip(outcome.offsets) {
             if let Some(expected) = expected_next
                 && batch.first_seq != expected
             {
                 return Err(StorageError::CorruptWal {
                     file: path.clone(),
-                    offset: 0,
+                    offset,
                     reason: format!("sequence gap: expected seq {expected}, found {}", batch.first_seq),
                 });
             }
@@ -1011,7 +1011,7 @@ fn replay_wal(wal_dir: &Path, sealed_seq: Seq) -> Result<Replayed, StorageError>
                 if batch.first_seq <= sealed_seq {
                     return Err(StorageError::CorruptWal {
                         file: path.clone(),
-                        offset: 0,
+                        offset,
                         reason: format!(
                             "batch {}..={} straddles the sealed seq {sealed_seq}",
                             batch.first_seq,
@@ -1287,6 +1287,35 @@ mod tests {
         let appended = storage.append((from..from + n).map(event).collect()).await.unwrap();
         assert_eq!(appended.duplicates, 0);
         appended.seqs.expect("new events")
+    }
+
+    /// A gap in the WAL's sequence numbers is named by file and by the byte
+    /// offset of the record where it shows, for whoever opens the file.
+    #[test]
+    fn a_sequence_gap_names_the_record_where_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        fs::create_dir_all(&wal_dir).unwrap();
+        let mut writer = WalWriter::create(&wal_dir, 1, Arc::default()).unwrap();
+        let mut gap_at = wal::HEADER_BYTES;
+        for (i, (first_seq, n)) in [(1, 2), (3, 1), (5, 2)].into_iter().enumerate() {
+            let batch = model::events_to_batch(&(0..n).map(event).collect::<Vec<_>>(), 0);
+            let mut framed = Vec::new();
+            wal::encode_record(first_seq, &wal::encode_batch(&batch), &mut framed);
+            writer.append(&framed).unwrap();
+            if i < 2 {
+                gap_at += framed.len() as u64;
+            }
+        }
+        writer.sync().unwrap();
+        match Storage::open(config(dir.path())) {
+            Err(StorageError::CorruptWal { file, offset, reason }) => {
+                assert_eq!(file, wal::file_path(&wal_dir, 1));
+                assert_eq!(offset, gap_at, "{reason}");
+                assert!(reason.contains("expected seq 4, found 5"), "{reason}");
+            }
+            other => panic!("expected a corrupt WAL, got {other:?}"),
+        }
     }
 
     #[tokio::test]

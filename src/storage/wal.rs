@@ -119,6 +119,8 @@ fn decode_payload(payload: &[u8]) -> Result<WalBatch, String> {
 #[derive(Debug)]
 pub struct ReadOutcome {
     pub batches: Vec<WalBatch>,
+    /// Where each batch's record starts in the file, in bytes.
+    pub offsets: Vec<u64>,
     /// Byte length of the valid prefix (header plus whole, checked records).
     pub valid_len: u64,
     /// True when bytes after `valid_len` were a torn tail.
@@ -134,13 +136,13 @@ pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageErr
         offset: offset as u64,
         reason,
     };
-    let torn = |valid_len: usize, batches: Vec<WalBatch>| {
-        Ok(ReadOutcome { batches, valid_len: valid_len as u64, torn_tail: true })
+    let torn = |valid_len: usize, batches: Vec<WalBatch>, offsets: Vec<u64>| {
+        Ok(ReadOutcome { batches, offsets, valid_len: valid_len as u64, torn_tail: true })
     };
 
     if bytes.len() < MAGIC.len() {
         return if is_newest && MAGIC.starts_with(&bytes) {
-            torn(0, Vec::new())
+            torn(0, Vec::new(), Vec::new())
         } else {
             Err(corrupt(0, format!("file is {} bytes, shorter than the header", bytes.len())))
         };
@@ -151,12 +153,13 @@ pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageErr
     }
 
     let mut batches = Vec::new();
+    let mut offsets = Vec::new();
     let mut offset = MAGIC.len();
     while offset < bytes.len() {
         let rest = &bytes[offset..];
         if rest.len() < RECORD_HEADER_BYTES {
             return if is_newest {
-                torn(offset, batches)
+                torn(offset, batches, offsets)
             } else {
                 Err(corrupt(offset, "truncated record header".into()))
             };
@@ -165,7 +168,7 @@ pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageErr
         let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
         if len == 0 || len > MAX_RECORD_BYTES {
             return if is_newest && rest.iter().all(|b| *b == 0) {
-                torn(offset, batches)
+                torn(offset, batches, offsets)
             } else {
                 Err(corrupt(offset, format!("impossible record length {len}")))
             };
@@ -173,7 +176,7 @@ pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageErr
         let end = RECORD_HEADER_BYTES + len;
         if rest.len() < end {
             return if is_newest {
-                torn(offset, batches)
+                torn(offset, batches, offsets)
             } else {
                 Err(corrupt(offset, format!("record of {len} bytes runs past the end of the file")))
             };
@@ -181,7 +184,7 @@ pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageErr
         let payload = &rest[RECORD_HEADER_BYTES..end];
         if crc32fast::hash(payload) != crc {
             return if is_newest && rest.len() == end {
-                torn(offset, batches)
+                torn(offset, batches, offsets)
             } else {
                 Err(corrupt(offset, "checksum mismatch".into()))
             };
@@ -189,9 +192,10 @@ pub fn read_file(path: &Path, is_newest: bool) -> Result<ReadOutcome, StorageErr
         let batch = decode_payload(payload)
             .map_err(|e| corrupt(offset, format!("record checks out but does not decode: {e}")))?;
         batches.push(batch);
+        offsets.push(offset as u64);
         offset += end;
     }
-    Ok(ReadOutcome { batches, valid_len: offset as u64, torn_tail: false })
+    Ok(ReadOutcome { batches, offsets, valid_len: offset as u64, torn_tail: false })
 }
 
 /// Path of the WAL file whose first record starts at `first_seq`.
