@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use auditlake::ingest::demo;
+use auditlake::demo;
 use serde_json::json;
 
 struct Options {

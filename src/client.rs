@@ -85,12 +85,12 @@ pub enum Connection {
 
 impl Connection {
     pub async fn open(target: &Target) -> Result<Connection, ClientError> {
-        Self::open_with_limits(target, query::QueryLimits::default()).await
+        Self::open_with_limits(target, query::QueryConfig::default()).await
     }
 
     /// [`Connection::open`], with `limits` for statements run in-process (a
     /// server applies its own).
-    pub async fn open_with_limits(target: &Target, limits: query::QueryLimits) -> Result<Connection, ClientError> {
+    pub async fn open_with_limits(target: &Target, limits: query::QueryConfig) -> Result<Connection, ClientError> {
         match target {
             Target::DataDir(config) => {
                 // Opening storage creates a missing directory; a query must not.

@@ -8,6 +8,10 @@
 //! it once or not at all. It reads through a
 //! [`Connection`] (a data directory, or a server as a Postgres user, whose
 //! tenant scope applies), and never changes the log.
+//!
+//! A local output file is fsynced before the export says it is done: it is
+//! the one file auditlake syncs outside the storage layer, because it is the
+//! user's, outside the data directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +27,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 
 use crate::client::{ClientError, Connection, Target};
-use crate::query::{QueryLimits, TABLE};
+use crate::query::{QueryConfig, TABLE};
 
 /// Seqs per window: under a server's default `--max-result-rows` (one
 /// window is one statement).
@@ -236,10 +240,10 @@ pub async fn export(
 ) -> Result<u64, ExportError> {
     let destination = Destination::parse(&request.out)?;
     // In-process, an export is bounded by its windows, not a statement's limits.
-    let limits = QueryLimits {
+    let limits = QueryConfig {
         max_result_rows: u64::MAX,
         statement_timeout: std::time::Duration::from_secs(EXPORT_STATEMENT_TIMEOUT_SECS),
-        ..QueryLimits::default()
+        ..QueryConfig::default()
     };
     let connection = Connection::open_with_limits(target, limits).await?;
     let result = async {

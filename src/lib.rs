@@ -12,20 +12,24 @@
 //! - [`storage`]: WAL, in-memory buffer, Parquet segments, manifest, recovery.
 //! - [`query`]: the DataFusion `audit_events` table provider and session setup.
 //! - [`server`]: the Postgres wire endpoint (read-only, one session per connection).
-//! - [`ingest`]: the HTTP API and the demo-data generator.
+//! - [`http`]: the HTTP API: ingest, reads of one organisation's events, proofs, policy admin.
 //! - [`integrity`]: tamper evidence: Merkle roots, signed checkpoints, `auditlake verify`.
 //! - [`policy`]: per-organisation policy: what is kept of user-generated content.
 //! - [`client`]: SQL from the command line, in-process or against a server.
 //! - [`exporter`]: `auditlake export`, one organisation's events to a JSONL or Parquet file.
 //! - [`import`]: `auditlake import`, other products' audit logs mapped onto the event schema.
 //! - [`reports`]: the saved compliance SQL of `sql/` and its psql variables.
-//! - [`cli`]: the command line (`serve`, `demo`, `query`, `report`).
+//! - [`demo`]: deterministic demo activity with planted incidents, for `auditlake demo` and benchmarks.
+//! - [`digest`]: SHA-256, for tokens, SCRAM keys and checkpoint files.
+//! - [`cli`]: the command line (`serve`, `demo`, `query`, `report`, `export`, `import`, admin).
 
 pub mod cli;
 pub mod client;
+pub mod demo;
+pub mod digest;
 pub mod exporter;
+pub mod http;
 pub mod import;
-pub mod ingest;
 pub mod integrity;
 pub mod model;
 pub mod policy;

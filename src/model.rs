@@ -647,6 +647,35 @@ fn validate_event(line: usize, value: Value, received_at_us: i64) -> Result<Even
 }
 
 impl Event {
+    /// An event auditlake records about its own use or administration
+    /// (statements run, policies changed, stored events rewritten): stamped
+    /// now, with a fresh time-ordered id and `product = auditlake`. Callers
+    /// add what else they know (address, session) with struct update syntax.
+    pub fn system(
+        org_id: &str,
+        (actor_id, actor_type): (&str, &str),
+        action: &str,
+        category: &str,
+        success: bool,
+        attributes: &Value,
+    ) -> Event {
+        let now_us = Utc::now().timestamp_micros();
+        Event {
+            time_us: now_us,
+            received_at_us: now_us,
+            id: uuid::Uuid::now_v7().to_string(),
+            org_id: org_id.to_owned(),
+            actor_id: actor_id.to_owned(),
+            actor_type: Some(actor_type.to_owned()),
+            action: action.to_owned(),
+            category: Some(category.to_owned()),
+            outcome: Some(if success { "success" } else { "failure" }.to_owned()),
+            product: Some("auditlake".to_owned()),
+            attributes: Some(attributes.to_string()),
+            ..Event::default()
+        }
+    }
+
     /// The event as the JSON object the ingest API accepts (used by the demo
     /// generator and by clients in tests and benchmarks).
     pub fn to_ingest_json(&self) -> Value {

@@ -8,7 +8,6 @@
 //! since the signed root is computed from them.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -20,9 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use super::IntegrityError;
 use super::merkle::{self, Hash};
+use crate::digest::sha256;
 use crate::model::Seq;
 use crate::storage::settings::{from_hex32, to_hex};
-use crate::storage::write_private_file;
+use crate::storage::{truncate_synced, write_private_file};
 
 pub const INTEGRITY_DIR: &str = "integrity";
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
@@ -351,10 +351,6 @@ impl CheckpointLog {
     }
 }
 
-fn sha256(bytes: &[u8]) -> Hash {
-    ring::digest::digest(&SHA256, bytes).as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
 pub fn removal_file_name(index: u64) -> String {
     format!("{index:020}.removed")
 }
@@ -427,28 +423,17 @@ fn cut_torn_tail(path: &Path) -> Result<(), IntegrityError> {
         return Ok(());
     }
     tracing::warn!(path = %path.display(), torn_bytes = bytes.len() - whole, "cutting off a checkpoint line an interrupted append left unfinished");
-    let file = fs::OpenOptions::new().write(true).open(path).map_err(|e| IntegrityError::io(path, e))?;
-    file.set_len(whole as u64).and_then(|()| file.sync_all()).map_err(|e| IntegrityError::io(path, e))
+    truncate_synced(path, whole as u64).map_err(|e| IntegrityError::io(path, e))
 }
 
 fn write_synced(path: &Path, bytes: &[u8], append: bool) -> Result<(), IntegrityError> {
-    let created = !path.exists();
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .append(append)
-        .write(true)
-        .truncate(!append)
-        .open(path)
-        .map_err(|e| IntegrityError::io(path, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| IntegrityError::io(path, e))?;
-    if created && let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| IntegrityError::io(dir, e))?;
-    }
-    Ok(())
+    crate::storage::write_synced(path, bytes, append).map_err(|e| IntegrityError::io(path, e))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]

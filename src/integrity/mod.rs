@@ -205,11 +205,11 @@ impl SealWitness for Integrity {
         sealed_seq: Seq,
         fresh: Option<(Seq, &[RecordBatch])>,
     ) -> Result<(), StorageError> {
-        self.checkpoint_through(store, segments, sealed_seq, fresh).map_err(|e| StorageError::Checkpoint(e.to_string()))
+        self.checkpoint_through(store, segments, sealed_seq, fresh).map_err(|e| StorageError::Checkpoint(Box::new(e)))
     }
 
     fn removing(&self, expiry: &Expiry, removed: &[RecordBatch]) -> Result<(), StorageError> {
-        self.record_removal(expiry, removed).map_err(|e| StorageError::Rewrite(format!("recording the removal: {e}")))
+        self.record_removal(expiry, removed).map_err(|e| StorageError::Removal(Box::new(e)))
     }
 }
 

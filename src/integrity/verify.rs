@@ -152,13 +152,14 @@ pub fn verify(
         }
     }
 
-    let manifest = match Manifest::load(store) {
-        Ok(manifest) => manifest,
-        Err(e) => {
-            report.found(Kind::Unreadable, e.to_string());
-            return Ok(report);
-        }
-    };
+    let manifest =
+        match store.read_manifest().and_then(|bytes| Manifest::decode(bytes.as_deref(), &store.manifest_display())) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                report.found(Kind::Unreadable, e.to_string());
+                return Ok(report);
+            }
+        };
     report.sealed_through = manifest.sealed_seq;
     check_manifest(store, &manifest, report.checkpointed_through, &mut report)?;
 

@@ -39,11 +39,12 @@ pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
 /// Default most rows one statement may return.
 pub const DEFAULT_MAX_RESULT_ROWS: u64 = 1_000_000;
 
-/// Everything one statement may use: its share of memory, its time, its
-/// result size, and what all statements share: the segment cache and the
-/// UGC key `ugc_hash` hashes with.
+/// What every query session of a server starts from: the limits of each
+/// statement (its share of memory, its time, its result size) and what all
+/// statements share (the segment cache, and the UGC key `ugc_hash` derives
+/// organisations' keys from).
 #[derive(Debug, Clone)]
-pub struct QueryLimits {
+pub struct QueryConfig {
     pub memory: QueryMemory,
     pub statement_timeout: Duration,
     pub max_result_rows: u64,
@@ -51,9 +52,9 @@ pub struct QueryLimits {
     pub ugc_key: Option<Arc<UgcKey>>,
 }
 
-impl Default for QueryLimits {
+impl Default for QueryConfig {
     fn default() -> Self {
-        QueryLimits {
+        QueryConfig {
             memory: QueryMemory::default(),
             statement_timeout: Duration::from_millis(DEFAULT_STATEMENT_TIMEOUT_MS),
             max_result_rows: DEFAULT_MAX_RESULT_ROWS,
@@ -248,6 +249,44 @@ impl Drop for LimitedStream {
     }
 }
 
+/// How the statement timeout's error starts, wherever it strikes (while
+/// planning, or while the rows stream).
+pub const STATEMENT_TIMEOUT: &str = "canceling statement after the statement timeout";
+/// How a cancel request's error reads.
+const CANCELED_BY_REQUEST: &str = "canceling statement due to user request";
+/// How the result-row limit's error starts. Memory errors name rows too
+/// ("buffered rows wanted ..."): only this start tells the two apart.
+pub const TOO_MANY_ROWS: &str = "the result has more than";
+
+/// Which of a statement's limits ended it. The query layer makes these
+/// errors; the Postgres endpoint turns them into SQLSTATEs and the HTTP API
+/// into status codes, each in its one mapping, by asking [`limit_hit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// The statement timeout.
+    Timeout,
+    /// A cancel request.
+    Canceled,
+    /// More rows than one statement may return.
+    TooManyRows,
+    /// More memory than the statement's share or than is left.
+    OutOfMemory,
+    /// A value larger than one function call may make.
+    ValueTooLarge,
+}
+
+/// The limit that ended a statement with `error`, if one did.
+pub fn limit_hit(error: &DataFusionError) -> Option<LimitHit> {
+    Some(match error.find_root() {
+        DataFusionError::ResourcesExhausted(message) if message.starts_with(TOO_MANY_ROWS) => LimitHit::TooManyRows,
+        DataFusionError::ResourcesExhausted(_) => LimitHit::OutOfMemory,
+        DataFusionError::Execution(message) if message.starts_with(STATEMENT_TIMEOUT) => LimitHit::Timeout,
+        DataFusionError::Execution(message) if message.starts_with(CANCELED_BY_REQUEST) => LimitHit::Canceled,
+        DataFusionError::Execution(message) if message.starts_with(super::VALUE_TOO_LARGE) => LimitHit::ValueTooLarge,
+        _ => return None,
+    })
+}
+
 impl LimitedStream {
     /// Ends the statement with `error`, letting go of what its plan holds.
     fn end(&mut self, error: DataFusionError) -> Poll<Option<Result<RecordBatch>>> {
@@ -260,7 +299,7 @@ impl LimitedStream {
     fn timed_out(&mut self) -> Poll<Option<Result<RecordBatch>>> {
         let ms = self.timeout.as_millis();
         self.end(DataFusionError::Execution(format!(
-            "canceling statement after the statement timeout of {ms} ms; narrow it (time range, actor, LIMIT) or \
+            "{STATEMENT_TIMEOUT} of {ms} ms; narrow it (time range, actor, LIMIT) or \
              raise --statement-timeout-ms"
         )))
     }
@@ -282,7 +321,7 @@ impl Stream for LimitedStream {
             cx.waker().wake_by_ref();
         }
         if self.cancel.requests.load(Ordering::SeqCst) > self.cancels_before {
-            return self.end(DataFusionError::Execution("canceling statement due to user request".into()));
+            return self.end(DataFusionError::Execution(CANCELED_BY_REQUEST.into()));
         }
         let deadline_at = self.deadline_at;
         let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline_at)));
@@ -303,7 +342,7 @@ impl Stream for LimitedStream {
                 if self.rows > self.max_rows {
                     let max = self.max_rows;
                     return self.end(DataFusionError::ResourcesExhausted(format!(
-                        "the result has more than {max} rows, the most one statement may return; add LIMIT, \
+                        "{TOO_MANY_ROWS} {max} rows, the most one statement may return; add LIMIT, \
                          aggregate, or raise --max-result-rows"
                     )));
                 }

@@ -335,7 +335,7 @@ fn plain(expr: &Expr) -> bool {
 mod tests {
     use super::*;
     use crate::model::Event;
-    use crate::query::{QueryLimits, new_session_context};
+    use crate::query::{QueryConfig, new_session_context};
     use crate::storage::{Storage, StorageConfig};
 
     async fn takes_the_road(ctx: &datafusion::prelude::SessionContext, sql: &str) -> bool {
@@ -371,7 +371,7 @@ mod tests {
         let sealer = storage.clone();
         tokio::task::spawn_blocking(move || sealer.seal_now().unwrap()).await.unwrap();
         storage.append(events[20..].to_vec()).await.unwrap();
-        let ctx = new_session_context(&storage, &QueryLimits::default()).unwrap();
+        let ctx = new_session_context(&storage, &QueryConfig::default()).unwrap();
 
         let lookups = [
             "select time, action, source_ip, content_id from audit_events where actor_id = 'u1' \
@@ -410,7 +410,7 @@ mod tests {
         let shown = datafusion::arrow::util::pretty::pretty_format_batches(&analyze).unwrap().to_string();
         assert!(shown.contains("StatementLimitsExec") && shown.contains("output_rows=5"), "{shown}");
         // An admin can turn the road off to compare.
-        let off = new_session_context(&storage, &QueryLimits::default()).unwrap();
+        let off = new_session_context(&storage, &QueryConfig::default()).unwrap();
         off.sql("set auditlake.lookup_path = false").await.unwrap().collect().await.unwrap();
         assert!(!takes_the_road(&off, lookups[0]).await);
         assert!(takes_the_road(&ctx, lookups[0]).await, "a setting of one session only");

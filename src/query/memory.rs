@@ -2,9 +2,10 @@
 //! runaway query (a sort or aggregation over the whole log) fails with a
 //! clear error instead of taking the server, and ingest, down with it.
 //!
-//! Each Postgres connection runs one statement at a time in its own session,
-//! so a session's pool is its running query's. Nothing spills to disk (see
-//! `session_over`): what cannot fit fails.
+//! Each Postgres connection, and each HTTP read, runs one statement at a
+//! time in its own session, so a session's pool is its running query's.
+//! Nothing spills to disk (the session's disk manager is disabled, see
+//! `session.rs`): what cannot fit fails, and the HTTP API answers 503.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -34,7 +34,10 @@ mod ugc_hash;
 mod unpack_id;
 mod value_limits;
 
-pub use limits::{DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, QueryLimits, SessionTimeout, StatementCancel};
+pub use limits::{
+    DEFAULT_MAX_RESULT_ROWS, DEFAULT_STATEMENT_TIMEOUT_MS, LimitHit, QueryConfig, STATEMENT_TIMEOUT, SessionTimeout,
+    StatementCancel, TOO_MANY_ROWS, limit_hit,
+};
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 pub use read_only::{is_read_only, selects_into, statement_verb};
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};

@@ -13,14 +13,14 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::storage::Storage;
 
-use super::limits::{self, QueryLimits, SessionTimeout, StatementCancel};
+use super::limits::{self, QueryConfig, SessionTimeout, StatementCancel};
 use super::{AuditEventsTable, CATALOG, SCHEMA, SessionScope, TABLE, lookup_path, owner_scope, ugc_hash, value_limits};
 
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
 /// Its scope is the data directory owner's (every event); see
 /// [`new_scoped_session_context`] for sessions of logged-in users.
-pub fn new_session_context(storage: &Storage, limits: &QueryLimits) -> Result<SessionContext> {
+pub fn new_session_context(storage: &Storage, limits: &QueryConfig) -> Result<SessionContext> {
     let controls = SessionControls { scope: owner_scope(), ..SessionControls::new(limits) };
     new_scoped_session_context(storage, limits, controls)
 }
@@ -36,7 +36,7 @@ pub struct SessionControls {
 
 impl SessionControls {
     /// Unset scope (nothing can be read until it is set), the server's timeout.
-    pub fn new(limits: &QueryLimits) -> Self {
+    pub fn new(limits: &QueryConfig) -> Self {
         SessionControls {
             scope: SessionScope::default(),
             timeout: SessionTimeout::new(limits.statement_timeout),
@@ -49,7 +49,7 @@ impl SessionControls {
 /// set, under their timeout and cancel.
 pub fn new_scoped_session_context(
     storage: &Storage,
-    limits: &QueryLimits,
+    limits: &QueryConfig,
     controls: SessionControls,
 ) -> Result<SessionContext> {
     let table = AuditEventsTable::new(storage.clone(), limits.segment_cache.clone(), Arc::clone(&controls.scope));
@@ -59,14 +59,14 @@ pub fn new_scoped_session_context(
 }
 
 #[cfg(test)]
-pub(super) fn session_over(storage: &Storage, limits: &QueryLimits, table: AuditEventsTable) -> Result<SessionContext> {
+pub(super) fn session_over(storage: &Storage, limits: &QueryConfig, table: AuditEventsTable) -> Result<SessionContext> {
     let timeout = SessionTimeout::new(limits.statement_timeout);
     session_with_controls(storage, limits, table, timeout, StatementCancel::default())
 }
 
 fn session_with_controls(
     storage: &Storage,
-    limits: &QueryLimits,
+    limits: &QueryConfig,
     table: AuditEventsTable,
     timeout: SessionTimeout,
     cancel: StatementCancel,

@@ -143,20 +143,14 @@ impl AccessLog {
 
 /// The record that `count` records were dropped.
 fn dropped_record(count: u64) -> Event {
-    Event {
-        time_us: now_us(),
-        received_at_us: now_us(),
-        id: uuid::Uuid::now_v7().to_string(),
-        org_id: SYSTEM_ORG_ID.to_string(),
-        actor_id: "auditlake".into(),
-        actor_type: Some("system".into()),
-        action: ACTION_RECORDS_DROPPED.into(),
-        category: Some(AUDIT_ACCESS_CATEGORY.into()),
-        outcome: Some("failure".into()),
-        product: Some("auditlake".into()),
-        attributes: Some(json!({ "dropped": count, "max_pending": MAX_PENDING_RECORDS }).to_string()),
-        ..Event::default()
-    }
+    Event::system(
+        SYSTEM_ORG_ID,
+        ("auditlake", "system"),
+        ACTION_RECORDS_DROPPED,
+        AUDIT_ACCESS_CATEGORY,
+        false,
+        &json!({ "dropped": count, "max_pending": MAX_PENDING_RECORDS }),
+    )
 }
 
 async fn write_records(
@@ -228,22 +222,13 @@ pub struct Accessor {
 
 impl Accessor {
     fn event(&self, action: &str, success: bool, time_us: i64, attributes: Value) -> Event {
+        let org = self.org.as_deref().unwrap_or(SYSTEM_ORG_ID);
         Event {
             time_us,
-            received_at_us: now_us(),
-            id: uuid::Uuid::now_v7().to_string(),
-            org_id: self.org.clone().unwrap_or_else(|| SYSTEM_ORG_ID.to_string()),
-            actor_id: self.user.clone(),
-            actor_type: Some("database_user".into()),
-            action: action.into(),
-            category: Some(AUDIT_ACCESS_CATEGORY.into()),
-            outcome: Some(if success { "success" } else { "failure" }.into()),
-            product: Some("auditlake".into()),
             source_ip: Some(self.address.to_string()),
             user_agent: self.application.clone(),
             session_id: self.session.clone(),
-            attributes: Some(attributes.to_string()),
-            ..Event::default()
+            ..Event::system(org, (&self.user, "database_user"), action, AUDIT_ACCESS_CATEGORY, success, &attributes)
         }
     }
 }
@@ -446,7 +431,7 @@ impl AuditedSession {
             let ms = timeout.as_millis();
             Err(super::sqlstate::statement_error(
                 "57014",
-                format!("canceling statement after the statement timeout of {ms} ms, while planning it"),
+                format!("{} of {ms} ms, while planning it", crate::query::STATEMENT_TIMEOUT),
             ))
         })
     }

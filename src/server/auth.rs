@@ -33,7 +33,8 @@ use tracing::{info, warn};
 use super::access_log::{AccessLog, Accessor};
 use super::slots::{RESERVED_ADMIN_SESSIONS, SessionSlot, Slots};
 use super::throttle::LoginThrottle;
-use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, User, Users, sha256};
+use super::users::{Role, SCRAM_ITERATIONS, ScramVerifier, User, Users};
+use crate::digest::sha256;
 use crate::query::{Scope, SessionControls};
 
 /// The only SASL mechanism offered (no channel binding: `-PLUS` needs TLS).

@@ -2,8 +2,10 @@
 //!
 //! We own the accept loop and build a fresh set of handlers, with its own
 //! DataFusion session, for every connection, so one client's `SET` never
-//! reaches another and later work can add authentication, a per-role tenant
-//! scope, cancellation and a self-audit hook per connection. The protocol
+//! reaches another: SCRAM logins (`auth.rs`, `users.rs`), the user's tenant
+//! scope fixed in the session at login, cancel requests, connection slots
+//! and login throttling (`slots.rs`, `throttle.rs`), and a self-audit record
+//! of every statement (`access_log.rs`) are per connection. The protocol
 //! itself (pgwire) and the Arrow-to-Postgres encoding, `pg_catalog` emulation
 //! and query hooks (datafusion-postgres) come from crates; see ARCHITECTURE.md
 //! for why we use them this way.
@@ -99,7 +101,7 @@ pub struct Endpoint {
     /// Refuse clients that did not switch to TLS.
     pub require_tls: bool,
     pub max_connections: usize,
-    pub limits: query::QueryLimits,
+    pub limits: query::QueryConfig,
     /// Where every login and statement is recorded.
     pub access_log: AccessLog,
 }
@@ -255,7 +257,7 @@ struct ConnectionHandlers {
 impl ConnectionHandlers {
     fn new(
         storage: &Storage,
-        limits: &query::QueryLimits,
+        limits: &query::QueryConfig,
         policy: LoginPolicy,
         running: RunningStatements,
     ) -> Result<Self, ServerError> {

@@ -10,6 +10,8 @@ use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::parser::ParserError;
 use pgwire::error::{ErrorInfo, PgWireError};
 
+use crate::query::{LimitHit, limit_hit};
+
 /// A statement's error with SQLSTATE `code`: the one way this endpoint
 /// builds one.
 pub fn statement_error(code: &str, message: String) -> PgWireError {
@@ -40,6 +42,13 @@ fn error_text(error: &PgWireError) -> String {
 }
 
 fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
+    if let Some(hit) = limit_hit(cause) {
+        return Some(match hit {
+            LimitHit::Timeout | LimitHit::Canceled => "57014",
+            LimitHit::TooManyRows | LimitHit::ValueTooLarge => "54000",
+            LimitHit::OutOfMemory => "53200",
+        });
+    }
     Some(match cause {
         DataFusionError::SQL(..) => "42601",
         DataFusionError::SchemaError(error, _) => match error.as_ref() {
@@ -54,11 +63,6 @@ fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
         }
         DataFusionError::Plan(message) if message.starts_with("table '") && message.ends_with("not found") => "42P01",
         DataFusionError::NotImplemented(_) => "0A000",
-        // Our statement limits: too many rows, or out of memory.
-        DataFusionError::ResourcesExhausted(message) if message.contains("rows") => "54000",
-        DataFusionError::ResourcesExhausted(_) => "53200",
-        DataFusionError::Execution(message) if message.starts_with("canceling statement") => "57014",
-        DataFusionError::Execution(message) if message.starts_with(crate::query::VALUE_TOO_LARGE) => "54000",
         DataFusionError::Execution(message) if message == super::subqueries::MORE_THAN_ONE_ROW => "21000",
         _ => return None,
     })
@@ -85,7 +89,11 @@ mod tests {
         );
         assert_eq!(code(wrapped), "57014");
         assert_eq!(code(DataFusionError::Plan("table 'auditlake.public.x' not found".into())), "42P01");
-        assert_eq!(code(DataFusionError::ResourcesExhausted("more than 10 rows".into())), "54000");
+        let too_many = format!("{} 10 rows, the most one statement may return", crate::query::TOO_MANY_ROWS);
+        assert_eq!(code(DataFusionError::ResourcesExhausted(too_many)), "54000");
+        // A memory refusal that names rows is still a memory refusal.
+        let memory = "query memory limit of 1024 bytes reached (buffered rows wanted 84276 more)";
+        assert_eq!(code(DataFusionError::ResourcesExhausted(memory.into())), "53200");
         let two_rows = DataFusionError::Execution(crate::server::subqueries::MORE_THAN_ONE_ROW.into());
         assert_eq!(code(two_rows), "21000");
         assert!(code(DataFusionError::Internal("bug".into())).starts_with("unclassified"));

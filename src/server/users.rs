@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ring::{digest, hmac, pbkdf2};
+use ring::{hmac, pbkdf2};
+
+use crate::digest::sha256;
 use serde::{Deserialize, Serialize};
 
 /// PBKDF2 iterations of new verifiers: PostgreSQL's default
@@ -152,10 +154,6 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     out
 }
 
-pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    digest::digest(&digest::SHA256, data).as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
 /// One user of the Postgres endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -239,7 +237,7 @@ impl Users {
                 return Ok(secret);
             }
             let secret: [u8; 32] = rand::random();
-            crate::storage::settings::write_private_file(&path, &secret)
+            crate::storage::write_private_file(&path, &secret)
                 .map_err(|source| UserError::Write { path: path.clone(), source })?;
             Ok(secret)
         })

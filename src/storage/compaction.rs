@@ -28,9 +28,9 @@ use datafusion::physical_plan::union::UnionExec;
 
 use super::StorageError;
 use super::manifest::{self, SegmentMeta};
-use super::objects::{SegmentStore, WrittenSegment};
+use super::objects::SegmentStore;
 use super::packed;
-use super::segment::{self, LiveSegment, SORT_COLUMNS, segment_file_name};
+use super::segment::{self, LiveSegment, SORT_COLUMNS, SegmentWriter, WrittenSegment, segment_file_name};
 
 /// When to compact, and how big a merged segment may get.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +76,7 @@ fn sort_order() -> Result<LexOrdering, StorageError> {
         .iter()
         .map(|c| Ok(PhysicalSortExpr::new(col(c, &schema)?, SortOptions::default())))
         .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()
-        .map_err(|e| StorageError::Compaction(e.to_string()))?;
+        .map_err(StorageError::Compaction)?;
     Ok(LexOrdering::new(exprs).expect("sort columns are not empty"))
 }
 
@@ -97,7 +97,7 @@ pub fn merge(inputs: &[Arc<LiveSegment>], store: &SegmentStore) -> Result<Segmen
     let (rows_written, written) = written?;
     if rows_written != rows {
         let _ = store.delete_segment(&file_name);
-        return Err(StorageError::Compaction(format!("merged {rows_written} rows from inputs holding {rows}")));
+        return Err(StorageError::MergeLostRows { written: rows_written, expected: rows });
     }
     Ok(SegmentMeta {
         file: file_name,
@@ -137,7 +137,7 @@ fn write_merged(
     file: &str,
 ) -> Result<(u64, WrittenSegment), StorageError> {
     let order = sort_order()?;
-    let df = |e: datafusion::error::DataFusionError| StorageError::Compaction(e.to_string());
+    let df = StorageError::Compaction;
     let scans = inputs
         .iter()
         .map(|segment| {
@@ -148,7 +148,7 @@ fn write_merged(
     let union = UnionExec::try_new(scans).map_err(df)?;
     let merged = Arc::new(SortPreservingMergeExec::new(order, union));
 
-    let mut writer = store.create_segment(file)?;
+    let mut writer = SegmentWriter::create(store, file)?;
     let mut rows = 0u64;
     segment::for_each_batch(store, merged, |batch| {
         rows += batch.num_rows() as u64;

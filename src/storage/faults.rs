@@ -4,7 +4,8 @@
 //!
 //! Every write and fsync of the WAL, of segments and of the manifest asks
 //! [`Faults::check`] first. With nothing injected that is one uncontended lock
-//! per group commit. Nothing outside tests injects faults.
+//! per group commit. Only tests can plan faults: the module is private to
+//! storage, and [`Faults::inject`] exists only in test builds.
 
 use std::io;
 use std::sync::Mutex;
@@ -20,6 +21,8 @@ pub enum IoOp {
 
 /// How the operation fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Only tests plan faults, so outside them no variant is ever made.
+#[cfg_attr(not(test), allow(dead_code))]
 pub enum FaultKind {
     /// `ENOSPC`: the disk is full.
     NoSpace,
@@ -54,11 +57,13 @@ pub struct Faults {
 }
 
 impl Faults {
+    #[cfg(test)]
     /// Makes the next `times` operations `op` fail with `kind` (`None`: until [`Faults::clear`]).
     pub fn inject(&self, op: IoOp, kind: FaultKind, times: Option<usize>) {
         self.planned.lock().expect("faults lock poisoned").push(Fault { op, kind, remaining: times });
     }
 
+    #[cfg(test)]
     /// Removes every planned fault: the disk has space again, the device recovered.
     pub fn clear(&self) {
         self.planned.lock().expect("faults lock poisoned").clear();

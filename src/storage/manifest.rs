@@ -3,7 +3,7 @@
 //! A segment exists for readers only once the manifest names it; a file in
 //! `segments/` that the manifest does not name is debris from a crash during
 //! sealing and is deleted at start-up. The manifest is replaced atomically
-//! (see [`SegmentStore::write_manifest`]), so a crash leaves either the old or
+//! (see [`super::objects::SegmentStore::write_manifest`]), so a crash leaves either the old or
 //! the new manifest.
 //!
 //! Format: JSON, `{"version": 2, "sealed_seq": N, "segments": [...]}`.
@@ -13,7 +13,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
-use super::objects::SegmentStore;
 use super::row_index::RowIndexLocation;
 use crate::model::Seq;
 
@@ -136,13 +135,14 @@ impl Manifest {
         Manifest { version: FORMAT_VERSION, sealed_seq, segments }
     }
 
-    /// Loads the manifest of a log; a missing one means an empty log.
-    pub fn load(store: &SegmentStore) -> Result<Manifest, StorageError> {
-        let corrupt = |reason: String| StorageError::CorruptManifest { file: store.manifest_display(), reason };
-        let Some(bytes) = store.read_manifest()? else {
+    /// Decodes a stored manifest; none at all (`None`) is an empty log.
+    /// `file` names the manifest in errors.
+    pub fn decode(bytes: Option<&[u8]>, file: &str) -> Result<Manifest, StorageError> {
+        let corrupt = |reason: String| StorageError::CorruptManifest { file: file.to_owned(), reason };
+        let Some(bytes) = bytes else {
             return Ok(Manifest::new(0, Vec::new()));
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if manifest.version != FORMAT_VERSION {
             return Err(corrupt(format!("unsupported manifest version {}", manifest.version)));
         }
@@ -152,9 +152,9 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Atomically and durably replaces the stored manifest with `self`.
-    pub fn store(&self, store: &SegmentStore) -> Result<(), StorageError> {
-        store.write_manifest(serde_json::to_vec_pretty(self).expect("manifest serializes"))
+    /// The manifest as it is stored: pretty JSON, for people who read it.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifest serializes")
     }
 }
 
@@ -162,16 +162,12 @@ impl Manifest {
 mod tests {
     use super::*;
 
-    fn local_store(dir: &std::path::Path) -> SegmentStore {
-        SegmentStore::open(dir, None, Default::default()).unwrap()
-    }
+    const FILE: &str = "/data/manifest.json";
 
     #[test]
-    fn store_replaces_and_load_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = local_store(dir.path());
-        assert_eq!(Manifest::load(&store).unwrap().segments.len(), 0);
-        let mut manifest = Manifest::load(&store).unwrap();
+    fn encode_then_decode_gives_the_manifest_back() {
+        assert_eq!(Manifest::decode(None, FILE).unwrap().segments.len(), 0);
+        let mut manifest = Manifest::decode(None, FILE).unwrap();
         manifest.sealed_seq = 9;
         manifest.segments.push(SegmentMeta {
             file: "a.parquet".into(),
@@ -189,10 +185,7 @@ mod tests {
             actor_index: Some(RowIndexLocation { offset: 24, length: 30 }),
             orgs: Some(vec![("acme".into(), 4), ("globex".into(), 5)]),
         });
-        manifest.store(&store).unwrap();
-        assert_eq!(Manifest::load(&store).unwrap(), manifest);
-        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(!files.iter().any(|f| f.to_string_lossy().contains("tmp")), "{files:?}");
+        assert_eq!(Manifest::decode(Some(&manifest.encode()), FILE).unwrap(), manifest);
     }
 
     #[test]
@@ -228,10 +221,8 @@ mod tests {
 
     #[test]
     fn garbage_manifest_is_an_error_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("manifest.json"), b"{not json").unwrap();
-        let err = Manifest::load(&local_store(dir.path())).unwrap_err().to_string();
-        assert!(err.contains("manifest.json"), "{err}");
+        let err = Manifest::decode(Some(b"{not json"), FILE).unwrap_err().to_string();
+        assert!(err.contains(FILE), "{err}");
     }
 
     fn any_segment() -> impl proptest::strategy::Strategy<Value = SegmentMeta> {
@@ -265,10 +256,8 @@ mod tests {
         /// Any bytes load as a manifest, or as an error naming the file.
         #[test]
         fn any_bytes_load_or_are_refused_by_name(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("manifest.json"), &bytes).unwrap();
-            if let Err(e) = Manifest::load(&local_store(dir.path())) {
-                proptest::prop_assert!(e.to_string().contains("manifest.json"), "{}", e);
+            if let Err(e) = Manifest::decode(Some(&bytes), FILE) {
+                proptest::prop_assert!(e.to_string().contains(FILE), "{}", e);
             }
         }
 
@@ -276,10 +265,7 @@ mod tests {
         /// holds; what loads is safe to ask about any organisation.
         #[test]
         fn an_edited_manifest_loads_only_if_readers_can_rely_on_it(segments in proptest::collection::vec(any_segment(), 0..3)) {
-            let dir = tempfile::tempdir().unwrap();
-            let store = local_store(dir.path());
-            Manifest::new(9, segments).store(&store).unwrap();
-            if let Ok(manifest) = Manifest::load(&store) {
+            if let Ok(manifest) = Manifest::decode(Some(&Manifest::new(9, segments).encode()), FILE) {
                 for segment in &manifest.segments {
                     proptest::prop_assert!(!segment.file.contains('/') && !segment.file.starts_with('.'));
                     proptest::prop_assert!(segment.min_seq <= segment.max_seq);

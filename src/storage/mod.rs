@@ -9,7 +9,7 @@
 //! ```
 //!
 //! This layer owns every byte in the data directory and is the only code that
-//! calls fsync. It never parses SQL or HTTP, and never acknowledges a batch
+//! calls fsync on it (small files through `durable.rs`). It never parses SQL or HTTP, and never acknowledges a batch
 //! before its WAL record is on disk.
 //!
 //! Data directory layout:
@@ -22,8 +22,9 @@
 //! ```
 
 pub mod compaction;
+pub mod durable;
 mod engine;
-pub mod faults;
+mod faults;
 pub mod idempotency;
 pub mod manifest;
 pub mod objects;
@@ -37,11 +38,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::error::DataFusionError;
 
 use crate::model::Seq;
 
+pub use durable::{truncate_synced, write_private_file, write_synced};
 pub use engine::{Appended, Expiry, Snapshot, Storage, StorageConfig, StorageStats};
-pub use settings::{SettingsError, WatchedFile, read_json, update_json, with_lock, write_json, write_private_file};
+pub use settings::{SettingsError, WatchedFile, read_json, update_json, with_lock, write_json};
+
+/// An error of a layer above storage, carried whole as a cause.
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong below the query and ingest layers.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +64,14 @@ pub enum StorageError {
     SegmentsUrl { url: String, reason: String },
     #[error("data directory {} is in use by another auditlake process", path.display())]
     Locked { path: PathBuf },
+    // The WAL's failures are shared: one failed write answers every append
+    // of its group commit.
     #[error("the disk is full; nothing of this batch was stored ({0})")]
-    DiskFull(String),
+    DiskFull(#[source] Arc<StorageError>),
     #[error("writing the write-ahead log failed; nothing of this batch was stored ({0})")]
-    WalWrite(String),
+    WalWrite(#[source] Arc<StorageError>),
     #[error("the write-ahead log failed earlier ({0}); no further writes are accepted until restart")]
-    WalPoisoned(String),
+    WalPoisoned(#[source] Arc<StorageError>),
     #[error(
         "this batch would be a write-ahead log record of {bytes} bytes, more than the {limit_bytes} one record may hold; send it in smaller batches"
     )]
@@ -73,13 +81,19 @@ pub enum StorageError {
     )]
     Backpressure { buffered_bytes: usize, limit_bytes: usize },
     #[error("compaction failed: {0}")]
-    Compaction(String),
+    Compaction(#[source] DataFusionError),
+    #[error("compaction wrote {written} rows from inputs holding {expected}; the inputs are kept")]
+    MergeLostRows { written: u64, expected: u64 },
+    // The integrity layer's and the policies' errors are not storage's to
+    // name: they are kept whole, as the cause.
     #[error("checkpoint failed: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[source] BoxedError),
+    #[error("recording the removal failed: {0}")]
+    Removal(#[source] BoxedError),
     #[error("reading segments failed: {0}")]
-    Scan(String),
+    Scan(#[source] DataFusionError),
     #[error("rewriting segments failed: {0}")]
-    Rewrite(String),
+    Rewrite(#[source] BoxedError),
     #[error("the storage engine has shut down")]
     ShutDown,
     #[error("Arrow error: {0}")]

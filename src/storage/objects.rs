@@ -18,13 +18,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::datasource::object_store::ObjectStoreUrl;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_writer::ArrowWriterOptions;
 use datafusion::parquet::arrow::async_writer::AsyncFileWriter;
-use datafusion::parquet::file::metadata::KeyValue;
-use datafusion::parquet::file::writer::SerializedFileWriter;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
@@ -33,9 +28,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::faults::{Faults, IoOp};
-use super::row_index::{RowIndexBuilder, RowIndexLocation, RowIndexes};
-use super::segment::{SEGMENT_ROW_GROUP_ROWS, encode_row_group, writer_properties};
-use super::{StorageError, fsync_dir, packed};
+use super::{StorageError, fsync_dir};
 
 const MANIFEST_FILE: &str = "manifest.json";
 const MANIFEST_TMP_FILE: &str = "manifest.json.tmp";
@@ -224,19 +217,11 @@ impl SegmentStore {
         }
     }
 
-    /// Starts writing a segment file; see [`SegmentWriter`].
-    pub fn create_segment(&self, file: &str) -> Result<SegmentWriter<'_>, StorageError> {
+    /// Starts writing segment file `file`; see [`Upload`].
+    pub fn upload_segment(&self, file: &str) -> Upload<'_> {
         let location = self.segment_location(file);
         let sink = BufWriter::new(Arc::clone(&self.store), location.clone());
-        let options = ArrowWriterOptions::new()
-            .with_properties(writer_properties())
-            .with_parquet_schema(packed::parquet_schema()?);
-        // The Arrow writer sets the file up (schema, embedded Arrow schema);
-        // row groups are then encoded here, each with its own encodings.
-        let (writer, _) = ArrowWriter::try_new_with_options(Vec::new(), packed::segment_schema(), options)?
-            .into_serialized_writer()?;
-        let indexes = RowIndexes::default();
-        Ok(SegmentWriter { store: self, file: file.to_owned(), location, writer, group: Vec::new(), sink, indexes })
+        Upload { store: self, file: file.to_owned(), location, sink }
     }
 
     /// The manifest's bytes, or `None` when the log has none yet.
@@ -319,113 +304,40 @@ impl SegmentStore {
     }
 }
 
-/// A segment file being written: Parquet with the segment properties, each
-/// row group encoded as its own values call for (see
-/// [`encode_row_group`]), and its row indexes (see [`super::row_index`]),
-/// streamed to the store (multipart when large) and made durable by
-/// [`SegmentWriter::finish`]. Sealing, bulk loads and compaction all write
-/// through it, so the durable path (fault check, fsync) and the index exist
-/// once.
-pub struct SegmentWriter<'a> {
+/// A segment file being written, as bytes: they stream to the store
+/// (multipart when large) and are durable once [`Upload::complete`] returns.
+/// What the bytes mean is the segment format's business (see
+/// `segment/writer.rs`); the durable path (fault check, fsync) is here, once.
+pub struct Upload<'a> {
     store: &'a SegmentStore,
     file: String,
     location: ObjectPath,
-    /// Encodes into memory; each finished row group goes on to `sink`.
-    writer: SerializedFileWriter<Vec<u8>>,
-    /// The rows of the row group being gathered: its encodings are chosen
-    /// from all of them.
-    group: Vec<RecordBatch>,
     sink: BufWriter,
-    indexes: RowIndexes,
 }
 
-/// A segment file as [`SegmentWriter::finish`] left it.
-#[derive(Debug, Clone, Copy)]
-pub struct WrittenSegment {
-    pub size_bytes: u64,
-    pub content_index: Option<RowIndexLocation>,
-    pub actor_index: Option<RowIndexLocation>,
-}
-
-impl SegmentWriter<'_> {
-    /// Appends `batch` (segment schema, in segment order).
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
-        self.indexes.add_batch(batch);
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let gathered: usize = self.group.iter().map(RecordBatch::num_rows).sum();
-            let len = (SEGMENT_ROW_GROUP_ROWS - gathered).min(batch.num_rows() - offset);
-            self.group.push(batch.slice(offset, len));
-            offset += len;
-            if gathered + len == SEGMENT_ROW_GROUP_ROWS {
-                self.write_row_group()?;
-            }
-        }
-        Ok(())
+impl Upload<'_> {
+    /// Sends the next bytes of the file.
+    pub fn write(&mut self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        Ok(self.store.block_on(self.sink.write(bytes.into()))?)
     }
 
-    /// Encodes the gathered rows as one row group, with the encodings their
-    /// values call for, and hands it to the store.
-    fn write_row_group(&mut self) -> Result<(), StorageError> {
-        let rows = std::mem::take(&mut self.group);
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let columns = encode_row_group(&rows, &self.writer, self.writer.flushed_row_groups().len())?;
-        let mut group = self.writer.next_row_group()?;
-        for column in columns {
-            column.append_to_row_group(&mut group)?;
-        }
-        group.close()?;
-        self.send_encoded()
-    }
-
-    /// Hands what the encoder has produced so far to the store.
-    fn send_encoded(&mut self) -> Result<(), StorageError> {
-        let encoded = std::mem::take(self.writer.inner_mut());
-        Ok(self.store.block_on(self.sink.write(encoded.into()))?)
-    }
-
-    /// Writes the row indexes and the footer, completes the upload and,
-    /// locally, fsyncs the file. On error the caller deletes whatever was
-    /// written.
-    pub fn finish(mut self) -> Result<WrittenSegment, StorageError> {
+    /// Completes the upload and, locally, fsyncs the file. On error the
+    /// caller deletes whatever was written.
+    pub fn complete(mut self) -> Result<(), StorageError> {
         let store = self.store;
-        self.write_row_group()?;
-        let group_rows: Vec<u64> = self.writer.flushed_row_groups().iter().map(|g| g.num_rows() as u64).collect();
-        let RowIndexes { content, actor } = std::mem::take(&mut self.indexes);
-        let content_index = self.write_index(content, &group_rows)?;
-        let actor_index = self.write_index(actor, &group_rows)?;
-        self.writer.finish()?;
-        self.send_encoded()?;
         store.block_on(self.sink.complete())?;
-        let size_bytes = self.writer.bytes_written() as u64;
         if let Some(fault) = store.faults.check(IoOp::SegmentWrite) {
-            return Err(StorageError::io(Path::new(&store.describe(&self.location)), fault.to_error()));
+            return Err(StorageError::io(Path::new(&self.describe()), fault.to_error()));
         }
         if let Some(path) = store.local_path(&self.file) {
             std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| StorageError::io(&path, e))?;
         }
-        Ok(WrittenSegment { size_bytes, content_index, actor_index })
+        Ok(())
     }
 
-    /// Writes an index after the last row group, before the footer: Parquet
-    /// readers follow the footer's offsets and never read it. `None` when
-    /// the rows could not be indexed exactly.
-    fn write_index(
-        &mut self,
-        index: RowIndexBuilder,
-        group_rows: &[u64],
-    ) -> Result<Option<RowIndexLocation>, StorageError> {
-        let kind = index.kind();
-        let Some(bytes) = index.finish(group_rows) else { return Ok(None) };
-        let location = RowIndexLocation { offset: self.writer.bytes_written() as u64, length: bytes.len() as u64 };
-        self.writer
-            .write_all(&bytes)
-            .map_err(|e| StorageError::io(Path::new(&self.store.describe(&self.location)), e))?;
-        let pointer = format!("{},{}", location.offset, location.length);
-        self.writer.append_key_value_metadata(KeyValue::new(kind.footer_key().to_owned(), pointer));
-        Ok(Some(location))
+    /// Where the file goes, as a user would write it (for errors).
+    pub fn describe(&self) -> String {
+        self.store.describe(&self.location)
     }
 }
 
@@ -481,5 +393,17 @@ mod tests {
         assert!(elsewhere.path().join("manifest.json").exists() && elsewhere.path().join("segments").is_dir());
         assert!(!data.path().join("manifest.json").exists());
         assert_eq!(store.list_segment_files().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_manifest_write_replaces_the_last_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), None, Default::default()).unwrap();
+        assert_eq!(store.read_manifest().unwrap(), None);
+        store.write_manifest(b"first".to_vec()).unwrap();
+        store.write_manifest(b"second".to_vec()).unwrap();
+        assert_eq!(store.read_manifest().unwrap(), Some(b"second".to_vec()));
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!files.iter().any(|f| f.to_string_lossy().contains("tmp")), "{files:?}");
     }
 }

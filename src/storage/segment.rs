@@ -34,6 +34,10 @@ use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
+mod writer;
+
+pub use writer::{SegmentWriter, WrittenSegment};
+
 use super::StorageError;
 use super::manifest::{self, SegmentMeta};
 use super::objects::SegmentStore;
@@ -390,7 +394,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         let non_empty: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
         let last = non_empty[non_empty.len() - 1];
         (min_org_id, max_org_id) = (org_of(non_empty[0], 0), org_of(last, last.num_rows() - 1));
-        written = store.create_segment(&file_name).and_then(|mut writer| {
+        written = SegmentWriter::create(store, &file_name).and_then(|mut writer| {
             for batch in non_empty {
                 for offset in (0..batch.num_rows()).step_by(WRITE_CHUNK_ROWS) {
                     let len = WRITE_CHUNK_ROWS.min(batch.num_rows() - offset);
@@ -403,7 +407,7 @@ pub fn write_segment(store: &SegmentStore, batches: &[RecordBatch]) -> Result<Se
         let positions = sorted_positions(batches)?;
         (min_org_id, max_org_id) = (org_at(positions[0]), org_at(positions[rows - 1]));
         let sources: Vec<&RecordBatch> = batches.iter().collect();
-        written = store.create_segment(&file_name).and_then(|mut writer| {
+        written = SegmentWriter::create(store, &file_name).and_then(|mut writer| {
             for chunk in positions.chunks(WRITE_CHUNK_ROWS) {
                 writer.write(&packed::pack(&interleave_record_batch(&sources, chunk)?))?;
             }
@@ -478,9 +482,9 @@ impl LiveSegment {
     pub fn scan_columns(&self, columns: &[&str]) -> Result<Arc<dyn ExecutionPlan>, StorageError> {
         let schema = packed::segment_schema();
         let indices = columns.iter().map(|c| schema.index_of(c)).collect::<Result<Vec<_>, _>>();
-        let config = indices.map_err(|e| StorageError::Scan(e.to_string())).and_then(|i| {
-            self.scan().with_projection_indices(Some(i)).map_err(|e| StorageError::Scan(e.to_string()))
-        })?;
+        let config = indices
+            .map_err(|e| StorageError::Scan(e.into()))
+            .and_then(|i| self.scan().with_projection_indices(Some(i)).map_err(StorageError::Scan))?;
         Ok(DataSourceExec::from_data_source(config.build()))
     }
 
@@ -504,7 +508,7 @@ pub fn for_each_batch(
     plan: Arc<dyn ExecutionPlan>,
     mut each: impl FnMut(RecordBatch) -> Result<(), StorageError>,
 ) -> Result<(), StorageError> {
-    let scan_error = |e: datafusion::error::DataFusionError| StorageError::Scan(e.to_string());
+    let scan_error = StorageError::Scan;
     let runtime_env = RuntimeEnvBuilder::new().build_arc().map_err(scan_error)?;
     runtime_env.register_object_store(store.url().as_ref(), store.object_store());
     let task = Arc::new(TaskContext::default().with_runtime(runtime_env));

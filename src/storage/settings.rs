@@ -9,12 +9,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::durable::write_private_file;
 
 /// Why a settings file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -83,35 +84,6 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SettingsEr
     let text = serde_json::to_string_pretty(value).expect("settings serialise");
     write_private_file(path, text.as_bytes())
         .map_err(|source| SettingsError::Write { path: path.to_path_buf(), source })
-}
-
-/// Replaces a small file of the data directory atomically (write, fsync,
-/// rename, fsync the directory), readable by its owner only: how the user
-/// and token files, which hold verifiers and hashes, are written.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    // A name of its own per write: two writers never share a temp file.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}.{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut out = options.open(&tmp)?;
-        out.write_all(bytes)?;
-        out.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A settings file as last parsed, parsed again when it changes, so that

@@ -152,3 +152,29 @@ async fn auditlake_export_writes_one_organisations_time_range_as_jsonl_or_parque
     exported.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
     assert_eq!(exported, ids);
 }
+
+/// A read the server refuses for its own limits says so: memory refused is
+/// 503 with Retry-After (it was 500, as if the server had failed), and a
+/// token file the server cannot read is its own fault, 500, never a 401
+/// that would tell the client its token is bad.
+#[tokio::test]
+async fn refusals_for_the_servers_limits_or_faults_are_not_blamed_on_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--query-memory-bytes", "1024"]);
+    let reader = bearer_client(&create_token(&data, &["--org", "acme", "--scope", "read"]));
+    assert_eq!(post(&server.http(), &server.events_url(), batch("a", "acme", 0, 200)).await.0, 200);
+
+    let response = reader.get(format!("{}/v1/orgs/acme/events?limit=100", server.http_url)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(answer["error"].as_str().unwrap().contains("memory"), "{answer}");
+
+    std::fs::write(data.join("tokens.json"), b"{damaged").unwrap();
+    let (status, answer) = get(&reader, &format!("{}/v1/orgs/acme/events", server.http_url)).await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("token store"), "{answer}");
+}

@@ -17,8 +17,8 @@ use datafusion::prelude::{col, lit};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::IngestError;
-use crate::query::{self, QueryLimits, Scope, SessionControls};
+use super::ApiError;
+use crate::query::{self, QueryConfig, Scope, SessionControls};
 use crate::storage::Storage;
 
 /// Events per page when the request does not say.
@@ -45,11 +45,11 @@ pub struct PageRequest {
     pub cursor: Option<String>,
 }
 
-fn bad(message: String) -> IngestError {
-    IngestError::BadParameter(message)
+fn bad(message: String) -> ApiError {
+    ApiError::BadParameter(message)
 }
 
-fn at(name: &str, text: &str) -> Result<Expr, IngestError> {
+fn at(name: &str, text: &str) -> Result<Expr, ApiError> {
     let time = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| bad(format!("{name}={text:?} is not an RFC 3339 time: {e}")))?;
     Ok(lit(ScalarValue::TimestampMicrosecond(Some(time.timestamp_micros()), Some("UTC".into()))))
@@ -69,7 +69,7 @@ fn containing(text: &str) -> String {
 }
 
 /// The condition a request asks for, after its cursor.
-fn condition(request: &PageRequest) -> Result<Expr, IngestError> {
+fn condition(request: &PageRequest) -> Result<Expr, ApiError> {
     let after: i64 = match &request.cursor {
         Some(cursor) => cursor.parse().map_err(|_| bad(format!("cursor={cursor:?} is not a cursor of this API")))?,
         None => 0,
@@ -109,10 +109,10 @@ fn condition(request: &PageRequest) -> Result<Expr, IngestError> {
 /// later; `more` says whether the page was full.
 pub async fn page(
     storage: &Storage,
-    limits: &QueryLimits,
+    limits: &QueryConfig,
     org: &str,
     request: &PageRequest,
-) -> Result<Value, IngestError> {
+) -> Result<Value, ApiError> {
     let limit = request.limit.unwrap_or(DEFAULT_PAGE_EVENTS);
     if !(1..=MAX_PAGE_EVENTS).contains(&limit) {
         return Err(bad(format!("limit={limit} is not between 1 and {MAX_PAGE_EVENTS}")));
@@ -126,7 +126,7 @@ pub async fn page(
 }
 
 /// The event of `org` with id `id`, if there is one.
-pub async fn one(storage: &Storage, limits: &QueryLimits, org: &str, id: &str) -> Result<Option<Value>, IngestError> {
+pub async fn one(storage: &Storage, limits: &QueryConfig, org: &str, id: &str) -> Result<Option<Value>, ApiError> {
     Ok(events(storage, limits, org, col("id").eq(lit(id)), 1).await?.pop())
 }
 
@@ -134,12 +134,12 @@ pub async fn one(storage: &Storage, limits: &QueryLimits, org: &str, id: &str) -
 /// JSON objects.
 async fn events(
     storage: &Storage,
-    limits: &QueryLimits,
+    limits: &QueryConfig,
     org: &str,
     condition: Expr,
     limit: usize,
-) -> Result<Vec<Value>, IngestError> {
-    let failed = |e: datafusion::error::DataFusionError| IngestError::Query(e.to_string());
+) -> Result<Vec<Value>, ApiError> {
+    let failed = ApiError::Query;
     let controls = SessionControls::new(limits);
     controls.scope.set(Scope::Org(org.to_string())).expect("a fresh session has no scope yet");
     let session = query::new_scoped_session_context(storage, limits, controls).map_err(failed)?;
@@ -160,9 +160,9 @@ async fn events(
     let mut text = Vec::new();
     let mut writer = ArrayWriter::new(&mut text);
     for batch in &batches {
-        writer.write(batch).map_err(|e| IngestError::Query(e.to_string()))?;
+        writer.write(batch).map_err(|e| ApiError::Query(e.into()))?;
     }
-    writer.finish().map_err(|e| IngestError::Query(e.to_string()))?;
+    writer.finish().map_err(|e| ApiError::Query(e.into()))?;
     let mut events: Vec<Value> =
         if text.is_empty() { Vec::new() } else { serde_json::from_slice(&text).expect("arrow writes JSON") };
     for event in &mut events {

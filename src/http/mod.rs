@@ -1,15 +1,18 @@
-//! The HTTP API applications send events to (and SIEMs read them back
-//! from), and the demo-data generator.
+//! The HTTP API: applications send events, SIEMs and tools read one
+//! organisation's events back (`export.rs`) with their inclusion proofs,
+//! and an organisation's UGC policy is read and changed. Callers present an
+//! API token (`tokens.rs`) whose organisation and scope bound what they may
+//! do; `listener.rs` bounds the connections.
 //!
 //! `POST /v1/events` takes a JSON array or NDJSON. The batch is validated as a
 //! whole (one bad event rejects all of it, and every bad line is named), then
 //! handed to storage, and answered only after storage says it is durable.
-//! This layer never touches files and never answers 2xx for events that are
-//! not yet fsynced.
+//! Reads run in a session scoped to the organisation, on the query runtime.
+//! This layer never touches files itself and never answers 2xx for events
+//! that are not yet fsynced.
 //!
-//! Status codes are decided in one place, [`IngestError::status`].
+//! Status codes are decided in one place, [`ApiError::status`].
 
-pub mod demo;
 pub mod export;
 mod listener;
 pub mod tokens;
@@ -35,9 +38,9 @@ use crate::integrity::Integrity;
 use crate::integrity::proof::ProofError;
 use crate::model::{self, FieldError};
 use crate::policy::{HASHED_PREFIX, OrgPolicy, Policies, PolicyError, UgcMode};
-use crate::query::QueryLimits;
+use crate::query::{LimitHit, QueryConfig, limit_hit};
 use crate::storage::{Storage, StorageError};
-use tokens::{Token, TokenScope, Tokens, Unauthenticated};
+use tokens::{AuthError, Token, TokenError, TokenScope, Tokens, Unauthenticated};
 
 /// Default largest request body accepted by `POST /v1/events`, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -54,7 +57,7 @@ const DISK_FULL_RETRY_AFTER_SECONDS: u32 = 60;
 
 /// Why an ingest request was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub enum IngestError {
+pub enum ApiError {
     #[error("the batch was rejected: {} invalid field(s)", .0.total)]
     Invalid(model::Rejected),
     #[error("request body is larger than the limit of {limit_bytes} bytes")]
@@ -69,6 +72,9 @@ pub enum IngestError {
     UnsupportedMedia(String),
     #[error("{0}")]
     Unauthenticated(#[from] Unauthenticated),
+    /// The server's fault, not the client's: never answered 401.
+    #[error("the token store cannot be read: {0}")]
+    TokenStore(#[source] TokenError),
     #[error("this token's scope is {0:?}, which does not allow this")]
     WrongScope(TokenScope),
     #[error("this token is not for organisation {0:?}")]
@@ -76,7 +82,7 @@ pub enum IngestError {
     #[error("{0}")]
     BadParameter(String),
     #[error("the query failed: {0}")]
-    Query(String),
+    Query(#[source] datafusion::error::DataFusionError),
     #[error("no event {id:?} in organisation {org:?}")]
     NotFound { org: String, id: String },
     #[error("this token may send events of organisation {org:?} only: {} event(s) of others", .errors.len())]
@@ -98,48 +104,54 @@ pub enum IngestError {
     Internal(String),
 }
 
-impl IngestError {
+impl ApiError {
     /// The one mapping from ingest errors to HTTP status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::Invalid(_) | IngestError::Body(_) | IngestError::BadParameter(_) => StatusCode::BAD_REQUEST,
-            IngestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            IngestError::Query(_) | IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            IngestError::NotFound { .. } => StatusCode::NOT_FOUND,
-            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            IngestError::WrongScope(_) | IngestError::NotThisOrg(_) | IngestError::OtherOrg { .. } => {
-                StatusCode::FORBIDDEN
-            }
-            IngestError::BodiesBusy { .. }
-            | IngestError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
+            ApiError::Invalid(_) | ApiError::Body(_) | ApiError::BadParameter(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            // A limit of the statement is the server's refusal, said as such:
+            // a timeout as 504, a memory refusal as 503 (retry shortly).
+            ApiError::Query(error) => match limit_hit(error) {
+                Some(LimitHit::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+                Some(LimitHit::OutOfMemory | LimitHit::Canceled) => StatusCode::SERVICE_UNAVAILABLE,
+                Some(LimitHit::TooManyRows | LimitHit::ValueTooLarge) => StatusCode::BAD_REQUEST,
+                None => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Internal(_) | ApiError::TokenStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::WrongScope(_) | ApiError::NotThisOrg(_) | ApiError::OtherOrg { .. } => StatusCode::FORBIDDEN,
+            ApiError::BodiesBusy { .. }
+            | ApiError::Storage(StorageError::Backpressure { .. } | StorageError::ShutDown) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            IngestError::Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
-            IngestError::Storage(StorageError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            IngestError::Policy(PolicyError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            IngestError::Policy(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            IngestError::NoUgcKey | IngestError::NoCheckpoints => StatusCode::CONFLICT,
-            IngestError::Proof(ProofError::NotCheckpointed(_)) => StatusCode::CONFLICT,
-            IngestError::Proof(ProofError::Gone(_)) => StatusCode::NOT_FOUND,
-            IngestError::Proof(ProofError::Integrity(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Storage(StorageError::DiskFull(_)) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Storage(StorageError::RecordTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Policy(PolicyError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Policy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NoUgcKey | ApiError::NoCheckpoints => StatusCode::CONFLICT,
+            ApiError::Proof(ProofError::NotCheckpointed(_)) => StatusCode::CONFLICT,
+            ApiError::Proof(ProofError::Gone(_)) => StatusCode::NOT_FOUND,
+            ApiError::Proof(ProofError::Integrity(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
-impl IntoResponse for IngestError {
+impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            IngestError::Invalid(model::Rejected { listed, total }) => {
+            ApiError::Invalid(model::Rejected { listed, total }) => {
                 // A batch of a million bad events is answered with the first
                 // problems and how many there are, not a million lines.
                 let listed = &listed[..listed.len().min(MAX_LISTED_PROBLEMS)];
                 json!({ "error": self.to_string(), "errors": listed, "errors_total": total })
             }
-            IngestError::OtherOrg { errors, .. } => {
+            ApiError::OtherOrg { errors, .. } => {
                 let listed = &errors[..errors.len().min(MAX_LISTED_PROBLEMS)];
                 json!({ "error": self.to_string(), "errors": listed, "errors_total": errors.len() })
             }
@@ -161,9 +173,18 @@ impl IntoResponse for IngestError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unauthenticated(refused) => ApiError::Unauthenticated(refused),
+            AuthError::Store(cause) => ApiError::TokenStore(cause),
+        }
+    }
+}
+
 /// Who may send events.
 #[derive(Debug, Clone)]
-pub struct IngestAuth {
+pub struct ApiAuth {
     pub tokens: Arc<Tokens>,
     /// Requests without a token are taken as from an any-organisation
     /// ingest token (`--insecure-trust-loopback`, on loopback only).
@@ -182,9 +203,9 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// What bodies being read and parsed may take together.
     pub bodies: BodyBudget,
-    pub auth: IngestAuth,
+    pub auth: ApiAuth,
     /// What export queries may use.
-    pub limits: QueryLimits,
+    pub limits: QueryConfig,
     /// Applied to every batch before it reaches storage.
     pub policies: Arc<Policies>,
     /// Inclusion proofs; `None` when the server does not checkpoint.
@@ -208,11 +229,11 @@ impl BodyBudget {
     }
 
     /// Room for a body of `bytes`, held until the guard is dropped.
-    fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+    fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         Arc::clone(&self.kib)
             .try_acquire_many_owned(kib)
-            .map_err(|_| IngestError::BodiesBusy { limit_bytes: self.limit_bytes })
+            .map_err(|_| ApiError::BodiesBusy { limit_bytes: self.limit_bytes })
     }
 }
 
@@ -251,8 +272,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
-async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usize) -> Result<Bytes, IngestError> {
-    let too_large = || IngestError::TooLarge { limit_bytes };
+async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge { limit_bytes };
     let declared = content_length(headers);
     if declared.is_some_and(|length| length > limit_bytes as u64) {
         return Err(too_large());
@@ -263,9 +284,9 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usi
     let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
     loop {
         let chunk = match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut chunks)).await {
-            Ok(Some(chunk)) => chunk.map_err(|e| IngestError::Body(e.to_string()))?,
+            Ok(Some(chunk)) => chunk.map_err(|e| ApiError::Body(e.to_string()))?,
             Ok(None) => return Ok(Bytes::from(read)),
-            Err(_) => return Err(IngestError::BodyTimeout { seconds: BODY_READ_TIMEOUT.as_secs() }),
+            Err(_) => return Err(ApiError::BodyTimeout { seconds: BODY_READ_TIMEOUT.as_secs() }),
         };
         if read.len() + chunk.len() > limit_bytes {
             return Err(too_large());
@@ -276,13 +297,13 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body, limit_bytes: usi
 
 /// The organisation a request may act for (`None`: any), from its token,
 /// which must have `scope`. Checked before the body is read.
-fn token_org(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<String>, IngestError> {
+fn token_org(auth: &ApiAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<String>, ApiError> {
     Ok(token_of(auth, headers, scope)?.and_then(|token| token.org))
 }
 
 /// The request's token, which must have `scope`; `None` for a request
 /// trusted without one.
-fn token_of(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<Token>, IngestError> {
+fn token_of(auth: &ApiAuth, headers: &HeaderMap, scope: TokenScope) -> Result<Option<Token>, ApiError> {
     let authorization = headers.get(header::AUTHORIZATION);
     if authorization.is_none() && auth.trust_without_token {
         return Ok(None);
@@ -291,21 +312,21 @@ fn token_of(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope) -> Result
         authorization.map(|value| value.to_str().map_err(|_| Unauthenticated::Malformed)).transpose()?;
     let token = auth.tokens.authenticate(authorization)?;
     if token.scope != scope {
-        return Err(IngestError::WrongScope(token.scope));
+        return Err(ApiError::WrongScope(token.scope));
     }
     Ok(Some(token))
 }
 
 /// Whether the request's token has `scope` for organisation `org`.
-fn may(auth: &IngestAuth, headers: &HeaderMap, scope: TokenScope, org: &str) -> Result<(), IngestError> {
+fn may(auth: &ApiAuth, headers: &HeaderMap, scope: TokenScope, org: &str) -> Result<(), ApiError> {
     match token_org(auth, headers, scope)? {
-        Some(own) if own != org => Err(IngestError::NotThisOrg(org.to_string())),
+        Some(own) if own != org => Err(ApiError::NotThisOrg(org.to_string())),
         _ => Ok(()),
     }
 }
 
 /// Whether the request's token may read `org`'s events.
-fn may_read(auth: &IngestAuth, headers: &HeaderMap, org: &str) -> Result<(), IngestError> {
+fn may_read(auth: &ApiAuth, headers: &HeaderMap, org: &str) -> Result<(), ApiError> {
     may(auth, headers, TokenScope::Read, org)
 }
 
@@ -318,7 +339,7 @@ async fn get_policy(
     State(app): State<Api>,
     Path(org): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, IngestError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     may(&app.auth, &headers, TokenScope::Admin, &org)?;
     Ok(Json(policy_json(&org, &app.policies.of(&org)?)))
 }
@@ -330,25 +351,25 @@ async fn put_policy(
     Path(org): Path<String>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<serde_json::Value>, IngestError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let token = token_of(&app.auth, &headers, TokenScope::Admin)?;
     if let Some(own) = token.as_ref().and_then(|t| t.org.as_deref())
         && own != org
     {
-        return Err(IngestError::NotThisOrg(org));
+        return Err(ApiError::NotThisOrg(org));
     }
     let body = read_body(&headers, body, MAX_POLICY_BODY_BYTES).await?;
     let policy: OrgPolicy =
-        serde_json::from_slice(&body).map_err(|e| IngestError::Body(format!("the policy is not valid: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Body(format!("the policy is not valid: {e}")))?;
     // Retention and legal hold are the operator's (`auditlake org policy`):
     // an organisation's token must not lift a hold.
     if policy.retention_days.is_some() || policy.legal_hold {
-        return Err(IngestError::Body(
+        return Err(ApiError::Body(
             "retention_days and legal_hold are set by the operator (auditlake org policy), not over HTTP".into(),
         ));
     }
     if policy.ugc == UgcMode::Hash && app.policies.key().is_none() {
-        return Err(IngestError::NoUgcKey);
+        return Err(ApiError::NoUgcKey);
     }
     // Read, change and write under the file's lock, fsyncs off the async
     // workers: concurrent changes (other organisations', the command
@@ -360,23 +381,19 @@ async fn put_policy(
         })
     })
     .await
-    .map_err(|e| IngestError::Internal(format!("changing the policy stopped: {e}")))??;
+    .map_err(|e| ApiError::Internal(format!("changing the policy stopped: {e}")))??;
     info!(org, ugc = ?policy.ugc, attribute_keys = policy.ugc_attribute_keys.len(), "UGC policy changed");
     // The change is itself on record, in the organisation's own trail of
     // audit-log use (a category clients cannot send).
-    let now_us = chrono::Utc::now().timestamp_micros();
-    let record = model::Event {
-        time_us: now_us,
-        received_at_us: now_us,
-        id: uuid::Uuid::now_v7().to_string(),
-        org_id: org.clone(),
-        actor_id: token.map_or_else(|| "trusted-loopback".to_string(), |t| format!("token:{}", t.id)),
-        action: ACTION_POLICY_CHANGED.into(),
-        category: Some(model::AUDIT_ACCESS_CATEGORY.into()),
-        outcome: Some("success".into()),
-        attributes: Some(policy_json(&org, &policy).to_string()),
-        ..model::Event::default()
-    };
+    let actor = token.map_or_else(|| "trusted-loopback".to_string(), |t| format!("token:{}", t.id));
+    let record = model::Event::system(
+        &org,
+        (&actor, "api_token"),
+        ACTION_POLICY_CHANGED,
+        model::AUDIT_ACCESS_CATEGORY,
+        true,
+        &policy_json(&org, &policy),
+    );
     app.storage.append(vec![record]).await?;
     Ok(Json(policy_json(&org, &policy)))
 }
@@ -386,9 +403,9 @@ async fn export_events(
     Path(org): Path<String>,
     headers: HeaderMap,
     request: Result<Query<export::PageRequest>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, IngestError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     may_read(&app.auth, &headers, &org)?;
-    let Query(mut request) = request.map_err(|rejection| IngestError::BadParameter(rejection.body_text()))?;
+    let Query(mut request) = request.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
     // Where the organisation hashes UGC, `content=X` means the events about X.
     if let Some(content) = &request.content
         && !content.starts_with(HASHED_PREFIX)
@@ -399,26 +416,26 @@ async fn export_events(
     }
     let queries = app.queries.clone();
     let page = queries.spawn(async move { export::page(&app.storage, &app.limits, &org, &request).await });
-    Ok(Json(page.await.map_err(|e| IngestError::Query(e.to_string()))??))
+    Ok(Json(page.await.map_err(|e| ApiError::Internal(e.to_string()))??))
 }
 
 async fn export_event(
     State(app): State<Api>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, IngestError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     may_read(&app.auth, &headers, &org)?;
     match one_event(&app, &org, &id).await? {
         Some(event) => Ok(Json(event)),
-        None => Err(IngestError::NotFound { org, id }),
+        None => Err(ApiError::NotFound { org, id }),
     }
 }
 
 /// One event of `org` by id, looked up on the query runtime.
-async fn one_event(app: &Api, org: &str, id: &str) -> Result<Option<serde_json::Value>, IngestError> {
+async fn one_event(app: &Api, org: &str, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
     let (storage, limits, org, id) = (app.storage.clone(), app.limits.clone(), org.to_string(), id.to_string());
     let lookup = app.queries.spawn(async move { export::one(&storage, &limits, &org, &id).await });
-    lookup.await.map_err(|e| IngestError::Query(e.to_string()))?
+    lookup.await.map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 /// The event and the proof that it is included under a signed checkpoint.
@@ -426,15 +443,15 @@ async fn event_proof(
     State(app): State<Api>,
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, IngestError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     may_read(&app.auth, &headers, &org)?;
-    let integrity = app.integrity.clone().ok_or(IngestError::NoCheckpoints)?;
-    let event = one_event(&app, &org, &id).await?.ok_or(IngestError::NotFound { org, id })?;
-    let seq = event["seq"].as_u64().ok_or_else(|| IngestError::Query("an event without a seq".into()))?;
+    let integrity = app.integrity.clone().ok_or(ApiError::NoCheckpoints)?;
+    let event = one_event(&app, &org, &id).await?.ok_or(ApiError::NotFound { org, id })?;
+    let seq = event["seq"].as_u64().ok_or_else(|| ApiError::Internal("an event without a seq".into()))?;
     let storage = app.storage.clone();
     let mut proof = tokio::task::spawn_blocking(move || integrity.prove(&storage, seq))
         .await
-        .map_err(|e| IngestError::Query(e.to_string()))??;
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     proof["event"] = event;
     Ok(Json(proof))
 }
@@ -443,7 +460,7 @@ async fn post_events(
     State(app): State<Api>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<serde_json::Value>, IngestError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let org = token_org(&app.auth, &headers, TokenScope::Ingest)?;
     let announced =
         content_length(&headers).map_or(app.max_body_bytes, |length| length.min(app.max_body_bytes as u64) as usize);
@@ -451,7 +468,7 @@ async fn post_events(
     let body = read_body(&headers, body, app.max_body_bytes).await?;
     let body = decoded_body(&headers, body, app.max_body_bytes)?;
     let mut events =
-        model::parse_batch_listing(&body, chrono::Utc::now(), MAX_LISTED_PROBLEMS).map_err(IngestError::Invalid)?;
+        model::parse_batch_listing(&body, chrono::Utc::now(), MAX_LISTED_PROBLEMS).map_err(ApiError::Invalid)?;
     if let Some(org) = org
         && events.iter().any(|event| event.org_id != org)
     {
@@ -465,7 +482,7 @@ async fn post_events(
                 FieldError::new(line, Some("org_id"), format!("{:?} is not this token's organisation", event.org_id))
             })
             .collect();
-        return Err(IngestError::OtherOrg { org, errors });
+        return Err(ApiError::OtherOrg { org, errors });
     }
     // Before storage sees the batch: what a policy drops or hashes never
     // reaches the WAL.
@@ -494,20 +511,20 @@ const ACCEPTED_CONTENT_TYPES: [&str; 4] =
 /// The request body as JSON text: its content type checked, a gzip body
 /// inflated, and never more than `max_body_bytes` once inflated (a small
 /// gzip body can inflate without bound).
-fn decoded_body(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Result<Bytes, IngestError> {
+fn decoded_body(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Result<Bytes, ApiError> {
     let text_header = |name: header::HeaderName| {
         headers
             .get(&name)
             .map(|value| value.to_str().map(|v| v.trim().to_ascii_lowercase()))
             .transpose()
-            .map_err(|_| IngestError::UnsupportedMedia(format!("{name} is not text")))
+            .map_err(|_| ApiError::UnsupportedMedia(format!("{name} is not text")))
     };
     if let Some(content_type) = text_header(header::CONTENT_TYPE)? {
         let mut parts = content_type.split(';').map(str::trim);
         let media = parts.next().unwrap_or_default();
         let utf8 = parts.all(|p| p.strip_prefix("charset=").is_none_or(|c| c.trim_matches('"') == "utf-8"));
         if !ACCEPTED_CONTENT_TYPES.contains(&media) || !utf8 {
-            return Err(IngestError::UnsupportedMedia(format!("Content-Type {content_type:?} is not accepted")));
+            return Err(ApiError::UnsupportedMedia(format!("Content-Type {content_type:?} is not accepted")));
         }
     }
     match text_header(header::CONTENT_ENCODING)?.as_deref() {
@@ -520,13 +537,13 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, max_body_bytes: usize) -> Resu
             flate2::read::MultiGzDecoder::new(body.as_ref())
                 .take(max_body_bytes as u64 + 1)
                 .read_to_end(&mut inflated)
-                .map_err(|e| IngestError::Body(format!("the gzip body cannot be inflated: {e}")))?;
+                .map_err(|e| ApiError::Body(format!("the gzip body cannot be inflated: {e}")))?;
             if inflated.len() > max_body_bytes {
-                return Err(IngestError::TooLarge { limit_bytes: max_body_bytes });
+                return Err(ApiError::TooLarge { limit_bytes: max_body_bytes });
             }
             Ok(Bytes::from(inflated))
         }
-        Some(other) => Err(IngestError::UnsupportedMedia(format!("Content-Encoding {other:?} is not accepted"))),
+        Some(other) => Err(ApiError::UnsupportedMedia(format!("Content-Encoding {other:?} is not accepted"))),
     }
 }
 
@@ -578,7 +595,7 @@ pub async fn serve(listener: TcpListener, api: Api) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn status_of(error: IngestError) -> (u16, Option<String>) {
+    fn status_of(error: ApiError) -> (u16, Option<String>) {
         let response = error.into_response();
         let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
         (response.status().as_u16(), retry_after)
@@ -616,29 +633,42 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_one_status() {
+        use datafusion::error::DataFusionError;
+
+        use crate::query::{STATEMENT_TIMEOUT, TOO_MANY_ROWS};
+
         let io = || std::io::Error::other("boom");
+        let wal_io = || Arc::new(StorageError::Io { path: "/wal".into(), source: io() });
         let cases = [
-            (IngestError::Invalid(model::Rejected { listed: Vec::new(), total: 0 }), 400, None),
-            (IngestError::Body("cut off".into()), 400, None),
-            (IngestError::TooLarge { limit_bytes: 1 }, 413, None),
-            (IngestError::UnsupportedMedia("br".into()), 415, None),
+            (ApiError::Invalid(model::Rejected { listed: Vec::new(), total: 0 }), 400, None),
+            (ApiError::Body("cut off".into()), 400, None),
+            (ApiError::TooLarge { limit_bytes: 1 }, 413, None),
+            (ApiError::UnsupportedMedia("br".into()), 415, None),
             (Unauthenticated::Unknown.into(), 401, None),
-            (IngestError::WrongScope(TokenScope::Read), 403, None),
-            (IngestError::NotThisOrg("acme".into()), 403, None),
-            (IngestError::BadParameter("limit".into()), 400, None),
-            (IngestError::Query("boom".into()), 500, None),
-            (IngestError::NotFound { org: "acme".into(), id: "x".into() }, 404, None),
-            (IngestError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),
+            (ApiError::WrongScope(TokenScope::Read), 403, None),
+            (ApiError::NotThisOrg("acme".into()), 403, None),
+            (ApiError::BadParameter("limit".into()), 400, None),
+            (ApiError::Query(DataFusionError::Internal("boom".into())), 500, None),
+            // The statement's limits, whether they strike at once or inside a plan.
+            (ApiError::Query(DataFusionError::Execution(format!("{STATEMENT_TIMEOUT} of 5 ms"))), 504, None),
+            (ApiError::Query(DataFusionError::ResourcesExhausted("cannot reserve 64 KiB".into())), 503, Some("1")),
+            (ApiError::Query(DataFusionError::ResourcesExhausted(format!("{TOO_MANY_ROWS} 10 rows"))), 400, None),
+            (ApiError::Internal("a task panicked".into()), 500, None),
+            // A token file that cannot be read is the server's problem.
+            (AuthError::Store(TokenError::NoSuchToken("x".into())).into(), 500, None),
+            (AuthError::from(Unauthenticated::Missing).into(), 401, None),
+            (ApiError::NotFound { org: "acme".into(), id: "x".into() }, 404, None),
+            (ApiError::OtherOrg { org: "acme".into(), errors: Vec::new() }, 403, None),
             (StorageError::Backpressure { buffered_bytes: 2, limit_bytes: 1 }.into(), 503, Some("1")),
             (StorageError::ShutDown.into(), 503, Some("1")),
             // A full disk is not freed in a second: retrying clients wait a minute.
-            (StorageError::DiskFull("ENOSPC".into()).into(), 507, Some("60")),
-            (StorageError::WalWrite("EIO".into()).into(), 500, None),
-            (StorageError::WalPoisoned("fsync".into()).into(), 500, None),
+            (StorageError::DiskFull(wal_io()).into(), 507, Some("60")),
+            (StorageError::WalWrite(wal_io()).into(), 500, None),
+            (StorageError::WalPoisoned(wal_io()).into(), 500, None),
             (StorageError::Io { path: "/x".into(), source: io() }.into(), 500, None),
             (PolicyError::Invalid("keys".into()).into(), 400, None),
             (PolicyError::NoKey { org: "acme".into() }.into(), 500, None),
-            (IngestError::NoUgcKey, 409, None),
+            (ApiError::NoUgcKey, 409, None),
         ];
         for (error, status, retry_after) in cases {
             let name = format!("{error:?}");

@@ -16,7 +16,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::server::users::sha256;
+use crate::digest::sha256;
 use crate::storage::settings::{from_hex32 as unhex, to_hex as hex};
 use crate::storage::{SettingsError, WatchedFile, read_json, update_json};
 
@@ -86,8 +86,16 @@ pub enum Unauthenticated {
     Malformed,
     #[error("unknown or revoked token")]
     Unknown,
+}
+
+/// Why a request's token could not be taken: the request's fault, or the
+/// server's (its token file cannot be read).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    Unauthenticated(#[from] Unauthenticated),
     #[error("the token store cannot be read: {0}")]
-    Store(String),
+    Store(#[source] TokenError),
 }
 
 /// Every token with the SHA-256 of its secret, as last read.
@@ -153,7 +161,7 @@ impl Tokens {
     }
 
     /// The token an `Authorization` header value names.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Token, Unauthenticated> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Token, AuthError> {
         let header = authorization.ok_or(Unauthenticated::Missing)?;
         let text = header
             .strip_prefix("Bearer ")
@@ -163,12 +171,12 @@ impl Tokens {
         let (id, secret) =
             text.strip_prefix(TOKEN_PREFIX).and_then(|rest| rest.split_once('_')).ok_or(Unauthenticated::Unknown)?;
         let presented = sha256(secret.as_bytes());
-        let tokens = self.current().map_err(|e| Unauthenticated::Store(e.to_string()))?;
+        let tokens = self.current().map_err(AuthError::Store)?;
         tokens
             .iter()
             .find(|(token, hash)| token.id == id && bool::from(hash.ct_eq(&presented)))
             .map(|(token, _)| token.clone())
-            .ok_or(Unauthenticated::Unknown)
+            .ok_or(AuthError::Unauthenticated(Unauthenticated::Unknown))
     }
 
     /// The tokens as the file holds them now; read again only when it changed.
@@ -204,19 +212,25 @@ mod tests {
         assert!(!stored.contains(secret), "the secret is not on disk");
         assert!(stored.contains(&hex(&sha256(secret.as_bytes()))));
 
-        assert_eq!(tokens.authenticate(Some(&format!("Bearer {text}"))), Ok(token.clone()));
+        // What the request is refused for (the store itself always reads here).
+        let check = |header: Option<&str>| match tokens.authenticate(header) {
+            Ok(token) => Ok(token),
+            Err(AuthError::Unauthenticated(refused)) => Err(refused),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(check(Some(&format!("Bearer {text}"))), Ok(token.clone()));
         assert!(token.allows_org("acme") && !token.allows_org("globex"));
         let any = tokens.authenticate(Some(&format!("Bearer {other}"))).unwrap();
         assert!(any.allows_org("globex") && any.scope == TokenScope::Read);
 
         let mut forged = text.clone();
         forged.replace_range(forged.len() - 1.., if forged.ends_with('0') { "1" } else { "0" });
-        assert_eq!(tokens.authenticate(Some(&format!("Bearer {forged}"))), Err(Unauthenticated::Unknown));
-        assert_eq!(tokens.authenticate(None), Err(Unauthenticated::Missing));
-        assert_eq!(tokens.authenticate(Some(&text)), Err(Unauthenticated::Malformed));
+        assert_eq!(check(Some(&format!("Bearer {forged}"))), Err(Unauthenticated::Unknown));
+        assert_eq!(check(None), Err(Unauthenticated::Missing));
+        assert_eq!(check(Some(&text)), Err(Unauthenticated::Malformed));
 
         tokens.revoke(&token.id).unwrap();
-        assert_eq!(tokens.authenticate(Some(&format!("Bearer {text}"))), Err(Unauthenticated::Unknown));
+        assert_eq!(check(Some(&format!("Bearer {text}"))), Err(Unauthenticated::Unknown));
         assert_eq!(tokens.list().unwrap().len(), 1);
         assert!(matches!(tokens.revoke(&token.id), Err(TokenError::NoSuchToken(_))));
     }
