@@ -629,6 +629,10 @@ mod tests {
         for status in ["200", "400", "401", "403", "413", "415", "503", "507"] {
             assert!(document["paths"]["/v1/events"]["post"]["responses"].get(status).is_some(), "{status}");
         }
+        for status in ["200", "400", "401", "403", "500", "503", "504"] {
+            let read = &document["paths"]["/v1/orgs/{org}/events"]["get"]["responses"];
+            assert!(read.get(status).is_some(), "{status} of a read is described");
+        }
     }
 
     #[test]
