@@ -311,10 +311,18 @@ fn compacting(dir: &Path) -> StorageConfig {
     StorageConfig { compaction: CompactionPolicy { target_rows: 1_000, min_inputs: 3 }, ..config(dir) }
 }
 
+/// An engine whose merges only the test makes: its sealer and compactor
+/// threads are stopped (appends, seals and merges called directly still
+/// work), so that none merges a run between the test's steps.
+fn without_background_merges(storage: Storage) -> Storage {
+    storage.shutdown();
+    storage
+}
+
 #[tokio::test]
 async fn compaction_merges_small_segments_sorted_and_keeps_every_event_once() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(compacting(dir.path())).unwrap();
+    let storage = without_background_merges(Storage::open(compacting(dir.path())).unwrap());
     small_segments(&storage, 6).await;
     append_n(&storage, 60, 5).await; // stays buffered
     assert_eq!(compact(&storage).unwrap().map(|m| (m.min_seq, m.max_seq, m.rows)), Some((1, 60, 60)));
@@ -353,7 +361,7 @@ async fn compaction_merges_small_segments_sorted_and_keeps_every_event_once() {
 #[tokio::test]
 async fn a_reader_keeps_retired_segments_until_it_is_done() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(compacting(dir.path())).unwrap();
+    let storage = without_background_merges(Storage::open(compacting(dir.path())).unwrap());
     small_segments(&storage, 3).await;
     let reader = storage.snapshot();
     compact(&storage).unwrap().unwrap();
@@ -368,7 +376,8 @@ async fn failed_compaction_changes_nothing() {
     for op in [crate::storage::faults::IoOp::SegmentWrite, crate::storage::faults::IoOp::ManifestWrite] {
         let dir = tempfile::tempdir().unwrap();
         let faults = Arc::new(Faults::default());
-        let storage = Storage::open_with_faults(compacting(dir.path()), Arc::clone(&faults)).unwrap();
+        let storage =
+            without_background_merges(Storage::open_with_faults(compacting(dir.path()), Arc::clone(&faults)).unwrap());
         small_segments(&storage, 3).await;
         faults.inject(op, crate::storage::faults::FaultKind::Eio, Some(1));
         assert!(compact(&storage).is_err(), "{op:?}");
