@@ -9,8 +9,15 @@
 //! ```
 //!
 //! This layer owns every byte in the data directory and is the only code that
-//! calls fsync on it (small files through `durable.rs`). It never parses SQL or HTTP, and never acknowledges a batch
-//! before its WAL record is on disk.
+//! calls fsync on it (small files through `durable.rs`). It never parses SQL
+//! or HTTP, and never acknowledges a batch before its WAL record is on disk.
+//!
+//! Where things are: the engine and its threads in `engine.rs` and
+//! `engine/`; the WAL format in `wal.rs`; the segment format (Parquet, row
+//! indexes in `row_index.rs`, packed ids in `packed.rs`) in `segment.rs` and
+//! `segment/writer.rs`; where segments and the manifest are kept in
+//! `objects.rs`; the manifest itself, as data, in `manifest.rs`; merging in
+//! `compaction.rs`; the settings files in `settings.rs`.
 //!
 //! Data directory layout:
 //!
@@ -19,6 +26,11 @@
 //! manifest.json        the published segment list, replaced atomically
 //! wal/{seq:020}.wal    write-ahead log files (format in `wal.rs`)
 //! segments/*.parquet   sealed segments (named by their seq range)
+//! users.json, tokens.json, policies.json
+//!                      settings files (`settings.rs`), each with its FILE.lock
+//! login-secret         what unknown users' made-up SCRAM salts derive from
+//! integrity/           the checkpoint log, block and removal files (written by
+//!                      the integrity layer through `durable.rs`)
 //! ```
 
 pub mod compaction;
