@@ -106,9 +106,14 @@ impl MemoryPool for QueryPool {
                 reservation.consumer().name()
             ));
         }
-        if let Err(e) = self.total.try_grow(reservation, additional) {
+        // The shared pool's own error says how much the other queries hold,
+        // which may be other organisations' queries: none of it is passed on.
+        if self.total.try_grow(reservation, additional).is_err() {
             self.used.fetch_sub(additional, Ordering::Relaxed);
-            return Err(e);
+            return Err(resources_datafusion_err!(
+                "the server's memory for queries (--total-query-memory-bytes) is taken by other queries; retry \
+                 shortly, or narrow the query (time range, actor, LIMIT)"
+            ));
         }
         Ok(())
     }
@@ -119,5 +124,30 @@ impl MemoryPool for QueryPool {
 
     fn memory_limit(&self) -> MemoryLimit {
         MemoryLimit::Finite(self.limit_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query refused because others hold the shared budget learns that,
+    /// and nothing of how much they hold: the other queries may be another
+    /// organisation's.
+    #[test]
+    fn a_refusal_by_the_shared_budget_tells_no_figure_of_other_queries() {
+        let memory = QueryMemory::new(1 << 20, 1 << 20);
+        let (busy, refused) = (memory.session_pool(), memory.session_pool());
+        let mut other = MemoryConsumer::new("another organisation's sort").register(&busy);
+        other.try_grow(1_000_000).unwrap();
+        let mut mine = MemoryConsumer::new("my sort").register(&refused);
+        let error = mine.try_grow(100_000).unwrap_err().to_string();
+        assert!(error.contains("--total-query-memory-bytes"), "{error}");
+        for figure in ["976", "47.4", "1024", "used", "remain", "another organisation"] {
+            assert!(!error.contains(figure), "{figure} in {error}");
+        }
+        // Within its own share and the budget, it goes on.
+        drop(other);
+        mine.try_grow(100_000).unwrap();
     }
 }
