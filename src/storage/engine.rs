@@ -200,11 +200,16 @@ impl Storage {
     /// unpublished segment files are deleted, the WAL is replayed past the last
     /// sealed seq, and a torn WAL tail is truncated.
     pub fn open(config: StorageConfig) -> Result<Storage, StorageError> {
-        Self::open_with_faults(config, Arc::default())
+        Self::open_in(config, Arc::default())
     }
 
     /// [`Storage::open`] with a fault plan the caller (a test) controls.
-    pub fn open_with_faults(mut config: StorageConfig, faults: Arc<Faults>) -> Result<Storage, StorageError> {
+    #[cfg(test)]
+    pub(crate) fn open_with_faults(config: StorageConfig, faults: Arc<Faults>) -> Result<Storage, StorageError> {
+        Self::open_in(config, faults)
+    }
+
+    fn open_in(mut config: StorageConfig, faults: Arc<Faults>) -> Result<Storage, StorageError> {
         fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::io(&config.data_dir, e))?;
         // Absolute, because segment paths are handed to the query engine as
         // object-store locations rooted at `/`.
