@@ -138,9 +138,9 @@ mod tests {
     fn a_refusal_by_the_shared_budget_tells_no_figure_of_other_queries() {
         let memory = QueryMemory::new(1 << 20, 1 << 20);
         let (busy, refused) = (memory.session_pool(), memory.session_pool());
-        let mut other = MemoryConsumer::new("another organisation's sort").register(&busy);
+        let other = MemoryConsumer::new("another organisation's sort").register(&busy);
         other.try_grow(1_000_000).unwrap();
-        let mut mine = MemoryConsumer::new("my sort").register(&refused);
+        let mine = MemoryConsumer::new("my sort").register(&refused);
         let error = mine.try_grow(100_000).unwrap_err().to_string();
         assert!(error.contains("--total-query-memory-bytes"), "{error}");
         for figure in ["976", "47.4", "1024", "used", "remain", "another organisation"] {
