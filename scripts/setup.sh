@@ -5,7 +5,8 @@
 # - a Python venv with DuckDB (PyPI), which the tests use to prove segments are
 #   plain Parquet that other engines read, moto's S3 server (PyPI), the
 #   S3-compatible bucket the object-storage tests keep segments in, and the
-#   Python clients the client tests drive (psycopg 3, SQLAlchemy, pandas);
+#   Python clients the client tests drive (psycopg 3, psycopg2, SQLAlchemy,
+#   pandas);
 # - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
 #   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client;
 # - the PostgreSQL 15 server, which `bench/run.py` (smoke-tested in the suite)
@@ -41,11 +42,11 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/pip" install -q 'moto[server]>=5,<6'
 fi
 "$venv/bin/python" -c 'import moto; print("moto", moto.__version__)' >&2
-if ! "$venv/bin/python" -c 'import psycopg, sqlalchemy, pandas' >/dev/null 2>&1; then
-  echo "installing psycopg, SQLAlchemy and pandas into $venv for the client tests" >&2
-  "$venv/bin/pip" install -q 'psycopg[binary]>=3.1,<4' 'sqlalchemy>=2,<3' 'pandas>=2,<3'
+if ! "$venv/bin/python" -c 'import psycopg, psycopg2, sqlalchemy, pandas' >/dev/null 2>&1; then
+  echo "installing psycopg, psycopg2, SQLAlchemy and pandas into $venv for the client tests" >&2
+  "$venv/bin/pip" install -q 'psycopg[binary]>=3.1,<4' 'psycopg2-binary>=2.9,<3' 'sqlalchemy>=2,<3' 'pandas>=2,<3'
 fi
-"$venv/bin/python" -c 'import psycopg, sqlalchemy, pandas; print("psycopg", psycopg.__version__, "sqlalchemy", sqlalchemy.__version__, "pandas", pandas.__version__)' >&2
+"$venv/bin/python" -c 'import psycopg, psycopg2, sqlalchemy, pandas; print("psycopg", psycopg.__version__, "psycopg2", psycopg2.__version__, "sqlalchemy", sqlalchemy.__version__, "pandas", pandas.__version__)' >&2
 
 node_dir="$HOME/.cache/auditlake-node"
 if [ ! -d "$node_dir/node_modules/pg" ]; then

@@ -10,11 +10,21 @@
 //!
 //! It registers only what `setup_pg_catalog` registers; the client and BI
 //! tool suites fail if a function goes missing.
+//!
+//! The emulation follows several PostgreSQL versions at once; where a table
+//! it serves lacks a column PostgreSQL 15 has, or names one as a later
+//! version does, [`Pg15Catalog`] serves PostgreSQL 15's shape, which is the
+//! version `version()` reports (the tools' suite compares the two).
 
 use std::sync::{Arc, LazyLock};
 
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, lit};
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::generate_series_arg_coercion::CoerceIntArgsToBigInt;
@@ -39,7 +49,7 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
     session
         .catalog(catalog_name)
         .ok_or_else(|| DataFusionError::Configuration(format!("no catalog {catalog_name} for pg_catalog")))?
-        .register_schema("pg_catalog", Arc::new(schema))?;
+        .register_schema("pg_catalog", Arc::new(Pg15Catalog { emulated: schema }))?;
 
     for udf in [
         pg::create_current_database_udf(catalog_name),
@@ -82,4 +92,95 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
     // int4 bounds of `generate_series` / `range` widened to int8.
     CoerceIntArgsToBigInt::widen(session);
     Ok(())
+}
+
+/// How one emulated table differs from PostgreSQL 15's.
+enum Pg15Column {
+    /// The emulation names the column as a later PostgreSQL does.
+    Renamed { emulated: &'static str, pg15: &'static str },
+    /// PostgreSQL 15 has the column and the emulation does not: served as
+    /// NULL (no access list, no options, no version recorded), placed where
+    /// PostgreSQL places it.
+    Missing { name: &'static str, after: &'static str, data_type: fn() -> DataType },
+}
+
+fn text() -> DataType {
+    DataType::Utf8
+}
+
+/// `text[]`, and `aclitem[]` (whose elements clients read as text).
+fn text_array() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+}
+
+/// The emulated tables whose columns differ from PostgreSQL 15's, by
+/// table. SQLAlchemy's index reflection reads `pg_class.reloptions`.
+const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 5] = [
+    (
+        "pg_class",
+        &[
+            Pg15Column::Missing { name: "relacl", after: "relminmxid", data_type: text_array },
+            Pg15Column::Missing { name: "reloptions", after: "relacl", data_type: text_array },
+        ],
+    ),
+    ("pg_collation", &[Pg15Column::Renamed { emulated: "colllocale", pg15: "colliculocale" }]),
+    ("pg_database", &[Pg15Column::Missing { name: "datcollversion", after: "datctype", data_type: text }]),
+    ("pg_settings", &[Pg15Column::Renamed { emulated: "bool_val", pg15: "boot_val" }]),
+    ("pg_tables", &[Pg15Column::Renamed { emulated: "hasindex", pg15: "hasindexes" }]),
+];
+
+/// The emulated `pg_catalog`, with PostgreSQL 15's columns where the
+/// emulation's differ ([`PG15_DIFFERENCES`]): such a table is a view over
+/// the emulated one, so filters still reach it.
+#[derive(Debug)]
+struct Pg15Catalog<S> {
+    emulated: S,
+}
+
+#[async_trait]
+impl<S: SchemaProvider> SchemaProvider for Pg15Catalog<S> {
+    fn table_names(&self) -> Vec<String> {
+        self.emulated.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        let Some(table) = self.emulated.table(name).await? else { return Ok(None) };
+        match PG15_DIFFERENCES.iter().find(|(differing, _)| name.eq_ignore_ascii_case(differing)) {
+            Some((_, differences)) => Ok(Some(as_pg15(name, table, differences)?)),
+            None => Ok(Some(table)),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.emulated.table_exist(name)
+    }
+}
+
+fn as_pg15(
+    name: &str,
+    emulated: Arc<dyn TableProvider>,
+    differences: &[Pg15Column],
+) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+    let schema = emulated.schema();
+    let mut columns: Vec<Expr> = Vec::with_capacity(schema.fields().len() + differences.len());
+    let mut names: Vec<&str> = Vec::with_capacity(columns.capacity());
+    for field in schema.fields() {
+        let renamed = differences.iter().find_map(|difference| match difference {
+            Pg15Column::Renamed { emulated, pg15 } if emulated == field.name() => Some(*pg15),
+            _ => None,
+        });
+        let column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
+        columns.push(column.alias(renamed.unwrap_or(field.name())));
+        names.push(renamed.unwrap_or(field.name()));
+        // A missing column may follow another missing one.
+        while let Some((name, data_type)) = differences.iter().find_map(|difference| match difference {
+            Pg15Column::Missing { name, after, data_type } if Some(after) == names.last() => Some((name, data_type)),
+            _ => None,
+        }) {
+            columns.push(lit(datafusion::common::ScalarValue::try_from(data_type())?).alias(*name));
+            names.push(name);
+        }
+    }
+    let plan = LogicalPlanBuilder::scan(name, provider_as_source(emulated), None)?.project(columns)?.build()?;
+    Ok(Arc::new(ViewTable::new(plan, None)))
 }

@@ -233,6 +233,114 @@ fn pg_get_serial_sequence() -> ScalarUDF {
     )
 }
 
+/// `pg_get_indexdef(index [, column, pretty])`: NULL. `audit_events` has no
+/// indexes (its pruning lives in the segments' row index, which no client
+/// could use as a PostgreSQL index), and the emulated catalog keeps no
+/// definition for its own tables' indexes; PostgreSQL also answers NULL for
+/// an oid that is not an index it knows. SQLAlchemy's index reflection calls
+/// it for expression columns only.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgGetIndexdef {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PgGetIndexdef {
+    fn name(&self) -> &str {
+        "pg_get_indexdef"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        if !matches!(args.args.len(), 1 | 3) {
+            return plan_err!("pg_get_indexdef takes an index oid, or an oid, a column number and a flag");
+        }
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+    }
+}
+
+/// The settings a session cannot change, as PostgreSQL 15 reports them to
+/// `current_setting` (SQLAlchemy's table reflection asks for the default
+/// access method; drivers for the version and encodings).
+const SERVER_SETTINGS: [(&str, &str); 13] = [
+    ("default_table_access_method", "heap"),
+    ("server_version", "15.0"),
+    ("server_version_num", "150000"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+    ("integer_datetimes", "on"),
+    ("max_identifier_length", "63"),
+    ("max_index_keys", "32"),
+    ("block_size", "8192"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    // Every session is read-only: nothing a client sends writes.
+    ("default_transaction_read_only", "on"),
+];
+
+/// `current_setting(name [, missing_ok])` for [`SERVER_SETTINGS`]. What a
+/// session may change (`TimeZone`, `search_path`, ...) lives in the
+/// connection, which a function cannot see: those are refused with a pointer
+/// to `SHOW`, rather than answered with a default the session may have
+/// changed. An unknown name is PostgreSQL's 42704, or NULL when `missing_ok`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let (names, missing_ok) = match arrays.as_slice() {
+            [names] => (names, None),
+            [names, missing_ok] => (names, Some(missing_ok)),
+            _ => return plan_err!("current_setting takes a setting's name and, optionally, missing_ok"),
+        };
+        let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
+        let missing_ok = missing_ok.map(|m| datafusion::arrow::compute::cast(m, &DataType::Boolean)).transpose()?;
+        let missing_ok = missing_ok.as_ref().map(|m| datafusion::common::cast::as_boolean_array(m)).transpose()?;
+        let values = as_string_array(&names)?
+            .iter()
+            .enumerate()
+            .map(|(row, name)| {
+                let Some(name) = name else { return Ok(None) };
+                if let Some((_, value)) = SERVER_SETTINGS.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) {
+                    return Ok(Some(value.to_string()));
+                }
+                if super::settings::is_session_setting(name) {
+                    return datafusion::common::not_impl_err!(
+                        "current_setting('{name}') is not supported: the session's value is what SHOW {name} answers"
+                    );
+                }
+                match missing_ok {
+                    Some(missing_ok) if missing_ok.value(row) => Ok(None),
+                    _ => plan_err!("unrecognized configuration parameter \"{name}\""),
+                }
+            })
+            .collect::<datafusion::error::Result<StringArray>>()?;
+        Ok(ColumnarValue::Array(Arc::new(values)))
+    }
+}
+
 /// `pg_collation_is_visible(oid)` and friends: true, one schema holds all.
 fn always_visible(name: &str) -> ScalarUDF {
     create_udf(
@@ -249,6 +357,8 @@ pub fn register(session: &SessionContext) {
     session.register_udf(constant_text("version", version_string()));
     session.register_udf(to_regtype());
     session.register_udf(pg_get_serial_sequence());
+    session.register_udf(ScalarUDF::from(CurrentSetting { signature: Signature::variadic_any(Volatility::Stable) }));
+    session.register_udf(ScalarUDF::from(PgGetIndexdef { signature: Signature::variadic_any(Volatility::Stable) }));
     session
         .register_udf(ScalarUDF::from(JsonBuildObject { signature: Signature::variadic_any(Volatility::Immutable) }));
     for name in ["pg_collation_is_visible", "pg_function_is_visible", "pg_type_is_visible"] {
@@ -344,6 +454,11 @@ mod tests {
              unnest(c.conkey) FROM pg_catalog.pg_index i"
         );
         assert_eq!(restate_catalog_types("select unnest(tags) from audit_events"), None);
+        // SQLAlchemy's index reflection: operator classes are an oidvector.
+        assert_eq!(
+            restate_catalog_types("select unnest(pg_catalog.pg_index.indclass) from pg_catalog.pg_index").unwrap(),
+            "SELECT unnest(CAST(string_to_array(pg_catalog.pg_index.indclass, ' ') AS INT[])) FROM pg_catalog.pg_index"
+        );
         assert_eq!(
             restate_catalog_types("SELECT typinput='pg_catalog.array_in'::regproc AS a, 'x'::regproc <> t.typoutput")
                 .unwrap(),
@@ -400,7 +515,8 @@ pub fn client_sql(sql: &str) -> PgWireResult<Cow<'_, str>> {
 /// Returns the restated statement's text when something was restated.
 fn restate_catalog_types(sql: &str) -> Option<String> {
     let lower = sql.to_ascii_lowercase();
-    let vectors = lower.contains("indkey") && (lower.contains("unnest") || lower.contains("generate_subscripts"));
+    let vectors = VECTOR_COLUMNS.iter().any(|(column, _)| lower.contains(column))
+        && (lower.contains("unnest") || lower.contains("generate_subscripts"));
     if !vectors && !lower.contains("regproc") {
         return None;
     }
@@ -476,7 +592,14 @@ fn regproc_by_name(expr: &SqlExpr) -> Option<SqlExpr> {
     Some(SqlExpr::BinaryOp { left: Box::new(left), op: op.clone(), right: Box::new(right) })
 }
 
-/// `unnest(x.indkey)` or `generate_subscripts(x.indkey, 1)` over the vector.
+/// The `int2vector` and `oidvector` columns of `pg_index`, which the
+/// emulation keeps as their text (`"1 5"`), with the SQL type of an element
+/// (oids are `int4` in the emulation).
+const VECTOR_COLUMNS: [(&str, &str); 4] =
+    [("indkey", "SMALLINT"), ("indoption", "SMALLINT"), ("indclass", "INT"), ("indcollation", "INT")];
+
+/// `unnest(x.indkey)` or `generate_subscripts(x.indkey, 1)` over the vector
+/// (any of [`VECTOR_COLUMNS`]).
 fn int2vector_function(expr: &SqlExpr) -> Option<SqlExpr> {
     let SqlExpr::Function(function) = expr else { return None };
     let name = function.name.0.last()?.as_ident()?.value.to_ascii_lowercase();
@@ -489,12 +612,15 @@ fn int2vector_function(expr: &SqlExpr) -> Option<SqlExpr> {
             _ => None,
         })
         .collect::<Option<_>>()?;
-    let is_indkey = |expr: &SqlExpr| column_named(expr, &["indkey"]);
-    let vector = |column: &SqlExpr| format!("CAST(string_to_array({column}, ' ') AS SMALLINT[])");
+    let element_type = |expr: &SqlExpr| VECTOR_COLUMNS.iter().find(|(name, _)| column_named(expr, &[name]));
+    let vector = |column: &SqlExpr| {
+        let (_, element) = element_type(column).expect("a vector column");
+        format!("CAST(string_to_array({column}, ' ') AS {element}[])")
+    };
     let restated = match (name.as_str(), args.as_slice()) {
-        ("unnest", [column]) if is_indkey(column) => format!("unnest({})", vector(column)),
+        ("unnest", [column]) if element_type(column).is_some() => format!("unnest({})", vector(column)),
         // The dimension is often a bound parameter; a vector has only the first.
-        ("generate_subscripts", [column, dimension]) if is_indkey(column) => format!(
+        ("generate_subscripts", [column, dimension]) if element_type(column).is_some() => format!(
             "unnest(CASE WHEN {dimension} = 1 THEN generate_series(0, CAST(array_length({}, 1) AS BIGINT) - 1) END)",
             vector(column)
         ),

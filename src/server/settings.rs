@@ -165,6 +165,15 @@ impl SettingsHook {
     }
 }
 
+/// Whether `name` is a setting a session may change or set without effect
+/// (its value lives in the connection).
+pub(super) fn is_session_setting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CLIENT_SETTINGS.contains(&name.as_str())
+        || NO_EFFECT_SETTINGS.contains(&name.as_str())
+        || name == "statement_timeout"
+}
+
 fn refused(code: &'static str, message: String) -> Decision {
     Decision::Refused { code, message }
 }

@@ -62,6 +62,7 @@ fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
             "42883"
         }
         DataFusionError::Plan(message) if message.starts_with("table '") && message.ends_with("not found") => "42P01",
+        DataFusionError::Plan(message) if message.starts_with("unrecognized configuration parameter") => "42704",
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::Execution(message) if message == super::subqueries::MORE_THAN_ONE_ROW => "21000",
         _ => return None,
@@ -89,6 +90,8 @@ mod tests {
         );
         assert_eq!(code(wrapped), "57014");
         assert_eq!(code(DataFusionError::Plan("table 'auditlake.public.x' not found".into())), "42P01");
+        let unknown_setting = DataFusionError::Plan("unrecognized configuration parameter \"x\"".into());
+        assert_eq!(code(unknown_setting), "42704");
         let too_many = format!("{} 10 rows, the most one statement may return", crate::query::TOO_MANY_ROWS);
         assert_eq!(code(DataFusionError::ResourcesExhausted(too_many)), "54000");
         // A memory refusal that names rows is still a memory refusal.

@@ -10,18 +10,19 @@ use std::process::Command;
 use crate::harness::{Server, TEST_PASSWORD, add_user, post, venv_bin};
 
 const FIXTURE: &str = include_str!("../fixtures/incidents.ndjson");
-const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+pub const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 /// The account under investigation, and what it did (from the fixture).
-const ACTOR: &str = "acme-u1";
-const BY_ACTION: [(&str, u32, &str); 4] = [
+pub const ACTOR: &str = "acme-u1";
+pub const BY_ACTION: [(&str, u32, &str); 4] = [
     ("auth.login.failed", 3, "2026-11-03T02:02:00Z"),
     ("auth.login.succeeded", 2, "2026-11-03T02:03:00Z"),
     ("confluence.page.exported", 5, "2026-11-03T02:09:00Z"),
     ("confluence.page.viewed", 1, "2026-10-05T09:10:00Z"),
 ];
 
-/// A server holding the fixture, with the analyst `analyst` of org acme.
-async fn server(data: &Path) -> Server {
+/// A server holding the fixture (27 events of acme, 1 of globex), with the
+/// analyst `analyst` of org acme.
+pub async fn server(data: &Path) -> Server {
     add_user(data, "analyst", &["--org", "acme"]);
     let server = Server::start(data, &[]);
     let (status, body) = post(&server.http(), &server.events_url(), FIXTURE.to_owned()).await;
@@ -29,7 +30,7 @@ async fn server(data: &Path) -> Server {
     server
 }
 
-fn run(command: &mut Command) -> String {
+pub fn run(command: &mut Command) -> String {
     let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{command:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));

@@ -18,5 +18,6 @@ mod query_command;
 mod saved_reports;
 mod self_audit;
 mod tenancy;
+mod tools;
 mod ugc;
 mod validation;
