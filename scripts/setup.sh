@@ -6,7 +6,7 @@
 #   plain Parquet that other engines read, moto's S3 server (PyPI), the
 #   S3-compatible bucket the object-storage tests keep segments in, and the
 #   Python clients the client tests drive (psycopg 3, psycopg2, SQLAlchemy,
-#   pandas);
+#   pandas) and pgcli;
 # - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
 #   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client;
 # - the PostgreSQL 15 server, which `bench/run.py` (smoke-tested in the suite)
@@ -47,6 +47,11 @@ if ! "$venv/bin/python" -c 'import psycopg, psycopg2, sqlalchemy, pandas' >/dev/
   "$venv/bin/pip" install -q 'psycopg[binary]>=3.1,<4' 'psycopg2-binary>=2.9,<3' 'sqlalchemy>=2,<3' 'pandas>=2,<3'
 fi
 "$venv/bin/python" -c 'import psycopg, psycopg2, sqlalchemy, pandas; print("psycopg", psycopg.__version__, "psycopg2", psycopg2.__version__, "sqlalchemy", sqlalchemy.__version__, "pandas", pandas.__version__)' >&2
+if [ ! -x "$venv/bin/pgcli" ]; then
+  echo "installing pgcli into $venv for the tools tests" >&2
+  "$venv/bin/pip" install -q 'pgcli>=4,<5'
+fi
+"$venv/bin/pgcli" --version >&2
 
 node_dir="$HOME/.cache/auditlake-node"
 if [ ! -d "$node_dir/node_modules/pg" ]; then

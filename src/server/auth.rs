@@ -317,6 +317,10 @@ impl Login {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.is_superuser = false;
         parameters.default_transaction_read_only = true;
+        // What drivers read the server's version from (psycopg's
+        // `server_version`, pgcli's choice of catalog queries): the one
+        // `version()` reports.
+        parameters.server_version = super::compat::SERVER_VERSION.to_string();
         self.controls.scope.set(identity.scope()).map_err(|_| protocol_violation("logged in twice"))?;
         if let Some(timeout) = identity.statement_timeout {
             self.controls.timeout.set(timeout);

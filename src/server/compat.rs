@@ -14,8 +14,8 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Int32Array, StringArray};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::array::{Int32Array, ListBuilder, StringArray, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::cast::as_string_array;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::plan_err;
@@ -35,6 +35,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::QueryHook;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::format_type;
 use datafusion_postgres::hooks::HookClient;
 use pgwire::api::results::{Response, Tag};
 use pgwire::api::{ClientInfo, Type};
@@ -42,13 +43,16 @@ use pgwire::error::PgWireResult;
 
 use super::sqlstate::statement_error;
 
+/// The PostgreSQL version whose protocol and catalog the endpoint emulates.
+pub const SERVER_VERSION: &str = "15.0";
+
 /// What `version()` answers: PostgreSQL's shape first, because clients parse
 /// it (SQLAlchemy refuses to connect to a server whose version string does
 /// not start with `PostgreSQL N.N`); the protocol and catalog we emulate are
 /// PostgreSQL 15's.
 pub fn version_string() -> String {
     format!(
-        "PostgreSQL 15.0 (auditlake {}, Apache DataFusion {}) on {}-linux, 64-bit",
+        "PostgreSQL {SERVER_VERSION} (auditlake {}, Apache DataFusion {}) on {}-linux, 64-bit",
         env!("CARGO_PKG_VERSION"),
         datafusion::DATAFUSION_VERSION,
         std::env::consts::ARCH
@@ -265,12 +269,64 @@ impl ScalarUDFImpl for PgGetIndexdef {
     }
 }
 
+/// `auditlake_regtype_names(vector)`: the type names of an oid vector the
+/// emulated catalog keeps as text (`"2275 16"`, `"[2276]"`), as
+/// `vector::regtype[]::text[]` answers in PostgreSQL (`{cstring,boolean}`);
+/// the names are `format_type`'s, which is what a `regtype` prints.
+fn regtype_names() -> ScalarUDF {
+    let names = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+    create_udf(
+        "auditlake_regtype_names",
+        vec![DataType::Utf8],
+        names,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let vectors = ColumnarValue::values_to_arrays(args)?;
+            let vectors = as_string_array(&vectors[0])?;
+            let oids_of = |text: &str| -> Vec<i32> {
+                text.split(|c: char| !c.is_ascii_digit()).filter_map(|oid| oid.parse().ok()).collect()
+            };
+            let oids: Int32Array = vectors.iter().flatten().flat_map(oids_of).map(Some).collect();
+            let count = oids.len();
+            let format_type = format_type::create_format_type_udf();
+            let named = format_type.invoke_with_args(ScalarFunctionArgs {
+                args: vec![
+                    ColumnarValue::Array(Arc::new(oids)),
+                    ColumnarValue::Array(Arc::new(Int32Array::new_null(count))),
+                ],
+                arg_fields: vec![
+                    Arc::new(Field::new("oid", DataType::Int32, true)),
+                    Arc::new(Field::new("typmod", DataType::Int32, true)),
+                ],
+                number_rows: count,
+                return_field: Arc::new(Field::new("name", DataType::Utf8, true)),
+                config_options: Arc::new(ConfigOptions::default()),
+            })?;
+            let named = named.into_array(count)?;
+            let mut names = as_string_array(&named)?.iter();
+            let mut lists = ListBuilder::new(StringBuilder::new());
+            for vector in vectors.iter() {
+                match vector {
+                    Some(text) => {
+                        for _ in oids_of(text) {
+                            lists.values().append_option(names.next().flatten());
+                        }
+                        lists.append(true);
+                    }
+                    None => lists.append(false),
+                }
+            }
+            Ok(ColumnarValue::Array(Arc::new(lists.finish())))
+        }),
+    )
+}
+
 /// The settings a session cannot change, as PostgreSQL 15 reports them to
 /// `current_setting` (SQLAlchemy's table reflection asks for the default
 /// access method; drivers for the version and encodings).
 const SERVER_SETTINGS: [(&str, &str); 13] = [
     ("default_table_access_method", "heap"),
-    ("server_version", "15.0"),
+    ("server_version", SERVER_VERSION),
     ("server_version_num", "150000"),
     ("server_encoding", "UTF8"),
     ("client_encoding", "UTF8"),
@@ -356,6 +412,7 @@ fn always_visible(name: &str) -> ScalarUDF {
 pub fn register(session: &SessionContext) {
     session.register_udf(constant_text("version", version_string()));
     session.register_udf(to_regtype());
+    session.register_udf(regtype_names());
     session.register_udf(pg_get_serial_sequence());
     session.register_udf(ScalarUDF::from(CurrentSetting { signature: Signature::variadic_any(Volatility::Stable) }));
     session.register_udf(ScalarUDF::from(PgGetIndexdef { signature: Signature::variadic_any(Volatility::Stable) }));
@@ -465,6 +522,15 @@ mod tests {
             "SELECT typinput = 'array_in' AS a, 'x' <> t.typoutput"
         );
         assert_eq!(
+            restate_catalog_types(
+                "select prorettype::regtype::text, COALESCE(proallargtypes::regtype[], proargtypes::regtype[])::text[] \
+                 from pg_proc"
+            )
+            .unwrap(),
+            "SELECT format_type(prorettype, NULL), auditlake_regtype_names(COALESCE(proallargtypes, proargtypes)) \
+             FROM pg_proc"
+        );
+        assert_eq!(
             client_sql("select indkey from pg_catalog.pg_index").unwrap(),
             "select indkey from pg_catalog.pg_index"
         );
@@ -512,24 +578,65 @@ pub fn client_sql(sql: &str) -> PgWireResult<Cow<'_, str>> {
 ///   types apart) compares names, as PostgreSQL's text form of a regproc
 ///   in a visible schema is its bare name.
 ///
+/// - `regtype` is planned as the bare oid, so its text would be the number:
+///   `oid::regtype::text` and `vector::regtype[]::text[]` (pgcli's function
+///   listing) are restated to answer the type names.
+///
 /// Returns the restated statement's text when something was restated.
 fn restate_catalog_types(sql: &str) -> Option<String> {
     let lower = sql.to_ascii_lowercase();
     let vectors = VECTOR_COLUMNS.iter().any(|(column, _)| lower.contains(column))
         && (lower.contains("unnest") || lower.contains("generate_subscripts"));
-    if !vectors && !lower.contains("regproc") {
+    if !vectors && !lower.contains("regproc") && !lower.contains("regtype") {
         return None;
     }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let mut restated = false;
     let _ = visit_expressions_mut(&mut statements, |expr| {
-        if let Some(by_type) = int2vector_function(expr).or_else(|| regproc_by_name(expr)) {
+        if let Some(by_type) =
+            int2vector_function(expr).or_else(|| regproc_by_name(expr)).or_else(|| regtype_as_text(expr))
+        {
             *expr = by_type;
             restated = true;
         }
         ControlFlow::<()>::Continue(())
     });
     restated.then(|| statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+fn is_cast_to(expr: &SqlExpr, type_name: &str) -> bool {
+    matches!(expr, SqlExpr::Cast { data_type, .. }
+        if data_type.to_string().to_ascii_lowercase().trim_start_matches("pg_catalog.") == type_name)
+}
+
+/// `oid::regtype::text` as `format_type(oid, NULL)` (the emulation plans a
+/// `regtype` as the bare oid, so the text would be the number), and
+/// `vector::regtype[]::text[]` (pgcli's function listing) as
+/// [`regtype_names`] of the vector's text.
+fn regtype_as_text(expr: &SqlExpr) -> Option<SqlExpr> {
+    let SqlExpr::Cast { expr: inner, .. } = expr else { return None };
+    let restated = if is_cast_to(expr, "text") && is_cast_to(inner, "regtype") {
+        let SqlExpr::Cast { expr: oid, .. } = inner.as_ref() else { return None };
+        format!("format_type({oid}, NULL)")
+    } else if is_cast_to(expr, "text[]") {
+        let mut vectors = (**inner).clone();
+        let mut found = false;
+        let _ = visit_expressions_mut(&mut vectors, |e| {
+            if is_cast_to(e, "regtype[]") {
+                let SqlExpr::Cast { expr: vector, .. } = e else { unreachable!("checked") };
+                *e = (**vector).clone();
+                found = true;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        if !found {
+            return None;
+        }
+        format!("auditlake_regtype_names({vectors})")
+    } else {
+        return None;
+    };
+    Parser::new(&PostgreSqlDialect {}).try_with_sql(&restated).ok()?.parse_expr().ok()
 }
 
 /// The `regproc` columns of the emulated catalog, which hold names.
