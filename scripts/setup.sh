@@ -6,7 +6,7 @@
 #   plain Parquet that other engines read, moto's S3 server (PyPI), the
 #   S3-compatible bucket the object-storage tests keep segments in, and the
 #   Python clients the client tests drive (psycopg 3, psycopg2, SQLAlchemy,
-#   pandas) and pgcli;
+#   pandas) and pgcli; dbt-postgres in a venv of its own;
 # - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
 #   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client;
 # - the PostgreSQL 15 server, which `bench/run.py` (smoke-tested in the suite)
@@ -52,6 +52,17 @@ if [ ! -x "$venv/bin/pgcli" ]; then
   "$venv/bin/pip" install -q 'pgcli>=4,<5'
 fi
 "$venv/bin/pgcli" --version >&2
+
+# dbt pins its own dependencies, so it gets a venv of its own. dbt-core 1.10
+# is the newest whose install needs nothing from outside PyPI (1.11 fetches
+# a parser wheel from GitHub while installing).
+dbt_venv="${AUDITLAKE_DBT_VENV:-$HOME/.cache/auditlake-dbt}"
+if [ ! -x "$dbt_venv/bin/dbt" ]; then
+  echo "creating $dbt_venv with dbt-postgres for the tools tests" >&2
+  python3 -m venv "$dbt_venv"
+  "$dbt_venv/bin/pip" install -q 'dbt-core>=1.10,<1.11' 'dbt-postgres>=1.9,<1.10'
+fi
+"$dbt_venv/bin/python" -c 'import importlib.metadata as m; print("dbt-core", m.version("dbt-core"), "dbt-postgres", m.version("dbt-postgres"))' >&2
 
 node_dir="$HOME/.cache/auditlake-node"
 if [ ! -d "$node_dir/node_modules/pg" ]; then

@@ -2,7 +2,8 @@
 //! `scripts/setup.sh` and driven as a user would drive them against the real
 //! binary, as the admin and as an organisation's analyst, who must see only
 //! its organisation's rows through each: SQLAlchemy 2's full reflection
-//! (what Superset and Alembic run) over psycopg 3 and psycopg2; pgcli.
+//! (what Superset and Alembic run) over psycopg 3 and psycopg2; pgcli; dbt
+//! with dbt-postgres.
 
 use std::process::Command;
 
@@ -119,5 +120,78 @@ async fn pgcli_completion_refresh_meta_commands_and_an_investigation() {
         for expected in ["| public | audit_events | table | postgres |", "| 5       |", &format!("| {seen} ")] {
             assert!(printed.contains(expected), "{user}: {expected:?} in\n{printed}");
         }
+    }
+}
+
+/// A program from the dbt venv `scripts/setup.sh` makes (dbt pins its own
+/// dependencies, so it has a venv of its own; override with `AUDITLAKE_DBT_VENV`).
+fn dbt_bin() -> std::path::PathBuf {
+    let venv = std::env::var_os("AUDITLAKE_DBT_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auditlake-dbt"));
+    let dbt = venv.join("bin/dbt");
+    assert!(dbt.exists(), "{} is missing: run `bash scripts/setup.sh` (scripts/test.sh does)", dbt.display());
+    dbt
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs dbt-postgres from its venv (scripts/test.sh runs it)"]
+async fn dbt_compiles_shows_ephemeral_models_and_runs_data_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data")).await;
+    let project = format!("{CLIENTS}/dbt");
+    for (user, orgs) in [(TEST_USER, &[("acme", 27), ("globex", 1)][..]), ("analyst", &[("acme", 27)][..])] {
+        let output = dir.path().join(format!("dbt-{user}"));
+        let dbt = |args: &[&str]| {
+            let mut dbt = Command::new(dbt_bin());
+            dbt.arg("--no-use-colors")
+                .args(args)
+                .args(["--project-dir", &project, "--profiles-dir", &project])
+                // What dbt writes goes to the test's directory, not the repository.
+                .env("DBT_TARGET_PATH", output.join("target"))
+                .env("DBT_LOG_PATH", output.join("logs"))
+                .env("AUDITLAKE_PG_PORT", server.pg_port.to_string())
+                .env("AUDITLAKE_PG_USER", user)
+                .env("AUDITLAKE_PG_PASSWORD", TEST_PASSWORD)
+                // No usage reports or version checks: the test machine has no way out.
+                .env("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+                .env("DBT_VERSION_CHECK", "false");
+            dbt.output().unwrap()
+        };
+        let passed = |args: &[&str]| {
+            let out = dbt(args);
+            let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{user}: dbt {args:?}:\n{printed}\n{}", String::from_utf8_lossy(&out.stderr));
+            printed
+        };
+
+        assert!(passed(&["debug"]).contains("All checks passed!"), "{user}");
+        passed(&["compile"]);
+        let tested = passed(&["test"]);
+        assert!(tested.contains("Done. PASS=9 WARN=0 ERROR=0 SKIP=0"), "{user}:\n{tested}");
+
+        // A data test that finds something fails, naming how much: acme-u1's
+        // three failed logins break a limit of two.
+        let strict = dbt(&["test", "--select", "failed_logins_before_success", "--vars", "{max_failed_logins: 2}"]);
+        let printed = String::from_utf8_lossy(&strict.stdout);
+        assert!(
+            !strict.status.success() && printed.contains("FAIL 1 failed_logins_before_success"),
+            "{user}:\n{printed}"
+        );
+
+        let show = |model: &str| -> serde_json::Value {
+            let printed = passed(&["--quiet", "show", "--select", model, "--output", "json", "--limit", "10"]);
+            serde_json::from_str::<serde_json::Value>(&printed).unwrap_or_else(|e| panic!("{e}: {printed}"))["show"]
+                .clone()
+        };
+        let exports = show("exports_by_actor");
+        assert_eq!(exports.as_array().unwrap().len(), 1, "{user}: {exports}");
+        assert_eq!(exports[0]["actor_id"], "acme-u1");
+        assert_eq!(exports[0]["exports"], 5);
+        assert!(exports[0]["last_export"].as_str().unwrap().starts_with("2026-11-03T02:09:00"), "{exports}");
+        let by_org = show("events_by_org");
+        let expected: Vec<serde_json::Value> =
+            orgs.iter().map(|(org, n)| serde_json::json!({"org_id": org, "events": n})).collect();
+        assert_eq!(by_org, serde_json::Value::Array(expected), "{user}");
     }
 }
