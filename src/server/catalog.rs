@@ -19,12 +19,14 @@
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::{Int16Builder, ListBuilder};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::cast::as_string_array;
 use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, lit};
+use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlanBuilder, ScalarUDF, Volatility, create_udf, lit};
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::generate_series_arg_coercion::CoerceIntArgsToBigInt;
@@ -102,6 +104,10 @@ enum Pg15Column {
     /// NULL (no access list, no options, no version recorded), placed where
     /// PostgreSQL places it.
     Missing { name: &'static str, after: &'static str, data_type: fn() -> DataType },
+    /// PostgreSQL has an `int2[]` where the emulation keeps text (`"[2, 3]"`):
+    /// served as the array, so `attnum = ANY(conkey)` and `unnest(conkey)`
+    /// plan, and clients read `{2,3}` as PostgreSQL writes it.
+    Int2Array { name: &'static str },
 }
 
 fn text() -> DataType {
@@ -115,7 +121,7 @@ fn text_array() -> DataType {
 
 /// The emulated tables whose columns differ from PostgreSQL 15's, by
 /// table. SQLAlchemy's index reflection reads `pg_class.reloptions`.
-const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 5] = [
+const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 6] = [
     (
         "pg_class",
         &[
@@ -124,6 +130,8 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 5] = [
         ],
     ),
     ("pg_collation", &[Pg15Column::Renamed { emulated: "colllocale", pg15: "colliculocale" }]),
+    // SQLAlchemy 1.4 (Superset) reflects unique constraints with `ANY(conkey)`.
+    ("pg_constraint", &[Pg15Column::Int2Array { name: "conkey" }, Pg15Column::Int2Array { name: "confkey" }]),
     ("pg_database", &[Pg15Column::Missing { name: "datcollversion", after: "datctype", data_type: text }]),
     ("pg_settings", &[Pg15Column::Renamed { emulated: "bool_val", pg15: "boot_val" }]),
     ("pg_tables", &[Pg15Column::Renamed { emulated: "hasindex", pg15: "hasindexes" }]),
@@ -169,7 +177,13 @@ fn as_pg15(
             Pg15Column::Renamed { emulated, pg15 } if emulated == field.name() => Some(*pg15),
             _ => None,
         });
-        let column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
+        let mut column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
+        let as_array = differences
+            .iter()
+            .any(|difference| matches!(difference, Pg15Column::Int2Array { name } if name == field.name()));
+        if as_array {
+            column = INT2_ARRAY.call(vec![column]);
+        }
         columns.push(column.alias(renamed.unwrap_or(field.name())));
         names.push(renamed.unwrap_or(field.name()));
         // A missing column may follow another missing one.
@@ -184,3 +198,34 @@ fn as_pg15(
     let plan = LogicalPlanBuilder::scan(name, provider_as_source(emulated), None)?.project(columns)?.build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
+
+/// `auditlake_int2_array(text)`: the numbers of an array the emulation keeps
+/// as text (`"[2, 20, 3]"`), as an `int2[]`; NULL stays NULL.
+static INT2_ARRAY: LazyLock<ScalarUDF> = LazyLock::new(|| {
+    create_udf(
+        "auditlake_int2_array",
+        vec![DataType::Utf8],
+        DataType::List(Arc::new(Field::new_list_field(DataType::Int16, true))),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let texts = ColumnarValue::values_to_arrays(args)?;
+            let texts = as_string_array(&texts[0])?;
+            let mut arrays = ListBuilder::new(Int16Builder::new());
+            for text in texts.iter() {
+                match text {
+                    Some(text) => {
+                        for number in text.split(|c: char| !c.is_ascii_digit() && c != '-').filter(|n| !n.is_empty()) {
+                            let number = number.parse::<i16>().map_err(|e| {
+                                DataFusionError::Execution(format!("catalog array {text:?} holds {number:?}: {e}"))
+                            })?;
+                            arrays.values().append_value(number);
+                        }
+                        arrays.append(true);
+                    }
+                    None => arrays.append(false),
+                }
+            }
+            Ok(ColumnarValue::Array(Arc::new(arrays.finish())))
+        }),
+    )
+});

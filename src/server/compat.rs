@@ -21,10 +21,11 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::plan_err;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, ParamValues, ScalarValue};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::expr::Like;
 use datafusion::logical_expr::{
-    ColumnarValue, EmptyRelation, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility, create_udf,
+    ColumnarValue, EmptyRelation, Expr, ExprSchemable, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility, binary_expr, create_udf, lit,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
@@ -159,6 +160,64 @@ impl AnalyzerRule for ClientCatalogRule {
 
     fn name(&self) -> &str {
         "auditlake_client_catalog"
+    }
+}
+
+/// A quoted literal compared with a boolean, read as a boolean before
+/// DataFusion's type coercion (which refuses `Boolean = Utf8`): in
+/// PostgreSQL a quoted literal has no type until its use gives it one, and
+/// clients rely on it (SQLAlchemy 1.4, which Superset runs, reflects keys
+/// with `ix.indisprimary = 't'`). Only PostgreSQL's spellings of a boolean
+/// are read; anything else is left for the planner to refuse.
+#[derive(Debug)]
+struct UntypedLiteralsRule;
+
+/// PostgreSQL's text forms of a boolean (`boolin`), by meaning.
+fn boolean_text(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
+        "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn literal_as_boolean(expr: Expr, schema: &DFSchema) -> datafusion::error::Result<Transformed<Expr>> {
+    let Expr::BinaryExpr(binary) = &expr else { return Ok(Transformed::no(expr)) };
+    if !matches!(binary.op, Operator::Eq | Operator::NotEq | Operator::IsDistinctFrom | Operator::IsNotDistinctFrom) {
+        return Ok(Transformed::no(expr));
+    }
+    let is_boolean = |side: &Expr| matches!(side.get_type(schema), Ok(DataType::Boolean));
+    let as_boolean = |side: &Expr| match side {
+        Expr::Literal(ScalarValue::Utf8(Some(text)), _) => boolean_text(text),
+        _ => None,
+    };
+    let (left, right) = match (as_boolean(&binary.left), as_boolean(&binary.right)) {
+        (None, Some(b)) if is_boolean(&binary.left) => ((*binary.left).clone(), lit(b)),
+        (Some(b), None) if is_boolean(&binary.right) => (lit(b), (*binary.right).clone()),
+        _ => return Ok(Transformed::no(expr)),
+    };
+    Ok(Transformed::yes(binary_expr(left, binary.op, right)))
+}
+
+impl AnalyzerRule for UntypedLiteralsRule {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> datafusion::error::Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            // What the node's expressions can name: its inputs' columns (both
+            // sides of a join), or its own for a leaf.
+            let mut schema = DFSchema::empty();
+            for input in node.inputs() {
+                schema.merge(input.schema());
+            }
+            if node.inputs().is_empty() {
+                schema.merge(node.schema());
+            }
+            node.map_expressions(|e| e.transform_up(|e| literal_as_boolean(e, &schema)))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "auditlake_untyped_literals"
     }
 }
 
@@ -422,6 +481,13 @@ pub fn register(session: &SessionContext) {
         session.register_udf(always_visible(name));
     }
     session.add_analyzer_rule(Arc::new(ClientCatalogRule));
+    // Before type coercion, which would refuse what it rewrites.
+    let state = session.state_ref();
+    let mut rules = state.read().analyzer().rules.clone();
+    rules.insert(0, Arc::new(UntypedLiteralsRule));
+    let with_literals_first =
+        SessionStateBuilder::new_from_existing(state.read().clone()).with_analyzer_rules(rules).build();
+    *state.write() = with_literals_first;
     session.add_analyzer_rule(Arc::new(super::subqueries::SingleRowSubqueries));
 }
 
@@ -504,25 +570,33 @@ mod tests {
         let sql = "select unnest(i.indkey) as k, generate_subscripts(i.indkey, $1::INTEGER) as o, \
                    unnest(c.conkey) from pg_catalog.pg_index i";
         assert_eq!(
-            restate_catalog_types(sql).unwrap(),
+            restate_postgres_forms(sql).unwrap(),
             "SELECT unnest(CAST(string_to_array(i.indkey, ' ') AS SMALLINT[])) AS k, \
              unnest(CASE WHEN $1::INTEGER = 1 THEN generate_series(0, \
              CAST(array_length(CAST(string_to_array(i.indkey, ' ') AS SMALLINT[]), 1) AS BIGINT) - 1) END) AS o, \
              unnest(c.conkey) FROM pg_catalog.pg_index i"
         );
-        assert_eq!(restate_catalog_types("select unnest(tags) from audit_events"), None);
+        assert_eq!(restate_postgres_forms("select unnest(tags) from audit_events"), None);
+        assert_eq!(
+            restate_postgres_forms(
+                "select a.attname from pg_attribute a join pg_index ix on a.attnum = ANY(ix.indkey)"
+            )
+            .unwrap(),
+            "SELECT a.attname FROM pg_attribute a JOIN pg_index ix ON a.attnum = \
+             ANY(CAST(string_to_array(ix.indkey, ' ') AS SMALLINT[]))"
+        );
         // SQLAlchemy's index reflection: operator classes are an oidvector.
         assert_eq!(
-            restate_catalog_types("select unnest(pg_catalog.pg_index.indclass) from pg_catalog.pg_index").unwrap(),
+            restate_postgres_forms("select unnest(pg_catalog.pg_index.indclass) from pg_catalog.pg_index").unwrap(),
             "SELECT unnest(CAST(string_to_array(pg_catalog.pg_index.indclass, ' ') AS INT[])) FROM pg_catalog.pg_index"
         );
         assert_eq!(
-            restate_catalog_types("SELECT typinput='pg_catalog.array_in'::regproc AS a, 'x'::regproc <> t.typoutput")
+            restate_postgres_forms("SELECT typinput='pg_catalog.array_in'::regproc AS a, 'x'::regproc <> t.typoutput")
                 .unwrap(),
             "SELECT typinput = 'array_in' AS a, 'x' <> t.typoutput"
         );
         assert_eq!(
-            restate_catalog_types(
+            restate_postgres_forms(
                 "select prorettype::regtype::text, COALESCE(proallargtypes::regtype[], proargtypes::regtype[])::text[] \
                  from pg_proc"
             )
@@ -534,6 +608,27 @@ mod tests {
             client_sql("select indkey from pg_catalog.pg_index").unwrap(),
             "select indkey from pg_catalog.pg_index"
         );
+    }
+
+    #[test]
+    fn postgresql_time_templates_read_as_chrono_formats() {
+        assert_eq!(chrono_format("YYYY-MM-DD HH24:MI:SS.US"), "%Y-%m-%d %H:%M:%S.%6f");
+        assert_eq!(chrono_format("DD Mon YYYY HH12:MI AM"), "%d %b %Y %I:%M %p");
+        assert_eq!(chrono_format("YYYY\"% done\"MM"), "%Y%% done%m");
+        assert_eq!(
+            restate_postgres_forms(
+                "SELECT 1 FROM t WHERE time >= TO_TIMESTAMP('2026-11-04 00:00:00.000000', 'YYYY-MM-DD HH24:MI:SS.US')"
+            )
+            .unwrap(),
+            "SELECT 1 FROM t WHERE time >= to_timestamp('2026-11-04 00:00:00.000000', '%Y-%m-%d %H:%M:%S.%6f')"
+        );
+        assert_eq!(restate_postgres_forms("select to_timestamp(x, '%Y') from t"), None);
+        // The parsed instant: chrono reads the restated template as PostgreSQL reads its own.
+        let parsed = chrono::NaiveDateTime::parse_from_str(
+            "2026-11-04 01:02:03.000450",
+            &chrono_format("YYYY-MM-DD HH24:MI:SS.US"),
+        );
+        assert_eq!(parsed.unwrap().to_string(), "2026-11-04 01:02:03.000450");
     }
 
     #[test]
@@ -556,17 +651,18 @@ mod tests {
 /// the same text, refused when too complex to plan safely
 /// ([`complexity`](super::complexity)) or where rewriting would answer wrongly
 /// ([`refuse_nulled_subqueries`]), restated where the catalog emulation
-/// keeps a PostgreSQL type as text ([`restate_catalog_types`]). The
+/// keeps a PostgreSQL type as text ([`restate_postgres_forms`]). The
 /// self-audit records what the client sent.
 pub fn client_sql(sql: &str) -> PgWireResult<Cow<'_, str>> {
     // Before anything recurses over the statement.
     super::complexity::check(sql)?;
     refuse_nulled_subqueries(sql)?;
-    Ok(restate_catalog_types(sql).map_or(Cow::Borrowed(sql), Cow::Owned))
+    Ok(restate_postgres_forms(sql).map_or(Cow::Borrowed(sql), Cow::Owned))
 }
 
-/// The catalog emulation keeps some PostgreSQL types as their text, and
-/// clients use them as those types:
+/// What clients write in PostgreSQL's terms that DataFusion would read
+/// otherwise, restated in DataFusion's. First, the catalog emulation keeps
+/// some PostgreSQL types as their text, and clients use them as those types:
 ///
 /// - `pg_index.indkey`, an `int2vector` (`"1 5"`): ORMs list a primary key's
 ///   columns with `unnest(indkey)` and their order with
@@ -582,19 +678,25 @@ pub fn client_sql(sql: &str) -> PgWireResult<Cow<'_, str>> {
 ///   `oid::regtype::text` and `vector::regtype[]::text[]` (pgcli's function
 ///   listing) are restated to answer the type names.
 ///
+/// Then `to_timestamp(text, 'YYYY-MM-DD HH24:MI:SS.US')` (Superset's time
+/// filters): DataFusion's `to_timestamp` takes chrono's `%Y-%m-%d ...`, so a
+/// constant PostgreSQL template is restated as chrono's ([`chrono_format`]).
+///
 /// Returns the restated statement's text when something was restated.
-fn restate_catalog_types(sql: &str) -> Option<String> {
+fn restate_postgres_forms(sql: &str) -> Option<String> {
     let lower = sql.to_ascii_lowercase();
     let vectors = VECTOR_COLUMNS.iter().any(|(column, _)| lower.contains(column))
-        && (lower.contains("unnest") || lower.contains("generate_subscripts"));
-    if !vectors && !lower.contains("regproc") && !lower.contains("regtype") {
+        && (lower.contains("unnest") || lower.contains("generate_subscripts") || lower.contains("any"));
+    if !vectors && !lower.contains("regproc") && !lower.contains("regtype") && !lower.contains("to_timestamp") {
         return None;
     }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
     let mut restated = false;
     let _ = visit_expressions_mut(&mut statements, |expr| {
-        if let Some(by_type) =
-            int2vector_function(expr).or_else(|| regproc_by_name(expr)).or_else(|| regtype_as_text(expr))
+        if let Some(by_type) = int2vector_function(expr)
+            .or_else(|| regproc_by_name(expr))
+            .or_else(|| regtype_as_text(expr))
+            .or_else(|| to_timestamp_in_chrono(expr))
         {
             *expr = by_type;
             restated = true;
@@ -602,6 +704,78 @@ fn restate_catalog_types(sql: &str) -> Option<String> {
         ControlFlow::<()>::Continue(())
     });
     restated.then(|| statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+}
+
+/// `to_timestamp(text, 'template')` with a PostgreSQL template, restated
+/// with the template in chrono's terms. A template that is not a constant,
+/// or already chrono's (holds `%`), is left as written.
+fn to_timestamp_in_chrono(expr: &SqlExpr) -> Option<SqlExpr> {
+    let SqlExpr::Function(function) = expr else { return None };
+    let name = function.name.0.last()?.as_ident()?.value.to_ascii_lowercase();
+    let FunctionArguments::List(list) = &function.args else { return None };
+    let [FunctionArg::Unnamed(FunctionArgExpr::Expr(text)), FunctionArg::Unnamed(FunctionArgExpr::Expr(template))] =
+        list.args.as_slice()
+    else {
+        return None;
+    };
+    let SqlExpr::Value(value) = template else { return None };
+    let Value::SingleQuotedString(template) = &value.value else { return None };
+    if name != "to_timestamp" || template.contains('%') {
+        return None;
+    }
+    let chrono = SqlExpr::Value(Value::SingleQuotedString(chrono_format(template)).into());
+    parse_expr(&format!("to_timestamp({text}, {chrono})"))
+}
+
+/// A PostgreSQL date/time template (`YYYY-MM-DD HH24:MI:SS.US`) in chrono's
+/// terms (`%Y-%m-%d %H:%M:%S.%6f`). Template patterns are matched longest
+/// first, as PostgreSQL does; double-quoted text and anything else is
+/// literal.
+fn chrono_format(template: &str) -> String {
+    const PATTERNS: [(&str, &str); 22] = [
+        ("YYYY", "%Y"),
+        ("HH24", "%H"),
+        ("HH12", "%I"),
+        ("Month", "%B"),
+        ("MONTH", "%B"),
+        ("Mon", "%b"),
+        ("MON", "%b"),
+        ("Day", "%A"),
+        ("DAY", "%A"),
+        ("DDD", "%j"),
+        ("Dy", "%a"),
+        ("DY", "%a"),
+        ("YY", "%y"),
+        ("MM", "%m"),
+        ("DD", "%d"),
+        ("HH", "%I"),
+        ("MI", "%M"),
+        ("SS", "%S"),
+        ("MS", "%3f"),
+        ("US", "%6f"),
+        ("AM", "%p"),
+        ("PM", "%p"),
+    ];
+    let mut out = String::with_capacity(template.len() + 8);
+    let mut rest = template;
+    while let Some(c) = rest.chars().next() {
+        if c == '"' {
+            let quoted = &rest[1..];
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            out.push_str(&quoted[..end].replace('%', "%%"));
+            rest = quoted.get(end + 1..).unwrap_or("");
+        } else if let Some((pattern, chrono)) = PATTERNS.iter().find(|(pattern, _)| rest.starts_with(pattern)) {
+            out.push_str(chrono);
+            rest = &rest[pattern.len()..];
+        } else {
+            if c == '%' {
+                out.push('%');
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
 }
 
 fn is_cast_to(expr: &SqlExpr, type_name: &str) -> bool {
@@ -636,7 +810,7 @@ fn regtype_as_text(expr: &SqlExpr) -> Option<SqlExpr> {
     } else {
         return None;
     };
-    Parser::new(&PostgreSqlDialect {}).try_with_sql(&restated).ok()?.parse_expr().ok()
+    parse_expr(&restated)
 }
 
 /// The `regproc` columns of the emulated catalog, which hold names.
@@ -705,9 +879,19 @@ fn regproc_by_name(expr: &SqlExpr) -> Option<SqlExpr> {
 const VECTOR_COLUMNS: [(&str, &str); 4] =
     [("indkey", "SMALLINT"), ("indoption", "SMALLINT"), ("indclass", "INT"), ("indcollation", "INT")];
 
-/// `unnest(x.indkey)` or `generate_subscripts(x.indkey, 1)` over the vector
-/// (any of [`VECTOR_COLUMNS`]).
+/// `unnest(x.indkey)`, `generate_subscripts(x.indkey, 1)` or
+/// `n = ANY(x.indkey)` over the vector (any of [`VECTOR_COLUMNS`]).
 fn int2vector_function(expr: &SqlExpr) -> Option<SqlExpr> {
+    if let SqlExpr::AnyOp { left, compare_op, right, is_some } = expr {
+        // `attnum = ANY(indkey)` (SQLAlchemy 1.4's key and index reflection).
+        let vector = vector_of(right)?;
+        return Some(SqlExpr::AnyOp {
+            left: left.clone(),
+            compare_op: compare_op.clone(),
+            right: Box::new(parse_expr(&vector)?),
+            is_some: *is_some,
+        });
+    }
     let SqlExpr::Function(function) = expr else { return None };
     let name = function.name.0.last()?.as_ident()?.value.to_ascii_lowercase();
     let FunctionArguments::List(list) = &function.args else { return None };
@@ -719,21 +903,26 @@ fn int2vector_function(expr: &SqlExpr) -> Option<SqlExpr> {
             _ => None,
         })
         .collect::<Option<_>>()?;
-    let element_type = |expr: &SqlExpr| VECTOR_COLUMNS.iter().find(|(name, _)| column_named(expr, &[name]));
-    let vector = |column: &SqlExpr| {
-        let (_, element) = element_type(column).expect("a vector column");
-        format!("CAST(string_to_array({column}, ' ') AS {element}[])")
-    };
     let restated = match (name.as_str(), args.as_slice()) {
-        ("unnest", [column]) if element_type(column).is_some() => format!("unnest({})", vector(column)),
+        ("unnest", [column]) => format!("unnest({})", vector_of(column)?),
         // The dimension is often a bound parameter; a vector has only the first.
-        ("generate_subscripts", [column, dimension]) if element_type(column).is_some() => format!(
+        ("generate_subscripts", [column, dimension]) => format!(
             "unnest(CASE WHEN {dimension} = 1 THEN generate_series(0, CAST(array_length({}, 1) AS BIGINT) - 1) END)",
-            vector(column)
+            vector_of(column)?
         ),
         _ => return None,
     };
-    Parser::new(&PostgreSqlDialect {}).try_with_sql(&restated).ok()?.parse_expr().ok()
+    parse_expr(&restated)
+}
+
+/// A [`VECTOR_COLUMNS`] column as the array it stands for.
+fn vector_of(column: &SqlExpr) -> Option<String> {
+    let (_, element) = VECTOR_COLUMNS.iter().find(|(name, _)| column_named(column, &[name]))?;
+    Some(format!("CAST(string_to_array({column}, ' ') AS {element}[])"))
+}
+
+fn parse_expr(sql: &str) -> Option<SqlExpr> {
+    Parser::new(&PostgreSqlDialect {}).try_with_sql(sql).ok()?.parse_expr().ok()
 }
 
 /// datafusion-postgres' SQL rewriting replaces every correlated subquery in
