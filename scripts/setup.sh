@@ -6,7 +6,7 @@
 #   plain Parquet that other engines read, moto's S3 server (PyPI), the
 #   S3-compatible bucket the object-storage tests keep segments in, and the
 #   Python clients the client tests drive (psycopg 3, psycopg2, SQLAlchemy,
-#   pandas) and pgcli; dbt-postgres in a venv of its own;
+#   pandas) and pgcli; dbt-postgres and Apache Superset in venvs of their own;
 # - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
 #   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client;
 # - the PostgreSQL 15 server, which `bench/run.py` (smoke-tested in the suite)
@@ -63,6 +63,19 @@ if [ ! -x "$dbt_venv/bin/dbt" ]; then
   "$dbt_venv/bin/pip" install -q 'dbt-core>=1.10,<1.11' 'dbt-postgres>=1.9,<1.10'
 fi
 "$dbt_venv/bin/python" -c 'import importlib.metadata as m; print("dbt-core", m.version("dbt-core"), "dbt-postgres", m.version("dbt-postgres"))' >&2
+
+# Apache Superset pins SQLAlchemy 1.4, so it too gets a venv of its own.
+# Its PyPI metadata misses two modules its CLI and engine specs import (rich,
+# cachetools) and allows a Flask-Caching (2.4+) whose cache factory its
+# metastore cache does not accept: those are named here.
+superset_venv="${AUDITLAKE_SUPERSET_VENV:-$HOME/.cache/auditlake-superset}"
+if ! "$superset_venv/bin/python" -c 'import superset, psycopg2, rich, cachetools' >/dev/null 2>&1; then
+  echo "creating $superset_venv with Apache Superset for the tools tests" >&2
+  python3 -m venv "$superset_venv"
+  "$superset_venv/bin/pip" install -q 'apache-superset>=6,<7' 'psycopg2-binary>=2.9,<3' rich cachetools \
+    'flask-caching>=2.1,<2.4'
+fi
+"$superset_venv/bin/python" -c 'import importlib.metadata as m; print("apache-superset", m.version("apache-superset"), "sqlalchemy", m.version("sqlalchemy"))' >&2
 
 node_dir="$HOME/.cache/auditlake-node"
 if [ ! -d "$node_dir/node_modules/pg" ]; then

@@ -4,15 +4,17 @@ test the connection, add the database, add `audit_events` as a dataset, run
 an investigation in SQL Lab, and ask for a chart's data (events per day by
 action over the last 30 days).
 
-Usage: superset_client.py SQLALCHEMY_URI DATABASE_NAME ACTOR, with
-SUPERSET_CONFIG_PATH set. Prints what each step answered, one fact per line.
+Usage: superset_client.py SQLALCHEMY_URI DATABASE_NAME ACTOR CHART_ACTORS,
+with SUPERSET_CONFIG_PATH set: ACTOR is investigated in SQL Lab, the chart
+counts the events of CHART_ACTORS (comma-separated). Prints what each step
+answered, one fact per line.
 """
 import json
 import sys
 
 from superset.app import create_app
 
-URI, NAME, ACTOR = sys.argv[1], sys.argv[2], sys.argv[3]
+URI, NAME, ACTOR, CHART_ACTORS = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 
 app = create_app()
 client = app.test_client()
@@ -71,7 +73,7 @@ chart = call("POST", "/api/v1/chart/data", {
         "metrics": ["count"],
         "filters": [
             {"col": "time", "op": "TEMPORAL_RANGE", "val": "DATEADD(DATETIME(\"now\"), -30, day) : now"},
-            {"col": "category", "op": "NOT IN", "val": ["audit_access"]},
+            {"col": "actor_id", "op": "IN", "val": CHART_ACTORS},
         ],
         "orderby": [["count", False]],
         "row_limit": 1000,

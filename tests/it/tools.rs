@@ -3,7 +3,7 @@
 //! binary, as the admin and as an organisation's analyst, who must see only
 //! its organisation's rows through each: SQLAlchemy 2's full reflection
 //! (what Superset and Alembic run) over psycopg 3 and psycopg2; pgcli; dbt
-//! with dbt-postgres.
+//! with dbt-postgres; Apache Superset (database, dataset, SQL Lab, a chart).
 
 use std::process::Command;
 
@@ -193,5 +193,127 @@ async fn dbt_compiles_shows_ephemeral_models_and_runs_data_tests() {
         let expected: Vec<serde_json::Value> =
             orgs.iter().map(|(org, n)| serde_json::json!({"org_id": org, "events": n})).collect();
         assert_eq!(by_org, serde_json::Value::Array(expected), "{user}");
+    }
+}
+
+/// A program from the Superset venv `scripts/setup.sh` makes (Superset pins
+/// SQLAlchemy 1.4, so it has a venv of its own; override with
+/// `AUDITLAKE_SUPERSET_VENV`).
+fn superset_bin(name: &str) -> std::path::PathBuf {
+    let venv = std::env::var_os("AUDITLAKE_SUPERSET_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/auditlake-superset"));
+    let program = venv.join("bin").join(name);
+    assert!(program.exists(), "{} is missing: run `bash scripts/setup.sh` (scripts/test.sh does)", program.display());
+    program
+}
+
+/// A Superset instance's home: its config and its SQLite metadata database,
+/// set up as Superset's docs say, with the admin `admin`/`admin`. (SQLite
+/// metadata keeps one dataset per table name, so each user gets its own.)
+fn superset_home(home: &std::path::Path) -> impl Fn(&str) -> Command + '_ {
+    std::fs::create_dir_all(home).unwrap();
+    let config = home.join("superset_config.py");
+    std::fs::write(
+        &config,
+        format!(
+            "SECRET_KEY = 'auditlake-test-only-secret-key-0123456789'\n\
+             SQLALCHEMY_DATABASE_URI = 'sqlite:///{}'\n\
+             WTF_CSRF_ENABLED = False\n",
+            home.join("superset.db").display()
+        ),
+    )
+    .unwrap();
+    let superset = move |program: &str| {
+        let mut command = Command::new(superset_bin(program));
+        command.env("SUPERSET_CONFIG_PATH", home.join("superset_config.py")).env("SUPERSET_HOME", home);
+        command.env("FLASK_APP", "superset");
+        command
+    };
+    run(superset("superset").args(["db", "upgrade"]));
+    run(superset("superset").args(["fab", "create-admin", "--username", "admin", "--firstname", "Audit"]).args([
+        "--lastname",
+        "Lake",
+        "--email",
+        "admin@example.com",
+        "--password",
+        "admin",
+    ]));
+    run(superset("superset").arg("init"));
+    superset
+}
+
+/// Events the chart counts: days before today (UTC), organisation, actor, action.
+const CHART_EVENTS: [(i64, &str, &str, &str); 4] = [
+    (2, "acme", "chart-acme", "confluence.page.exported"),
+    (2, "acme", "chart-acme", "confluence.page.exported"),
+    (1, "acme", "chart-acme", "auth.login.failed"),
+    (3, "globex", "chart-globex", "jira.issue.viewed"),
+];
+
+#[tokio::test]
+#[ignore = "tier 2: needs Apache Superset from its venv (scripts/test.sh runs it)"]
+async fn superset_database_dataset_sql_lab_and_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data")).await;
+    let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let events: Vec<String> = CHART_EVENTS
+        .iter()
+        .enumerate()
+        .map(|(i, (days, org, actor, action))| {
+            let time = today - chrono::Duration::days(*days) + chrono::Duration::hours(10 + i as i64);
+            serde_json::json!({"id": format!("chart-{i}"), "time": time.to_rfc3339(), "org_id": org,
+                "actor_id": actor, "action": action})
+            .to_string()
+        })
+        .collect();
+    let (status, body) = crate::harness::post(&server.http(), &server.events_url(), events.join("\n")).await;
+    assert_eq!(status, 200, "{body}");
+
+    let chart_actors: Vec<&str> = CHART_EVENTS.iter().map(|(_, _, actor, _)| *actor).collect();
+    let sql_lab: Vec<String> = BY_ACTION.iter().map(|(action, n, _)| format!("('{action}', {n})")).collect();
+    for (user, orgs) in [(TEST_USER, &["acme", "globex"][..]), ("analyst", &["acme"][..])] {
+        let home = dir.path().join(format!("superset-{user}"));
+        let superset = superset_home(&home);
+        let uri = server.url_as(user).replace("postgres://", "postgresql+psycopg2://");
+        let out = run(superset("python").arg(format!("{CLIENTS}/superset_client.py")).args([
+            &uri,
+            &format!("auditlake-{user}"),
+            ACTOR,
+            &chart_actors.join(","),
+        ]));
+        // What Superset's own start-up prints is not the client's.
+        let facts: Vec<&str> =
+            out.lines().filter(|line| !line.starts_with("Loaded your LOCAL configuration")).collect();
+
+        // Events per day by action: what this user may see of the chart's events.
+        let mut points: Vec<(i64, &str, u32)> = Vec::new();
+        for (days, _, _, action) in CHART_EVENTS.iter().filter(|(_, org, _, _)| orgs.contains(org)) {
+            let day = (today - chrono::Duration::days(*days)).timestamp_millis();
+            match points.iter_mut().find(|(d, a, _)| *d == day && a == action) {
+                Some(point) => point.2 += 1,
+                None => points.push((day, action, 1)),
+            }
+        }
+        points.sort();
+        let points: Vec<String> =
+            points.iter().map(|(day, action, n)| format!("[{day}.0, \"{action}\", {n}]")).collect();
+        let expected = [
+            "test connection ok".to_string(),
+            "schemas ['public']".into(),
+            "tables ['audit_events']".into(),
+            "dataset columns 22 main time column time".into(),
+            "dataset column time TIMESTAMP WITH TIME ZONE temporal".into(),
+            "dataset column received_at TIMESTAMP WITH TIME ZONE temporal".into(),
+            "dataset column actor_id TEXT not temporal".into(),
+            "dataset column seq BIGINT not temporal".into(),
+            "dataset column outcome TEXT not temporal".into(),
+            "dataset column attributes TEXT not temporal".into(),
+            "dataset untyped []".into(),
+            "dataset metrics ['count']".into(),
+            format!("sql lab success [{}]", sql_lab.join(", ")),
+            format!("chart {} [{}]", points.len(), points.join(", ")),
+        ];
+        assert_eq!(facts, expected, "{user}");
     }
 }
