@@ -8,7 +8,28 @@
 use std::process::Command;
 
 use crate::clients::{ACTOR, BY_ACTION, CLIENTS, run, server};
-use crate::harness::{TEST_PASSWORD, TEST_USER, venv_bin};
+use crate::harness::{Server, TEST_PASSWORD, TEST_USER, venv_bin};
+
+/// Every statement the tools sent that failed, as the audit log recorded it
+/// (SQLSTATE, error, statement), one per line: a tool that works end to end
+/// may still have swallowed a failed catalog query. Records are written in
+/// the order statements finish, so a marker statement sent last and seen
+/// recorded means every earlier one is.
+fn failed_statements(server: &Server, marker: &str) -> String {
+    server.sql(&format!("select '{marker}' as marker")).unwrap();
+    let recorded = format!(
+        "select count(*) from audit_events where category = 'audit_access' and attributes->>'sql' = \
+         'select ''{marker}'' as marker'"
+    );
+    assert_eq!(server.sql_until(&recorded, "1\n"), "1\n");
+    server
+        .sql(
+            "select coalesce(attributes->>'sqlstate', '-') || ' ' || coalesce(attributes->>'error', '-') || ' in: ' \
+             || coalesce(attributes->>'sql', '-') from audit_events where category = 'audit_access' \
+             and action = 'audit_log.query' and outcome = 'failure' order by seq",
+        )
+        .unwrap()
+}
 
 /// What `sqlalchemy_reflection.py` prints for `user` through `driver`, when
 /// the user sees the organisations `orgs` (holding `events` events).
@@ -56,6 +77,7 @@ async fn sqlalchemy_full_reflection_over_psycopg_and_psycopg2() {
             assert_eq!(out, reflection_answers(driver, orgs, events), "{user} through {driver}");
         }
     }
+    assert_eq!(failed_statements(&server, "after-sqlalchemy"), "");
 }
 
 /// What `pgcli_client.py` prints for a user who sees `orgs`.
@@ -121,6 +143,7 @@ async fn pgcli_completion_refresh_meta_commands_and_an_investigation() {
             assert!(printed.contains(expected), "{user}: {expected:?} in\n{printed}");
         }
     }
+    assert_eq!(failed_statements(&server, "after-pgcli"), "");
 }
 
 /// A program from the dbt venv `scripts/setup.sh` makes (dbt pins its own
@@ -194,6 +217,7 @@ async fn dbt_compiles_shows_ephemeral_models_and_runs_data_tests() {
             orgs.iter().map(|(org, n)| serde_json::json!({"org_id": org, "events": n})).collect();
         assert_eq!(by_org, serde_json::Value::Array(expected), "{user}");
     }
+    assert_eq!(failed_statements(&server, "after-dbt"), "");
 }
 
 /// A program from the Superset venv `scripts/setup.sh` makes (Superset pins
@@ -316,4 +340,5 @@ async fn superset_database_dataset_sql_lab_and_chart() {
         ];
         assert_eq!(facts, expected, "{user}");
     }
+    assert_eq!(failed_statements(&server, "after-superset"), "");
 }
