@@ -108,6 +108,9 @@ enum Pg15Column {
     /// served as the array, so `attnum = ANY(conkey)` and `unnest(conkey)`
     /// plan, and clients read `{2,3}` as PostgreSQL writes it.
     Int2Array { name: &'static str },
+    /// A column only later versions have: a PostgreSQL 15 client never asks
+    /// for it, and `select *` would answer a column PostgreSQL 15 does not.
+    Later { name: &'static str },
 }
 
 fn text() -> DataType {
@@ -121,7 +124,39 @@ fn text_array() -> DataType {
 
 /// The emulated tables whose columns differ from PostgreSQL 15's, by
 /// table. SQLAlchemy's index reflection reads `pg_class.reloptions`.
-const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 6] = [
+const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 12] = [
+    (
+        "pg_auth_members",
+        &[
+            Pg15Column::Later { name: "oid" },
+            Pg15Column::Later { name: "inherit_option" },
+            Pg15Column::Later { name: "set_option" },
+        ],
+    ),
+    ("pg_namespace", &[Pg15Column::Later { name: "options" }]),
+    ("pg_replication_slots", &[Pg15Column::Later { name: "conflicting" }]),
+    ("pg_stat_gssapi", &[Pg15Column::Later { name: "credentials_delegated" }]),
+    (
+        "pg_stat_user_tables",
+        &[
+            Pg15Column::Later { name: "last_seq_scan" },
+            Pg15Column::Later { name: "last_idx_scan" },
+            Pg15Column::Later { name: "n_tup_newpage_upd" },
+            Pg15Column::Later { name: "total_vacuum_time" },
+            Pg15Column::Later { name: "total_autovacuum_time" },
+            Pg15Column::Later { name: "total_analyze_time" },
+            Pg15Column::Later { name: "total_autoanalyze_time" },
+        ],
+    ),
+    (
+        "pg_subscription",
+        &[
+            Pg15Column::Later { name: "subpasswordrequired" },
+            Pg15Column::Later { name: "subrunasowner" },
+            Pg15Column::Later { name: "subfailover" },
+            Pg15Column::Later { name: "suborigin" },
+        ],
+    ),
     (
         "pg_class",
         &[
@@ -129,10 +164,23 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 6] = [
             Pg15Column::Missing { name: "reloptions", after: "relacl", data_type: text_array },
         ],
     ),
-    ("pg_collation", &[Pg15Column::Renamed { emulated: "colllocale", pg15: "colliculocale" }]),
+    (
+        "pg_collation",
+        &[
+            Pg15Column::Renamed { emulated: "colllocale", pg15: "colliculocale" },
+            Pg15Column::Later { name: "collicurules" },
+        ],
+    ),
     // SQLAlchemy 1.4 (Superset) reflects unique constraints with `ANY(conkey)`.
     ("pg_constraint", &[Pg15Column::Int2Array { name: "conkey" }, Pg15Column::Int2Array { name: "confkey" }]),
-    ("pg_database", &[Pg15Column::Missing { name: "datcollversion", after: "datctype", data_type: text }]),
+    (
+        "pg_database",
+        &[
+            Pg15Column::Missing { name: "datcollversion", after: "datctype", data_type: text },
+            Pg15Column::Later { name: "datlastsysoid" },
+            Pg15Column::Later { name: "daticurules" },
+        ],
+    ),
     ("pg_settings", &[Pg15Column::Renamed { emulated: "bool_val", pg15: "boot_val" }]),
     ("pg_tables", &[Pg15Column::Renamed { emulated: "hasindex", pg15: "hasindexes" }]),
 ];
@@ -173,6 +221,12 @@ fn as_pg15(
     let mut columns: Vec<Expr> = Vec::with_capacity(schema.fields().len() + differences.len());
     let mut names: Vec<&str> = Vec::with_capacity(columns.capacity());
     for field in schema.fields() {
+        let later = differences
+            .iter()
+            .any(|difference| matches!(difference, Pg15Column::Later { name } if name == field.name()));
+        if later {
+            continue;
+        }
         let renamed = differences.iter().find_map(|difference| match difference {
             Pg15Column::Renamed { emulated, pg15 } if emulated == field.name() => Some(*pg15),
             _ => None,
@@ -184,7 +238,12 @@ fn as_pg15(
         if as_array {
             column = INT2_ARRAY.call(vec![column]);
         }
-        columns.push(column.alias(renamed.unwrap_or(field.name())));
+        if as_array || renamed.is_some() {
+            // What the field carries (the emulation marks oid columns) stays.
+            let metadata = datafusion::common::metadata::FieldMetadata::new_from_field(field);
+            column = column.alias_with_metadata(renamed.unwrap_or(field.name()), Some(metadata));
+        }
+        columns.push(column);
         names.push(renamed.unwrap_or(field.name()));
         // A missing column may follow another missing one.
         while let Some((name, data_type)) = differences.iter().find_map(|difference| match difference {

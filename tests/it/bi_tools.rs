@@ -119,3 +119,178 @@ async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
     let answers: Vec<(String, bool)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
     assert_eq!(answers, [("int4".to_string(), false), ("_int4".to_string(), true)]);
 }
+
+/// A throwaway PostgreSQL 15 (the version the endpoint emulates) on
+/// loopback, from `scripts/setup.sh`'s Debian package, run as `postgres`
+/// when the tests run as root (PostgreSQL refuses root).
+struct Postgres15 {
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+const PG15_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl Postgres15 {
+    fn command(&self, program: &str) -> std::process::Command {
+        let program = format!("{PG15_BIN}/{program}");
+        if self.as_postgres {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", &program]);
+            command
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    fn start() -> Postgres15 {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let pg = Postgres15 { dir, port, as_postgres };
+        let data = pg.dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        if as_postgres {
+            let chown = std::process::Command::new("chown").args(["-R", "postgres"]).arg(pg.dir.path()).status();
+            assert!(chown.unwrap().success());
+        }
+        let ok = |command: &mut std::process::Command| {
+            let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+            assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ok(pg.command("initdb").arg("-D").arg(&data).args(["-U", "auditlake", "--auth=trust"]));
+        ok(pg.command("pg_ctl").arg("-D").arg(&data).arg("-l").arg(pg.dir.path().join("log")).args([
+            "-w",
+            "start",
+            "-o",
+            &format!("-c listen_addresses=127.0.0.1 -p {port} -k {}", pg.dir.path().display()),
+        ]));
+        pg
+    }
+
+    async fn connect(&self, database: &str) -> tokio_postgres::Client {
+        let url = format!("postgres://auditlake@127.0.0.1:{}/{database}", self.port);
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for Postgres15 {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["stop", "-m", "immediate"])
+            .output();
+    }
+}
+
+/// What a statement answers, in the terms compared: its columns' names and
+/// types, or that it failed.
+fn shape(statement: &Result<tokio_postgres::Statement, tokio_postgres::Error>) -> String {
+    match statement {
+        Ok(statement) => {
+            let columns: Vec<String> =
+                statement.columns().iter().map(|c| format!("{} {}", c.name(), c.type_().name())).collect();
+            format!("[{}]", columns.join(", "))
+        }
+        Err(_) => "an error".to_string(),
+    }
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs the PostgreSQL 15 server (scripts/test.sh runs it)"]
+async fn bi_tool_transcripts_answer_in_postgresqls_shapes_and_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "analyst", &["--org", "acme"]);
+    let server = Server::start(&data, &[]);
+    let auditlake = server.pg_as("analyst").await.unwrap();
+
+    // The same table in PostgreSQL, column for column as auditlake describes it.
+    let pg = Postgres15::start();
+    pg.connect("postgres").await.simple_query("create database auditlake").await.unwrap();
+    let postgres = pg.connect("auditlake").await;
+    let columns = auditlake
+        .query(
+            "select a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull from pg_catalog.pg_attribute a \
+             join pg_catalog.pg_class c on a.attrelid = c.oid where c.relname = 'audit_events' and a.attnum > 0 \
+             order by a.attnum",
+            &[],
+        )
+        .await
+        .unwrap();
+    let definitions: Vec<String> = columns
+        .iter()
+        .map(|row| {
+            let not_null = if row.get::<_, bool>(2) { " not null" } else { "" };
+            format!("\"{}\" {}{not_null}", row.get::<_, String>(0), row.get::<_, String>(1))
+        })
+        .collect();
+    assert_eq!(definitions.len(), 22, "{definitions:?}");
+    postgres.simple_query(&format!("create table audit_events ({})", definitions.join(", "))).await.unwrap();
+
+    let tests = datafusion_postgres_dir().join("tests");
+    let mut compared = 0;
+    let mut differences = Vec::new();
+    for tool in ["dbeaver", "grafana", "metabase", "pgadmin"] {
+        let source = std::fs::read_to_string(tests.join(format!("{tool}.rs"))).unwrap();
+        for query in transcript(&source) {
+            let (ours, theirs) = (auditlake.prepare(&query).await, postgres.prepare(&query).await);
+            if let (Err(ours), Err(theirs)) = (&ours, &theirs) {
+                // Both refuse (several statements in one string cannot be
+                // prepared): compare the simple protocol's column names.
+                let names = |messages: Result<Vec<tokio_postgres::SimpleQueryMessage>, _>| match messages {
+                    Ok(messages) => messages
+                        .iter()
+                        .find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                                Some(row.columns().iter().map(|c| c.name().to_string()).collect::<Vec<_>>())
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or_default(),
+                    Err(e) => vec![format!("error {e}")],
+                };
+                let (ours_named, theirs_named) =
+                    (names(auditlake.simple_query(&query).await), names(postgres.simple_query(&query).await));
+                if ours_named != theirs_named {
+                    differences.push(format!(
+                        "{tool} sent:\n{query}\nauditlake: {ours_named:?}\nPostgreSQL: {theirs_named:?}"
+                    ));
+                }
+            } else if shape(&ours) != shape(&theirs) {
+                differences.push(format!(
+                    "{tool} sent:\n{query}\nauditlake: {}\nPostgreSQL: {}",
+                    shape(&ours),
+                    shape(&theirs)
+                ));
+            }
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "compared {compared} statements");
+
+    // Where auditlake still answers otherwise, each difference is written
+    // down (a ratchet: a new difference fails, and so does one that went
+    // away without being struck from the list). `AUDITLAKE_BLESS=1` rewrites it.
+    let known_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pg15_differences.txt");
+    let found = differences.join("\n\n====\n\n");
+    if std::env::var_os("AUDITLAKE_BLESS").is_some() {
+        std::fs::write(known_path, format!("{found}\n")).unwrap();
+    }
+    let known = std::fs::read_to_string(known_path).unwrap();
+    let known: Vec<&str> = known.trim_end().split("\n\n====\n\n").filter(|d| !d.is_empty()).collect();
+    let new: Vec<&String> = differences.iter().filter(|d| !known.contains(&d.as_str())).collect();
+    let gone: Vec<&&str> = known.iter().filter(|k| !differences.iter().any(|d| d == *k)).collect();
+    assert!(
+        new.is_empty() && gone.is_empty(),
+        "{} of {compared} statements differ from PostgreSQL 15.\nNew:\n{new:#?}\nNo longer (strike from {known_path}):\n{gone:#?}",
+        differences.len()
+    );
+}
