@@ -261,6 +261,23 @@ fn timeout_value(value: &Expr) -> Result<Option<Duration>, String> {
     Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
+/// The column PostgreSQL names a `SHOW`'s answer, which clients on the
+/// extended protocol (JDBC: DBeaver, Metabase) see when they describe it
+/// before running it: the setting's own name (`TimeZone`, `search_path`,
+/// `transaction_isolation`). `SHOW ALL` is left to datafusion-postgres.
+fn show_column(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> Option<String> {
+    let words: Vec<String> = variable.iter().map(|ident| ident.value.to_ascii_lowercase()).collect();
+    let name = match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["all"] | [] => return None,
+        ["time", "zone"] | ["timezone"] => "TimeZone".to_string(),
+        ["transaction", "isolation", "level"] => "transaction_isolation".to_string(),
+        ["datestyle"] => "DateStyle".to_string(),
+        ["intervalstyle"] => "IntervalStyle".to_string(),
+        _ => words.join("_"),
+    };
+    Some(name)
+}
+
 fn one_text_row(name: &str, value: &str) -> PgWireResult<QueryResponse> {
     let fields = Arc::new(vec![FieldInfo::new(name.into(), None, None, Type::VARCHAR, FieldFormat::Text)]);
     let mut encoder = DataRowEncoder::new(Arc::clone(&fields));
@@ -286,6 +303,15 @@ impl QueryHook for SettingsHook {
         session_context: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
+        if let Statement::ShowVariable { variable } = statement {
+            return show_column(variable).map(|name| {
+                let field =
+                    datafusion::arrow::datatypes::Field::new(name, datafusion::arrow::datatypes::DataType::Utf8, true);
+                let schema = DFSchema::from_unqualified_fields(vec![field].into(), Default::default())
+                    .map_err(|e| pgwire::error::PgWireError::ApiError(Box::new(e)))?;
+                Ok(LogicalPlan::EmptyRelation(EmptyRelation { produce_one_row: true, schema: Arc::new(schema) }))
+            });
+        }
         let Statement::Set(set) = statement else { return None };
         match self.decide(set, session_context) {
             Decision::Refused { code, message } => Some(Err(statement_error(code, message))),
