@@ -19,7 +19,7 @@
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Int16Builder, ListBuilder};
+use datafusion::arrow::array::{ListBuilder, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::cast::as_string_array;
@@ -104,10 +104,10 @@ enum Pg15Column {
     /// NULL (no access list, no options, no version recorded), placed where
     /// PostgreSQL places it.
     Missing { name: &'static str, after: &'static str, data_type: fn() -> DataType },
-    /// PostgreSQL has an `int2[]` where the emulation keeps text (`"[2, 3]"`):
+    /// PostgreSQL has an array where the emulation keeps text (`"[2, 3]"`):
     /// served as the array, so `attnum = ANY(conkey)` and `unnest(conkey)`
     /// plan, and clients read `{2,3}` as PostgreSQL writes it.
-    Int2Array { name: &'static str },
+    Array { name: &'static str, element: fn() -> DataType },
     /// A column only later versions have: a PostgreSQL 15 client never asks
     /// for it, and `select *` would answer a column PostgreSQL 15 does not.
     Later { name: &'static str },
@@ -117,6 +117,15 @@ fn text() -> DataType {
     DataType::Utf8
 }
 
+fn int2() -> DataType {
+    DataType::Int16
+}
+
+/// Oids are `int4` in the emulation.
+fn oid() -> DataType {
+    DataType::Int32
+}
+
 /// `text[]`, and `aclitem[]` (whose elements clients read as text).
 fn text_array() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
@@ -124,7 +133,7 @@ fn text_array() -> DataType {
 
 /// The emulated tables whose columns differ from PostgreSQL 15's, by
 /// table. SQLAlchemy's index reflection reads `pg_class.reloptions`.
-const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 12] = [
+const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
     (
         "pg_auth_members",
         &[
@@ -172,7 +181,20 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 12] = [
         ],
     ),
     // SQLAlchemy 1.4 (Superset) reflects unique constraints with `ANY(conkey)`.
-    ("pg_constraint", &[Pg15Column::Int2Array { name: "conkey" }, Pg15Column::Int2Array { name: "confkey" }]),
+    (
+        "pg_constraint",
+        &[Pg15Column::Array { name: "conkey", element: int2 }, Pg15Column::Array { name: "confkey", element: int2 }],
+    ),
+    // psql's `\d` asks `'d' = any(stxkind)` and `oid = any(polroles)`.
+    ("pg_statistic_ext", &[Pg15Column::Array { name: "stxkind", element: text }]),
+    ("pg_policy", &[Pg15Column::Array { name: "polroles", element: oid }]),
+    (
+        "pg_settings",
+        &[
+            Pg15Column::Renamed { emulated: "bool_val", pg15: "boot_val" },
+            Pg15Column::Array { name: "enumvals", element: text },
+        ],
+    ),
     (
         "pg_database",
         &[
@@ -181,7 +203,6 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 12] = [
             Pg15Column::Later { name: "daticurules" },
         ],
     ),
-    ("pg_settings", &[Pg15Column::Renamed { emulated: "bool_val", pg15: "boot_val" }]),
     ("pg_tables", &[Pg15Column::Renamed { emulated: "hasindex", pg15: "hasindexes" }]),
 ];
 
@@ -232,11 +253,17 @@ fn as_pg15(
             _ => None,
         });
         let mut column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
-        let as_array = differences
-            .iter()
-            .any(|difference| matches!(difference, Pg15Column::Int2Array { name } if name == field.name()));
-        if as_array {
-            column = INT2_ARRAY.call(vec![column]);
+        let element = differences.iter().find_map(|difference| match difference {
+            Pg15Column::Array { name, element } if name == field.name() => Some(element()),
+            _ => None,
+        });
+        let as_array = element.is_some();
+        if let Some(element) = element {
+            let elements = TEXT_ARRAY.call(vec![column]);
+            column = datafusion::logical_expr::cast(
+                elements,
+                DataType::List(Arc::new(Field::new_list_field(element, true))),
+            );
         }
         if as_array || renamed.is_some() {
             // What the field carries (the emulation marks oid columns) stays.
@@ -258,26 +285,27 @@ fn as_pg15(
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
 
-/// `auditlake_int2_array(text)`: the numbers of an array the emulation keeps
-/// as text (`"[2, 20, 3]"`), as an `int2[]`; NULL stays NULL.
-static INT2_ARRAY: LazyLock<ScalarUDF> = LazyLock::new(|| {
+/// `auditlake_text_array(text)`: the elements of an array the emulation
+/// keeps as text (`"[2, 20, 3]"`, `"{d,f}"`), as a `text[]` (cast on to the
+/// element's type); NULL stays NULL.
+static TEXT_ARRAY: LazyLock<ScalarUDF> = LazyLock::new(|| {
     create_udf(
-        "auditlake_int2_array",
+        "auditlake_text_array",
         vec![DataType::Utf8],
-        DataType::List(Arc::new(Field::new_list_field(DataType::Int16, true))),
+        DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
         Volatility::Immutable,
         Arc::new(|args: &[ColumnarValue]| {
             let texts = ColumnarValue::values_to_arrays(args)?;
             let texts = as_string_array(&texts[0])?;
-            let mut arrays = ListBuilder::new(Int16Builder::new());
+            let mut arrays = ListBuilder::new(StringBuilder::new());
             for text in texts.iter() {
                 match text {
                     Some(text) => {
-                        for number in text.split(|c: char| !c.is_ascii_digit() && c != '-').filter(|n| !n.is_empty()) {
-                            let number = number.parse::<i16>().map_err(|e| {
-                                DataFusionError::Execution(format!("catalog array {text:?} holds {number:?}: {e}"))
-                            })?;
-                            arrays.values().append_value(number);
+                        let inside = text.trim().trim_start_matches(['[', '{']).trim_end_matches([']', '}']);
+                        for element in inside.split(',').map(|e| e.trim().trim_matches(['\'', '"'])) {
+                            if !element.is_empty() {
+                                arrays.values().append_value(element);
+                            }
                         }
                         arrays.append(true);
                     }

@@ -574,9 +574,9 @@ mod tests {
             "SELECT unnest(CAST(string_to_array(i.indkey, ' ') AS SMALLINT[])) AS k, \
              unnest(CASE WHEN $1::INTEGER = 1 THEN generate_series(0, \
              CAST(array_length(CAST(string_to_array(i.indkey, ' ') AS SMALLINT[]), 1) AS BIGINT) - 1) END) AS o, \
-             unnest(c.conkey) FROM pg_catalog.pg_index i"
+             unnest(c.conkey) AS \"unnest\" FROM pg_catalog.pg_index i"
         );
-        assert_eq!(restate_postgres_forms("select unnest(tags) from audit_events"), None);
+        assert_eq!(restate_postgres_forms("select unnest(tags) as tag from audit_events"), None);
         assert_eq!(
             restate_postgres_forms(
                 "select a.attname from pg_attribute a join pg_index ix on a.attnum = ANY(ix.indkey)"
@@ -588,12 +588,13 @@ mod tests {
         // SQLAlchemy's index reflection: operator classes are an oidvector.
         assert_eq!(
             restate_postgres_forms("select unnest(pg_catalog.pg_index.indclass) from pg_catalog.pg_index").unwrap(),
-            "SELECT unnest(CAST(string_to_array(pg_catalog.pg_index.indclass, ' ') AS INT[])) FROM pg_catalog.pg_index"
+            "SELECT unnest(CAST(string_to_array(pg_catalog.pg_index.indclass, ' ') AS INT[])) AS \"unnest\" \
+             FROM pg_catalog.pg_index"
         );
         assert_eq!(
             restate_postgres_forms("SELECT typinput='pg_catalog.array_in'::regproc AS a, 'x'::regproc <> t.typoutput")
                 .unwrap(),
-            "SELECT typinput = 'array_in' AS a, 'x' <> t.typoutput"
+            "SELECT typinput = 'array_in' AS a, 'x' <> t.typoutput AS \"?column?\""
         );
         assert_eq!(
             restate_postgres_forms(
@@ -601,8 +602,8 @@ mod tests {
                  from pg_proc"
             )
             .unwrap(),
-            "SELECT format_type(prorettype, NULL), auditlake_regtype_names(COALESCE(proallargtypes, proargtypes)) \
-             FROM pg_proc"
+            "SELECT format_type(prorettype, NULL) AS \"prorettype\", \
+             auditlake_regtype_names(COALESCE(proallargtypes, proargtypes)) AS \"coalesce\" FROM pg_proc"
         );
         assert_eq!(
             client_sql("select indkey from pg_catalog.pg_index").unwrap(),
@@ -620,15 +621,35 @@ mod tests {
                 "SELECT 1 FROM t WHERE time >= TO_TIMESTAMP('2026-11-04 00:00:00.000000', 'YYYY-MM-DD HH24:MI:SS.US')"
             )
             .unwrap(),
-            "SELECT 1 FROM t WHERE time >= to_timestamp('2026-11-04 00:00:00.000000', '%Y-%m-%d %H:%M:%S.%6f')"
+            "SELECT 1 AS \"?column?\" FROM t WHERE time >= \
+             to_timestamp('2026-11-04 00:00:00.000000', '%Y-%m-%d %H:%M:%S.%6f')"
         );
-        assert_eq!(restate_postgres_forms("select to_timestamp(x, '%Y') from t"), None);
+        assert_eq!(restate_postgres_forms("select to_timestamp(x, '%Y') as y from t"), None);
         // The parsed instant: chrono reads the restated template as PostgreSQL reads its own.
         let parsed = chrono::NaiveDateTime::parse_from_str(
             "2026-11-04 01:02:03.000450",
             &chrono_format("YYYY-MM-DD HH24:MI:SS.US"),
         );
         assert_eq!(parsed.unwrap().to_string(), "2026-11-04 01:02:03.000450");
+    }
+
+    #[test]
+    fn result_columns_are_named_as_postgresql_names_them() {
+        let named = |sql: &str| restate_postgres_forms(sql);
+        assert_eq!(
+            named("select action, count(*), max(time)::date, CASE WHEN true THEN 1 END, 1 + 1 from audit_events")
+                .unwrap(),
+            "SELECT action, count(*) AS \"count\", max(time)::DATE AS \"max\", \
+             CASE WHEN true THEN 1 END AS \"case\", 1 + 1 AS \"?column?\" FROM audit_events"
+        );
+        assert_eq!(
+            named("SELECT '1'::integer, COUNT(*) AS n").unwrap(),
+            "SELECT '1'::INTEGER AS \"int4\", COUNT(*) AS n"
+        );
+        // Names that would repeat, or hide behind a `*`, are left to DataFusion.
+        assert_eq!(named("select count(*), count(distinct actor_id) from audit_events"), None);
+        assert_eq!(named("select *, lower(action) from audit_events"), None);
+        assert_eq!(named("select actor_id from audit_events"), None);
     }
 
     #[test]
@@ -687,11 +708,20 @@ fn restate_postgres_forms(sql: &str) -> Option<String> {
     let lower = sql.to_ascii_lowercase();
     let vectors = VECTOR_COLUMNS.iter().any(|(column, _)| lower.contains(column))
         && (lower.contains("unnest") || lower.contains("generate_subscripts") || lower.contains("any"));
-    if !vectors && !lower.contains("regproc") && !lower.contains("regtype") && !lower.contains("to_timestamp") {
+    let forms = vectors || lower.contains("regproc") || lower.contains("regtype") || lower.contains("to_timestamp");
+    // Only an expression (a call, a cast, a CASE) gets a name of its own.
+    let names = lower.contains('(') || lower.contains("::") || lower.contains("case");
+    if !forms && !names {
         return None;
     }
     let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    // Named from what the client wrote, before anything below restates it.
     let mut restated = false;
+    if names {
+        for statement in &mut statements {
+            restated |= name_columns_as_postgres(statement);
+        }
+    }
     let _ = visit_expressions_mut(&mut statements, |expr| {
         if let Some(by_type) = int2vector_function(expr)
             .or_else(|| regproc_by_name(expr))
@@ -776,6 +806,105 @@ fn chrono_format(template: &str) -> String {
         }
     }
     out
+}
+
+/// Gives each unaliased expression of a query's result the name PostgreSQL
+/// gives it (`count`, `current_schema`, `?column?`; DataFusion would say
+/// `count(*)`), so clients that read columns by name (JDBC, pandas, BI
+/// tools) find them. Left alone when the names would repeat (PostgreSQL
+/// allows that, DataFusion refuses it) or a `*` hides what else is named.
+/// Returns whether a name was given.
+fn name_columns_as_postgres(statement: &mut Statement) -> bool {
+    let Statement::Query(query) = statement else { return false };
+    let mut body = query.body.as_mut();
+    // A set operation takes its names from its first branch.
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left.as_mut();
+    }
+    let SetExpr::Select(select) = body else { return false };
+    let mut names = Vec::with_capacity(select.projection.len());
+    let mut given = Vec::new();
+    for (at, item) in select.projection.iter().enumerate() {
+        match item {
+            SelectItem::UnnamedExpr(SqlExpr::Identifier(ident)) => names.push(folded(ident)),
+            SelectItem::UnnamedExpr(SqlExpr::CompoundIdentifier(parts)) => {
+                names.push(parts.last().map(folded).unwrap_or_default())
+            }
+            SelectItem::UnnamedExpr(expr) => {
+                let (name, _) = postgres_column_name(expr);
+                names.push(name.clone());
+                given.push((at, name));
+            }
+            SelectItem::ExprWithAlias { alias, .. } => names.push(folded(alias)),
+            _ => return false,
+        }
+    }
+    let unique: HashSet<&String> = names.iter().collect();
+    if given.is_empty() || unique.len() != names.len() {
+        return false;
+    }
+    for (at, name) in given {
+        let SelectItem::UnnamedExpr(expr) = &select.projection[at] else { unreachable!("collected above") };
+        let alias = datafusion::sql::sqlparser::ast::Ident::with_quote('"', name);
+        select.projection[at] = SelectItem::ExprWithAlias { expr: expr.clone(), alias };
+    }
+    true
+}
+
+/// An identifier as PostgreSQL reads it: folded to lower case unless quoted.
+fn folded(ident: &datafusion::sql::sqlparser::ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// PostgreSQL's name for an unaliased expression (its `FigureColname`), and
+/// how firmly: 2 a name of its own (a column, a function, `case`), 1 a
+/// cast's type, 0 none (`?column?`). A cast keeps its operand's name when
+/// that holds firmly, else takes its type's.
+fn postgres_column_name(expr: &SqlExpr) -> (String, u8) {
+    match expr {
+        SqlExpr::Identifier(ident) => (folded(ident), 2),
+        SqlExpr::CompoundIdentifier(parts) => (parts.last().map(folded).unwrap_or_default(), 2),
+        SqlExpr::Function(function) => match function.name.0.last().and_then(|part| part.as_ident()) {
+            Some(ident) => (folded(ident), 2),
+            None => ("?column?".into(), 0),
+        },
+        SqlExpr::Cast { expr, data_type, .. } => match postgres_column_name(expr) {
+            (name, 2) => (name, 2),
+            _ => (postgres_type_name(&data_type.to_string()), 1),
+        },
+        SqlExpr::Nested(inner) => postgres_column_name(inner),
+        SqlExpr::Case { .. } => ("case".into(), 2),
+        SqlExpr::Array(_) => ("array".into(), 2),
+        SqlExpr::Exists { .. } => ("exists".into(), 2),
+        _ => ("?column?".into(), 0),
+    }
+}
+
+/// The name PostgreSQL uses for a type written in SQL (`integer` is `int4`).
+fn postgres_type_name(written: &str) -> String {
+    let lower = written.to_ascii_lowercase();
+    let base = lower.trim_start_matches("pg_catalog.").trim_end_matches("[]");
+    let base = base.split('(').next().unwrap_or(base).trim();
+    match base {
+        "int" | "integer" | "int4" => "int4",
+        "bigint" | "int8" => "int8",
+        "smallint" | "int2" => "int2",
+        "boolean" | "bool" => "bool",
+        "real" | "float4" => "float4",
+        "double precision" | "float8" | "double" => "float8",
+        "decimal" | "numeric" => "numeric",
+        "character varying" | "varchar" => "varchar",
+        "character" | "char" => "bpchar",
+        "timestamp with time zone" | "timestamptz" => "timestamptz",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "time with time zone" | "timetz" => "timetz",
+        "time" | "time without time zone" => "time",
+        other => other,
+    }
+    .to_string()
 }
 
 fn is_cast_to(expr: &SqlExpr, type_name: &str) -> bool {
