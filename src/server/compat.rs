@@ -652,6 +652,17 @@ mod tests {
         assert_eq!(named("select actor_id from audit_events"), None);
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, restating it never panics, and a time
+        /// template always comes out as some chrono format.
+        #[test]
+        fn restating_any_text_never_panics(sql in "\\PC{0,120}", template in "\\PC{0,40}") {
+            let _ = restate_postgres_forms(&sql);
+            let _ = restate_postgres_forms(&format!("select to_timestamp(t, '{}') from x", template.replace('\'', "''")));
+            let _ = chrono_format(&template);
+        }
+    }
+
     #[test]
     fn like_patterns_move_to_the_backslash_escape() {
         assert_eq!(pattern_for_backslash("pg/_%", '/'), "pg\\_%");
