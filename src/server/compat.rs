@@ -221,16 +221,32 @@ impl AnalyzerRule for UntypedLiteralsRule {
     }
 }
 
-/// `json_build_object(k1, v1, ...)`: a JSON object of the pairs, as text
-/// (SQLAlchemy's column introspection asks for it).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonBuildObject {
+/// A function of any arguments that answers text, known by its name: the
+/// shape of the catalog functions clients call that DataFusion lacks.
+#[derive(Debug)]
+struct TextFunction {
+    name: &'static str,
     signature: Signature,
+    invoke: fn(ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue>,
 }
 
-impl ScalarUDFImpl for JsonBuildObject {
+impl PartialEq for TextFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TextFunction {}
+
+impl std::hash::Hash for TextFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for TextFunction {
     fn name(&self) -> &str {
-        "json_build_object"
+        self.name
     }
 
     fn signature(&self) -> &Signature {
@@ -242,23 +258,37 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        if !args.args.len().is_multiple_of(2) {
-            return plan_err!("json_build_object takes pairs of keys and values, got {} arguments", args.args.len());
-        }
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let objects = (0..args.number_rows)
-            .map(|row| {
-                let mut object = serde_json::Map::new();
-                for pair in arrays.chunks(2) {
-                    let key = ScalarValue::try_from_array(&pair[0], row)?;
-                    let value = ScalarValue::try_from_array(&pair[1], row)?;
-                    object.insert(json_text(&key), json_value(&value));
-                }
-                Ok(Some(serde_json::Value::Object(object).to_string()))
-            })
-            .collect::<datafusion::error::Result<StringArray>>()?;
-        Ok(ColumnarValue::Array(Arc::new(objects)))
+        (self.invoke)(args)
     }
+}
+
+fn text_function(
+    name: &'static str,
+    volatility: Volatility,
+    invoke: fn(ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue>,
+) -> ScalarUDF {
+    ScalarUDF::from(TextFunction { name, signature: Signature::variadic_any(volatility), invoke })
+}
+
+/// `json_build_object(k1, v1, ...)`: a JSON object of the pairs, as text
+/// (SQLAlchemy's column introspection asks for it).
+fn json_build_object(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    if !args.args.len().is_multiple_of(2) {
+        return plan_err!("json_build_object takes pairs of keys and values, got {} arguments", args.args.len());
+    }
+    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+    let objects = (0..args.number_rows)
+        .map(|row| {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?;
+                let value = ScalarValue::try_from_array(&pair[1], row)?;
+                object.insert(json_text(&key), json_value(&value));
+            }
+            Ok(Some(serde_json::Value::Object(object).to_string()))
+        })
+        .collect::<datafusion::error::Result<StringArray>>()?;
+    Ok(ColumnarValue::Array(Arc::new(objects)))
 }
 
 fn json_text(value: &ScalarValue) -> String {
@@ -302,30 +332,11 @@ fn pg_get_serial_sequence() -> ScalarUDF {
 /// definition for its own tables' indexes; PostgreSQL also answers NULL for
 /// an oid that is not an index it knows. SQLAlchemy's index reflection calls
 /// it for expression columns only.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PgGetIndexdef {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for PgGetIndexdef {
-    fn name(&self) -> &str {
-        "pg_get_indexdef"
+fn pg_get_indexdef(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    if !matches!(args.args.len(), 1 | 3) {
+        return plan_err!("pg_get_indexdef takes an index oid, or an oid, a column number and a flag");
     }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        if !matches!(args.args.len(), 1 | 3) {
-            return plan_err!("pg_get_indexdef takes an index oid, or an oid, a column number and a flag");
-        }
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
-    }
+    Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
 }
 
 /// `auditlake_regtype_names(vector)`: the type names of an oid vector the
@@ -405,55 +416,36 @@ const SERVER_SETTINGS: [(&str, &str); 13] = [
 /// connection, which a function cannot see: those are refused with a pointer
 /// to `SHOW`, rather than answered with a default the session may have
 /// changed. An unknown name is PostgreSQL's 42704, or NULL when `missing_ok`.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct CurrentSetting {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for CurrentSetting {
-    fn name(&self) -> &str {
-        "current_setting"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let (names, missing_ok) = match arrays.as_slice() {
-            [names] => (names, None),
-            [names, missing_ok] => (names, Some(missing_ok)),
-            _ => return plan_err!("current_setting takes a setting's name and, optionally, missing_ok"),
-        };
-        let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
-        let missing_ok = missing_ok.map(|m| datafusion::arrow::compute::cast(m, &DataType::Boolean)).transpose()?;
-        let missing_ok = missing_ok.as_ref().map(|m| datafusion::common::cast::as_boolean_array(m)).transpose()?;
-        let values = as_string_array(&names)?
-            .iter()
-            .enumerate()
-            .map(|(row, name)| {
-                let Some(name) = name else { return Ok(None) };
-                if let Some((_, value)) = SERVER_SETTINGS.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) {
-                    return Ok(Some(value.to_string()));
-                }
-                if super::settings::is_session_setting(name) {
-                    return datafusion::common::not_impl_err!(
-                        "current_setting('{name}') is not supported: the session's value is what SHOW {name} answers"
-                    );
-                }
-                match missing_ok {
-                    Some(missing_ok) if missing_ok.value(row) => Ok(None),
-                    _ => plan_err!("unrecognized configuration parameter \"{name}\""),
-                }
-            })
-            .collect::<datafusion::error::Result<StringArray>>()?;
-        Ok(ColumnarValue::Array(Arc::new(values)))
-    }
+fn current_setting(args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+    let (names, missing_ok) = match arrays.as_slice() {
+        [names] => (names, None),
+        [names, missing_ok] => (names, Some(missing_ok)),
+        _ => return plan_err!("current_setting takes a setting's name and, optionally, missing_ok"),
+    };
+    let names = datafusion::arrow::compute::cast(names, &DataType::Utf8)?;
+    let missing_ok = missing_ok.map(|m| datafusion::arrow::compute::cast(m, &DataType::Boolean)).transpose()?;
+    let missing_ok = missing_ok.as_ref().map(|m| datafusion::common::cast::as_boolean_array(m)).transpose()?;
+    let values = as_string_array(&names)?
+        .iter()
+        .enumerate()
+        .map(|(row, name)| {
+            let Some(name) = name else { return Ok(None) };
+            if let Some((_, value)) = SERVER_SETTINGS.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) {
+                return Ok(Some(value.to_string()));
+            }
+            if super::settings::is_session_setting(name) {
+                return datafusion::common::not_impl_err!(
+                    "current_setting('{name}') is not supported: the session's value is what SHOW {name} answers"
+                );
+            }
+            match missing_ok {
+                Some(missing_ok) if missing_ok.value(row) => Ok(None),
+                _ => plan_err!("unrecognized configuration parameter \"{name}\""),
+            }
+        })
+        .collect::<datafusion::error::Result<StringArray>>()?;
+    Ok(ColumnarValue::Array(Arc::new(values)))
 }
 
 /// `pg_collation_is_visible(oid)` and friends: true, one schema holds all.
@@ -473,10 +465,9 @@ pub fn register(session: &SessionContext) {
     session.register_udf(to_regtype());
     session.register_udf(regtype_names());
     session.register_udf(pg_get_serial_sequence());
-    session.register_udf(ScalarUDF::from(CurrentSetting { signature: Signature::variadic_any(Volatility::Stable) }));
-    session.register_udf(ScalarUDF::from(PgGetIndexdef { signature: Signature::variadic_any(Volatility::Stable) }));
-    session
-        .register_udf(ScalarUDF::from(JsonBuildObject { signature: Signature::variadic_any(Volatility::Immutable) }));
+    session.register_udf(text_function("current_setting", Volatility::Stable, current_setting));
+    session.register_udf(text_function("pg_get_indexdef", Volatility::Stable, pg_get_indexdef));
+    session.register_udf(text_function("json_build_object", Volatility::Immutable, json_build_object));
     for name in ["pg_collation_is_visible", "pg_function_is_visible", "pg_type_is_visible"] {
         session.register_udf(always_visible(name));
     }
