@@ -221,6 +221,93 @@ impl AnalyzerRule for UntypedLiteralsRule {
     }
 }
 
+/// `information_schema.columns.data_type` in PostgreSQL's words
+/// (`timestamp with time zone`, `bigint`, `text`): DataFusion's own
+/// information schema writes Arrow's (`Timestamp(µs, "UTC")`, `Int64`,
+/// `Utf8`), and tools decide by it which columns hold time (Grafana's query
+/// builder offers only PostgreSQL's time types as the time column). The scan
+/// of that view is wrapped in a projection that restates the one column;
+/// the schema above is unchanged.
+#[derive(Debug)]
+struct InformationSchemaTypesRule;
+
+impl AnalyzerRule for InformationSchemaTypesRule {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> datafusion::error::Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+            let is_columns = scan.table_name.table() == "columns"
+                && scan.table_name.schema().is_some_and(|schema| schema == "information_schema");
+            if !is_columns || scan.projected_schema.index_of_column_by_name(None, "data_type").is_none() {
+                return Ok(Transformed::no(node));
+            }
+            let schema = Arc::clone(&scan.projected_schema);
+            let columns: Vec<Expr> = schema
+                .iter()
+                .map(|(qualifier, field)| {
+                    let column = Expr::Column(datafusion::common::Column::new(qualifier.cloned(), field.name()));
+                    if field.name() == "data_type" {
+                        POSTGRES_TYPE_NAME.call(vec![column]).alias_qualified(qualifier.cloned(), field.name())
+                    } else {
+                        column
+                    }
+                })
+                .collect();
+            let projected = datafusion::logical_expr::LogicalPlanBuilder::from(node).project(columns)?.build()?;
+            Ok(Transformed::yes(projected))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "auditlake_information_schema_types"
+    }
+}
+
+/// PostgreSQL's name for the type Arrow writes as `arrow` (as
+/// `information_schema.columns.data_type` says it); anything without one
+/// is left as written.
+fn postgres_data_type(arrow: &str) -> Cow<'_, str> {
+    let name = match arrow {
+        "Utf8" | "LargeUtf8" | "Utf8View" => "text",
+        "Int64" | "UInt32" => "bigint",
+        "Int32" | "UInt16" => "integer",
+        "Int16" | "Int8" | "UInt8" => "smallint",
+        "UInt64" => "numeric",
+        "Float64" => "double precision",
+        "Float32" | "Float16" => "real",
+        "Boolean" => "boolean",
+        "Date32" | "Date64" => "date",
+        "Binary" | "LargeBinary" | "BinaryView" => "bytea",
+        timestamp if timestamp.starts_with("Timestamp(") => match timestamp.contains(", \"") {
+            true => "timestamp with time zone",
+            false => "timestamp without time zone",
+        },
+        time if time.starts_with("Time32(") || time.starts_with("Time64(") => "time without time zone",
+        interval if interval.starts_with("Interval(") || interval.starts_with("Duration(") => "interval",
+        decimal if decimal.starts_with("Decimal") => "numeric",
+        list if list.starts_with("List(") || list.starts_with("LargeList(") || list.starts_with("FixedSizeList(") => {
+            "ARRAY"
+        }
+        other => return Cow::Borrowed(other),
+    };
+    Cow::Borrowed(name)
+}
+
+static POSTGRES_TYPE_NAME: LazyLock<ScalarUDF> = LazyLock::new(|| {
+    create_udf(
+        "auditlake_postgres_data_type",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names: StringArray =
+                as_string_array(&arrays[0])?.iter().map(|arrow| arrow.map(postgres_data_type)).collect();
+            Ok(ColumnarValue::Array(Arc::new(names)))
+        }),
+    )
+});
+
 /// A function of any arguments that answers text, known by its name: the
 /// shape of the catalog functions clients call that DataFusion lacks.
 #[derive(Debug)]
@@ -472,6 +559,7 @@ pub fn register(session: &SessionContext) {
         session.register_udf(always_visible(name));
     }
     session.add_analyzer_rule(Arc::new(ClientCatalogRule));
+    session.add_analyzer_rule(Arc::new(InformationSchemaTypesRule));
     // Before type coercion, which would refuse what it rewrites.
     let state = session.state_ref();
     let mut rules = state.read().analyzer().rules.clone();
@@ -652,6 +740,16 @@ mod tests {
             let _ = restate_postgres_forms(&format!("select to_timestamp(t, '{}') from x", template.replace('\'', "''")));
             let _ = chrono_format(&template);
         }
+    }
+
+    #[test]
+    fn arrow_types_read_as_postgresqls_data_types() {
+        assert_eq!(postgres_data_type("Timestamp(µs, \"UTC\")"), "timestamp with time zone");
+        assert_eq!(postgres_data_type("Timestamp(ns)"), "timestamp without time zone");
+        assert_eq!(postgres_data_type("Utf8"), "text");
+        assert_eq!(postgres_data_type("Int64"), "bigint");
+        assert_eq!(postgres_data_type("List(Int32)"), "ARRAY");
+        assert_eq!(postgres_data_type("Struct(\"a\": Int32)"), "Struct(\"a\": Int32)");
     }
 
     #[test]

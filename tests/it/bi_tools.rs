@@ -118,6 +118,21 @@ async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
         .unwrap();
     let answers: Vec<(String, bool)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
     assert_eq!(answers, [("int4".to_string(), false), ("_int4".to_string(), true)]);
+
+    // Grafana's query builder offers a column as the time column by its
+    // `information_schema` type, which must be PostgreSQL's name for it.
+    let rows = client
+        .query(
+            "SELECT column_name, data_type FROM information_schema.columns c WHERE c.table_name = 'audit_events' \
+             AND column_name IN ('time', 'seq', 'actor_id', 'attributes') ORDER BY column_name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let types: Vec<(String, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let expected =
+        [("actor_id", "text"), ("attributes", "text"), ("seq", "bigint"), ("time", "timestamp with time zone")];
+    assert_eq!(types, expected.map(|(c, t)| (c.to_string(), t.to_string())));
 }
 
 /// A throwaway PostgreSQL 15 (the version the endpoint emulates) on
