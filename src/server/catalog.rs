@@ -30,6 +30,7 @@ use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlanBuilder, ScalarUD
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::generate_series_arg_coercion::CoerceIntArgsToBigInt;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_KEY;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
     self as pg, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type, has_privilege_udf,
@@ -108,6 +109,10 @@ enum Pg15Column {
     /// served as the array, so `attnum = ANY(conkey)` and `unnest(conkey)`
     /// plan, and clients read `{2,3}` as PostgreSQL writes it.
     Array { name: &'static str, element: fn() -> DataType },
+    /// PostgreSQL types the column `oid`; the emulation says `int4` or a
+    /// `reg*` type (whose text would be a name in PostgreSQL, where the
+    /// emulation sends the number). Served tagged as an oid.
+    Oid { name: &'static str },
     /// A column only later versions have: a PostgreSQL 15 client never asks
     /// for it, and `select *` would answer a column PostgreSQL 15 does not.
     Later { name: &'static str },
@@ -142,7 +147,7 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
             Pg15Column::Later { name: "set_option" },
         ],
     ),
-    ("pg_namespace", &[Pg15Column::Later { name: "options" }]),
+    ("pg_namespace", &[Pg15Column::Later { name: "options" }, Pg15Column::Oid { name: "nspowner" }]),
     ("pg_replication_slots", &[Pg15Column::Later { name: "conflicting" }]),
     ("pg_stat_gssapi", &[Pg15Column::Later { name: "credentials_delegated" }]),
     (
@@ -171,6 +176,15 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
         &[
             Pg15Column::Missing { name: "relacl", after: "relminmxid", data_type: text_array },
             Pg15Column::Missing { name: "reloptions", after: "relacl", data_type: text_array },
+            Pg15Column::Oid { name: "relnamespace" },
+            Pg15Column::Oid { name: "reltype" },
+            Pg15Column::Oid { name: "reloftype" },
+            Pg15Column::Oid { name: "relowner" },
+            Pg15Column::Oid { name: "relam" },
+            Pg15Column::Oid { name: "relfilenode" },
+            Pg15Column::Oid { name: "reltablespace" },
+            Pg15Column::Oid { name: "reltoastrelid" },
+            Pg15Column::Oid { name: "relrewrite" },
         ],
     ),
     (
@@ -199,6 +213,9 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
         "pg_database",
         &[
             Pg15Column::Missing { name: "datcollversion", after: "datctype", data_type: text },
+            Pg15Column::Oid { name: "oid" },
+            Pg15Column::Oid { name: "datdba" },
+            Pg15Column::Oid { name: "dattablespace" },
             Pg15Column::Later { name: "datlastsysoid" },
             Pg15Column::Later { name: "daticurules" },
         ],
@@ -265,9 +282,16 @@ fn as_pg15(
                 DataType::List(Arc::new(Field::new_list_field(element, true))),
             );
         }
-        if as_array || renamed.is_some() {
-            // What the field carries (the emulation marks oid columns) stays.
-            let metadata = datafusion::common::metadata::FieldMetadata::new_from_field(field);
+        let as_oid =
+            differences.iter().any(|difference| matches!(difference, Pg15Column::Oid { name } if name == field.name()));
+        if as_array || renamed.is_some() || as_oid {
+            // What the field carries (the emulation marks oid columns) stays,
+            // or says oid.
+            let mut metadata = field.metadata().clone();
+            if as_oid {
+                metadata.insert(OID_ALIAS_KEY.to_string(), "oid".to_string());
+            }
+            let metadata = datafusion::common::metadata::FieldMetadata::from(metadata);
             column = column.alias_with_metadata(renamed.unwrap_or(field.name()), Some(metadata));
         }
         columns.push(column);
