@@ -250,6 +250,37 @@ impl<S: SchemaProvider> SchemaProvider for Pg15Catalog<S> {
     }
 }
 
+/// One emulated column as PostgreSQL 15 serves it, or `None` when only
+/// later versions have it.
+fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column]) -> Option<(Expr, &'a str)> {
+    let mut column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
+    let mut name = None;
+    let mut metadata = None;
+    for difference in differences {
+        match difference {
+            Pg15Column::Later { name } if name == field.name() => return None,
+            Pg15Column::Renamed { emulated, pg15 } if emulated == field.name() => name = Some(*pg15),
+            Pg15Column::Array { name, element } if name == field.name() => {
+                let elements = DataType::List(Arc::new(Field::new_list_field(element(), true)));
+                column = datafusion::logical_expr::cast(TEXT_ARRAY.call(vec![column]), elements);
+            }
+            Pg15Column::Oid { name } if name == field.name() => {
+                let carried = metadata.get_or_insert_with(|| field.metadata().clone());
+                carried.insert(OID_ALIAS_KEY.to_string(), "oid".to_string());
+            }
+            _ => continue,
+        }
+        // What the field carries (the emulation marks oid columns) stays
+        // through a restated column.
+        metadata.get_or_insert_with(|| field.metadata().clone());
+    }
+    let name = name.unwrap_or_else(|| field.name().as_str());
+    match metadata {
+        Some(metadata) => Some((column.alias_with_metadata(name, Some(metadata.into())), name)),
+        None => Some((column, name)),
+    }
+}
+
 fn as_pg15(
     name: &str,
     emulated: Arc<dyn TableProvider>,
@@ -259,43 +290,9 @@ fn as_pg15(
     let mut columns: Vec<Expr> = Vec::with_capacity(schema.fields().len() + differences.len());
     let mut names: Vec<&str> = Vec::with_capacity(columns.capacity());
     for field in schema.fields() {
-        let later = differences
-            .iter()
-            .any(|difference| matches!(difference, Pg15Column::Later { name } if name == field.name()));
-        if later {
-            continue;
-        }
-        let renamed = differences.iter().find_map(|difference| match difference {
-            Pg15Column::Renamed { emulated, pg15 } if emulated == field.name() => Some(*pg15),
-            _ => None,
-        });
-        let mut column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
-        let element = differences.iter().find_map(|difference| match difference {
-            Pg15Column::Array { name, element } if name == field.name() => Some(element()),
-            _ => None,
-        });
-        let as_array = element.is_some();
-        if let Some(element) = element {
-            let elements = TEXT_ARRAY.call(vec![column]);
-            column = datafusion::logical_expr::cast(
-                elements,
-                DataType::List(Arc::new(Field::new_list_field(element, true))),
-            );
-        }
-        let as_oid =
-            differences.iter().any(|difference| matches!(difference, Pg15Column::Oid { name } if name == field.name()));
-        if as_array || renamed.is_some() || as_oid {
-            // What the field carries (the emulation marks oid columns) stays,
-            // or says oid.
-            let mut metadata = field.metadata().clone();
-            if as_oid {
-                metadata.insert(OID_ALIAS_KEY.to_string(), "oid".to_string());
-            }
-            let metadata = datafusion::common::metadata::FieldMetadata::from(metadata);
-            column = column.alias_with_metadata(renamed.unwrap_or(field.name()), Some(metadata));
-        }
+        let Some((column, name)) = column_as_pg15(field, differences) else { continue };
         columns.push(column);
-        names.push(renamed.unwrap_or(field.name()));
+        names.push(name);
         // A missing column may follow another missing one.
         while let Some((name, data_type)) = differences.iter().find_map(|difference| match difference {
             Pg15Column::Missing { name, after, data_type } if Some(after) == names.last() => Some((name, data_type)),
