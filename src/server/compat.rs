@@ -426,6 +426,10 @@ fn pg_get_indexdef(args: ScalarFunctionArgs) -> datafusion::error::Result<Column
     Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
 }
 
+/// The catalog emulation's `format_type`, which names types for
+/// [`regtype_names`].
+static FORMAT_TYPE: LazyLock<ScalarUDF> = LazyLock::new(format_type::create_format_type_udf);
+
 /// `auditlake_regtype_names(vector)`: the type names of an oid vector the
 /// emulated catalog keeps as text (`"2275 16"`, `"[2276]"`), as
 /// `vector::regtype[]::text[]` answers in PostgreSQL (`{cstring,boolean}`);
@@ -445,8 +449,7 @@ fn regtype_names() -> ScalarUDF {
             };
             let oids: Int32Array = vectors.iter().flatten().flat_map(oids_of).map(Some).collect();
             let count = oids.len();
-            let format_type = format_type::create_format_type_udf();
-            let named = format_type.invoke_with_args(ScalarFunctionArgs {
+            let named = FORMAT_TYPE.invoke_with_args(ScalarFunctionArgs {
                 args: vec![
                     ColumnarValue::Array(Arc::new(oids)),
                     ColumnarValue::Array(Arc::new(Int32Array::new_null(count))),
