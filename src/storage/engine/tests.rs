@@ -239,16 +239,22 @@ async fn half_written_segment_is_ignored_and_removed() {
     assert_eq!(rows(&storage.snapshot()), 5, "its events come back from the WAL");
 }
 
-#[tokio::test]
-async fn corrupt_wal_record_before_the_tail_stops_startup() {
-    let dir = tempfile::tempdir().unwrap();
+/// Two acknowledged batches of five events in `data`'s first WAL file, with
+/// the storage shut down; returns that file, for a test to damage.
+async fn two_batches_in_one_wal_file(data: &Path) -> PathBuf {
     {
-        let storage = Storage::open(config(dir.path())).unwrap();
+        let storage = Storage::open(config(data)).unwrap();
         append_n(&storage, 0, 5).await;
         append_n(&storage, 5, 5).await;
         storage.shutdown();
     }
-    let (_, path) = wal::list_files(&dir.path().join("wal")).unwrap().remove(0);
+    wal::list_files(&data.join("wal")).unwrap().remove(0).1
+}
+
+#[tokio::test]
+async fn corrupt_wal_record_before_the_tail_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = two_batches_in_one_wal_file(dir.path()).await;
     let mut bytes = fs::read(&path).unwrap();
     bytes[30] ^= 0xff;
     fs::write(&path, &bytes).unwrap();
@@ -259,13 +265,7 @@ async fn corrupt_wal_record_before_the_tail_stops_startup() {
 #[tokio::test]
 async fn torn_tail_is_truncated_and_writing_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let storage = Storage::open(config(dir.path())).unwrap();
-        append_n(&storage, 0, 5).await;
-        append_n(&storage, 5, 5).await;
-        storage.shutdown();
-    }
-    let (_, path) = wal::list_files(&dir.path().join("wal")).unwrap().remove(0);
+    let path = two_batches_in_one_wal_file(dir.path()).await;
     let len = fs::metadata(&path).unwrap().len();
     File::options().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
     {
