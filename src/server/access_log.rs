@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use super::compat::client_sql;
+use super::describe::DescribedAsPostgres;
 use super::sqlstate::classify;
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
 use crate::policy::Policies;
@@ -410,6 +411,8 @@ impl<T> Drop for CountedRows<T> {
 /// with every statement recorded and made cancellable from its start.
 pub(super) struct AuditedSession {
     pub inner: Arc<DfSessionService>,
+    /// The inner service's parser, describing results as PostgreSQL does.
+    pub parser: Arc<DescribedAsPostgres<<DfSessionService as ExtendedQueryHandler>::QueryParser>>,
     pub log: AccessLog,
     /// Set by the login, before any statement.
     pub accessor: Arc<OnceLock<Accessor>>,
@@ -542,10 +545,10 @@ impl SimpleQueryHandler for AuditedSession {
 #[async_trait]
 impl ExtendedQueryHandler for AuditedSession {
     type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+    type QueryParser = DescribedAsPostgres<<DfSessionService as ExtendedQueryHandler>::QueryParser>;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.inner.query_parser()
+        Arc::clone(&self.parser)
     }
 
     /// A statement refused while parsing (a write, bad SQL) never executes:

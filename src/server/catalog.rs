@@ -20,18 +20,23 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ListBuilder, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::cast::as_string_array;
 use datafusion::datasource::{ViewTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlanBuilder, ScalarUDF, Volatility, create_udf, lit};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlanBuilder, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility, create_udf, lit,
+};
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::generate_series_arg_coercion::CoerceIntArgsToBigInt;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_KEY;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner;
+
+use super::describe::PG_TYPE_KEY;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
     self as pg, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type, has_privilege_udf,
     pg_get_expr_udf, quote_ident_udf,
@@ -54,9 +59,13 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
         .ok_or_else(|| DataFusionError::Configuration(format!("no catalog {catalog_name} for pg_catalog")))?
         .register_schema("pg_catalog", Arc::new(Pg15Catalog { emulated: schema }))?;
 
+    // PostgreSQL answers these in its `name` type.
+    for udf in
+        [pg::create_current_database_udf(catalog_name), pg::create_current_schema_udf(), pg::create_session_user_udf()]
+    {
+        session.register_udf(ScalarUDF::new_from_impl(AnswersName { inner: udf }));
+    }
     for udf in [
-        pg::create_current_database_udf(catalog_name),
-        pg::create_current_schema_udf(),
         pg::create_current_schemas_udf(),
         pg::create_pg_get_userbyid_udf(),
         has_privilege_udf::create_has_privilege_udf("has_table_privilege"),
@@ -65,7 +74,6 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
         has_privilege_udf::create_has_privilege_udf("has_any_column_privilege"),
         pg::create_pg_table_is_visible(),
         format_type::create_format_type_udf(),
-        pg::create_session_user_udf(),
         pg_get_expr_udf::create_pg_get_expr_udf(),
         pg::create_pg_get_partkeydef_udf(),
         pg::create_pg_relation_is_publishable_udf(),
@@ -97,6 +105,42 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
     Ok(())
 }
 
+/// A function whose text answer PostgreSQL types `name`: its result is
+/// tagged so that clients are told so (`describe.rs`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AnswersName {
+    inner: ScalarUDF,
+}
+
+impl ScalarUDFImpl for AnswersName {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType, DataFusionError> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef, DataFusionError> {
+        let field = self.inner.return_field_from_args(args)?;
+        let mut metadata = field.metadata().clone();
+        metadata.insert(PG_TYPE_KEY.to_string(), "name".to_string());
+        Ok(Arc::new(field.as_ref().clone().with_metadata(metadata)))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
+        self.inner.invoke_with_args(args)
+    }
+}
+
 /// How one emulated table differs from PostgreSQL 15's.
 enum Pg15Column {
     /// The emulation names the column as a later PostgreSQL does.
@@ -113,6 +157,8 @@ enum Pg15Column {
     /// `reg*` type (whose text would be a name in PostgreSQL, where the
     /// emulation sends the number). Served tagged as an oid.
     Oid { name: &'static str },
+    /// PostgreSQL 15 has a wider (or narrower) number: served cast to it.
+    Cast { name: &'static str, to: fn() -> DataType },
     /// A column only later versions have: a PostgreSQL 15 client never asks
     /// for it, and `select *` would answer a column PostgreSQL 15 does not.
     Later { name: &'static str },
@@ -124,6 +170,14 @@ fn text() -> DataType {
 
 fn int2() -> DataType {
     DataType::Int16
+}
+
+fn int4() -> DataType {
+    DataType::Int32
+}
+
+fn float4() -> DataType {
+    DataType::Float32
 }
 
 /// Oids are `int4` in the emulation.
@@ -138,7 +192,7 @@ fn text_array() -> DataType {
 
 /// The emulated tables whose columns differ from PostgreSQL 15's, by
 /// table. SQLAlchemy's index reflection reads `pg_class.reloptions`.
-const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
+const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
     (
         "pg_auth_members",
         &[
@@ -148,11 +202,12 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
         ],
     ),
     ("pg_namespace", &[Pg15Column::Later { name: "options" }, Pg15Column::Oid { name: "nspowner" }]),
-    ("pg_replication_slots", &[Pg15Column::Later { name: "conflicting" }]),
+    ("pg_replication_slots", &[Pg15Column::Later { name: "conflicting" }, Pg15Column::Oid { name: "datoid" }]),
     ("pg_stat_gssapi", &[Pg15Column::Later { name: "credentials_delegated" }]),
     (
         "pg_stat_user_tables",
         &[
+            Pg15Column::Oid { name: "relid" },
             Pg15Column::Later { name: "last_seq_scan" },
             Pg15Column::Later { name: "last_idx_scan" },
             Pg15Column::Later { name: "n_tup_newpage_upd" },
@@ -185,6 +240,7 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
             Pg15Column::Oid { name: "reltablespace" },
             Pg15Column::Oid { name: "reltoastrelid" },
             Pg15Column::Oid { name: "relrewrite" },
+            Pg15Column::Cast { name: "reltuples", to: float4 },
         ],
     ),
     (
@@ -197,10 +253,26 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
     // SQLAlchemy 1.4 (Superset) reflects unique constraints with `ANY(conkey)`.
     (
         "pg_constraint",
-        &[Pg15Column::Array { name: "conkey", element: int2 }, Pg15Column::Array { name: "confkey", element: int2 }],
+        &[
+            Pg15Column::Array { name: "conkey", element: int2 },
+            Pg15Column::Array { name: "confkey", element: int2 },
+            Pg15Column::Cast { name: "coninhcount", to: int4 },
+        ],
     ),
     // psql's `\d` asks `'d' = any(stxkind)` and `oid = any(polroles)`.
-    ("pg_statistic_ext", &[Pg15Column::Array { name: "stxkind", element: text }]),
+    (
+        "pg_statistic_ext",
+        &[Pg15Column::Array { name: "stxkind", element: text }, Pg15Column::Cast { name: "stxstattarget", to: int4 }],
+    ),
+    (
+        "pg_attribute",
+        &[
+            Pg15Column::Oid { name: "attrelid" },
+            Pg15Column::Oid { name: "atttypid" },
+            Pg15Column::Oid { name: "attcollation" },
+        ],
+    ),
+    ("pg_roles", &[Pg15Column::Oid { name: "oid" }]),
     ("pg_policy", &[Pg15Column::Array { name: "polroles", element: oid }]),
     (
         "pg_settings",
@@ -223,6 +295,85 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 14] = [
     ("pg_tables", &[Pg15Column::Renamed { emulated: "hasindex", pg15: "hasindexes" }]),
 ];
 
+/// PostgreSQL 15's types for the emulated columns it types `name`,
+/// `"char"`, `xid`, `pg_node_tree`, `int2vector` or `oidvector`, where the
+/// emulation holds the text PostgreSQL writes (or the xid as int4), as
+/// `column:type` by table: the columns are tagged with [`PG_TYPE_KEY`] and
+/// described by PostgreSQL's type (`describe.rs`). Read from PostgreSQL
+/// 15's own `pg_attribute`; the tools' suite compares every table's types.
+const PG15_WIRE_TYPES: [(&str, &str); 49] = [
+    ("pg_aggregate", "aggkind:char aggfinalmodify:char aggmfinalmodify:char"),
+    ("pg_am", "amname:name amtype:char"),
+    ("pg_amop", "amoppurpose:char"),
+    ("pg_attrdef", "adbin:pg_node_tree"),
+    (
+        "pg_attribute",
+        "attname:name attalign:char attstorage:char attcompression:char attidentity:char attgenerated:char",
+    ),
+    ("pg_authid", "rolname:name"),
+    ("pg_cast", "castcontext:char castmethod:char"),
+    (
+        "pg_class",
+        "relname:name relpersistence:char relkind:char relreplident:char relfrozenxid:xid relminmxid:xid relpartbound:pg_node_tree",
+    ),
+    ("pg_collation", "collname:name collprovider:char"),
+    (
+        "pg_constraint",
+        "conname:name contype:char confupdtype:char confdeltype:char confmatchtype:char conbin:pg_node_tree",
+    ),
+    ("pg_conversion", "conname:name"),
+    ("pg_database", "datname:name datlocprovider:char datfrozenxid:xid datminmxid:xid"),
+    ("pg_default_acl", "defaclobjtype:char"),
+    ("pg_depend", "deptype:char"),
+    ("pg_enum", "enumlabel:name"),
+    ("pg_event_trigger", "evtname:name evtevent:name evtenabled:char"),
+    ("pg_extension", "extname:name"),
+    ("pg_foreign_data_wrapper", "fdwname:name"),
+    ("pg_foreign_server", "srvname:name"),
+    (
+        "pg_index",
+        "indkey:int2vector indcollation:oidvector indclass:oidvector indoption:int2vector indexprs:pg_node_tree indpred:pg_node_tree",
+    ),
+    ("pg_init_privs", "privtype:char"),
+    ("pg_language", "lanname:name"),
+    ("pg_matviews", "schemaname:name matviewname:name matviewowner:name tablespace:name"),
+    ("pg_namespace", "nspname:name"),
+    ("pg_opclass", "opcname:name"),
+    ("pg_operator", "oprname:name oprkind:char"),
+    ("pg_opfamily", "opfname:name"),
+    (
+        "pg_partitioned_table",
+        "partstrat:char partattrs:int2vector partclass:oidvector partcollation:oidvector partexprs:pg_node_tree",
+    ),
+    ("pg_policy", "polname:name polcmd:char polqual:pg_node_tree polwithcheck:pg_node_tree"),
+    (
+        "pg_proc",
+        "proname:name prokind:char provolatile:char proparallel:char proargtypes:oidvector proargdefaults:pg_node_tree prosqlbody:pg_node_tree",
+    ),
+    ("pg_publication", "pubname:name"),
+    ("pg_publication_rel", "prqual:pg_node_tree prattrs:int2vector"),
+    ("pg_replication_slots", "slot_name:name plugin:name database:name xmin:xid catalog_xmin:xid"),
+    ("pg_rewrite", "rulename:name ev_type:char ev_enabled:char ev_qual:pg_node_tree ev_action:pg_node_tree"),
+    ("pg_roles", "rolname:name"),
+    ("pg_shdepend", "deptype:char"),
+    ("pg_stat_user_tables", "schemaname:name relname:name"),
+    ("pg_statistic_ext", "stxname:name stxkeys:int2vector stxexprs:pg_node_tree"),
+    ("pg_subscription", "subname:name subtwophasestate:char subslotname:name"),
+    ("pg_subscription_rel", "srsubstate:char"),
+    ("pg_tables", "schemaname:name tablename:name tableowner:name tablespace:name"),
+    ("pg_tablespace", "spcname:name"),
+    ("pg_trigger", "tgname:name tgenabled:char tgattr:int2vector tgqual:pg_node_tree tgoldtable:name tgnewtable:name"),
+    ("pg_ts_config", "cfgname:name"),
+    ("pg_ts_dict", "dictname:name"),
+    ("pg_ts_parser", "prsname:name"),
+    ("pg_ts_template", "tmplname:name"),
+    (
+        "pg_type",
+        "typname:name typtype:char typcategory:char typdelim:char typalign:char typstorage:char typdefaultbin:pg_node_tree",
+    ),
+    ("pg_views", "schemaname:name viewname:name viewowner:name"),
+];
+
 /// The emulated `pg_catalog`, with PostgreSQL 15's columns where the
 /// emulation's differ ([`PG15_DIFFERENCES`]): such a table is a view over
 /// the emulated one, so filters still reach it.
@@ -239,10 +390,13 @@ impl<S: SchemaProvider> SchemaProvider for Pg15Catalog<S> {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         let Some(table) = self.emulated.table(name).await? else { return Ok(None) };
-        match PG15_DIFFERENCES.iter().find(|(differing, _)| name.eq_ignore_ascii_case(differing)) {
-            Some((_, differences)) => Ok(Some(as_pg15(name, table, differences)?)),
-            None => Ok(Some(table)),
+        let differences = PG15_DIFFERENCES.iter().find(|(differing, _)| name.eq_ignore_ascii_case(differing));
+        let wire_types = PG15_WIRE_TYPES.iter().find(|(typed, _)| name.eq_ignore_ascii_case(typed));
+        if differences.is_none() && wire_types.is_none() {
+            return Ok(Some(table));
         }
+        let differences = differences.map_or(&[][..], |(_, differences)| *differences);
+        Ok(Some(as_pg15(name, table, differences, wire_types.map_or("", |(_, types)| *types))?))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -252,10 +406,16 @@ impl<S: SchemaProvider> SchemaProvider for Pg15Catalog<S> {
 
 /// One emulated column as PostgreSQL 15 serves it, or `None` when only
 /// later versions have it.
-fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column]) -> Option<(Expr, &'a str)> {
+fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column], wire_types: &str) -> Option<(Expr, &'a str)> {
     let mut column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
     let mut name = None;
     let mut metadata = None;
+    if let Some(pg_type) = wire_types.split_whitespace().find_map(|typed| {
+        typed.split_once(':').filter(|(column, _)| column == field.name()).map(|(_, pg_type)| pg_type)
+    }) {
+        let carried = metadata.get_or_insert_with(|| field.metadata().clone());
+        carried.insert(PG_TYPE_KEY.to_string(), pg_type.to_string());
+    }
     for difference in differences {
         match difference {
             Pg15Column::Later { name } if name == field.name() => return None,
@@ -267,6 +427,9 @@ fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column]) -> Option<(E
             Pg15Column::Oid { name } if name == field.name() => {
                 let carried = metadata.get_or_insert_with(|| field.metadata().clone());
                 carried.insert(OID_ALIAS_KEY.to_string(), "oid".to_string());
+            }
+            Pg15Column::Cast { name, to } if name == field.name() => {
+                column = datafusion::logical_expr::cast(column, to());
             }
             _ => continue,
         }
@@ -285,12 +448,13 @@ fn as_pg15(
     name: &str,
     emulated: Arc<dyn TableProvider>,
     differences: &[Pg15Column],
+    wire_types: &str,
 ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
     let schema = emulated.schema();
     let mut columns: Vec<Expr> = Vec::with_capacity(schema.fields().len() + differences.len());
     let mut names: Vec<&str> = Vec::with_capacity(columns.capacity());
     for field in schema.fields() {
-        let Some((column, name)) = column_as_pg15(field, differences) else { continue };
+        let Some((column, name)) = column_as_pg15(field, differences, wire_types) else { continue };
         columns.push(column);
         names.push(name);
         // A missing column may follow another missing one.

@@ -59,6 +59,7 @@ mod compat;
 mod complexity;
 pub mod connection;
 mod copy_out;
+mod describe;
 mod over_limit;
 mod settings;
 pub mod slots;
@@ -278,9 +279,12 @@ impl ConnectionHandlers {
             Arc::new(settings),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
+            Arc::new(describe::DescribedQueryHook),
         ];
+        let inner = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
         let session = Arc::new(AuditedSession {
-            inner: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+            parser: Arc::new(describe::DescribedAsPostgres { inner: inner.query_parser() }),
+            inner,
             log,
             accessor: login.accessor(),
             cancel,

@@ -7,8 +7,10 @@
 //! registry, not copied here, so they follow the dependency.
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use crate::harness::{Server, add_user};
+use crate::clients::{CLIENTS, run};
+use crate::harness::{Server, add_user, venv_bin};
 
 /// Where the source of the datafusion-postgres we build with lies: its
 /// version from Cargo.lock, its sources in cargo's registry (where building
@@ -135,6 +137,50 @@ async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
     assert_eq!(types, expected.map(|(c, t)| (c.to_string(), t.to_string())));
 }
 
+/// Tools read a column's type from the description, not from the values:
+/// JDBC maps `name` to a string and `"char"` to a character, tokio-postgres
+/// and Npgsql decode `"char"` as one byte. PostgreSQL's types where the Arrow
+/// type alone says `text` or `int4`.
+#[tokio::test]
+async fn catalog_columns_and_functions_are_described_by_postgresqls_types() {
+    use tokio_postgres::types::Type;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    add_user(&data, "analyst", &["--org", "acme"]);
+    let server = Server::start(&data, &[]);
+    let client = server.pg_as("analyst").await.unwrap();
+    let sql = "SELECT c.oid, c.relname, c.relkind, c.relfrozenxid, c.reltuples, n.nspname, current_database(), \
+               current_schema(), NULL AS nothing FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+               ON n.oid = c.relnamespace WHERE c.relname = 'audit_events'";
+    let statement = client.prepare(sql).await.unwrap();
+    let described: Vec<(&str, &Type)> = statement.columns().iter().map(|c| (c.name(), c.type_())).collect();
+    assert_eq!(
+        described,
+        [
+            ("oid", &Type::OID),
+            ("relname", &Type::NAME),
+            ("relkind", &Type::CHAR),
+            ("relfrozenxid", &Type::XID),
+            ("reltuples", &Type::FLOAT4),
+            ("nspname", &Type::NAME),
+            ("current_database", &Type::NAME),
+            ("current_schema", &Type::NAME),
+            ("nothing", &Type::TEXT),
+        ]
+    );
+    // The values decode as those types (binary results): a `"char"` is its byte.
+    let row = client.query_one(&statement, &[]).await.unwrap();
+    let (relname, relkind, nspname): (String, i8, String) = (row.get(1), row.get(2), row.get(5));
+    assert_eq!((relname.as_str(), relkind as u8, nspname.as_str()), ("audit_events", b'r', "public"));
+    let (database, nothing): (String, Option<String>) = (row.get(6), row.get(8));
+    assert_eq!((database.as_str(), nothing), ("auditlake", None));
+
+    // `SELECT n.oid, n.*` names both columns `oid`, as PostgreSQL does.
+    let statement = client.prepare("SELECT n.oid, n.* FROM pg_catalog.pg_namespace n").await.unwrap();
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).take(3).collect();
+    assert_eq!(names, ["oid", "oid", "nspname"]);
+}
+
 /// A throwaway PostgreSQL 15 (the version the endpoint emulates) on
 /// loopback, from `scripts/setup.sh`'s Debian package, run as `postgres`
 /// when the tests run as root (PostgreSQL refuses root).
@@ -186,9 +232,12 @@ impl Postgres15 {
         pg
     }
 
+    fn url(&self, database: &str) -> String {
+        format!("postgresql://auditlake@127.0.0.1:{}/{database}", self.port)
+    }
+
     async fn connect(&self, database: &str) -> tokio_postgres::Client {
-        let url = format!("postgres://auditlake@127.0.0.1:{}/{database}", self.port);
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&self.url(database), tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         client
     }
@@ -290,6 +339,44 @@ async fn bi_tool_transcripts_answer_in_postgresqls_shapes_and_types() {
         }
     }
     assert!(compared >= 20, "compared {compared} statements");
+
+    // Every catalog table auditlake serves, described on both protocols as
+    // PostgreSQL 15 describes its own (psycopg 3 sends both).
+    let tables: Vec<String> = postgres
+        .query(
+            "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where n.nspname = 'pg_catalog' and c.relkind in ('r', 'v') order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let described = |url: String| {
+        let out =
+            run(Command::new(venv_bin("python")).arg(format!("{CLIENTS}/catalog_types.py")).arg(url).args(&tables));
+        out.lines()
+            .map(|line| {
+                line.split_once(" [")
+                    .map_or((line.to_string(), String::new()), |(key, shape)| (key.to_string(), format!("[{shape}")))
+            })
+            .collect::<Vec<_>>()
+    };
+    let ours = described(server.url_as("analyst").replace("postgres://", "postgresql://"));
+    let theirs = described(pg.url("auditlake"));
+    assert_eq!(ours.len(), theirs.len());
+    let mut tables_compared = 0;
+    for ((key, ours), (_, theirs)) in ours.iter().zip(&theirs) {
+        if key.ends_with(" an error") {
+            continue;
+        }
+        tables_compared += 1;
+        if ours != theirs {
+            differences.push(format!("pg_catalog.{key}:\nauditlake: {ours}\nPostgreSQL: {theirs}"));
+        }
+    }
+    assert!(tables_compared >= 2 * 60, "compared {tables_compared} tables' descriptions");
 
     // Where auditlake still answers otherwise, each difference is written
     // down (a ratchet: a new difference fails, and so does one that went
