@@ -16,6 +16,7 @@
 //! version does, [`Pg15Catalog`] serves PostgreSQL 15's shape, which is the
 //! version `version()` reports (the tools' suite compares the two).
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -157,6 +158,11 @@ enum Pg15Column {
     /// `reg*` type (whose text would be a name in PostgreSQL, where the
     /// emulation sends the number). Served tagged as an oid.
     Oid { name: &'static str },
+    /// PostgreSQL 15 holds other values: served restated (from the
+    /// emulation's column) by `restate`.
+    Restated { name: &'static str, restate: fn(Expr) -> Expr },
+    /// PostgreSQL 15 places the column after another.
+    Moved { name: &'static str, after: &'static str },
     /// PostgreSQL 15 has a wider (or narrower) number: served cast to it.
     Cast { name: &'static str, to: fn() -> DataType },
     /// A column only later versions have: a PostgreSQL 15 client never asks
@@ -180,9 +186,42 @@ fn float4() -> DataType {
     DataType::Float32
 }
 
+fn boolean() -> DataType {
+    DataType::Boolean
+}
+
+/// The emulation's statistics times have no zone; PostgreSQL's do.
+fn timestamptz() -> DataType {
+    DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+}
+
 /// Oids are `int4` in the emulation.
 fn oid() -> DataType {
     DataType::Int32
+}
+
+/// `pg_database.datlocprovider` is a `"char"`, `c` for libc and `i` for
+/// ICU; the emulation names the provider.
+fn locale_provider_letter(provider: Expr) -> Expr {
+    datafusion::logical_expr::when(provider.clone().eq(lit("libc")), lit("c"))
+        .when(provider.clone().eq(lit("icu")), lit("i"))
+        .otherwise(provider)
+        .expect("a CASE with branches")
+}
+
+/// A `text[]` column the emulation keeps as text.
+const fn texts(name: &'static str) -> Pg15Column {
+    Pg15Column::Array { name, element: text }
+}
+
+/// A `float4[]` column the emulation keeps as text.
+const fn floats(name: &'static str) -> Pg15Column {
+    Pg15Column::Array { name, element: float4 }
+}
+
+/// An `oid[]` column the emulation keeps as text.
+const fn oids(name: &'static str) -> Pg15Column {
+    Pg15Column::Array { name, element: oid }
 }
 
 /// `text[]`, and `aclitem[]` (whose elements clients read as text).
@@ -192,7 +231,7 @@ fn text_array() -> DataType {
 
 /// The emulated tables whose columns differ from PostgreSQL 15's, by
 /// table. SQLAlchemy's index reflection reads `pg_class.reloptions`.
-const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
+const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 31] = [
     (
         "pg_auth_members",
         &[
@@ -201,13 +240,17 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
             Pg15Column::Later { name: "set_option" },
         ],
     ),
-    ("pg_namespace", &[Pg15Column::Later { name: "options" }, Pg15Column::Oid { name: "nspowner" }]),
+    ("pg_namespace", &[Pg15Column::Later { name: "options" }, Pg15Column::Oid { name: "nspowner" }, texts("nspacl")]),
     ("pg_replication_slots", &[Pg15Column::Later { name: "conflicting" }, Pg15Column::Oid { name: "datoid" }]),
     ("pg_stat_gssapi", &[Pg15Column::Later { name: "credentials_delegated" }]),
     (
         "pg_stat_user_tables",
         &[
             Pg15Column::Oid { name: "relid" },
+            Pg15Column::Cast { name: "last_vacuum", to: timestamptz },
+            Pg15Column::Cast { name: "last_autovacuum", to: timestamptz },
+            Pg15Column::Cast { name: "last_analyze", to: timestamptz },
+            Pg15Column::Cast { name: "last_autoanalyze", to: timestamptz },
             Pg15Column::Later { name: "last_seq_scan" },
             Pg15Column::Later { name: "last_idx_scan" },
             Pg15Column::Later { name: "n_tup_newpage_upd" },
@@ -224,6 +267,8 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
             Pg15Column::Later { name: "subrunasowner" },
             Pg15Column::Later { name: "subfailover" },
             Pg15Column::Later { name: "suborigin" },
+            Pg15Column::Cast { name: "substream", to: boolean },
+            texts("subpublications"),
         ],
     ),
     (
@@ -257,12 +302,21 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
             Pg15Column::Array { name: "conkey", element: int2 },
             Pg15Column::Array { name: "confkey", element: int2 },
             Pg15Column::Cast { name: "coninhcount", to: int4 },
+            oids("conpfeqop"),
+            oids("conppeqop"),
+            oids("conffeqop"),
+            oids("conexclop"),
+            Pg15Column::Array { name: "confdelsetcols", element: int2 },
         ],
     ),
     // psql's `\d` asks `'d' = any(stxkind)` and `oid = any(polroles)`.
     (
         "pg_statistic_ext",
-        &[Pg15Column::Array { name: "stxkind", element: text }, Pg15Column::Cast { name: "stxstattarget", to: int4 }],
+        &[
+            texts("stxkind"),
+            Pg15Column::Cast { name: "stxstattarget", to: int4 },
+            Pg15Column::Moved { name: "stxkeys", after: "stxstattarget" },
+        ],
     ),
     (
         "pg_attribute",
@@ -270,10 +324,47 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
             Pg15Column::Oid { name: "attrelid" },
             Pg15Column::Oid { name: "atttypid" },
             Pg15Column::Oid { name: "attcollation" },
+            texts("attoptions"),
+            texts("attfdwoptions"),
+            texts("attacl"),
         ],
     ),
     ("pg_roles", &[Pg15Column::Oid { name: "oid" }]),
-    ("pg_policy", &[Pg15Column::Array { name: "polroles", element: oid }]),
+    ("pg_policy", &[oids("polroles")]),
+    (
+        "pg_proc",
+        &[
+            texts("proargnames"),
+            texts("proargmodes"),
+            texts("proconfig"),
+            texts("proacl"),
+            oids("proallargtypes"),
+            oids("protrftypes"),
+        ],
+    ),
+    (
+        "pg_statistic",
+        &[
+            floats("stanumbers1"),
+            floats("stanumbers2"),
+            floats("stanumbers3"),
+            floats("stanumbers4"),
+            floats("stanumbers5"),
+        ],
+    ),
+    ("pg_db_role_setting", &[texts("setconfig")]),
+    ("pg_event_trigger", &[texts("evttags")]),
+    ("pg_extension", &[oids("extconfig"), texts("extcondition")]),
+    ("pg_foreign_data_wrapper", &[texts("fdwacl"), texts("fdwoptions")]),
+    ("pg_foreign_server", &[texts("srvacl"), texts("srvoptions")]),
+    ("pg_foreign_table", &[texts("ftoptions")]),
+    ("pg_tablespace", &[texts("spcacl"), texts("spcoptions")]),
+    ("pg_user_mapping", &[texts("umoptions")]),
+    ("pg_type", &[texts("typacl")]),
+    ("pg_language", &[texts("lanacl")]),
+    ("pg_largeobject_metadata", &[texts("lomacl")]),
+    ("pg_default_acl", &[texts("defaclacl")]),
+    ("pg_init_privs", &[texts("initprivs")]),
     (
         "pg_settings",
         &[
@@ -284,7 +375,12 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
     (
         "pg_database",
         &[
-            Pg15Column::Missing { name: "datcollversion", after: "datctype", data_type: text },
+            Pg15Column::Moved { name: "datcollate", after: "dattablespace" },
+            Pg15Column::Moved { name: "datctype", after: "datcollate" },
+            Pg15Column::Moved { name: "daticulocale", after: "datctype" },
+            Pg15Column::Missing { name: "datcollversion", after: "daticulocale", data_type: text },
+            Pg15Column::Cast { name: "datacl", to: text_array },
+            Pg15Column::Restated { name: "datlocprovider", restate: locale_provider_letter },
             Pg15Column::Oid { name: "oid" },
             Pg15Column::Oid { name: "datdba" },
             Pg15Column::Oid { name: "dattablespace" },
@@ -296,48 +392,50 @@ const PG15_DIFFERENCES: [(&str, &[Pg15Column]); 16] = [
 ];
 
 /// PostgreSQL 15's types for the emulated columns it types `name`,
-/// `"char"`, `xid`, `pg_node_tree`, `int2vector` or `oidvector`, where the
-/// emulation holds the text PostgreSQL writes (or the xid as int4), as
+/// `"char"`, `xid`, `pg_node_tree`, `pg_lsn`, `int2vector`, `oidvector`, `aclitem[]`,
+/// `"char"[]` or `oid[]`, where the emulation holds the text PostgreSQL
+/// writes (the xid as int4, the arrays as `text[]` and `int4[]`), as
 /// `column:type` by table: the columns are tagged with [`PG_TYPE_KEY`] and
 /// described by PostgreSQL's type (`describe.rs`). Read from PostgreSQL
 /// 15's own `pg_attribute`; the tools' suite compares every table's types.
-const PG15_WIRE_TYPES: [(&str, &str); 49] = [
+const PG15_WIRE_TYPES: [(&str, &str); 50] = [
     ("pg_aggregate", "aggkind:char aggfinalmodify:char aggmfinalmodify:char"),
     ("pg_am", "amname:name amtype:char"),
     ("pg_amop", "amoppurpose:char"),
     ("pg_attrdef", "adbin:pg_node_tree"),
     (
         "pg_attribute",
-        "attname:name attalign:char attstorage:char attcompression:char attidentity:char attgenerated:char",
+        "attname:name attalign:char attstorage:char attcompression:char attidentity:char attgenerated:char attacl:_aclitem",
     ),
     ("pg_authid", "rolname:name"),
     ("pg_cast", "castcontext:char castmethod:char"),
     (
         "pg_class",
-        "relname:name relpersistence:char relkind:char relreplident:char relfrozenxid:xid relminmxid:xid relpartbound:pg_node_tree",
+        "relacl:_aclitem relname:name relpersistence:char relkind:char relreplident:char relfrozenxid:xid relminmxid:xid relpartbound:pg_node_tree",
     ),
     ("pg_collation", "collname:name collprovider:char"),
     (
         "pg_constraint",
-        "conname:name contype:char confupdtype:char confdeltype:char confmatchtype:char conbin:pg_node_tree",
+        "conname:name contype:char confupdtype:char confdeltype:char confmatchtype:char conbin:pg_node_tree conpfeqop:_oid conppeqop:_oid conffeqop:_oid conexclop:_oid",
     ),
     ("pg_conversion", "conname:name"),
-    ("pg_database", "datname:name datlocprovider:char datfrozenxid:xid datminmxid:xid"),
-    ("pg_default_acl", "defaclobjtype:char"),
+    ("pg_database", "datname:name datlocprovider:char datfrozenxid:xid datminmxid:xid datacl:_aclitem"),
+    ("pg_default_acl", "defaclobjtype:char defaclacl:_aclitem"),
     ("pg_depend", "deptype:char"),
     ("pg_enum", "enumlabel:name"),
     ("pg_event_trigger", "evtname:name evtevent:name evtenabled:char"),
-    ("pg_extension", "extname:name"),
-    ("pg_foreign_data_wrapper", "fdwname:name"),
-    ("pg_foreign_server", "srvname:name"),
+    ("pg_extension", "extname:name extconfig:_oid"),
+    ("pg_foreign_data_wrapper", "fdwname:name fdwacl:_aclitem"),
+    ("pg_foreign_server", "srvname:name srvacl:_aclitem"),
     (
         "pg_index",
         "indkey:int2vector indcollation:oidvector indclass:oidvector indoption:int2vector indexprs:pg_node_tree indpred:pg_node_tree",
     ),
-    ("pg_init_privs", "privtype:char"),
-    ("pg_language", "lanname:name"),
+    ("pg_init_privs", "privtype:char initprivs:_aclitem"),
+    ("pg_language", "lanname:name lanacl:_aclitem"),
+    ("pg_largeobject_metadata", "lomacl:_aclitem"),
     ("pg_matviews", "schemaname:name matviewname:name matviewowner:name tablespace:name"),
-    ("pg_namespace", "nspname:name"),
+    ("pg_namespace", "nspname:name nspacl:_aclitem"),
     ("pg_opclass", "opcname:name"),
     ("pg_operator", "oprname:name oprkind:char"),
     ("pg_opfamily", "opfname:name"),
@@ -345,23 +443,26 @@ const PG15_WIRE_TYPES: [(&str, &str); 49] = [
         "pg_partitioned_table",
         "partstrat:char partattrs:int2vector partclass:oidvector partcollation:oidvector partexprs:pg_node_tree",
     ),
-    ("pg_policy", "polname:name polcmd:char polqual:pg_node_tree polwithcheck:pg_node_tree"),
+    ("pg_policy", "polname:name polcmd:char polqual:pg_node_tree polwithcheck:pg_node_tree polroles:_oid"),
     (
         "pg_proc",
-        "proname:name prokind:char provolatile:char proparallel:char proargtypes:oidvector proargdefaults:pg_node_tree prosqlbody:pg_node_tree",
+        "proname:name prokind:char provolatile:char proparallel:char proargtypes:oidvector proargdefaults:pg_node_tree prosqlbody:pg_node_tree proargmodes:_char proacl:_aclitem proallargtypes:_oid protrftypes:_oid",
     ),
     ("pg_publication", "pubname:name"),
     ("pg_publication_rel", "prqual:pg_node_tree prattrs:int2vector"),
-    ("pg_replication_slots", "slot_name:name plugin:name database:name xmin:xid catalog_xmin:xid"),
+    (
+        "pg_replication_slots",
+        "slot_name:name plugin:name database:name xmin:xid catalog_xmin:xid restart_lsn:pg_lsn confirmed_flush_lsn:pg_lsn",
+    ),
     ("pg_rewrite", "rulename:name ev_type:char ev_enabled:char ev_qual:pg_node_tree ev_action:pg_node_tree"),
     ("pg_roles", "rolname:name"),
     ("pg_shdepend", "deptype:char"),
     ("pg_stat_user_tables", "schemaname:name relname:name"),
-    ("pg_statistic_ext", "stxname:name stxkeys:int2vector stxexprs:pg_node_tree"),
-    ("pg_subscription", "subname:name subtwophasestate:char subslotname:name"),
-    ("pg_subscription_rel", "srsubstate:char"),
+    ("pg_statistic_ext", "stxname:name stxkeys:int2vector stxexprs:pg_node_tree stxkind:_char"),
+    ("pg_subscription", "subname:name subtwophasestate:char subslotname:name subskiplsn:pg_lsn"),
+    ("pg_subscription_rel", "srsubstate:char srsublsn:pg_lsn"),
     ("pg_tables", "schemaname:name tablename:name tableowner:name tablespace:name"),
-    ("pg_tablespace", "spcname:name"),
+    ("pg_tablespace", "spcname:name spcacl:_aclitem"),
     ("pg_trigger", "tgname:name tgenabled:char tgattr:int2vector tgqual:pg_node_tree tgoldtable:name tgnewtable:name"),
     ("pg_ts_config", "cfgname:name"),
     ("pg_ts_dict", "dictname:name"),
@@ -369,7 +470,7 @@ const PG15_WIRE_TYPES: [(&str, &str); 49] = [
     ("pg_ts_template", "tmplname:name"),
     (
         "pg_type",
-        "typname:name typtype:char typcategory:char typdelim:char typalign:char typstorage:char typdefaultbin:pg_node_tree",
+        "typname:name typtype:char typcategory:char typdelim:char typalign:char typstorage:char typdefaultbin:pg_node_tree typacl:_aclitem",
     ),
     ("pg_views", "schemaname:name viewname:name viewowner:name"),
 ];
@@ -410,9 +511,7 @@ fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column], wire_types: 
     let mut column = datafusion::prelude::col(datafusion::common::Column::new_unqualified(field.name()));
     let mut name = None;
     let mut metadata = None;
-    if let Some(pg_type) = wire_types.split_whitespace().find_map(|typed| {
-        typed.split_once(':').filter(|(column, _)| column == field.name()).map(|(_, pg_type)| pg_type)
-    }) {
+    if let Some(pg_type) = pg_type_of(wire_types, field.name()) {
         let carried = metadata.get_or_insert_with(|| field.metadata().clone());
         carried.insert(PG_TYPE_KEY.to_string(), pg_type.to_string());
     }
@@ -431,6 +530,9 @@ fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column], wire_types: 
             Pg15Column::Cast { name, to } if name == field.name() => {
                 column = datafusion::logical_expr::cast(column, to());
             }
+            Pg15Column::Restated { name, restate } if name == field.name() => {
+                column = restate(column);
+            }
             _ => continue,
         }
         // What the field carries (the emulation marks oid columns) stays
@@ -444,6 +546,18 @@ fn column_as_pg15<'a>(field: &'a Field, differences: &[Pg15Column], wire_types: 
     }
 }
 
+/// The type `column` has in a table's [`PG15_WIRE_TYPES`].
+fn pg_type_of<'a>(wire_types: &'a str, column: &str) -> Option<&'a str> {
+    wire_types
+        .split_whitespace()
+        .find_map(|typed| typed.split_once(':').filter(|(name, _)| *name == column))
+        .map(|(_, t)| t)
+}
+
+fn pg_type_metadata(pg_type: &str) -> HashMap<String, String> {
+    HashMap::from([(PG_TYPE_KEY.to_string(), pg_type.to_string())])
+}
+
 fn as_pg15(
     name: &str,
     emulated: Arc<dyn TableProvider>,
@@ -453,26 +567,57 @@ fn as_pg15(
     let schema = emulated.schema();
     let mut columns: Vec<Expr> = Vec::with_capacity(schema.fields().len() + differences.len());
     let mut names: Vec<&str> = Vec::with_capacity(columns.capacity());
-    for field in schema.fields() {
+    let moved = |field: &Field| {
+        differences
+            .iter()
+            .any(|difference| matches!(difference, Pg15Column::Moved { name, .. } if name == field.name()))
+    };
+    for field in schema.fields().iter().filter(|field| !moved(field)) {
         let Some((column, name)) = column_as_pg15(field, differences, wire_types) else { continue };
         columns.push(column);
         names.push(name);
-        // A missing column may follow another missing one.
-        while let Some((name, data_type)) = differences.iter().find_map(|difference| match difference {
-            Pg15Column::Missing { name, after, data_type } if Some(after) == names.last() => Some((name, data_type)),
-            _ => None,
-        }) {
-            columns.push(lit(datafusion::common::ScalarValue::try_from(data_type())?).alias(*name));
-            names.push(name);
+        // What PostgreSQL places after it, which may have more after it.
+        loop {
+            let follows = differences.iter().find(|difference| match difference {
+                Pg15Column::Missing { after, .. } | Pg15Column::Moved { after, .. } => Some(after) == names.last(),
+                _ => false,
+            });
+            match follows {
+                Some(Pg15Column::Missing { name, data_type, .. }) => {
+                    let null = lit(datafusion::common::ScalarValue::try_from(data_type())?);
+                    columns.push(match pg_type_of(wire_types, name) {
+                        Some(pg_type) => null.alias_with_metadata(*name, Some(pg_type_metadata(pg_type).into())),
+                        None => null.alias(*name),
+                    });
+                    names.push(name);
+                }
+                Some(Pg15Column::Moved { name, .. }) => {
+                    let field = schema.field_with_name(name)?;
+                    let Some((column, name)) = column_as_pg15(field, differences, wire_types) else { break };
+                    columns.push(column);
+                    names.push(name);
+                }
+                _ => break,
+            }
         }
     }
     let plan = LogicalPlanBuilder::scan(name, provider_as_source(emulated), None)?.project(columns)?.build()?;
     Ok(Arc::new(ViewTable::new(plan, None)))
 }
 
-/// `auditlake_text_array(text)`: the elements of an array the emulation
-/// keeps as text (`"[2, 20, 3]"`, `"{d,f}"`), as a `text[]` (cast on to the
-/// element's type); NULL stays NULL.
+/// The elements of an array the emulation keeps as text: a Python list
+/// (`[2, 20, 3]`, `['', 'x']`) or PostgreSQL's braces (`{d,f}`). An empty
+/// element is kept when quoted (`proargnames` has one per unnamed argument).
+fn array_elements(text: &str) -> Vec<&str> {
+    let inside = text.trim().trim_start_matches(['[', '{']).trim_end_matches([']', '}']);
+    if inside.trim().is_empty() {
+        return Vec::new();
+    }
+    inside.split(',').map(|element| element.trim().trim_matches(['\'', '"'])).collect()
+}
+
+/// `auditlake_text_array(text)`: [`array_elements`] as a `text[]` (cast on
+/// to the element's type); NULL stays NULL.
 static TEXT_ARRAY: LazyLock<ScalarUDF> = LazyLock::new(|| {
     create_udf(
         "auditlake_text_array",
@@ -486,11 +631,8 @@ static TEXT_ARRAY: LazyLock<ScalarUDF> = LazyLock::new(|| {
             for text in texts.iter() {
                 match text {
                     Some(text) => {
-                        let inside = text.trim().trim_start_matches(['[', '{']).trim_end_matches([']', '}']);
-                        for element in inside.split(',').map(|e| e.trim().trim_matches(['\'', '"'])) {
-                            if !element.is_empty() {
-                                arrays.values().append_value(element);
-                            }
+                        for element in array_elements(text) {
+                            arrays.values().append_value(element);
                         }
                         arrays.append(true);
                     }

@@ -431,7 +431,8 @@ fn pg_get_indexdef(args: ScalarFunctionArgs) -> datafusion::error::Result<Column
 static FORMAT_TYPE: LazyLock<ScalarUDF> = LazyLock::new(format_type::create_format_type_udf);
 
 /// `auditlake_regtype_names(vector)`: the type names of an oid vector the
-/// emulated catalog keeps as text (`"2275 16"`, `"[2276]"`), as
+/// emulated catalog keeps as text (`"2275 16"`), or of an `oid[]` cast to
+/// text (`"[2276]"`), as
 /// `vector::regtype[]::text[]` answers in PostgreSQL (`{cstring,boolean}`);
 /// the names are `format_type`'s, which is what a `regtype` prints.
 fn regtype_names() -> ScalarUDF {
@@ -685,7 +686,8 @@ mod tests {
             )
             .unwrap(),
             "SELECT format_type(prorettype, NULL) AS \"prorettype\", \
-             auditlake_regtype_names(COALESCE(proallargtypes, proargtypes)) AS \"coalesce\" FROM pg_proc"
+             auditlake_regtype_names(COALESCE(CAST(proallargtypes AS TEXT), CAST(proargtypes AS TEXT))) AS \"coalesce\" \
+             FROM pg_proc"
         );
         assert_eq!(
             client_sql("select indkey from pg_catalog.pg_index").unwrap(),
@@ -1030,7 +1032,9 @@ fn regtype_as_text(expr: &SqlExpr) -> Option<SqlExpr> {
         let _ = visit_expressions_mut(&mut vectors, |e| {
             if is_cast_to(e, "regtype[]") {
                 let SqlExpr::Cast { expr: vector, .. } = e else { unreachable!("checked") };
-                *e = (**vector).clone();
+                // A vector the emulation keeps as text, or an `oid[]`
+                // (`proallargtypes`): both as text, which the function reads.
+                *e = parse_expr(&format!("CAST({vector} AS TEXT)")).unwrap_or_else(|| (**vector).clone());
                 found = true;
             }
             ControlFlow::<()>::Continue(())

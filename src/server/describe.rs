@@ -6,9 +6,12 @@
 //! described otherwise when the bytes sent are what PostgreSQL sends for the
 //! described type in that format: `name` and `pg_node_tree` are text on the
 //! wire in both formats, `xid` is four bytes as `int4` is, a one-character
-//! `"char"` is its byte, and `int2vector`/`oidvector` are described as such
-//! only for text results (their binary form is an array's). It never changes
-//! a value, and never describes a column the plan does not produce.
+//! `"char"` is its byte, and `aclitem[]` is only ever read as text
+//! (PostgreSQL has no binary `aclitem`). `pg_lsn` (eight bytes in binary),
+//! `int2vector`/`oidvector` (arrays in binary) and the arrays of `"char"`
+//! and `oid` (held as `text[]` and `int4[]`; a binary array names its
+//! element type) are described as such only for text results. It never
+//! changes a value, and never describes a column the plan does not produce.
 //!
 //! Prepared statements are described by [`DescribedAsPostgres`], the query
 //! parser's descriptions restated; queries on the simple protocol (psql,
@@ -166,11 +169,20 @@ fn as_postgres(described: FieldInfo, arrow: &Field, known_format: bool) -> Field
             "name" => Type::NAME,
             "char" => Type::CHAR,
             "pg_node_tree" => Type::PG_NODE_TREE,
+            "pg_lsn" if !may_be_binary => Type::PG_LSN,
             "int2vector" if !may_be_binary => Type::INT2_VECTOR,
             "oidvector" if !may_be_binary => Type::OID_VECTOR,
             _ => described.datatype().clone(),
         },
         (DataType::Int32, Some("xid")) => Type::XID,
+        // PostgreSQL has no binary form of `aclitem`: clients read it as text.
+        (DataType::List(element), Some("_aclitem")) if element.data_type() == &DataType::Utf8 => Type::ACLITEM_ARRAY,
+        // An array's binary form names its element type: text results only.
+        (DataType::List(element), Some(named)) if !may_be_binary => match (element.data_type(), named) {
+            (DataType::Utf8, "_char") => Type::CHAR_ARRAY,
+            (DataType::Int32, "_oid") => Type::OID_ARRAY,
+            _ => described.datatype().clone(),
+        },
         _ => described.datatype().clone(),
     };
     FieldInfo::new(name, described.table_id(), described.column_id(), data_type, described.format())
@@ -193,6 +205,10 @@ mod tests {
         Field::new(name, data_type, true).with_metadata(HashMap::from([(PG_TYPE_KEY.into(), pg_type.into())]))
     }
 
+    fn texts() -> DataType {
+        DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+    }
+
     #[test]
     fn tagged_columns_are_described_by_postgresqls_type_where_the_bytes_agree() {
         let text = FieldFormat::Text;
@@ -209,9 +225,13 @@ mod tests {
             // A tag on a type it does not fit is ignored.
             (tagged("n", DataType::Int64, "name"), text, true, Type::INT8),
             (Field::new("role", DataType::Null, true), text, true, Type::TEXT),
+            (tagged("proacl", texts(), "_aclitem"), text, true, Type::ACLITEM_ARRAY),
+            (tagged("proacl", texts(), "_aclitem"), text, false, Type::ACLITEM_ARRAY),
+            (tagged("proargmodes", texts(), "_char"), binary, true, Type::TEXT_ARRAY),
         ];
         for (arrow, format, known, expected) in cases {
             let before = match arrow.data_type() {
+                DataType::List(_) => Type::TEXT_ARRAY,
                 DataType::Int32 => Type::INT4,
                 DataType::Int64 => Type::INT8,
                 DataType::Null => Type::UNKNOWN,

@@ -175,6 +175,23 @@ async fn catalog_columns_and_functions_are_described_by_postgresqls_types() {
     let (database, nothing): (String, Option<String>) = (row.get(6), row.get(8));
     assert_eq!((database.as_str(), nothing), ("auditlake", None));
 
+    // Columns in PostgreSQL 15's order, holding its values and its arrays.
+    let database = client.query_one("SELECT * FROM pg_catalog.pg_database WHERE datname = 'auditlake'", &[]).await;
+    let database = database.unwrap();
+    let names: Vec<&str> = database.columns().iter().map(|c| c.name()).collect();
+    let pg15 = "oid datname datdba encoding datlocprovider datistemplate datallowconn datconnlimit datfrozenxid \
+                datminmxid dattablespace datcollate datctype daticulocale datcollversion datacl";
+    assert_eq!(names, pg15.split(' ').collect::<Vec<_>>());
+    assert_eq!(database.get::<_, i8>("datlocprovider") as u8, b'c');
+    let acl = client
+        .query_one(
+            "SELECT proacl FROM pg_catalog.pg_proc WHERE proname = 'pg_stat_file' AND proacl IS NOT NULL LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(acl.columns()[0].type_(), &Type::ACLITEM_ARRAY);
+
     // `SELECT n.oid, n.*` names both columns `oid`, as PostgreSQL does.
     let statement = client.prepare("SELECT n.oid, n.* FROM pg_catalog.pg_namespace n").await.unwrap();
     let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).take(3).collect();
