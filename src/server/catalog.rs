@@ -47,8 +47,12 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
 static STATIC_TABLES: LazyLock<Result<Arc<PgCatalogStaticTables>, String>> =
     LazyLock::new(|| PgCatalogStaticTables::try_new().map(Arc::new).map_err(|e| e.to_string()));
 
+/// Who a session's `session_user` (and `current_user`) is: the user who
+/// logged in, known once the login is done.
+pub type SessionUser = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Registers `pg_catalog` in `catalog_name` of `session`, with its functions.
-pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), DataFusionError> {
+pub fn register(session: &SessionContext, catalog_name: &str, user: SessionUser) -> Result<(), DataFusionError> {
     let static_tables = STATIC_TABLES.as_ref().map_err(|e| DataFusionError::Execution(e.clone()))?;
     let schema = PgCatalogSchemaProvider::try_new(
         session.state().catalog_list().clone(),
@@ -61,9 +65,7 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
         .register_schema("pg_catalog", Arc::new(Pg15Catalog { emulated: schema }))?;
 
     // PostgreSQL answers these in its `name` type.
-    for udf in
-        [pg::create_current_database_udf(catalog_name), pg::create_current_schema_udf(), pg::create_session_user_udf()]
-    {
+    for udf in [pg::create_current_database_udf(catalog_name), pg::create_current_schema_udf(), session_user(user)] {
         session.register_udf(ScalarUDF::new_from_impl(AnswersName { inner: udf }));
     }
     for udf in [
@@ -104,6 +106,19 @@ pub fn register(session: &SessionContext, catalog_name: &str) -> Result<(), Data
     // int4 bounds of `generate_series` / `range` widened to int8.
     CoerceIntArgsToBigInt::widen(session);
     Ok(())
+}
+
+/// `session_user`, which the catalog emulation answers `postgres` for
+/// everyone (and `current_user`, which it plans as `session_user`): the user
+/// who logged in.
+fn session_user(user: SessionUser) -> ScalarUDF {
+    create_udf(
+        "session_user",
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::Utf8(user())))),
+    )
 }
 
 /// A function whose text answer PostgreSQL types `name`: its result is

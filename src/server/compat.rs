@@ -814,8 +814,9 @@ fn restate_postgres_forms(sql: &str) -> Option<String> {
     let vectors = VECTOR_COLUMNS.iter().any(|(column, _)| lower.contains(column))
         && (lower.contains("unnest") || lower.contains("generate_subscripts") || lower.contains("any"));
     let forms = vectors || lower.contains("regproc") || lower.contains("regtype") || lower.contains("to_timestamp");
-    // Only an expression (a call, a cast, a CASE) gets a name of its own.
-    let names = lower.contains('(') || lower.contains("::") || lower.contains("case");
+    // Only an expression (a call, a cast, a CASE, `current_user`) gets a
+    // name of its own.
+    let names = lower.contains('(') || lower.contains("::") || lower.contains("case") || lower.contains("_user");
     if !forms && !names {
         return None;
     }

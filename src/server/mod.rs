@@ -269,7 +269,9 @@ impl ConnectionHandlers {
         let login = Arc::new(Login::new(policy, running.clone(), controls.clone()));
         let ctx = query::new_scoped_session_context(storage, limits, controls)
             .map_err(|e| ServerError::Session(e.to_string()))?;
-        catalog::register(&ctx, query::CATALOG).map_err(|e| ServerError::Session(e.to_string()))?;
+        let accessor = login.accessor();
+        let user: catalog::SessionUser = Arc::new(move || accessor.get().map(|accessor| accessor.user.clone()));
+        catalog::register(&ctx, query::CATALOG, user).map_err(|e| ServerError::Session(e.to_string()))?;
         compat::register(&ctx);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),

@@ -175,6 +175,12 @@ async fn catalog_columns_and_functions_are_described_by_postgresqls_types() {
     let (database, nothing): (String, Option<String>) = (row.get(6), row.get(8));
     assert_eq!((database.as_str(), nothing), ("auditlake", None));
 
+    // The session's user is the one who logged in (tools show it, and pass
+    // it to `has_table_privilege`).
+    let users = client.query_one("SELECT current_user, session_user", &[]).await.unwrap();
+    let users: (String, String) = (users.get(0), users.get(1));
+    assert_eq!(users, ("analyst".to_string(), "analyst".to_string()));
+
     // Columns in PostgreSQL 15's order, holding its values and its arrays.
     let database = client.query_one("SELECT * FROM pg_catalog.pg_database WHERE datname = 'auditlake'", &[]).await;
     let database = database.unwrap();
