@@ -30,6 +30,13 @@ headers = {}
 login = {"username": "admin", "password": "admin", "provider": "db", "refresh": False}
 headers["Authorization"] = "Bearer " + call("POST", "/api/v1/security/login", login)["access_token"]
 
+# Superset 6 pins SQLAlchemy 1.4, which has no psycopg 3 dialect: Superset
+# itself refuses `postgresql+psycopg://` before connecting to anything.
+psycopg3 = URI.replace("postgresql+psycopg2://", "postgresql+psycopg://")
+refused = client.open("/api/v1/database/test_connection/", method="POST", headers=headers,
+                      json={"sqlalchemy_uri": psycopg3, "database_name": NAME})
+print("psycopg 3 refused by superset", refused.status_code, refused.get_json()["errors"][0]["message"])
+
 call("POST", "/api/v1/database/test_connection/", {"sqlalchemy_uri": URI, "database_name": NAME})
 print("test connection ok")
 database = call("POST", "/api/v1/database/", {
