@@ -64,9 +64,15 @@ pub fn register(session: &SessionContext, catalog_name: &str, user: SessionUser)
         .ok_or_else(|| DataFusionError::Configuration(format!("no catalog {catalog_name} for pg_catalog")))?
         .register_schema("pg_catalog", Arc::new(Pg15Catalog { emulated: schema }))?;
 
-    // PostgreSQL answers these in its `name` type.
-    for udf in [pg::create_current_database_udf(catalog_name), pg::create_current_schema_udf(), session_user(user)] {
-        session.register_udf(ScalarUDF::new_from_impl(AnswersName { inner: udf }));
+    for (udf, answer) in [
+        (pg::create_current_database_udf(catalog_name), Pg15Answer::Name),
+        (pg::create_current_schema_udf(), Pg15Answer::Name),
+        (session_user(user), Pg15Answer::Name),
+        (pg::create_pg_relation_size_udf(), Pg15Answer::Bigint),
+        (pg::create_pg_total_relation_size_udf(), Pg15Answer::Bigint),
+        (pg::create_pg_stat_get_numscans(), Pg15Answer::Bigint),
+    ] {
+        session.register_udf(ScalarUDF::new_from_impl(AnswersAsPg15 { inner: udf, answer }));
     }
     for udf in [
         pg::create_current_schemas_udf(),
@@ -83,9 +89,6 @@ pub fn register(session: &SessionContext, catalog_name: &str, user: SessionUser)
         pg::create_pg_get_statisticsobjdef_columns_udf(),
         pg::create_pg_encoding_to_char_udf(),
         pg::create_pg_backend_pid_udf(),
-        pg::create_pg_relation_size_udf(),
-        pg::create_pg_total_relation_size_udf(),
-        pg::create_pg_stat_get_numscans(),
         pg::create_pg_get_constraintdef(),
         pg::create_pg_get_partition_ancestors_udf(),
         quote_ident_udf::create_quote_ident_udf(),
@@ -121,14 +124,26 @@ fn session_user(user: SessionUser) -> ScalarUDF {
     )
 }
 
-/// A function whose text answer PostgreSQL types `name`: its result is
-/// tagged so that clients are told so (`describe.rs`).
+/// What PostgreSQL 15 answers where the emulation's function answers
+/// otherwise.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct AnswersName {
-    inner: ScalarUDF,
+enum Pg15Answer {
+    /// Text PostgreSQL types `name`: tagged, so clients are told so
+    /// (`describe.rs`).
+    Name,
+    /// A size or a count PostgreSQL answers as `bigint` (the emulation's
+    /// `pg_relation_size` answers `int4`): widened.
+    Bigint,
 }
 
-impl ScalarUDFImpl for AnswersName {
+/// An emulated function answering as PostgreSQL 15 does.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AnswersAsPg15 {
+    inner: ScalarUDF,
+    answer: Pg15Answer,
+}
+
+impl ScalarUDFImpl for AnswersAsPg15 {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -142,18 +157,30 @@ impl ScalarUDFImpl for AnswersName {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType, DataFusionError> {
-        self.inner.return_type(arg_types)
+        match self.answer {
+            Pg15Answer::Name => self.inner.return_type(arg_types),
+            Pg15Answer::Bigint => Ok(DataType::Int64),
+        }
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef, DataFusionError> {
-        let field = self.inner.return_field_from_args(args)?;
-        let mut metadata = field.metadata().clone();
-        metadata.insert(PG_TYPE_KEY.to_string(), "name".to_string());
-        Ok(Arc::new(field.as_ref().clone().with_metadata(metadata)))
+        let field = self.inner.return_field_from_args(args)?.as_ref().clone();
+        Ok(Arc::new(match self.answer {
+            Pg15Answer::Name => {
+                let mut metadata = field.metadata().clone();
+                metadata.insert(PG_TYPE_KEY.to_string(), "name".to_string());
+                field.with_metadata(metadata)
+            }
+            Pg15Answer::Bigint => field.with_data_type(DataType::Int64),
+        }))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue, DataFusionError> {
-        self.inner.invoke_with_args(args)
+        let answer = self.inner.invoke_with_args(args)?;
+        match self.answer {
+            Pg15Answer::Name => Ok(answer),
+            Pg15Answer::Bigint => answer.cast_to(&DataType::Int64, None),
+        }
     }
 }
 
