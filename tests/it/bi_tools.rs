@@ -83,13 +83,20 @@ fn transcripts_are_read_whole() {
     assert_eq!(transcript(source), ["SET a = 'b'", "SELECT \"x\"\n FROM t", "SELECT \"y\" FROM u"]);
 }
 
-#[tokio::test]
-async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
+/// An empty server and the client of acme's analyst `analyst`, as whom
+/// the tools connect (the directory lives as long as the server).
+async fn analyst_of_acme() -> (tempfile::TempDir, Server, tokio_postgres::Client) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     add_user(&data, "analyst", &["--org", "acme"]);
     let server = Server::start(&data, &[]);
     let client = server.pg_as("analyst").await.unwrap();
+    (dir, server, client)
+}
+
+#[tokio::test]
+async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
+    let (_dir, _server, client) = analyst_of_acme().await;
     let tests = datafusion_postgres_dir().join("tests");
     let mut replayed = 0;
     let mut failed = Vec::new();
@@ -144,11 +151,7 @@ async fn bi_tool_start_up_and_introspection_sql_answers_without_error() {
 #[tokio::test]
 async fn catalog_columns_and_functions_are_described_by_postgresqls_types() {
     use tokio_postgres::types::Type;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    add_user(&data, "analyst", &["--org", "acme"]);
-    let server = Server::start(&data, &[]);
-    let client = server.pg_as("analyst").await.unwrap();
+    let (_dir, _server, client) = analyst_of_acme().await;
     let sql = "SELECT c.oid, c.relname, c.relkind, c.relfrozenxid, c.reltuples, n.nspname, current_database(), \
                current_schema(), NULL AS nothing FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
                ON n.oid = c.relnamespace WHERE c.relname = 'audit_events'";
@@ -293,11 +296,7 @@ fn shape(statement: &Result<tokio_postgres::Statement, tokio_postgres::Error>) -
 #[tokio::test]
 #[ignore = "tier 2: needs the PostgreSQL 15 server (scripts/test.sh runs it)"]
 async fn bi_tool_transcripts_answer_in_postgresqls_shapes_and_types() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    add_user(&data, "analyst", &["--org", "acme"]);
-    let server = Server::start(&data, &[]);
-    let auditlake = server.pg_as("analyst").await.unwrap();
+    let (_dir, server, auditlake) = analyst_of_acme().await;
 
     // The same table in PostgreSQL, column for column as auditlake describes it.
     let pg = Postgres15::start();
