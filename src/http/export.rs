@@ -17,7 +17,7 @@ use datafusion::prelude::{col, lit};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiError;
+use super::{ApiError, search};
 use crate::query::{self, QueryConfig, Scope, SessionControls};
 use crate::storage::Storage;
 
@@ -40,6 +40,8 @@ pub struct PageRequest {
     pub ip: Option<String>,
     /// Case-insensitive text in the action, content title or attributes.
     pub q: Option<String>,
+    /// The search language of `search.rs` (`actor:alice created:>=2026-11-01`).
+    pub search: Option<String>,
     pub limit: Option<usize>,
     /// `next_cursor` of the page before.
     pub cursor: Option<String>,
@@ -53,19 +55,6 @@ fn at(name: &str, text: &str) -> Result<Expr, ApiError> {
     let time = chrono::DateTime::parse_from_rfc3339(text)
         .map_err(|e| bad(format!("{name}={text:?} is not an RFC 3339 time: {e}")))?;
     Ok(lit(ScalarValue::TimestampMicrosecond(Some(time.timestamp_micros()), Some("UTC".into()))))
-}
-
-/// `%text%` for LIKE, with LIKE's own characters taken literally.
-fn containing(text: &str) -> String {
-    let mut pattern = String::from("%");
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
 }
 
 /// The condition a request asks for, after its cursor.
@@ -92,13 +81,13 @@ fn condition(request: &PageRequest) -> Result<Expr, ApiError> {
         }
     }
     if let Some(q) = &request.q {
-        let pattern = containing(q);
-        let anywhere = ["action", "content_title", "attributes"]
-            .into_iter()
-            .map(|column| col(column).ilike(lit(pattern.clone())))
-            .reduce(Expr::or)
-            .expect("three columns");
-        condition = condition.and(anywhere);
+        condition = condition.and(search::text_anywhere(q));
+    }
+    if let Some(text) = &request.search {
+        let search = search::parse(text).map_err(|refused| bad(refused.to_string()))?;
+        if let Some(searched) = search.condition() {
+            condition = condition.and(searched);
+        }
     }
     Ok(condition)
 }
@@ -179,11 +168,6 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn like_characters_in_q_are_taken_literally() {
-        assert_eq!(containing("50%_off\\"), "%50\\%\\_off\\\\%");
-    }
 
     #[test]
     fn bad_parameters_are_named() {

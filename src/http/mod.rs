@@ -15,6 +15,7 @@
 
 pub mod export;
 mod listener;
+pub mod search;
 pub mod tokens;
 
 pub use listener::{DEFAULT_MAX_HTTP_CONNECTIONS, HEADER_READ_TIMEOUT};

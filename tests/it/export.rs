@@ -178,3 +178,70 @@ async fn refusals_for_the_servers_limits_or_faults_are_not_blamed_on_the_client(
     assert_eq!(status, 500, "{answer}");
     assert!(answer["error"].as_str().unwrap().contains("token store"), "{answer}");
 }
+
+/// The search language over HTTP: each qualifier narrows acme's events, a
+/// negated one keeps events without a value, and nothing typed reaches
+/// another organisation's rows or runs when it cannot be read.
+#[tokio::test]
+async fn search_qualifiers_select_exactly_and_never_leave_the_tokens_organisation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let reader = bearer_client(&create_token(&data, &["--org", "acme", "--scope", "read"]));
+    let mut events = [
+        event("a1", "acme", "alice", "confluence.page.viewed", 0),
+        event("a2", "acme", "alice", "confluence.page.exported", 60 * 24),
+        event("a3", "acme", "bob", "jira.issue.viewed", 60 * 48),
+        event("a4", "acme", "bob", "confluence.page.exported", 60 * 72),
+        event("g1", "globex", "alice", "confluence.page.exported", 60 * 24),
+    ];
+    events[1]["outcome"] = json!("failure");
+    events[1]["content_id"] = json!("PAGE 7");
+    events[2]["source_ip"] = json!("192.168.7.9");
+    events[3]["outcome"] = json!("success");
+    events[3]["attributes"] = json!({"reason": "Quarterly EXPORT"});
+    let body: Vec<String> = events.iter().map(Value::to_string).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), body.join("\n")).await.0, 200);
+    let base = format!("{}/v1/orgs/acme/events", server.http_url);
+    let url = |search: &str| reqwest::Url::parse_with_params(&base, [("search", search)]).unwrap().to_string();
+    let ids = |page: &Value| -> Vec<String> {
+        page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    };
+    // The events are on 2026-11-20, 21, 22 and 23, from 08:00 UTC.
+    for (search, expected) in [
+        ("actor:alice", &["a1", "a2"][..]),
+        ("action:confluence.page.*", &["a1", "a2", "a4"]),
+        ("action:confluence.page.* -actor:alice", &["a4"]),
+        ("-outcome:success", &["a1", "a2", "a3"]),
+        ("outcome:failure", &["a2"]),
+        (r#"content:"PAGE 7""#, &["a2"]),
+        ("ip:192.168.0.0/16", &["a3"]),
+        ("-ip:10.0.0.1", &["a3"]),
+        ("created:2026-11-21", &["a2"]),
+        ("created:2026-11-21..2026-11-22", &["a2", "a3"]),
+        ("created:>2026-11-21 created:<=2026-11-23", &["a3", "a4"]),
+        ("quarterly", &["a4"]),
+        ("", &["a1", "a2", "a3", "a4"]),
+    ] {
+        let (status, page) = get(&reader, &url(search)).await;
+        assert_eq!(status, 200, "{search}: {page}");
+        assert_eq!(ids(&page), expected, "{search}");
+    }
+    // What a tenant might type to reach globex's rows finds only acme's, or nothing.
+    for probe in ["actor:alice action:confluence.page.exported", "g1", "globex", "-actor:nobody"] {
+        let (status, page) = get(&reader, &url(probe)).await;
+        assert_eq!(status, 200, "{probe}: {page}");
+        assert!(page["events"].as_array().unwrap().iter().all(|e| e["org_id"] == "acme"), "{probe}: {page}");
+    }
+    // Refused before anything runs, naming the token and where it is.
+    for (search, named) in [
+        ("actor:alice org:globex", "`org:globex` at character 13"),
+        ("ip:10.0.0.0/33", "`ip:10.0.0.0/33` at character 1"),
+        ("created:2026-02-30", "`2026-02-30` is not a date"),
+        ("actor:\"alice", "unclosed quote in `actor:\"alice` at character 1"),
+    ] {
+        let (status, refused) = get(&reader, &url(search)).await;
+        assert_eq!(status, 400, "{search}: {refused}");
+        assert!(refused["error"].as_str().unwrap().contains(named), "{search}: {refused}");
+    }
+}
