@@ -29,6 +29,10 @@ use ipnet::IpNet;
 /// The longest search text read, in bytes.
 pub const MAX_SEARCH_BYTES: usize = 2048;
 
+/// The most terms a search holds: an investigator types a handful, and
+/// each term deepens the condition the planner walks.
+pub const MAX_SEARCH_TERMS: usize = 32;
+
 /// The qualifiers, as written before the colon.
 pub const QUALIFIERS: [&str; 7] = ["actor", "action", "ip", "outcome", "product", "content", "created"];
 
@@ -86,7 +90,15 @@ pub fn parse(text: &str) -> Result<Search, SearchError> {
             reason: format!("the search is {} bytes, more than {MAX_SEARCH_BYTES}", text.len()),
         });
     }
-    let terms = tokens(text)?.into_iter().map(|(position, token)| term(position, token)).collect::<Result<_, _>>()?;
+    let tokens = tokens(text)?;
+    if let Some((position, token)) = tokens.get(MAX_SEARCH_TERMS) {
+        return Err(SearchError {
+            token: token.to_string(),
+            position: *position,
+            reason: format!("a search holds at most {MAX_SEARCH_TERMS} terms"),
+        });
+    }
+    let terms = tokens.into_iter().map(|(position, token)| term(position, token)).collect::<Result<_, _>>()?;
     Ok(Search { terms })
 }
 
@@ -387,6 +399,8 @@ mod tests {
         assert!(refused("actor:").reason.contains("needs a value"));
         assert_eq!(refused(r#"actor:"alice"#).reason, "unclosed quote");
         assert!(refused(&"x".repeat(MAX_SEARCH_BYTES + 1)).reason.contains("more than 2048"));
+        let many = refused(&"ab ".repeat(MAX_SEARCH_TERMS + 1));
+        assert_eq!((many.position, many.reason.as_str()), (3 * 32 + 1, "a search holds at most 32 terms"));
     }
 
     #[test]

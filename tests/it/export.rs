@@ -233,12 +233,17 @@ async fn search_qualifiers_select_exactly_and_never_leave_the_tokens_organisatio
         assert_eq!(status, 200, "{probe}: {page}");
         assert!(page["events"].as_array().unwrap().iter().all(|e| e["org_id"] == "acme"), "{probe}: {page}");
     }
+    // The longest search allowed runs.
+    let (status, page) = get(&reader, &url(&"-zz ".repeat(32))).await;
+    assert_eq!((status, ids(&page).len()), (200, 4), "{page}");
     // Refused before anything runs, naming the token and where it is.
     for (search, named) in [
         ("actor:alice org:globex", "`org:globex` at character 13"),
         ("ip:10.0.0.0/33", "`ip:10.0.0.0/33` at character 1"),
         ("created:2026-02-30", "`2026-02-30` is not a date"),
         ("actor:\"alice", "unclosed quote in `actor:\"alice` at character 1"),
+        (&"-x ".repeat(33), "at most 32 terms in `-x` at character 97"),
+        (&"x".repeat(2049), "more than 2048"),
     ] {
         let (status, refused) = get(&reader, &url(search)).await;
         assert_eq!(status, 400, "{search}: {refused}");
