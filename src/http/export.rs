@@ -17,7 +17,8 @@ use datafusion::prelude::{col, lit};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, search};
+use super::ApiError;
+use super::search::{self, Search};
 use crate::query::{self, QueryConfig, Scope, SessionControls};
 use crate::storage::Storage;
 
@@ -57,8 +58,18 @@ fn at(name: &str, text: &str) -> Result<Expr, ApiError> {
     Ok(lit(ScalarValue::TimestampMicrosecond(Some(time.timestamp_micros()), Some("UTC".into()))))
 }
 
-/// The condition a request asks for, after its cursor.
-fn condition(request: &PageRequest) -> Result<Expr, ApiError> {
+impl PageRequest {
+    /// The request's `search`, read (an empty one when it has none).
+    pub fn search(&self) -> Result<Search, ApiError> {
+        self.search
+            .as_deref()
+            .map_or(Ok(Search::default()), |text| search::parse(text).map_err(|refused| bad(refused.to_string())))
+    }
+}
+
+/// The condition a request asks for, after its cursor, with its search
+/// (read by [`PageRequest::search`], its content ids as stored).
+fn condition(request: &PageRequest, search: &Search) -> Result<Expr, ApiError> {
     let after: i64 = match &request.cursor {
         Some(cursor) => cursor.parse().map_err(|_| bad(format!("cursor={cursor:?} is not a cursor of this API")))?,
         None => 0,
@@ -83,11 +94,8 @@ fn condition(request: &PageRequest) -> Result<Expr, ApiError> {
     if let Some(q) = &request.q {
         condition = condition.and(search::text_anywhere(q));
     }
-    if let Some(text) = &request.search {
-        let search = search::parse(text).map_err(|refused| bad(refused.to_string()))?;
-        if let Some(searched) = search.condition() {
-            condition = condition.and(searched);
-        }
+    if let Some(searched) = search.condition() {
+        condition = condition.and(searched);
     }
     Ok(condition)
 }
@@ -101,12 +109,13 @@ pub async fn page(
     limits: &QueryConfig,
     org: &str,
     request: &PageRequest,
+    search: &Search,
 ) -> Result<Value, ApiError> {
     let limit = request.limit.unwrap_or(DEFAULT_PAGE_EVENTS);
     if !(1..=MAX_PAGE_EVENTS).contains(&limit) {
         return Err(bad(format!("limit={limit} is not between 1 and {MAX_PAGE_EVENTS}")));
     }
-    let events = events(storage, limits, org, condition(request)?, limit).await?;
+    let events = events(storage, limits, org, condition(request, search)?, limit).await?;
     let next_cursor = match events.last() {
         Some(last) => last["seq"].as_i64().expect("every event has a seq").to_string(),
         None => request.cursor.clone().unwrap_or_else(|| "0".to_string()),
@@ -172,8 +181,8 @@ mod tests {
     #[test]
     fn bad_parameters_are_named() {
         let request = PageRequest { from: Some("yesterday".into()), ..Default::default() };
-        assert!(condition(&request).unwrap_err().to_string().contains("from=\"yesterday\""));
+        assert!(condition(&request, &Search::default()).unwrap_err().to_string().contains("from=\"yesterday\""));
         let request = PageRequest { cursor: Some("abc".into()), ..Default::default() };
-        assert!(condition(&request).unwrap_err().to_string().contains("cursor=\"abc\""));
+        assert!(condition(&request, &Search::default()).unwrap_err().to_string().contains("cursor=\"abc\""));
     }
 }

@@ -407,16 +407,21 @@ async fn export_events(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     may_read(&app.auth, &headers, &org)?;
     let Query(mut request) = request.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
-    // Where the organisation hashes UGC, `content=X` means the events about X.
-    if let Some(content) = &request.content
-        && !content.starts_with(HASHED_PREFIX)
-        && app.policies.of(&org)?.ugc == UgcMode::Hash
+    let mut search = request.search()?;
+    // Where the organisation hashes UGC, `content=X` (and `content:X`) means
+    // the events about X.
     {
-        let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.clone() })?;
-        request.content = Some(key.hash(&org, content));
+        let contents = request.content.iter_mut().chain(search.content_ids_mut());
+        let mut unhashed = contents.filter(|content| !content.starts_with(HASHED_PREFIX)).peekable();
+        if unhashed.peek().is_some() && app.policies.of(&org)?.ugc == UgcMode::Hash {
+            let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.clone() })?;
+            for content in unhashed {
+                *content = key.hash(&org, content);
+            }
+        }
     }
     let queries = app.queries.clone();
-    let page = queries.spawn(async move { export::page(&app.storage, &app.limits, &org, &request).await });
+    let page = queries.spawn(async move { export::page(&app.storage, &app.limits, &org, &request, &search).await });
     Ok(Json(page.await.map_err(|e| ApiError::Internal(e.to_string()))??))
 }
 

@@ -275,6 +275,15 @@ impl Filter {
 }
 
 impl Search {
+    /// The content ids the search names, to be restated as stored (hashed,
+    /// where the organisation's policy hashes them).
+    pub fn content_ids_mut(&mut self) -> impl Iterator<Item = &mut String> {
+        self.terms.iter_mut().filter_map(|term| match &mut term.filter {
+            Filter::Content(content) => Some(content),
+            _ => None,
+        })
+    }
+
     /// The condition every term must hold, or `None` for an empty search.
     /// A negated term keeps the events it is not true of, those with no
     /// value in its column among them (`-outcome:success` keeps events

@@ -115,6 +115,22 @@ async fn hashed_and_dropped_ugc_is_in_no_wal_or_segment_byte_and_ugc_hash_finds_
     let url = format!("{}/v1/orgs/acme/events?content=PAGE-of-acme-7f3a9c", server.http_url);
     let page: Value = reader.get(url).send().await.unwrap().json().await.unwrap();
     assert_eq!(page["events"].as_array().map(Vec::len), Some(3), "{page}");
+    // So does the search language's `content:`, negated too.
+    let events = format!("{}/v1/orgs/acme/events", server.http_url);
+    let found = |search: &str| {
+        let url = reqwest::Url::parse_with_params(&events, [("search", search)]).unwrap();
+        let reader = reader.clone();
+        async move {
+            let page: Value = reader.get(url).send().await.unwrap().json().await.unwrap();
+            page["events"].as_array().map(Vec::len).unwrap_or_else(|| panic!("{page}"))
+        }
+    };
+    let mut other = event("acme-other", "acme", "u2", "confluence.page.viewed", 5);
+    other["content_id"] = json!("PAGE-of-acme-other");
+    assert_eq!(post(&server.http(), &server.events_url(), other.to_string()).await.0, 200);
+    assert_eq!(found("content:PAGE-of-acme-7f3a9c").await, 3);
+    assert_eq!(found("-content:PAGE-of-acme-7f3a9c").await, 1);
+    assert_eq!(found("content:PAGE-of-acme-other").await, 1);
 
     // An organisation's own user hashes with its own key, and no other.
     crate::harness::add_user(&data, "acme-analyst", &["--org", "acme"]);
