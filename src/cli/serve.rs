@@ -344,6 +344,7 @@ async fn serve_storage(
         limits: endpoint.limits.clone(),
         policies,
         integrity,
+        viewer: Arc::new(http::viewer::ViewerKey::in_data_dir(&args.data_dir)?),
     };
     let pg = server::bind(args.pg_listen).await?;
     let http = http::bind(args.http_listen).await?;

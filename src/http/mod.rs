@@ -17,6 +17,10 @@ pub mod export;
 mod listener;
 pub mod search;
 pub mod tokens;
+pub mod viewer;
+
+use search::Term;
+use viewer::{VIEWER_TOKEN_PREFIX, ViewerError, ViewerKey, ViewerRequest};
 
 pub use listener::{DEFAULT_MAX_HTTP_CONNECTIONS, HEADER_READ_TIMEOUT};
 
@@ -99,6 +103,8 @@ pub enum ApiError {
     #[error(transparent)]
     Proof(#[from] ProofError),
     #[error(transparent)]
+    Viewer(#[from] viewer::ViewerError),
+    #[error(transparent)]
     Storage(#[from] StorageError),
     /// A bug: work handed to a thread of its own did not finish.
     #[error("{0}")]
@@ -138,6 +144,9 @@ impl ApiError {
             ApiError::Proof(ProofError::NotCheckpointed(_)) => StatusCode::CONFLICT,
             ApiError::Proof(ProofError::Gone(_)) => StatusCode::NOT_FOUND,
             ApiError::Proof(ProofError::Integrity(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Viewer(ViewerError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Viewer(ViewerError::Forged | ViewerError::Expired(_)) => StatusCode::UNAUTHORIZED,
+            ApiError::Viewer(ViewerError::Settings(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -211,6 +220,8 @@ pub struct Api {
     pub policies: Arc<Policies>,
     /// Inclusion proofs; `None` when the server does not checkpoint.
     pub integrity: Option<Arc<Integrity>>,
+    /// Signs and checks viewer tokens.
+    pub viewer: Arc<ViewerKey>,
 }
 
 /// The memory event bodies may take together while they are read, parsed
@@ -249,6 +260,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/orgs/{org}/events/{id}", get(export_event))
         .route("/v1/orgs/{org}/events/{id}/proof", get(event_proof))
         .route("/v1/orgs/{org}/policy", get(get_policy).put(put_policy))
+        .route("/v1/orgs/{org}/viewer-tokens", post(create_viewer_token))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
@@ -399,15 +411,54 @@ async fn put_policy(
     Ok(Json(policy_json(&org, &policy)))
 }
 
+/// Seconds since the Unix epoch, now.
+fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// `POST /v1/orgs/{org}/viewer-tokens`: a viewer token for the browser of
+/// one of `org`'s users, asked for by the application with a read token of
+/// `org` (a viewer token never reads more than its maker may).
+async fn create_viewer_token(
+    State(app): State<Api>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<ViewerRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    may_read(&app.auth, &headers, &org)?;
+    let Json(request) = body.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
+    let (token, claims) = app.viewer.issue(&org, request, now_s())?;
+    let expires_at = chrono::DateTime::from_timestamp(claims.expires, 0).map(|t| t.to_rfc3339());
+    Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": expires_at, "claims": claims }))))
+}
+
+/// Who may read `org`'s events: a read token of `org` (no narrowing), or a
+/// viewer token for `org` (its narrowing).
+fn reader_of(app: &Api, headers: &HeaderMap, org: &str) -> Result<Vec<Term>, ApiError> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let Some(token) =
+        bearer.and_then(|value| value.strip_prefix("Bearer ")).filter(|t| t.starts_with(VIEWER_TOKEN_PREFIX))
+    else {
+        may_read(&app.auth, headers, org)?;
+        return Ok(Vec::new());
+    };
+    let claims = app.viewer.verify(token.trim(), now_s())?;
+    if claims.org != org {
+        return Err(ApiError::NotThisOrg(org.to_string()));
+    }
+    Ok(claims.narrowing())
+}
+
 async fn export_events(
     State(app): State<Api>,
     Path(org): Path<String>,
     headers: HeaderMap,
     request: Result<Query<export::PageRequest>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    may_read(&app.auth, &headers, &org)?;
+    let narrowing = reader_of(&app, &headers, &org)?;
     let Query(mut request) = request.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
     let mut search = request.search()?;
+    search.terms.extend(narrowing);
     // Where the organisation hashes UGC, `content=X` (and `content:X`) means
     // the events about X.
     {

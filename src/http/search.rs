@@ -2,7 +2,7 @@
 //! text, as typed into a search box or a URL.
 //!
 //! ```text
-//! actor:alice action:confluence.page.* -outcome:success ip:10.0.0.0/8
+//! actor:alice action:confluence.page.* -outcome:success ip:10.0.0.0/8 container:SPACE-1
 //! created:>=2026-11-01 created:2026-11-01..2026-11-07 "exported page"
 //! ```
 //!
@@ -34,7 +34,7 @@ pub const MAX_SEARCH_BYTES: usize = 2048;
 pub const MAX_SEARCH_TERMS: usize = 32;
 
 /// The qualifiers, as written before the colon.
-pub const QUALIFIERS: [&str; 7] = ["actor", "action", "ip", "outcome", "product", "content", "created"];
+pub const QUALIFIERS: [&str; 8] = ["actor", "action", "ip", "outcome", "product", "content", "container", "created"];
 
 /// A search refused: what is wrong, in which token, at which character
 /// (counted from 1).
@@ -58,6 +58,7 @@ pub enum Filter {
     Outcome(String),
     Product(String),
     Content(String),
+    Container(String),
     /// `[from, to)` in microseconds since the epoch; either may be open.
     Created {
         from_us: Option<i64>,
@@ -170,6 +171,7 @@ fn term(position: usize, token: &str) -> Result<Term, SearchError> {
         "outcome" => Filter::Outcome(value.to_string()),
         "product" => Filter::Product(value.to_string()),
         "content" => Filter::Content(value.to_string()),
+        "container" => Filter::Container(value.to_string()),
         "created" => created(value).map_err(refused)?,
         _ => unreachable!("every qualifier is matched"),
     };
@@ -264,6 +266,7 @@ impl Filter {
             Filter::Outcome(outcome) => col("outcome").eq(lit(outcome.as_str())),
             Filter::Product(product) => col("product").eq(lit(product.as_str())),
             Filter::Content(content) => col("content_id").eq(lit(content.as_str())),
+            Filter::Container(container) => col("container_id").eq(lit(container.as_str())),
             Filter::Created { from_us, to_us } => {
                 let from = from_us.map(|from| col("time").gt_eq(utc_micros(from)));
                 let to = to_us.map(|to| col("time").lt(utc_micros(to)));
@@ -396,8 +399,8 @@ mod tests {
         assert!(error.reason.contains("unknown qualifier `org:`"), "{error}");
         assert_eq!(
             error.to_string(),
-            "search: unknown qualifier `org:` (known: actor, action, ip, outcome, product, content, created) in \
-             `org:globex` at character 13"
+            "search: unknown qualifier `org:` (known: actor, action, ip, outcome, product, content, container, \
+             created) in `org:globex` at character 13"
         );
         let error = refused("créé ip:300.1.2.3");
         assert_eq!((error.token.as_str(), error.position), ("ip:300.1.2.3", 6));

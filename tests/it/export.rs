@@ -250,3 +250,89 @@ async fn search_qualifiers_select_exactly_and_never_leave_the_tokens_organisatio
         assert!(refused["error"].as_str().unwrap().contains(named), "{search}: {refused}");
     }
 }
+
+/// Viewer tokens: made by the application with its read token, for one
+/// organisation and optionally one actor; nothing typed or put in the URL
+/// widens them, and a changed or expired token reads nothing.
+#[tokio::test]
+async fn viewer_tokens_read_only_their_narrowing_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let app = bearer_client(&create_token(&data, &["--org", "acme", "--scope", "read"]));
+    let ingest = bearer_client(&create_token(&data, &["--org", "acme", "--scope", "ingest"]));
+    let events = [
+        event("a1", "acme", "alice", "confluence.page.viewed", 0),
+        event("a2", "acme", "bob", "confluence.page.viewed", 1),
+        event("a3", "acme", "alice", "jira.issue.viewed", 2),
+        event("g1", "globex", "alice", "confluence.page.viewed", 3),
+    ];
+    let body: Vec<String> = events.iter().map(Value::to_string).collect();
+    assert_eq!(post(&server.http(), &server.events_url(), body.join("\n")).await.0, 200);
+    let mint_url = format!("{}/v1/orgs/acme/viewer-tokens", server.http_url);
+    let mint = |client: reqwest::Client, body: Value| {
+        let url = mint_url.clone();
+        async move {
+            let response = client.post(url).json(&body).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, minted) = mint(app.clone(), json!({"actor": "alice", "end_user": "vendor-user-7"})).await;
+    assert_eq!(status, 201, "{minted}");
+    assert_eq!(minted["claims"]["actor"], "alice");
+    let viewer = bearer_client(minted["token"].as_str().unwrap());
+    let read = |client: &reqwest::Client, org: &str, search: &str| {
+        let url =
+            reqwest::Url::parse_with_params(&format!("{}/v1/orgs/{org}/events", server.http_url), [("search", search)]);
+        let client = client.clone();
+        async move { get(&client, url.unwrap().as_str()).await }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["events"]
+            .as_array()
+            .map_or(vec![], |events| events.iter().map(|e| e["id"].as_str().unwrap().into()).collect())
+    };
+    let (status, page) = read(&viewer, "acme", "").await;
+    assert_eq!((status, ids(&page)), (200, vec!["a1".into(), "a3".into()]), "{page}");
+    let (_, page) = read(&viewer, "acme", "action:jira.*").await;
+    assert_eq!(ids(&page), ["a3"]);
+    for widening in ["actor:bob", "-actor:alice", "bob"] {
+        let (status, page) = read(&viewer, "acme", widening).await;
+        assert_eq!((status, ids(&page)), (200, vec![]), "{widening}: {page}");
+    }
+    let (status, page) = read(&viewer, "globex", "").await;
+    assert_eq!(status, 403, "{page}");
+    // The token is not an API token: it reads no single event, sends nothing.
+    let one = get(&viewer, &format!("{}/v1/orgs/acme/events/a1", server.http_url)).await;
+    assert_eq!(one.0, 401, "{}", one.1);
+
+    // A token changed by its holder is not this server's.
+    let token = minted["token"].as_str().unwrap();
+    let (claims, tag) = token.trim_start_matches("alv_").split_once('.').unwrap();
+    let mut changed = claims.to_string();
+    changed.replace_range(0..1, if claims.starts_with('e') { "f" } else { "e" });
+    let (status, page) = read(&bearer_client(&format!("alv_{changed}.{tag}")), "acme", "").await;
+    assert_eq!(status, 401, "{page}");
+
+    // Lifetimes: one second, then refused with a message saying so.
+    let (status, short) = mint(app.clone(), json!({"ttl_seconds": 1})).await;
+    assert_eq!(status, 201, "{short}");
+    let short = bearer_client(short["token"].as_str().unwrap());
+    assert_eq!(read(&short, "acme", "").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, expired) = read(&short, "acme", "").await;
+    assert_eq!(status, 401, "{expired}");
+    assert!(expired["error"].as_str().unwrap().contains("expired at"), "{expired}");
+
+    // Only a read token of the organisation makes them, within the limits.
+    for (client, body, expected) in [
+        (ingest.clone(), json!({}), 403),
+        (app.clone(), json!({"ttl_seconds": 0}), 400),
+        (app.clone(), json!({"ttl_seconds": 86401}), 400),
+        (app.clone(), json!({"org": "globex"}), 400),
+        (viewer.clone(), json!({}), 401),
+    ] {
+        let (status, answer) = mint(client, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {answer}");
+    }
+}
