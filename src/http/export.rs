@@ -123,9 +123,17 @@ pub async fn page(
     Ok(json!({ "events": events, "next_cursor": next_cursor, "more": events.len() == limit }))
 }
 
-/// The event of `org` with id `id`, if there is one.
-pub async fn one(storage: &Storage, limits: &QueryConfig, org: &str, id: &str) -> Result<Option<Value>, ApiError> {
-    Ok(events(storage, limits, org, col("id").eq(lit(id)), 1).await?.pop())
+/// The event of `org` with id `id` that also holds `within`, if there is one.
+pub async fn one(
+    storage: &Storage,
+    limits: &QueryConfig,
+    org: &str,
+    id: &str,
+    within: Option<Expr>,
+) -> Result<Option<Value>, ApiError> {
+    let by_id = col("id").eq(lit(id));
+    let condition = within.map_or(by_id.clone(), |within| by_id.and(within));
+    Ok(events(storage, limits, org, condition, 1).await?.pop())
 }
 
 /// Up to `limit` of `org`'s events matching `condition`, in `seq` order, as

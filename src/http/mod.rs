@@ -19,7 +19,7 @@ pub mod search;
 pub mod tokens;
 pub mod viewer;
 
-use search::Term;
+use search::{Search, Term};
 use viewer::{VIEWER_TOKEN_PREFIX, ViewerError, ViewerKey, ViewerRequest};
 
 pub use listener::{DEFAULT_MAX_HTTP_CONNECTIONS, HEADER_READ_TIMEOUT};
@@ -432,6 +432,20 @@ async fn create_viewer_token(
     Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": expires_at, "claims": claims }))))
 }
 
+/// Content ids as `org` stores them: where the organisation hashes UGC,
+/// `content=X` (and `content:X`, and a viewer token's content) means the
+/// events about X.
+fn as_stored<'a>(app: &Api, org: &str, contents: impl Iterator<Item = &'a mut String>) -> Result<(), ApiError> {
+    let mut unhashed = contents.filter(|content| !content.starts_with(HASHED_PREFIX)).peekable();
+    if unhashed.peek().is_some() && app.policies.of(org)?.ugc == UgcMode::Hash {
+        let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.to_string() })?;
+        for content in unhashed {
+            *content = key.hash(org, content);
+        }
+    }
+    Ok(())
+}
+
 /// Who may read `org`'s events: a read token of `org` (no narrowing), or a
 /// viewer token for `org` (its narrowing).
 fn reader_of(app: &Api, headers: &HeaderMap, org: &str) -> Result<Vec<Term>, ApiError> {
@@ -459,18 +473,7 @@ async fn export_events(
     let Query(mut request) = request.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
     let mut search = request.search()?;
     search.terms.extend(narrowing);
-    // Where the organisation hashes UGC, `content=X` (and `content:X`) means
-    // the events about X.
-    {
-        let contents = request.content.iter_mut().chain(search.content_ids_mut());
-        let mut unhashed = contents.filter(|content| !content.starts_with(HASHED_PREFIX)).peekable();
-        if unhashed.peek().is_some() && app.policies.of(&org)?.ugc == UgcMode::Hash {
-            let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.clone() })?;
-            for content in unhashed {
-                *content = key.hash(&org, content);
-            }
-        }
-    }
+    as_stored(&app, &org, request.content.iter_mut().chain(search.content_ids_mut()))?;
     let queries = app.queries.clone();
     let page = queries.spawn(async move { export::page(&app.storage, &app.limits, &org, &request, &search).await });
     Ok(Json(page.await.map_err(|e| ApiError::Internal(e.to_string()))??))
@@ -481,17 +484,25 @@ async fn export_event(
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    may_read(&app.auth, &headers, &org)?;
-    match one_event(&app, &org, &id).await? {
+    let narrowing = reader_of(&app, &headers, &org)?;
+    match one_event(&app, &org, &id, narrowing).await? {
         Some(event) => Ok(Json(event)),
         None => Err(ApiError::NotFound { org, id }),
     }
 }
 
-/// One event of `org` by id, looked up on the query runtime.
-async fn one_event(app: &Api, org: &str, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
+/// One event of `org` by id within a viewer token's `narrowing`, looked up
+/// on the query runtime.
+async fn one_event(
+    app: &Api,
+    org: &str,
+    id: &str,
+    narrowing: Vec<Term>,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let mut within = Search { terms: narrowing };
+    as_stored(app, org, within.content_ids_mut())?;
     let (storage, limits, org, id) = (app.storage.clone(), app.limits.clone(), org.to_string(), id.to_string());
-    let lookup = app.queries.spawn(async move { export::one(&storage, &limits, &org, &id).await });
+    let lookup = app.queries.spawn(async move { export::one(&storage, &limits, &org, &id, within.condition()).await });
     lookup.await.map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
@@ -501,9 +512,9 @@ async fn event_proof(
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    may_read(&app.auth, &headers, &org)?;
+    let narrowing = reader_of(&app, &headers, &org)?;
     let integrity = app.integrity.clone().ok_or(ApiError::NoCheckpoints)?;
-    let event = one_event(&app, &org, &id).await?.ok_or(ApiError::NotFound { org, id })?;
+    let event = one_event(&app, &org, &id, narrowing).await?.ok_or(ApiError::NotFound { org, id })?;
     let seq = event["seq"].as_u64().ok_or_else(|| ApiError::Internal("an event without a seq".into()))?;
     let storage = app.storage.clone();
     let mut proof = tokio::task::spawn_blocking(move || integrity.prove(&storage, seq))
