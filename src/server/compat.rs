@@ -675,6 +675,13 @@ mod tests {
              FROM pg_catalog.pg_index"
         );
         assert_eq!(
+            restate_postgres_forms("select user, current_role from t where actor_type = 'user'").unwrap(),
+            "SELECT current_user AS \"user\", current_user AS \"current_role\" FROM t WHERE actor_type = 'user'"
+        );
+        // Quoted, it is a column.
+        assert_eq!(restate_postgres_forms("select \"user\" from t"), None);
+        assert_eq!(restate_postgres_forms("select actor_id from t where actor_type = 'user'"), None);
+        assert_eq!(
             restate_postgres_forms("SELECT typinput='pg_catalog.array_in'::regproc AS a, 'x'::regproc <> t.typoutput")
                 .unwrap(),
             "SELECT typinput = 'array_in' AS a, 'x' <> t.typoutput AS \"?column?\""
@@ -816,7 +823,11 @@ fn restate_postgres_forms(sql: &str) -> Option<String> {
     let forms = vectors || lower.contains("regproc") || lower.contains("regtype") || lower.contains("to_timestamp");
     // Only an expression (a call, a cast, a CASE, `current_user`) gets a
     // name of its own.
-    let names = lower.contains('(') || lower.contains("::") || lower.contains("case") || lower.contains("_user");
+    let names = lower.contains('(')
+        || lower.contains("::")
+        || lower.contains("case")
+        || lower.contains("user")
+        || lower.contains("current_role");
     if !forms && !names {
         return None;
     }
@@ -825,6 +836,7 @@ fn restate_postgres_forms(sql: &str) -> Option<String> {
     let mut restated = false;
     if names {
         for statement in &mut statements {
+            restated |= user_keywords_selected(statement);
             restated |= name_columns_as_postgres(statement);
         }
     }
@@ -845,6 +857,47 @@ fn restate_postgres_forms(sql: &str) -> Option<String> {
 /// `to_timestamp(text, 'template')` with a PostgreSQL template, restated
 /// with the template in chrono's terms. A template that is not a constant,
 /// or already chrono's (holds `%`), is left as written.
+/// `user` and `current_role`, PostgreSQL's other spellings of
+/// `current_user`, which DataFusion reads as column names (unquoted, they
+/// are keywords in PostgreSQL, never columns).
+fn user_keyword(ident: &datafusion::sql::sqlparser::ast::Ident) -> bool {
+    ident.quote_style.is_none()
+        && (ident.value.eq_ignore_ascii_case("user") || ident.value.eq_ignore_ascii_case("current_role"))
+}
+
+/// `SELECT user, current_role` as `SELECT current_user AS "user", current_user
+/// AS "current_role"` (only as items of the select list: elsewhere the
+/// catalog emulation's own rewriting already reads them, in Grafana's
+/// search-path query).
+fn user_keywords_selected(statement: &mut Statement) -> bool {
+    let Statement::Query(query) = statement else { return false };
+    let SetExpr::Select(select) = query.body.as_mut() else { return false };
+    let mut restated = false;
+    for item in &mut select.projection {
+        let SelectItem::UnnamedExpr(expr) = item else { continue };
+        let Some(current_user) = current_user_for_keyword(expr) else { continue };
+        let (name, _) = postgres_column_name(expr);
+        let alias = datafusion::sql::sqlparser::ast::Ident::with_quote('"', name);
+        *item = SelectItem::ExprWithAlias { expr: current_user, alias };
+        restated = true;
+    }
+    restated
+}
+
+/// sqlparser reads `user` as a call without parentheses, `current_role` as
+/// a name; both mean `current_user`.
+fn current_user_for_keyword(expr: &SqlExpr) -> Option<SqlExpr> {
+    let keyword = match expr {
+        SqlExpr::Identifier(ident) => user_keyword(ident),
+        SqlExpr::Function(function) => {
+            matches!(function.args, datafusion::sql::sqlparser::ast::FunctionArguments::None)
+                && matches!(&function.name.0[..], [part] if part.as_ident().is_some_and(user_keyword))
+        }
+        _ => false,
+    };
+    keyword.then(|| parse_expr("current_user")).flatten()
+}
+
 fn to_timestamp_in_chrono(expr: &SqlExpr) -> Option<SqlExpr> {
     let SqlExpr::Function(function) = expr else { return None };
     let name = function.name.0.last()?.as_ident()?.value.to_ascii_lowercase();

@@ -180,9 +180,11 @@ async fn catalog_columns_and_functions_are_described_by_postgresqls_types() {
 
     // The session's user is the one who logged in (tools show it, and pass
     // it to `has_table_privilege`).
-    let users = client.query_one("SELECT current_user, session_user", &[]).await.unwrap();
-    let users: (String, String) = (users.get(0), users.get(1));
-    assert_eq!(users, ("analyst".to_string(), "analyst".to_string()));
+    let users = client.query_one("SELECT current_user, session_user, user, CURRENT_ROLE", &[]).await.unwrap();
+    let named: Vec<&str> = users.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(named, ["current_user", "session_user", "user", "current_role"]);
+    let users: Vec<String> = (0..4).map(|i| users.get(i)).collect();
+    assert_eq!(users, ["analyst"; 4]);
 
     // Columns in PostgreSQL 15's order, holding its values and its arrays.
     let database = client.query_one("SELECT * FROM pg_catalog.pg_database WHERE datname = 'auditlake'", &[]).await;
