@@ -411,9 +411,9 @@ async fn put_policy(
     Ok(Json(policy_json(&org, &policy)))
 }
 
-/// Seconds since the Unix epoch, now.
-fn now_s() -> i64 {
-    chrono::Utc::now().timestamp()
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// `POST /v1/orgs/{org}/viewer-tokens`: a viewer token for the browser of
@@ -427,9 +427,8 @@ async fn create_viewer_token(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     may_read(&app.auth, &headers, &org)?;
     let Json(request) = body.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
-    let (token, claims) = app.viewer.issue(&org, request, now_s())?;
-    let expires_at = chrono::DateTime::from_timestamp(claims.expires, 0).map(|t| t.to_rfc3339());
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": expires_at, "claims": claims }))))
+    let (token, claims) = app.viewer.issue(&org, request, now_ms())?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token, "expires_at": claims.expires_at(), "claims": claims }))))
 }
 
 /// Content ids as `org` stores them: where the organisation hashes UGC,
@@ -456,7 +455,7 @@ fn reader_of(app: &Api, headers: &HeaderMap, org: &str) -> Result<Vec<Term>, Api
         may_read(&app.auth, headers, org)?;
         return Ok(Vec::new());
     };
-    let claims = app.viewer.verify(token.trim(), now_s())?;
+    let claims = app.viewer.verify(token.trim(), now_ms())?;
     if claims.org != org {
         return Err(ApiError::NotThisOrg(org.to_string()));
     }

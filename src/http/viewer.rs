@@ -52,8 +52,10 @@ pub struct ViewerClaims {
     /// Who the vendor says is looking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_user: Option<String>,
-    /// Seconds since the Unix epoch after which the token is refused.
-    pub expires: i64,
+    /// Milliseconds since the Unix epoch from which the token is refused
+    /// (milliseconds, so that a one-second token lasts a second whenever
+    /// in a second it is made).
+    pub expires_ms: i64,
 }
 
 /// What the vendor asks for (`POST /v1/orgs/{org}/viewer-tokens`).
@@ -108,8 +110,8 @@ impl ViewerKey {
         Ok(ViewerKey { key: hmac::Key::new(hmac::HMAC_SHA256, &bytes) })
     }
 
-    /// A token for `org` as `request` asks, expiring `ttl` after `now_s`.
-    pub fn issue(&self, org: &str, request: ViewerRequest, now_s: i64) -> Result<(String, ViewerClaims), ViewerError> {
+    /// A token for `org` as `request` asks, expiring `ttl` after `now_ms`.
+    pub fn issue(&self, org: &str, request: ViewerRequest, now_ms: i64) -> Result<(String, ViewerClaims), ViewerError> {
         let bad = |message: String| ViewerError::BadRequest(message);
         let ttl = request.ttl_seconds.unwrap_or(DEFAULT_VIEWER_TTL_SECONDS);
         if !(1..=MAX_VIEWER_TTL_SECONDS).contains(&ttl) {
@@ -135,7 +137,7 @@ impl ViewerKey {
             content_id: request.content_id,
             container_id: request.container_id,
             end_user: request.end_user,
-            expires: now_s.saturating_add(ttl as i64),
+            expires_ms: now_ms.saturating_add(ttl as i64 * 1000),
         };
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialise"));
         let tag = URL_SAFE_NO_PAD.encode(hmac::sign(&self.key, body.as_bytes()));
@@ -143,24 +145,28 @@ impl ViewerKey {
     }
 
     /// The claims of `token` if this server signed it and it has not
-    /// expired at `now_s`.
-    pub fn verify(&self, token: &str, now_s: i64) -> Result<ViewerClaims, ViewerError> {
+    /// expired at `now_ms`.
+    pub fn verify(&self, token: &str, now_ms: i64) -> Result<ViewerClaims, ViewerError> {
         let (body, tag) =
             token.strip_prefix(VIEWER_TOKEN_PREFIX).and_then(|rest| rest.split_once('.')).ok_or(ViewerError::Forged)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| ViewerError::Forged)?;
         hmac::verify(&self.key, body.as_bytes(), &tag).map_err(|_| ViewerError::Forged)?;
         let claims = URL_SAFE_NO_PAD.decode(body).map_err(|_| ViewerError::Forged)?;
         let claims: ViewerClaims = serde_json::from_slice(&claims).map_err(|_| ViewerError::Forged)?;
-        if now_s >= claims.expires {
-            let at = chrono::DateTime::from_timestamp(claims.expires, 0)
-                .map_or_else(|| claims.expires.to_string(), |t| t.to_rfc3339());
-            return Err(ViewerError::Expired(at));
+        if now_ms >= claims.expires_ms {
+            return Err(ViewerError::Expired(claims.expires_at()));
         }
         Ok(claims)
     }
 }
 
 impl ViewerClaims {
+    /// When the token stops being accepted, in RFC 3339.
+    pub fn expires_at(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.expires_ms)
+            .map_or_else(|| self.expires_ms.to_string(), |t| t.to_rfc3339())
+    }
+
     /// What the token narrows its organisation's events to, as search terms
     /// every request made with it must also hold (so that whatever else the
     /// request asks only narrows further).
@@ -178,7 +184,8 @@ impl ViewerClaims {
 mod tests {
     use super::*;
 
-    const NOW: i64 = 1_796_000_000;
+    /// 2026-12-01T…, in milliseconds.
+    const NOW: i64 = 1_796_000_000_000;
 
     fn key() -> (tempfile::TempDir, ViewerKey) {
         let dir = tempfile::tempdir().unwrap();
@@ -193,9 +200,9 @@ mod tests {
             ViewerRequest { actor: Some("alice".into()), end_user: Some("vendor-user-9".into()), ..Default::default() };
         let (token, claims) = key.issue("acme", request, NOW).unwrap();
         assert!(token.starts_with("alv_"));
-        assert_eq!(claims.expires, NOW + 900);
-        assert_eq!(key.verify(&token, NOW + 899).unwrap(), claims);
-        let expired = key.verify(&token, NOW + 900).unwrap_err().to_string();
+        assert_eq!(claims.expires_ms, NOW + 900_000);
+        assert_eq!(key.verify(&token, NOW + 899_999).unwrap(), claims);
+        let expired = key.verify(&token, NOW + 900_000).unwrap_err().to_string();
         assert!(expired.contains("expired at 2026-"), "{expired}");
         // The same data directory signs with the same key after a restart.
         let again = ViewerKey::in_data_dir(dir.path()).unwrap();
@@ -209,12 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn a_one_second_token_lasts_a_second_late_in_a_second_too() {
+        let (_dir, key) = key();
+        let late = NOW + 999;
+        let request = ViewerRequest { ttl_seconds: Some(1), ..Default::default() };
+        let (token, _) = key.issue("acme", request, late).unwrap();
+        assert!(key.verify(&token, late + 999).is_ok());
+        assert!(key.verify(&token, late + 1000).is_err());
+    }
+
+    #[test]
     fn tampered_or_foreign_tokens_are_refused() {
         let (_dir, key) = key();
         let (token, _) = key.issue("acme", ViewerRequest::default(), NOW).unwrap();
         let (body, tag) = token.split_once('.').unwrap();
         // The claims changed to another organisation, with the old tag.
-        let forged = serde_json::json!({"org": "globex", "expires": NOW + 900});
+        let forged = serde_json::json!({"org": "globex", "expires_ms": NOW + 900_000});
         let forged_body = URL_SAFE_NO_PAD.encode(forged.to_string());
         for bad in [
             format!("alv_{forged_body}.{tag}"),
@@ -240,6 +257,6 @@ mod tests {
         let long = ViewerRequest { end_user: Some("x".repeat(257)), ..Default::default() };
         assert!(issue(long).contains("end_user"));
         let day = ViewerRequest { ttl_seconds: Some(86_400), ..Default::default() };
-        assert_eq!(key.issue("acme", day, NOW).unwrap().1.expires, NOW + 86_400);
+        assert_eq!(key.issue("acme", day, NOW).unwrap().1.expires_ms, NOW + 86_400_000);
     }
 }
