@@ -131,8 +131,10 @@ pub async fn one(
     id: &str,
     within: Option<Expr>,
 ) -> Result<Option<Value>, ApiError> {
-    let by_id = col("id").eq(lit(id));
-    let condition = within.map_or(by_id.clone(), |within| by_id.and(within));
+    let condition = match within {
+        Some(within) => col("id").eq(lit(id)).and(within),
+        None => col("id").eq(lit(id)),
+    };
     Ok(events(storage, limits, org, condition, 1).await?.pop())
 }
 

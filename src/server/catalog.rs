@@ -36,12 +36,12 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::generate_series_arg_coercion::CoerceIntArgsToBigInt;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_field::OID_ALIAS_KEY;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::oid_type_planner::PgOidTypePlanner;
-
-use super::describe::PG_TYPE_KEY;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
     self as pg, PgCatalogSchemaProvider, PgCatalogStaticTables, array_bounds_udf, format_type, has_privilege_udf,
     pg_get_expr_udf, quote_ident_udf,
 };
+
+use super::describe::PG_TYPE_KEY;
 
 /// The bundled tables, unpacked once, on the first connection.
 static STATIC_TABLES: LazyLock<Result<Arc<PgCatalogStaticTables>, String>> =

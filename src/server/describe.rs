@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
@@ -80,18 +80,9 @@ where
     ) -> PgWireResult<Vec<FieldInfo>> {
         let described = self.inner.get_result_schema(statement, column_format)?;
         let Some((_, plan)) = &statement.1 else { return Ok(described) };
-        let schema = plan.schema();
-        if schema.fields().len() != described.len() {
-            return Ok(described);
-        }
         // A statement described before its portal is bound has no formats
         // yet; the client may then ask for any.
-        let known_format = column_format.is_some();
-        Ok(described
-            .into_iter()
-            .zip(schema.fields().iter())
-            .map(|(field, arrow)| as_postgres(field, arrow, known_format))
-            .collect())
+        Ok(all_as_postgres(described, plan.schema().fields(), column_format.is_some()))
     }
 }
 
@@ -145,17 +136,18 @@ async fn run_described(
     let schema = Arc::clone(frame.schema().inner());
     let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
     let mut response = encode_dataframe(frame, &Format::UnifiedText, Some(options)).await?;
-    let described = response.row_schema();
-    if described.len() != schema.fields().len() {
-        return Ok(Response::Query(response));
-    }
-    let fields: Vec<FieldInfo> = described
-        .iter()
-        .zip(schema.fields().iter())
-        .map(|(field, arrow)| as_postgres(field.clone(), arrow, true))
-        .collect();
+    let fields = all_as_postgres(response.row_schema().to_vec(), schema.fields(), true);
     let rows = std::mem::replace(response.data_rows(), Box::pin(futures::stream::empty()));
     Ok(Response::Query(QueryResponse::new(Arc::new(fields), rows)))
+}
+
+/// The result columns as PostgreSQL describes them, each from the plan's
+/// field at its place (unchanged if the two do not line up).
+fn all_as_postgres(described: Vec<FieldInfo>, fields: &Fields, known_format: bool) -> Vec<FieldInfo> {
+    if described.len() != fields.len() {
+        return described;
+    }
+    described.into_iter().zip(fields.iter()).map(|(field, arrow)| as_postgres(field, arrow, known_format)).collect()
 }
 
 /// One result column as PostgreSQL describes it.
