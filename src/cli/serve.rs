@@ -345,6 +345,12 @@ async fn serve_storage(
         policies,
         integrity,
         viewer: Arc::new(http::viewer::ViewerKey::in_data_dir(&args.data_dir)?),
+        ui: http::ui::UiState {
+            users: server::users::Users::in_data_dir(&args.data_dir),
+            sessions: http::ui::session::Sessions::default(),
+            throttle: server::throttle::LoginThrottle::default(),
+            access_log: access_log.clone(),
+        },
     };
     let pg = server::bind(args.pg_listen).await?;
     let http = http::bind(args.http_listen).await?;

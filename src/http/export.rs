@@ -10,8 +10,10 @@
 //! users get, through DataFrame expressions: no SQL text is built from a
 //! request. This module never writes.
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::json::ArrayWriter;
 use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
 use datafusion::prelude::{col, lit};
 use serde::Deserialize;
@@ -148,13 +150,8 @@ async fn events(
     limit: usize,
 ) -> Result<Vec<Value>, ApiError> {
     let failed = ApiError::Query;
-    let controls = SessionControls::new(limits);
-    controls.scope.set(Scope::Org(org.to_string())).expect("a fresh session has no scope yet");
-    let session = query::new_scoped_session_context(storage, limits, controls).map_err(failed)?;
-    let batches = session
-        .table(query::TABLE)
-        .await
-        .map_err(failed)?
+    let table = scoped_events(storage, limits, Scope::Org(org.to_string())).await?;
+    let batches = table
         .filter(condition)
         .map_err(failed)?
         .sort(vec![col("seq").sort(true, false)])
@@ -164,10 +161,23 @@ async fn events(
         .collect()
         .await
         .map_err(failed)?;
+    as_json(&batches)
+}
 
+/// `audit_events` as a session scoped to `scope` reads it: the tenant
+/// barrier SQL users have, below every filter a caller adds.
+pub async fn scoped_events(storage: &Storage, limits: &QueryConfig, scope: Scope) -> Result<DataFrame, ApiError> {
+    let controls = SessionControls::new(limits);
+    controls.scope.set(scope).expect("a fresh session has no scope yet");
+    let session = query::new_scoped_session_context(storage, limits, controls).map_err(ApiError::Query)?;
+    session.table(query::TABLE).await.map_err(ApiError::Query)
+}
+
+/// Rows as JSON objects, `attributes` as the object it was sent as.
+pub fn as_json(batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
     let mut text = Vec::new();
     let mut writer = ArrayWriter::new(&mut text);
-    for batch in &batches {
+    for batch in batches {
         writer.write(batch).map_err(|e| ApiError::Query(e.into()))?;
     }
     writer.finish().map_err(|e| ApiError::Query(e.into()))?;

@@ -14,6 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
 /// Connections the HTTP listener serves at once unless told otherwise.
@@ -70,7 +71,15 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
             });
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The client's address travels with each request: the web view
+        // records it, and counts failed sign-ins by it.
+        let address = super::ui::ClientAddress(peer.ip());
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(address);
+                request
+            },
+        ));
         tokio::spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();

@@ -17,6 +17,7 @@ pub mod export;
 mod listener;
 pub mod search;
 pub mod tokens;
+pub mod ui;
 pub mod viewer;
 
 use search::{Search, Term};
@@ -222,6 +223,8 @@ pub struct Api {
     pub integrity: Option<Arc<Integrity>>,
     /// Signs and checks viewer tokens.
     pub viewer: Arc<ViewerKey>,
+    /// The web view's sessions, sign-in and records.
+    pub ui: ui::UiState,
 }
 
 /// The memory event bodies may take together while they are read, parsed
@@ -263,6 +266,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/orgs/{org}/viewer-tokens", post(create_viewer_token))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi))
+        .merge(ui::routes())
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(api)
 }
@@ -434,7 +438,11 @@ async fn create_viewer_token(
 /// Content ids as `org` stores them: where the organisation hashes UGC,
 /// `content=X` (and `content:X`, and a viewer token's content) means the
 /// events about X.
-fn as_stored<'a>(app: &Api, org: &str, contents: impl Iterator<Item = &'a mut String>) -> Result<(), ApiError> {
+pub(crate) fn as_stored<'a>(
+    app: &Api,
+    org: &str,
+    contents: impl Iterator<Item = &'a mut String>,
+) -> Result<(), ApiError> {
     let mut unhashed = contents.filter(|content| !content.starts_with(HASHED_PREFIX)).peekable();
     if unhashed.peek().is_some() && app.policies.of(org)?.ugc == UgcMode::Hash {
         let key = app.policies.key().ok_or(PolicyError::NoKey { org: org.to_string() })?;

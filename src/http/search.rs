@@ -58,6 +58,8 @@ pub enum Filter {
     Outcome(String),
     Product(String),
     Content(String),
+    /// Any of these content ids (one id as each organisation stores it).
+    ContentIn(Vec<String>),
     Container(String),
     /// `[from, to)` in microseconds since the epoch; either may be open.
     Created {
@@ -266,6 +268,9 @@ impl Filter {
             Filter::Outcome(outcome) => col("outcome").eq(lit(outcome.as_str())),
             Filter::Product(product) => col("product").eq(lit(product.as_str())),
             Filter::Content(content) => col("content_id").eq(lit(content.as_str())),
+            Filter::ContentIn(contents) => {
+                col("content_id").in_list(contents.iter().map(|c| lit(c.as_str())).collect(), false)
+            }
             Filter::Container(container) => col("container_id").eq(lit(container.as_str())),
             Filter::Created { from_us, to_us } => {
                 let from = from_us.map(|from| col("time").gt_eq(utc_micros(from)));

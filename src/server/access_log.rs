@@ -66,6 +66,8 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 pub const ACTION_QUERY: &str = "audit_log.query";
 pub const ACTION_LOGIN: &str = "audit_log.login";
 pub const ACTION_LOGIN_FAILED: &str = "audit_log.login_failed";
+/// What the record of a page of the web view (or of the embedded viewer) says.
+pub const ACTION_UI_READ: &str = "audit_log.ui_read";
 /// What the record of records dropped (see [`MAX_PENDING_RECORDS`]) says.
 pub const ACTION_RECORDS_DROPPED: &str = "audit_log.records_dropped";
 
@@ -120,6 +122,13 @@ impl AccessLog {
                 error!("the access-log writer has stopped; a record of audit-log use is lost")
             }
         }
+    }
+
+    /// Records what a reader of the web view was shown: the HTTP layer
+    /// makes the event (who, which view, which search), as it alone knows
+    /// them; it goes the way statements' records go.
+    pub fn read_over_http(&self, record: Event) {
+        self.record(record);
     }
 
     /// Waits until every record made before this call is stored.

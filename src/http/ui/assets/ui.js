@@ -1,0 +1,92 @@
+// auditlake's web view: a little behaviour on server-rendered pages. The
+// pages work without it; it adds local times, copying, and drag-to-zoom.
+"use strict";
+
+(function () {
+  var LOCAL = "auditlake.localTimes";
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function showTimes(local) {
+    document.querySelectorAll("time[datetime]").forEach(function (el) {
+      if (!el.dataset.utc) { el.dataset.utc = el.textContent; }
+      if (!local) { el.textContent = el.dataset.utc; return; }
+      var t = new Date(el.getAttribute("datetime"));
+      var offset = -t.getTimezoneOffset();
+      var sign = offset >= 0 ? "+" : "-";
+      offset = Math.abs(offset);
+      el.textContent = t.getFullYear() + "-" + pad(t.getMonth() + 1) + "-" + pad(t.getDate()) + " " +
+        pad(t.getHours()) + ":" + pad(t.getMinutes()) + ":" + pad(t.getSeconds()) +
+        " UTC" + sign + pad(Math.floor(offset / 60)) + ":" + pad(offset % 60);
+    });
+    document.querySelectorAll("button.times").forEach(function (button) {
+      button.setAttribute("aria-pressed", local ? "true" : "false");
+      button.textContent = local ? "Show UTC times" : "Show local times";
+    });
+  }
+
+  function rfc3339(us) { return new Date(Math.round(us / 1000)).toISOString().replace(/\.\d{3}Z$/, "Z"); }
+
+  // Drag across the histogram to search the dragged span.
+  function zoomable(svg) {
+    var from = Number(svg.dataset.fromUs), to = Number(svg.dataset.toUs), start = null, band = null;
+    function at(event) {
+      var box = svg.getBoundingClientRect();
+      return Math.min(1, Math.max(0, (event.clientX - box.left) / box.width));
+    }
+    svg.addEventListener("mousedown", function (event) {
+      start = at(event);
+      band = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      band.setAttribute("class", "selection");
+      band.setAttribute("y", "0");
+      band.setAttribute("height", "100");
+      svg.appendChild(band);
+      event.preventDefault();
+    });
+    svg.addEventListener("mousemove", function (event) {
+      if (start === null) { return; }
+      var now = at(event);
+      band.setAttribute("x", String(Math.min(start, now) * 960));
+      band.setAttribute("width", String(Math.abs(now - start) * 960));
+    });
+    window.addEventListener("mouseup", function (event) {
+      if (start === null) { return; }
+      var end = at(event), a = Math.min(start, end), b = Math.max(start, end);
+      start = null;
+      if (band) { band.remove(); band = null; }
+      if (b - a < 0.01) { return; } // a click: the bar's own link zooms
+      var span = to - from, q = document.getElementById("q");
+      var kept = (q ? q.value : "").split(/\s+/).filter(function (t) {
+        return t && t.toLowerCase().indexOf("created:") !== 0;
+      });
+      kept.push("created:" + rfc3339(from + a * span) + ".." + rfc3339(from + b * span));
+      var url = new URL(svg.dataset.path, window.location.href);
+      new URLSearchParams(window.location.search).forEach(function (value, name) {
+        if (name !== "q" && name !== "before" && name !== "after") { url.searchParams.set(name, value); }
+      });
+      url.searchParams.set("q", kept.join(" "));
+      window.location.assign(url.toString());
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var local = false;
+    try { local = window.localStorage.getItem(LOCAL) === "1"; } catch (e) { local = false; }
+    showTimes(local);
+    document.querySelectorAll("button.times").forEach(function (button) {
+      button.addEventListener("click", function () {
+        local = !local;
+        try { window.localStorage.setItem(LOCAL, local ? "1" : "0"); } catch (e) { /* private mode */ }
+        showTimes(local);
+      });
+    });
+    document.querySelectorAll("button.copy").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var source = document.getElementById(button.dataset.copy);
+        if (!source || !navigator.clipboard) { return; }
+        navigator.clipboard.writeText(source.textContent).then(function () { button.textContent = "Copied"; });
+      });
+    });
+    document.querySelectorAll(".histogram svg[data-from-us]").forEach(zoomable);
+  });
+})();
