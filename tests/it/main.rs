@@ -21,3 +21,4 @@ mod tenancy;
 mod tools;
 mod ugc;
 mod validation;
+mod web_ui;

@@ -1,0 +1,286 @@
+//! The web view (`/ui/`) against the real binary on the demo's data, over
+//! plain HTTP: who may sign in, that every page holds only the reader's
+//! organisation whatever is typed or put in the URL, that searches are
+//! refused with their token and position, the limits, and that every page
+//! shown is on record. (Chromium drives the same pages in `browser.rs`.)
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE, X_FRAME_OPTIONS};
+
+use crate::harness::{Server, TEST_PASSWORD, TEST_USER, add_user, create_token, demo_data_dir, wait_until};
+
+/// A browser without a cookie jar: the session cookie is carried by hand,
+/// redirects are not followed, so each answer is seen as sent.
+pub struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    pub fn new(server: &Server) -> Self {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { client, base: server.http_url.clone(), cookie: None }
+    }
+
+    /// Posts the sign-in form; the status and where it sends the browser.
+    pub async fn sign_in(&mut self, form: &[(&str, &str)]) -> (StatusCode, String) {
+        let response = self.client.post(format!("{}/ui/sign-in", self.base)).form(form).send().await.unwrap();
+        if let Some(cookie) = response.headers().get(SET_COOKIE) {
+            self.cookie = Some(cookie.to_str().unwrap().split(';').next().unwrap().to_string());
+        }
+        let status = response.status();
+        let location = response.headers().get(LOCATION).map_or(String::new(), |l| l.to_str().unwrap().to_string());
+        (status, if location.is_empty() { response.text().await.unwrap() } else { location })
+    }
+
+    pub async fn get(&self, path_and_query: &str) -> (StatusCode, reqwest::header::HeaderMap, String) {
+        let mut request = self.client.get(format!("{}{path_and_query}", self.base));
+        if let Some(cookie) = &self.cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        let response = request.send().await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, response.text().await.unwrap())
+    }
+
+    /// A page that must be shown: its HTML.
+    pub async fn page(&self, path_and_query: &str) -> String {
+        let (status, _, html) = self.get(path_and_query).await;
+        assert_eq!(status, StatusCode::OK, "{path_and_query}: {html}");
+        html
+    }
+}
+
+/// `text` with its tags removed and its entities read.
+fn plain(html: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+/// The rows of a page's events table: each row's seq and its cells' text.
+pub fn rows(html: &str) -> Vec<(i64, Vec<String>)> {
+    html.split("<tr data-seq=\"")
+        .skip(1)
+        .map(|row| {
+            let (seq, rest) = row.split_once('"').unwrap();
+            let row = rest.split("</tr>").next().unwrap();
+            let cells = row.split("<td").skip(1).map(|cell| plain(&format!("<td{cell}")).trim().to_string()).collect();
+            (seq.parse().unwrap(), cells)
+        })
+        .collect()
+}
+
+/// Where a page's "Next page" link goes.
+fn next_page(html: &str) -> Option<String> {
+    let end = html.find("\" rel=\"next\"")?;
+    let start = html[..end].rfind("href=\"")? + "href=\"".len();
+    Some(html[start..end].replace("&amp;", "&"))
+}
+
+fn q(search: &str) -> String {
+    serde_urlencoded::to_string([("q", search)]).unwrap()
+}
+
+#[tokio::test]
+async fn the_web_view_shows_each_reader_their_own_organisation_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    demo_data_dir(&data, 20_000, 3);
+    add_user(&data, "analyst", &["--org", "acme"]);
+    let acme_read = create_token(&data, &["--org", "acme", "--scope", "read"]);
+    let acme_ingest = create_token(&data, &["--org", "acme", "--scope", "ingest"]);
+    let server = Server::start(&data, &[]);
+    let admin_sql = server.pg().await;
+
+    // Not signed in: every view sends the browser to the sign-in page.
+    let mut analyst = Browser::new(&server);
+    for path in ["/ui/events", "/ui/timeline?actor=acme-u007", "/ui/event/acme/x", "/ui/content?id=1"] {
+        let (status, headers, _) = analyst.get(path).await;
+        assert_eq!((status, headers.get(LOCATION).unwrap().to_str().unwrap()), (StatusCode::SEE_OTHER, "/ui/sign-in"));
+    }
+    // Wrong passwords, unknown names and other scopes' tokens are refused.
+    for form in [
+        vec![("user", "analyst"), ("password", "not-the-password")],
+        vec![("user", "nobody"), ("password", TEST_PASSWORD)],
+        vec![("token", "alt_not_a_token")],
+    ] {
+        let (status, page) = analyst.sign_in(&form).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{form:?}: {page}");
+        assert!(page.contains("is wrong"), "{page}");
+    }
+    let (status, page) = analyst.sign_in(&[("token", &acme_ingest)]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    // A form posted from another site is refused before any check.
+    let cross = reqwest::Client::new()
+        .post(format!("{}/ui/sign-in", server.http_url))
+        .header("Origin", "http://evil.example")
+        .form(&[("user", "analyst"), ("password", TEST_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+
+    assert_eq!(analyst.sign_in(&[("user", "analyst"), ("password", TEST_PASSWORD)]).await.1, "/ui/events");
+    let (status, headers, html) = analyst.get("/ui/events").await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let policy = headers.get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    assert!(policy.starts_with("default-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert_eq!(headers.get(X_FRAME_OPTIONS).unwrap(), "DENY");
+    let shown = rows(&html);
+    assert_eq!(shown.len(), 100, "a page of 100 events by default");
+    assert!(shown.iter().all(|(_, cells)| cells[1] == "acme"), "{shown:?}");
+    for asset in ["/ui/assets/ui.css", "/ui/assets/ui.js"] {
+        assert_eq!(analyst.get(asset).await.0, StatusCode::OK, "{asset}");
+    }
+
+    // Whatever the analyst types or puts in the URL, nothing of another
+    // organisation is shown (the hostile-tenant suite's shapes, as searches).
+    let globex_event = admin_sql
+        .query_one(
+            "select id, content_id from audit_events where org_id = 'globex' and content_id is not null limit 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (globex_id, globex_content): (String, String) = (globex_event.get(0), globex_event.get(1));
+    let probes = [
+        format!("/ui/events?{}", q("globex")),
+        format!("/ui/events?{}", q("actor:globex-u001")),
+        format!("/ui/events?{}&org=globex&org_id=globex", q("")),
+        format!("/ui/events?{}", q("-actor:acme-u007 created:2000-01-01..2100-01-01")),
+        format!("/ui/events?{}", q("\"' or org_id = 'globex\" ')) union select * from audit_events --")),
+        format!("/ui/events?{}", q("ip:0.0.0.0/0 -outcome:success -outcome:failure")),
+        format!("/ui/timeline?actor=globex-u001&{}", q("created:2000-01-01..2100-01-01")),
+        format!("/ui/content?id={globex_content}&{}", q("created:2000-01-01..2100-01-01")),
+    ];
+    for probe in &probes {
+        let html = analyst.page(probe).await;
+        for (_, cells) in rows(&html) {
+            assert!(!cells.iter().any(|cell| cell.contains("globex")), "{probe}: {cells:?}");
+        }
+        // A page echoes what was typed, and nothing else of globex.
+        if !probe.contains("globex") {
+            assert!(!plain(&html).contains("globex"), "{probe} names globex");
+        }
+    }
+    let (status, _, html) = analyst.get(&format!("/ui/event/globex/{globex_id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{html}");
+    assert!(!html.contains(&globex_id), "the refusal does not echo the event");
+    // The admin sees it, and every organisation.
+    let mut admin = Browser::new(&server);
+    admin.sign_in(&[("user", TEST_USER), ("password", TEST_PASSWORD)]).await;
+    let html = admin.page(&format!("/ui/event/globex/{globex_id}")).await;
+    assert!(html.contains(&globex_id) && html.contains("Attributes"), "{html}");
+    let html = admin.page(&format!("/ui/events?{}&rows=500", q("created:2000-01-01..2100-01-01"))).await;
+    let orgs: std::collections::BTreeSet<String> = rows(&html).into_iter().map(|(_, cells)| cells[1].clone()).collect();
+    assert!(orgs.contains("globex") && orgs.contains("acme"), "{orgs:?}");
+
+    // A read token signs in too, to its own organisation.
+    let mut token_reader = Browser::new(&server);
+    assert_eq!(token_reader.sign_in(&[("token", &acme_read)]).await.1, "/ui/events");
+    let html = token_reader.page(&format!("/ui/events?{}", q("globex"))).await;
+    assert!(rows(&html).iter().all(|(_, cells)| cells[1] == "acme"));
+
+    // The timeline of the phished account: exactly its events, oldest first,
+    // as SQL lists them.
+    let all_time = q("created:2000-01-01..2100-01-01");
+    let html = analyst.page(&format!("/ui/timeline?actor=acme-u007&{all_time}&rows=500")).await;
+    let seqs: Vec<i64> = rows(&html).into_iter().map(|(seq, _)| seq).collect();
+    let expected: Vec<i64> = admin_sql
+        .query("select seq from audit_events where org_id = 'acme' and actor_id = 'acme-u007' order by time, seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(expected.len() > 50, "the demo gives acme-u007 a history");
+    assert_eq!(seqs, expected);
+    assert!(html.contains("203.0.113.50 <span class=\"badge\">new IP</span>"), "the attacker's address is marked new");
+    // Pages follow each other without a gap or a repeat.
+    let mut paged = Vec::new();
+    let mut next = format!("/ui/timeline?actor=acme-u007&{all_time}&rows=7");
+    loop {
+        let html = analyst.page(&next).await;
+        paged.extend(rows(&html).into_iter().map(|(seq, _)| seq));
+        let Some(link) = next_page(&html) else { break };
+        next = link;
+    }
+    assert_eq!(paged, expected);
+
+    // Refusals name what is wrong, and run nothing.
+    for (search, named) in [
+        (
+            "actor:acme-u007 bogus:1",
+            "unknown qualifier `bogus:` (known: actor, action, ip, outcome, product, content, container, created) in `bogus:1` at character 17",
+        ),
+        ("created:2026-13-01", "`2026-13-01` is not a date"),
+        ("ip:10.0.0.0/33", "`10.0.0.0/33` is not an IP address or CIDR block"),
+        ("\"unclosed", "unclosed quote"),
+    ] {
+        let (status, _, html) = analyst.get(&format!("/ui/events?{}", q(search))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{search}");
+        assert!(plain(&html).contains(named), "{search}: {}", plain(&html));
+        assert!(rows(&html).is_empty());
+    }
+    let (status, _, html) = analyst.get("/ui/events?rows=501").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(plain(&html).contains("a page shows 1 to 500 rows"), "{html}");
+    let long = "x".repeat(2049);
+    let (status, _, html) = analyst.get(&format!("/ui/events?{}", q(&long))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(plain(&html).contains("more than 2048"), "{}", plain(&html));
+    // Filter controls become one search in the URL.
+    let (status, headers, _) = analyst.get("/ui/events?q=outcome%3Afailure&actor=acme-u007&from=2026-11-01").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        headers.get(LOCATION).unwrap(),
+        "/ui/events?q=outcome%3Afailure+actor%3Aacme-u007+created%3A2026-11-01..*"
+    );
+
+    // Every page shown is on record, in the reader's own organisation's
+    // trail, with the view and the search; the refused sign-ins too.
+    wait_until("the analyst's reads are recorded", || async {
+        let recorded = admin_sql
+            .query_one(
+                "select count(*) from audit_events where org_id = 'acme' and action = 'audit_log.ui_read' \
+                 and actor_id = 'analyst' and json_get_str(attributes, 'view') = 'timeline' \
+                 and json_get_str(attributes, 'search') like '%actor:acme-u007'",
+                &[],
+            )
+            .await
+            .unwrap();
+        recorded.get::<_, i64>(0) >= 2
+    })
+    .await;
+    let refused = admin_sql
+        .query_one(
+            "select count(*) from audit_events where action = 'audit_log.login_failed' \
+             and actor_id in ('analyst', 'nobody') and json_get_str(attributes, 'view') = 'sign_in'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.get::<_, i64>(0), 2);
+
+    // A session that asks too fast is told to wait, and others are not.
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        answers.push(analyst.get("/ui/timeline").await.0);
+    }
+    assert!(answers.contains(&StatusCode::TOO_MANY_REQUESTS), "{answers:?}");
+    assert_eq!(admin.get("/ui/timeline").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(analyst.get("/ui/timeline").await.0, StatusCode::OK, "the budget refills");
+}
