@@ -70,6 +70,17 @@ pub fn is_checkpointed(data_dir: &Path) -> bool {
     data_dir.join(checkpoint::INTEGRITY_DIR).join(checkpoint::CHECKPOINTS_FILE).metadata().is_ok_and(|m| m.len() > 0)
 }
 
+/// What checking one event's inclusion proof found.
+#[derive(Debug)]
+pub enum Inclusion {
+    /// The proof leads to a root this server's key signed.
+    Verified(serde_json::Value),
+    /// It does not, or it could not be made (a segment unreadable, say).
+    Failed { reason: String, proof: Option<serde_json::Value> },
+    /// The event is not sealed yet, so no checkpoint covers it.
+    NotSealed,
+}
+
 /// The seal witness of a server or bulk load run with a signing key.
 #[derive(Debug)]
 pub struct Integrity {
@@ -88,6 +99,20 @@ impl Integrity {
     pub fn prove(&self, storage: &crate::storage::Storage, seq: Seq) -> Result<serde_json::Value, proof::ProofError> {
         let segments = storage.snapshot().segments;
         proof::prove(&self.data_dir, storage.segment_store(), &segments, &self.key, seq)
+    }
+
+    /// Proves event `seq` and checks the proof against this server's key:
+    /// what an investigator is shown beside the event. Reads segments, so
+    /// call it off the async runtime.
+    pub fn check_inclusion(&self, storage: &crate::storage::Storage, seq: Seq) -> Inclusion {
+        match self.prove(storage, seq) {
+            Err(proof::ProofError::NotCheckpointed(_)) => Inclusion::NotSealed,
+            Err(error) => Inclusion::Failed { reason: error.to_string(), proof: None },
+            Ok(made) => match proof::holds(&made, &self.key.public_hex()) {
+                Ok(()) => Inclusion::Verified(made),
+                Err(reason) => Inclusion::Failed { reason, proof: Some(made) },
+            },
+        }
     }
 
     fn checkpoint_through(

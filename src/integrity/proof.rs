@@ -64,6 +64,7 @@ pub fn prove(
         }
     }
     let mut input = None;
+    let mut holder = None;
     for segment in segments.iter().filter(|s| s.meta.min_seq <= block_last && block_first <= s.meta.max_seq) {
         for batch in read_segment_batches(store, segment).map_err(IntegrityError::from)? {
             let seqs = batch.column_by_name("seq").expect("seq").as_primitive::<Int64Type>().values().to_vec();
@@ -73,11 +74,13 @@ pub fn prove(
                 }
                 if seqs[row] as Seq == seq {
                     input = Some(leaf_input(&batch, row, key));
+                    holder = Some(segment.meta.file.clone());
                 }
             }
         }
     }
     let input = input.ok_or(ProofError::Gone(seq))?;
+    let leaf = *leaves.get(&seq).ok_or(ProofError::Gone(seq))?;
     let block: Vec<Hash> = (block_first..=block_last).filter_map(|s| leaves.get(&s).copied()).collect();
     if block.len() as Seq != block_last - block_first + 1 {
         return Err(ProofError::Gone(seq));
@@ -85,6 +88,8 @@ pub fn prove(
     let path = merkle::path_in_range(index, &block, &blocks, line.leaf_count());
     Ok(json!({
         "leaf": input,
+        "leaf_hash": to_hex(&leaf),
+        "segment": holder,
         "leaf_index": index,
         "tree_size": line.leaf_count(),
         "path": path.iter().map(|h| to_hex(h)).collect::<Vec<_>>(),
@@ -117,4 +122,40 @@ fn leaf_input(batch: &RecordBatch, row: usize, key: &SigningKey) -> Value {
         "fields": fields,
         "ugc_digest": to_hex(&digest),
     })
+}
+
+/// Whether a proof [`prove`] made holds: its audit path leads from the
+/// event's leaf hash (as its segment's bytes give it now) to the root of
+/// its checkpoint, and that checkpoint is signed by `public_key` (hex).
+/// `Err` says what does not hold.
+pub fn holds(proof: &Value, public_key: &str) -> Result<(), String> {
+    let hash = |value: &Value| value.as_str().and_then(crate::storage::settings::from_hex32);
+    let line: checkpoint::Checkpoint = serde_json::from_value(proof["checkpoint"].clone())
+        .map_err(|e| format!("the proof's checkpoint cannot be read: {e}"))?;
+    let leaf = hash(&proof["leaf_hash"]).ok_or("the proof has no leaf hash")?;
+    let path: Vec<Hash> = proof["path"]
+        .as_array()
+        .ok_or("the proof has no audit path")?
+        .iter()
+        .map(|h| hash(h).ok_or("an audit path hash is not 32 bytes of hex"))
+        .collect::<Result<_, _>>()?;
+    let (index, size) = (proof["leaf_index"].as_u64(), proof["tree_size"].as_u64());
+    let (Some(index), Some(size)) = (index, size) else {
+        return Err("the proof has no leaf index or tree size".into());
+    };
+    if line.public_key != public_key {
+        return Err(format!("checkpoint {} is signed by another key ({})", line.index, line.public_key));
+    }
+    if !line.signature_holds(public_key) {
+        return Err(format!("the signature of checkpoint {} does not hold", line.index));
+    }
+    let root = merkle::root_from_path(index as usize, size as usize, &leaf, &path);
+    if root.is_none() || root != line.root_hash() {
+        return Err(format!(
+            "the event's leaf, as its segment holds it now, does not lead to the signed root of checkpoint {} \
+             (the segment or the checkpoint's blocks were changed)",
+            line.index
+        ));
+    }
+    Ok(())
 }

@@ -284,3 +284,75 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(analyst.get("/ui/timeline").await.0, StatusCode::OK, "the budget refills");
 }
+
+/// The proof's verdict as the event's page states it.
+fn proof_status(html: &str) -> String {
+    let start = html.find("id=\"proof-status\"").expect("a proof status") + "id=\"proof-status\"".len();
+    let rest = &html[start..];
+    let text = &rest[rest.find('>').unwrap() + 1..];
+    text[..text.find('<').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn an_events_proof_is_verified_until_a_byte_of_its_block_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("keys/signing.key");
+    let key_arg = key.to_str().unwrap();
+    crate::harness::run_cli(&["keygen", "--signing-key", key_arg]);
+    let data = dir.path().join("data");
+    crate::harness::run_cli(&[
+        "demo",
+        "--no-serve",
+        "--events",
+        "5000",
+        "--seed",
+        "3",
+        "--signing-key",
+        key_arg,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    add_user(&data, "analyst", &["--org", "acme"]);
+    let server = Server::start(&data, &["--signing-key", key_arg]);
+    let admin_sql = server.pg().await;
+    let mut analyst = Browser::new(&server);
+    analyst.sign_in(&[("user", "analyst"), ("password", TEST_PASSWORD)]).await;
+
+    // The event looked at, and another in its block of 256 leaves whose id
+    // the segment holds as 16 plain bytes.
+    let looked_at = admin_sql
+        .query_one("select id, seq from audit_events where org_id = 'acme' and id not like 'demo-%' order by seq limit 1 offset 300", &[])
+        .await
+        .unwrap();
+    let (id, seq): (String, i64) = (looked_at.get(0), looked_at.get(1));
+    let block_first = (seq - 1) / 256 * 256 + 1;
+    let neighbour = admin_sql
+        .query_one(
+            "select id from audit_events where seq between $1 and $2 and seq <> $3 and id not like 'demo-%' order by seq limit 1",
+            &[&block_first, &(block_first + 255), &seq],
+        )
+        .await
+        .unwrap();
+    let neighbour = uuid::Uuid::parse_str(neighbour.get::<_, &str>(0)).unwrap();
+
+    let page = format!("/ui/event/acme/{id}");
+    let html = analyst.page(&page).await;
+    assert_eq!(proof_status(&html), "verified", "{html}");
+    assert!(html.contains("signed root") && html.contains("<ol class=\"path\">"), "{html}");
+
+    let segment = std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at: Vec<usize> =
+        bytes.windows(16).enumerate().filter(|(_, w)| *w == neighbour.as_bytes()).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the neighbour's id is in the segment once, as plain bytes");
+    bytes[at[0] + 7] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let html = analyst.page(&page).await;
+    assert_eq!(proof_status(&html), "failed", "{html}");
+    assert!(plain(&html).contains("does not lead to the signed root"), "{}", plain(&html));
+}

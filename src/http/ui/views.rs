@@ -22,6 +22,7 @@ use super::{ClientAddress, UiError, Visit, signed_in};
 use crate::http::export::scoped_events;
 use crate::http::search::{self, Filter, Search, Term};
 use crate::http::{Api, ApiError, as_stored};
+use crate::integrity::Inclusion;
 use crate::policy::UgcMode;
 use crate::query::Scope;
 
@@ -742,5 +743,67 @@ async fn detail_body(app: &Api, reader: &Reader, org: &str, id: &str) -> Result<
          <button type=\"button\" class=\"copy\" data-copy=\"attributes-json\">Copy attributes</button>",
         esc(&attributes)
     );
+    let seq = event["seq"].as_u64().ok_or_else(|| ApiError::Internal("an event without a seq".into()))?;
+    body.push_str(&proof_section(app, seq).await?);
     Ok(body)
+}
+
+/// The event's integrity proof, checked: verified, failed (and why), or
+/// not yet sealed.
+async fn proof_section(app: &Api, seq: u64) -> Result<String, UiError> {
+    let mut html = String::from("<section aria-labelledby=\"proof\"><h2 id=\"proof\">Integrity proof</h2>");
+    let Some(integrity) = app.integrity.clone() else {
+        html.push_str(&message(
+            "This server does not checkpoint events (it runs without --signing-key), so it has no proofs.",
+            false,
+        ));
+        return Ok(html + "</section>");
+    };
+    let storage = app.storage.clone();
+    let inclusion = tokio::task::spawn_blocking(move || integrity.check_inclusion(&storage, seq))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (status, class, said, proof) = match inclusion {
+        Inclusion::Verified(proof) => {
+            let said = format!(
+                "Leaf {} of {} under checkpoint {} (seqs {} to {}), whose signature by this server's key holds.",
+                proof["leaf_index"],
+                proof["tree_size"],
+                proof["checkpoint"]["index"],
+                proof["checkpoint"]["first_seq"],
+                proof["checkpoint"]["last_seq"]
+            );
+            ("verified", "proof-verified", said, Some(proof))
+        }
+        Inclusion::Failed { reason, proof } => ("failed", "proof-failed", reason, proof),
+        Inclusion::NotSealed => (
+            "not yet sealed",
+            "proof-pending",
+            "No checkpoint covers this event yet; it will once sealed.".into(),
+            None,
+        ),
+    };
+    let _ = write!(
+        html,
+        "<p><span class=\"{class}\" id=\"proof-status\" role=\"status\">{status}</span>: {}</p>",
+        esc(&said)
+    );
+    if let Some(proof) = proof {
+        let _ = write!(
+            html,
+            "<dl class=\"event\"><dt>segment</dt><dd>{}</dd><dt>leaf hash</dt><dd><code>{}</code></dd>\
+             <dt>signed root</dt><dd><code>{}</code></dd><dt>signed at</dt><dd>{}</dd><dt>public key</dt>\
+             <dd><code>{}</code></dd><dt>inclusion path</dt><dd><ol class=\"path\">",
+            esc(proof["segment"].as_str().unwrap_or("")),
+            esc(proof["leaf_hash"].as_str().unwrap_or("")),
+            esc(proof["checkpoint"]["root"].as_str().unwrap_or("")),
+            esc(proof["checkpoint"]["written_at"].as_str().unwrap_or("")),
+            esc(proof["checkpoint"]["public_key"].as_str().unwrap_or("")),
+        );
+        for hash in proof["path"].as_array().into_iter().flatten() {
+            let _ = write!(html, "<li><code>{}</code></li>", esc(hash.as_str().unwrap_or("")));
+        }
+        html.push_str("</ol></dd></dl>");
+    }
+    Ok(html + "</section>")
 }
