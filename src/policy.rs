@@ -39,6 +39,8 @@ pub const UGC_FIELDS: [&str; 3] = ["content_title", "content_id", "container_id"
 pub const HASHED_PREFIX: &str = "ugc:";
 /// Most attribute keys one policy may name.
 pub const MAX_UGC_ATTRIBUTE_KEYS: usize = 64;
+/// The most origins that may frame an organisation's embedded viewer.
+pub const MAX_EMBED_ORIGINS: usize = 16;
 const UGC_KEY_BYTES: usize = 32;
 /// Separates organisation-key derivation from any other use of the UGC key.
 const ORG_KEY_CONTEXT: &[u8] = b"auditlake ugc org key v1\0";
@@ -98,6 +100,11 @@ pub struct OrgPolicy {
     /// no retention, no erasure, no rewrite to a stricter UGC policy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub legal_hold: bool,
+    /// Origins (`https://admin.example.com`) whose pages may frame the
+    /// embedded viewer with this organisation's viewer tokens; none: no page
+    /// may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embed_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -546,7 +553,35 @@ fn validate(org: &str, policy: &OrgPolicy) -> Result<(), PolicyError> {
     if let Some(days) = policy.retention_days.filter(|&d| d > MAX_RETENTION_DAYS) {
         return Err(PolicyError::Invalid(retention_too_long(days)));
     }
+    if policy.embed_origins.len() > MAX_EMBED_ORIGINS {
+        return Err(PolicyError::Invalid(format!("at most {MAX_EMBED_ORIGINS} embed origins")));
+    }
+    if let Some(bad) = policy.embed_origins.iter().find(|origin| !is_origin(origin)) {
+        return Err(PolicyError::Invalid(format!(
+            "embed origin {bad:?} is not an origin: write it as https://host or http://host:port, nothing after"
+        )));
+    }
     Ok(())
+}
+
+/// Whether `text` is a web origin as a Content-Security-Policy source
+/// names one: `http` or `https`, a host name or IPv4 address, maybe a port
+/// (IPv6 literals are not taken). It goes into a response header, so
+/// nothing else may pass.
+pub fn is_origin(text: &str) -> bool {
+    let Some(authority) = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")) else {
+        return false;
+    };
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    let port_ok = port
+        .is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0));
+    host_ok && port_ok
 }
 
 fn retention_too_long(days: u32) -> String {
@@ -596,6 +631,33 @@ mod tests {
         assert_eq!(attributes["size"], key.hash("acme", "3").as_str());
         assert_eq!(attributes["kept"], "yes");
         assert_eq!(events[2], event("globex"), "no policy: stored as sent");
+    }
+
+    #[test]
+    fn only_web_origins_may_frame_the_viewer() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = Policies::in_data_dir(dir.path(), None);
+        for origin in ["https://admin.example.com", "http://127.0.0.1:8081", "https://a-b.example"] {
+            assert!(is_origin(origin), "{origin}");
+        }
+        for not_origin in [
+            "admin.example.com",
+            "https://",
+            "https://a.example/path",
+            "https://a.example:0",
+            "https://a.example:65536",
+            "https://a.example; script-src *",
+            "https://*.example.com",
+            "javascript:alert(1)",
+            "https://a.example\r\nX: y",
+        ] {
+            assert!(!is_origin(not_origin), "{not_origin}");
+            let policy = OrgPolicy { embed_origins: vec![not_origin.into()], ..Default::default() };
+            assert!(matches!(policies.set("acme", policy), Err(PolicyError::Invalid(m)) if m.contains("embed origin")));
+        }
+        let allowed = OrgPolicy { embed_origins: vec!["https://admin.example.com".into()], ..Default::default() };
+        policies.set("acme", allowed.clone()).unwrap();
+        assert_eq!(policies.of("acme").unwrap(), allowed);
     }
 
     #[test]

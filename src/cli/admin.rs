@@ -39,6 +39,11 @@ pub(super) enum OrgCommand {
         /// retention, erasure or UGC rewrite) until it is set off again.
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         legal_hold: Option<bool>,
+        /// Origins whose pages may frame the embedded viewer (comma
+        /// separated, e.g. https://admin.example.com); an empty value
+        /// allows none.
+        #[arg(long, value_name = "ORIGINS", value_delimiter = ',')]
+        embed_origins: Option<Vec<String>>,
         #[arg(long, default_value = "./auditlake-data", env = "AUDITLAKE_DATA_DIR")]
         data_dir: PathBuf,
     },
@@ -215,9 +220,10 @@ fn record_operator_event(storage: &Storage, org: &str, action: &str, attributes:
 
 pub(super) fn org(command: OrgCommand) -> anyhow::Result<()> {
     match command {
-        OrgCommand::Policy { org, ugc, attribute_keys, retention_days, legal_hold, data_dir } => {
+        OrgCommand::Policy { org, ugc, attribute_keys, retention_days, legal_hold, embed_origins, data_dir } => {
             let policies = Policies::in_data_dir(&data_dir, None);
-            let policy = if ugc.is_some() || retention_days.is_some() || legal_hold.is_some() {
+            let changes = ugc.is_some() || retention_days.is_some() || legal_hold.is_some() || embed_origins.is_some();
+            let policy = if changes {
                 // Under the file's lock: a running server's changes in between are kept.
                 policies.update(&org, |mut policy| {
                     if let Some(ugc) = ugc {
@@ -230,6 +236,9 @@ pub(super) fn org(command: OrgCommand) -> anyhow::Result<()> {
                     if let Some(hold) = legal_hold {
                         policy.legal_hold = hold;
                     }
+                    if let Some(origins) = &embed_origins {
+                        policy.embed_origins = origins.iter().filter(|o| !o.is_empty()).cloned().collect();
+                    }
                     Ok(policy)
                 })?
             } else {
@@ -238,7 +247,11 @@ pub(super) fn org(command: OrgCommand) -> anyhow::Result<()> {
             let keys = policy.ugc_attribute_keys.join(",");
             let retention = policy.retention_days.map_or_else(|| "forever".to_string(), |d| format!("{d}d"));
             let hold = if policy.legal_hold { "on" } else { "off" };
-            say(&format!("{org}\tugc={}\tattribute_keys={keys}\tretention={retention}\tlegal_hold={hold}", policy.ugc));
+            let origins = policy.embed_origins.join(",");
+            say(&format!(
+                "{org}\tugc={}\tattribute_keys={keys}\tretention={retention}\tlegal_hold={hold}\tembed_origins={origins}",
+                policy.ugc
+            ));
             if ugc == Some(UgcMode::Hash) {
                 eprintln!("The server must run with --ugc-key-file to accept events of {org}.");
             }

@@ -349,7 +349,12 @@ fn may_read(auth: &ApiAuth, headers: &HeaderMap, org: &str) -> Result<(), ApiErr
 
 /// An organisation's policy as the API shows it.
 fn policy_json(org: &str, policy: &OrgPolicy) -> serde_json::Value {
-    json!({ "org": org, "ugc": policy.ugc, "ugc_attribute_keys": policy.ugc_attribute_keys })
+    json!({
+        "org": org,
+        "ugc": policy.ugc,
+        "ugc_attribute_keys": policy.ugc_attribute_keys,
+        "embed_origins": policy.embed_origins,
+    })
 }
 
 async fn get_policy(

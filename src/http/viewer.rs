@@ -77,8 +77,9 @@ pub enum ViewerError {
     BadRequest(String),
     #[error("not a viewer token of this server")]
     Forged,
-    #[error("this viewer token expired at {0}; ask the application for a new one")]
-    Expired(String),
+    /// A token this server signed, past its expiry (its claims say whose).
+    #[error("this viewer token expired at {}; ask the application for a new one", .0.expires_at())]
+    Expired(Box<ViewerClaims>),
 }
 
 /// The signing key of one data directory.
@@ -154,7 +155,7 @@ impl ViewerKey {
         let claims = URL_SAFE_NO_PAD.decode(body).map_err(|_| ViewerError::Forged)?;
         let claims: ViewerClaims = serde_json::from_slice(&claims).map_err(|_| ViewerError::Forged)?;
         if now_ms >= claims.expires_ms {
-            return Err(ViewerError::Expired(claims.expires_at()));
+            return Err(ViewerError::Expired(Box::new(claims)));
         }
         Ok(claims)
     }

@@ -229,7 +229,7 @@ async fn policies_are_set_over_http_by_admin_tokens_of_the_organisation() {
     let changed: Vec<(String, String)> = changed.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(changed, [(format!("token:{token_id}"), "drop".to_string())]);
     let shown = run_cli(&["org", "policy", "acme", "--data-dir", data.to_str().unwrap()]);
-    assert_eq!(shown.trim(), "acme\tugc=drop\tattribute_keys=title\tretention=forever\tlegal_hold=off");
+    assert_eq!(shown.trim(), "acme\tugc=drop\tattribute_keys=title\tretention=forever\tlegal_hold=off\tembed_origins=");
     server.kill();
 
     // Without a key, hashing cannot be chosen, and a server refuses to start

@@ -356,3 +356,98 @@ async fn an_events_proof_is_verified_until_a_byte_of_its_block_changes() {
     assert_eq!(proof_status(&html), "failed", "{html}");
     assert!(plain(&html).contains("does not lead to the signed root"), "{}", plain(&html));
 }
+
+#[tokio::test]
+async fn the_embedded_viewer_reads_only_its_tokens_narrowing_and_only_allowed_pages_frame_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    demo_data_dir(&data, 20_000, 3);
+    let acme_read = crate::harness::bearer_client(&create_token(&data, &["--org", "acme", "--scope", "read"]));
+    let acme_admin = crate::harness::bearer_client(&create_token(&data, &["--org", "acme", "--scope", "admin"]));
+    let server = Server::start(&data, &[]);
+    let admin_sql = server.pg().await;
+    let mint = |body: serde_json::Value| {
+        let (client, url) = (acme_read.clone(), format!("{}/v1/orgs/acme/viewer-tokens", server.http_url));
+        async move {
+            let minted: serde_json::Value = client.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+            minted["token"].as_str().unwrap().to_string()
+        }
+    };
+    let viewer = Browser::new(&server);
+    let whole = mint(serde_json::json!({ "end_user": "vendor-user-7" })).await;
+    let embed = |token: &str, search: &str| format!("/embed?token={token}&{}", q(search));
+
+    let (status, headers, html) = viewer.get(&embed(&whole, "")).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    let policy = headers.get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    assert!(policy.ends_with("frame-ancestors 'none'"), "no origin is allowed yet: {policy}");
+    assert!(headers.get(X_FRAME_OPTIONS).is_none());
+    assert!(!rows(&html).is_empty() && rows(&html).iter().all(|(_, cells)| cells[1] == "acme"));
+    assert!(!html.contains("/ui/event/"), "no link leads where a viewer token cannot go");
+    for probe in ["globex", "actor:globex-u001 created:2000-01-01..2100-01-01", "-actor:acme-u007", "\"' or 1=1 --\""] {
+        let (status, _, html) = viewer.get(&embed(&whole, probe)).await;
+        assert_eq!(status, StatusCode::OK, "{probe}");
+        assert!(rows(&html).iter().all(|(_, cells)| cells[1] == "acme"), "{probe}");
+    }
+    let (status, _, _) = viewer.get(&format!("{}&org=globex&org_id=globex", embed(&whole, ""))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A token narrowed to one actor shows only that actor, whatever is typed.
+    let alice = mint(serde_json::json!({ "actor": "acme-u007" })).await;
+    for search in ["", "actor:acme-u001", "-actor:acme-u007", "created:2000-01-01..2100-01-01"] {
+        let html = viewer.page(&embed(&alice, search)).await;
+        assert!(rows(&html).iter().all(|(_, cells)| cells[2] == "acme-u007"), "{search}");
+    }
+    let all_time = viewer.page(&embed(&alice, "created:2000-01-01..2100-01-01")).await;
+    assert!(!rows(&all_time).is_empty());
+
+    // The allow-list is the organisation's, set with its admin token.
+    let set = acme_admin
+        .put(format!("{}/v1/orgs/acme/policy", server.http_url))
+        .json(&serde_json::json!({ "ugc": "store", "embed_origins": ["http://127.0.0.1:9", "https://admin.vendor.example"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let (_, headers, _) = viewer.get(&embed(&whole, "")).await;
+    let policy = headers.get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    assert!(policy.ends_with("frame-ancestors http://127.0.0.1:9 https://admin.vendor.example"), "{policy}");
+    let refused = acme_admin
+        .put(format!("{}/v1/orgs/acme/policy", server.http_url))
+        .json(&serde_json::json!({ "ugc": "store", "embed_origins": ["https://a.example; script-src *"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "an origin goes into a header: nothing else may");
+
+    // Changed, forged and expired tokens.
+    let forged = format!("{}x", &whole[..whole.len() - 1]);
+    for token in [forged.as_str(), "alv_e30.AAAA", ""] {
+        let (status, headers, html) = viewer.get(&embed(token, "")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}: {html}");
+        assert!(headers.get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap().ends_with("frame-ancestors 'none'"));
+    }
+    let short = mint(serde_json::json!({ "ttl_seconds": 1 })).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, headers, html) = viewer.get(&embed(&short, "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(plain(&html).contains("This view expired at"), "{html}");
+    assert!(html.contains("id=\"viewer-expired\""));
+    assert!(headers.get(CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap().contains("https://admin.vendor.example"));
+    assert!(rows(&html).is_empty());
+
+    // The vendor's end user is on record with what they were shown.
+    wait_until("the viewer's reads are recorded", || async {
+        let recorded = admin_sql
+            .query_one(
+                "select count(*) from audit_events where org_id = 'acme' and action = 'audit_log.ui_read' \
+                 and actor_id = 'vendor-user-7' and actor_type = 'viewer_end_user' \
+                 and json_get_str(attributes, 'view') = 'embed'",
+                &[],
+            )
+            .await
+            .unwrap();
+        recorded.get::<_, i64>(0) >= 6
+    })
+    .await;
+}

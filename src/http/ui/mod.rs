@@ -13,6 +13,7 @@
 //! shows more than the same reader would get over SQL, and never writes
 //! anything but those records.
 
+mod embed;
 mod html;
 mod query;
 pub mod session;
@@ -126,6 +127,7 @@ pub fn routes() -> Router<Api> {
         .route("/ui/content", get(views::content))
         .route("/ui/event/{org}/{id}", get(views::detail))
         .route("/ui/assets/{name}", get(asset))
+        .route("/embed", get(embed::embed))
 }
 
 /// The assets, compiled in.

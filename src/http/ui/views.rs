@@ -35,7 +35,7 @@ const DAY_US: i64 = 24 * 60 * 60 * 1_000_000;
 #[derive(Debug, Default, Deserialize)]
 pub struct ViewParams {
     #[serde(default)]
-    q: String,
+    pub q: String,
     /// The filter controls, folded into `q` (see [`folded`]).
     actor: Option<String>,
     action: Option<String>,
@@ -51,11 +51,13 @@ pub struct ViewParams {
     before: Option<String>,
     after: Option<String>,
     rows: Option<String>,
+    /// The embedded viewer's viewer token.
+    pub token: Option<String>,
 }
 
-type Params = Result<Query<ViewParams>, axum::extract::rejection::QueryRejection>;
+pub type Params = Result<Query<ViewParams>, axum::extract::rejection::QueryRejection>;
 
-fn params(params: Params) -> Result<ViewParams, UiError> {
+pub fn params(params: Params) -> Result<ViewParams, UiError> {
     params.map(|Query(p)| p).map_err(|rejection| UiError::BadParameter(rejection.body_text()))
 }
 
@@ -112,6 +114,15 @@ fn page_rows(params: &ViewParams) -> Result<usize, UiError> {
 fn cursor(text: Option<&str>) -> Result<Option<Cursor>, UiError> {
     text.map(|text| Cursor::parse(text).ok_or_else(|| UiError::BadParameter(format!("{text:?} is not a page cursor"))))
         .transpose()
+}
+
+/// Where a list is shown: the web view, or the embedded viewer (whose
+/// links carry its token, and lead nowhere a viewer token cannot go).
+pub struct Surface<'a> {
+    pub path: &'a str,
+    /// Parameters every link of the page keeps.
+    pub kept: Vec<(&'a str, &'a str)>,
+    pub embedded: bool,
 }
 
 /// What a view investigates: the reader's search with its scope's
@@ -191,7 +202,7 @@ async fn on_queries<T: Send + 'static>(
 }
 
 /// The search form, as every list view shows it.
-fn search_form(action: &str, q: &str, hidden: &[(&str, &str)], controls: bool) -> String {
+pub fn search_form(action: &str, q: &str, hidden: &[(&str, &str)], controls: bool) -> String {
     let mut form = format!("<form role=\"search\" method=\"get\" action=\"{action}\" class=\"search\">");
     for (name, value) in hidden {
         let _ = write!(form, "<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(value));
@@ -298,13 +309,15 @@ fn histogram(path: &str, q: &str, hidden: &[(&str, &str)], investigation: &Inves
 }
 
 /// A facet's list: each value a link adding it to the search.
-fn facet(path: &str, q: &str, qualifier: &str, title: &str, values: &[(String, i64)]) -> String {
+fn facet(surface: &Surface<'_>, q: &str, qualifier: &str, title: &str, values: &[(String, i64)]) -> String {
     let mut list = format!("<section class=\"facet\" aria-label=\"{title}\"><h2>{title}</h2><ol>");
     for (value, events) in values {
         let item = match qualified(qualifier, value) {
             Ok(term) => {
                 let q = if q.trim().is_empty() { term } else { format!("{} {term}", q.trim()) };
-                format!("<a href=\"{}\">{}</a>", esc(&link(path, &[("q", &q)])), esc(value))
+                let mut params = surface.kept.clone();
+                params.push(("q", &q));
+                format!("<a href=\"{}\">{}</a>", esc(&link(surface.path, &params)), esc(value))
             }
             Err(_) => esc(value),
         };
@@ -322,7 +335,7 @@ fn text<'a>(event: &'a Value, column: &str) -> &'a str {
 }
 
 /// The events table. `timeline` adds the columns an actor's timeline needs.
-fn table(events: &[Value], timeline: Option<&Firsts>, caption: &str) -> String {
+fn table(events: &[Value], timeline: Option<&Firsts>, caption: &str, links: bool) -> String {
     let mut html = format!(
         "<div class=\"table-wrap\" tabindex=\"0\" role=\"region\" aria-label=\"{caption}\"><table><caption>{caption}</caption><thead><tr><th scope=\"col\">Time</th>"
     );
@@ -337,21 +350,23 @@ fn table(events: &[Value], timeline: Option<&Firsts>, caption: &str) -> String {
     for event in events {
         let (org, id) = (text(event, "org_id"), text(event, "id"));
         let time_us = event["time_us"].as_i64().unwrap_or_default();
+        let linked = |href: String, shown: &str| match links {
+            true => format!("<a href=\"{}\">{shown}</a>", esc(&href)),
+            false => shown.to_string(),
+        };
         let _ = write!(
             html,
-            "<tr data-seq=\"{}\"><td><a href=\"{}\">{}</a></td>",
+            "<tr data-seq=\"{}\"><td>{}</td>",
             event["seq"],
-            esc(&format!("/ui/event/{}/{}", urlencode(org), urlencode(id))),
-            time(time_us)
+            linked(format!("/ui/event/{}/{}", urlencode(org), urlencode(id)), &time(time_us))
         );
         if timeline.is_none() {
             let actor = text(event, "actor_id");
             let _ = write!(
                 html,
-                "<td>{}</td><td><a href=\"{}\">{}</a></td>",
+                "<td>{}</td><td>{}</td>",
                 esc(org),
-                esc(&link("/ui/timeline", &[("actor", actor)])),
-                esc(actor)
+                linked(link("/ui/timeline", &[("actor", actor)]), &esc(actor))
             );
         }
         let content = match (text(event, "content_title"), text(event, "content_id")) {
@@ -360,7 +375,7 @@ fn table(events: &[Value], timeline: Option<&Firsts>, caption: &str) -> String {
                 let shown = if title.is_empty() { id } else { title };
                 match id.is_empty() {
                     true => esc(shown),
-                    false => format!("<a href=\"{}\">{}</a>", esc(&link("/ui/content", &[("id", id)])), esc(shown)),
+                    false => linked(link("/ui/content", &[("id", id)]), &esc(shown)),
                 }
             }
         };
@@ -436,35 +451,34 @@ fn pager(path: &str, base: &[(&str, &str)], name: &str, next: Option<Cursor>) ->
     html
 }
 
-/// Renders a view's page, or its error in the page (a search refused is
-/// shown under the search box that holds it), and records what was shown.
-#[allow(clippy::too_many_arguments)]
-fn finish(
+/// A view's body, or its error under the view's top (a search refused is
+/// shown under the search box that holds it), with the status to answer;
+/// records what was shown.
+pub fn finish(
     app: &Api,
     visit: &Visit<'_>,
     view: &str,
-    title: String,
-    current: &str,
     top: String,
     result: Result<(String, usize), UiError>,
     q: &str,
-) -> Response {
-    let started_attributes = json!({ "search": q });
+) -> (StatusCode, String) {
+    let mut attributes = json!({ "search": q });
     match result {
         Ok((body, rows)) => {
-            let mut attributes = started_attributes;
             attributes["rows"] = json!(rows);
             visit.record(&app.ui.access_log, view, attributes, None);
-            Page { title, reader: Some(visit.reader), current, body: top + &body, frame_ancestors: None }
-                .render(StatusCode::OK)
+            (StatusCode::OK, top + &body)
         }
         Err(error) => {
-            visit.record(&app.ui.access_log, view, started_attributes, Some(&error));
-            let status = error.status();
-            let body = top + &message(&error.to_string(), true);
-            Page { title, reader: Some(visit.reader), current, body, frame_ancestors: None }.render(status)
+            visit.record(&app.ui.access_log, view, attributes, Some(&error));
+            (error.status(), top + &message(&error.to_string(), true))
         }
     }
+}
+
+/// A page of the web view (not the embedded viewer's).
+fn view_page(reader: &Reader, title: String, current: &str, (status, body): (StatusCode, String)) -> Response {
+    Page { title, reader: Some(reader), current, body, frame_ancestors: None }.render(status)
 }
 
 /// `GET /ui/events`: the results table under its histogram and facets.
@@ -481,11 +495,18 @@ pub async fn events(
     }
     let visit = Visit::of(&reader, &headers, address);
     let top = search_form("/ui/events", &params.q, &[], true);
-    let result = events_body(&app, &reader, &params).await;
-    Ok(finish(&app, &visit, "events", "Events".into(), "/ui/events", top, result, &params.q))
+    let surface = Surface { path: "/ui/events", kept: Vec::new(), embedded: false };
+    let result = events_body(&app, &reader, &params, &surface).await;
+    Ok(view_page(&reader, "Events".into(), "/ui/events", finish(&app, &visit, "events", top, result, &params.q)))
 }
 
-async fn events_body(app: &Api, reader: &Reader, params: &ViewParams) -> Result<(String, usize), UiError> {
+/// The events list: histogram, facets, the table and its pager.
+pub async fn events_body(
+    app: &Api,
+    reader: &Reader,
+    params: &ViewParams,
+    surface: &Surface<'_>,
+) -> Result<(String, usize), UiError> {
     let rows = page_rows(params)?;
     let before = cursor(params.before.as_deref())?;
     let investigation = investigation(app, reader, &params.q, Vec::new())?;
@@ -504,17 +525,19 @@ async fn events_body(app: &Api, reader: &Reader, params: &ViewParams) -> Result<
     let (events, more) = page;
     let q = params.q.as_str();
     let mut body = window_note(&investigation);
-    body.push_str(&histogram("/ui/events", q, &[], &investigation, &counts));
+    body.push_str(&histogram(surface.path, q, &surface.kept, &investigation, &counts));
     body.push_str("<div class=\"facets\">");
-    body.push_str(&facet("/ui/events", q, "actor", "Actors", &actors));
-    body.push_str(&facet("/ui/events", q, "action", "Actions", &actions));
-    body.push_str(&facet("/ui/events", q, "product", "Products", &products));
+    body.push_str(&facet(surface, q, "actor", "Actors", &actors));
+    body.push_str(&facet(surface, q, "action", "Actions", &actions));
+    body.push_str(&facet(surface, q, "product", "Products", &products));
     body.push_str("</div>");
-    body.push_str(&table(&events, None, "Events, newest first"));
+    body.push_str(&table(&events, None, "Events, newest first", !surface.embedded));
     let next = if more { events.last().and_then(Cursor::of) } else { None };
     let rows_text = rows.to_string();
-    let rows_param = if params.rows.is_some() { rows_text.as_str() } else { "" };
-    body.push_str(&pager("/ui/events", &[("q", q), ("rows", rows_param)], "before", next));
+    let mut kept = surface.kept.clone();
+    kept.push(("q", q));
+    kept.push(("rows", if params.rows.is_some() { rows_text.as_str() } else { "" }));
+    body.push_str(&pager(surface.path, &kept, "before", next));
     Ok((body, events.len()))
 }
 
@@ -540,20 +563,13 @@ pub async fn timeline(
     );
     if actor.is_empty() {
         top.push_str(&message("Type an actor id to see everything they did, oldest first.", false));
-        return Ok(finish(
-            &app,
-            &visit,
-            "timeline",
-            "Actor timeline".into(),
-            "/ui/timeline",
-            top,
-            Ok((String::new(), 0)),
-            "",
-        ));
+        let shown = finish(&app, &visit, "timeline", top, Ok((String::new(), 0)), "");
+        return Ok(view_page(&reader, "Actor timeline".into(), "/ui/timeline", shown));
     }
     let result = timeline_body(&app, &reader, &params, &actor).await;
     let record = format!("{} actor:{actor}", params.q);
-    Ok(finish(&app, &visit, "timeline", format!("Timeline of {actor}"), "/ui/timeline", top, result, record.trim()))
+    let shown = finish(&app, &visit, "timeline", top, result, record.trim());
+    Ok(view_page(&reader, format!("Timeline of {actor}"), "/ui/timeline", shown))
 }
 
 async fn timeline_body(
@@ -588,7 +604,7 @@ async fn timeline_body(
     let q = params.q.as_str();
     let mut body = window_note(&investigation);
     body.push_str(&histogram("/ui/timeline", q, &[("actor", actor)], &investigation, &counts));
-    body.push_str(&table(&events, Some(&firsts), &format!("Events of {actor}, oldest first")));
+    body.push_str(&table(&events, Some(&firsts), &format!("Events of {actor}, oldest first"), true));
     let next = if more { events.last().and_then(Cursor::of) } else { None };
     body.push_str(&pager("/ui/timeline", &[("actor", actor), ("q", q)], "after", next));
     Ok((body, events.len()))
@@ -618,20 +634,13 @@ pub async fn content(
     }
     if id.is_empty() {
         top.push_str(&message("Type a content id (a page's, an issue's) to see who touched it.", false));
-        return Ok(finish(
-            &app,
-            &visit,
-            "content",
-            "Who touched content".into(),
-            "/ui/content",
-            top,
-            Ok((String::new(), 0)),
-            "",
-        ));
+        let shown = finish(&app, &visit, "content", top, Ok((String::new(), 0)), "");
+        return Ok(view_page(&reader, "Who touched content".into(), "/ui/content", shown));
     }
     let result = content_body(&app, &reader, &params, &id).await;
     let record = format!("{} content:{id}", params.q);
-    Ok(finish(&app, &visit, "content", "Who touched content".into(), "/ui/content", top, result, record.trim()))
+    let shown = finish(&app, &visit, "content", top, result, record.trim());
+    Ok(view_page(&reader, "Who touched content".into(), "/ui/content", shown))
 }
 
 /// What the reader's organisation's UGC policy means for content lookups.
@@ -675,11 +684,12 @@ async fn content_body(app: &Api, reader: &Reader, params: &ViewParams, id: &str)
     let (events, more) = page;
     let mut body = window_note(&investigation);
     body.push_str("<div class=\"facets\">");
-    let q = format!("{} content:{}", params.q, qualified("content", id).map(|_| id.to_string()).unwrap_or_default());
-    body.push_str(&facet("/ui/events", q.trim(), "actor", "Who", &actors));
-    body.push_str(&facet("/ui/events", q.trim(), "action", "What they did", &actions));
+    let q = format!("{} {}", params.q, qualified("content", id).unwrap_or_default());
+    let surface = Surface { path: "/ui/events", kept: Vec::new(), embedded: false };
+    body.push_str(&facet(&surface, q.trim(), "actor", "Who", &actors));
+    body.push_str(&facet(&surface, q.trim(), "action", "What they did", &actions));
     body.push_str("</div>");
-    body.push_str(&table(&events, None, "Events about this content, newest first"));
+    body.push_str(&table(&events, None, "Events about this content, newest first", true));
     let next = if more { events.last().and_then(Cursor::of) } else { None };
     body.push_str(&pager("/ui/content", &[("id", id), ("q", &params.q)], "before", next));
     Ok((body, events.len()))

@@ -69,7 +69,34 @@
     });
   }
 
+  // The embedded viewer tells the page that frames it when its token
+  // expired (the message holds nothing but the time), and says so itself.
+  function tellExpired(at) {
+    if (window.parent !== window) {
+      window.parent.postMessage({ type: "auditlake.viewer.expired", expires_at: at }, "*");
+    }
+  }
+
+  function watchExpiry(viewer) {
+    var at = viewer.dataset.expiresAt;
+    window.setTimeout(function () {
+      var main = document.getElementById("main");
+      var note = document.createElement("p");
+      note.className = "error";
+      note.setAttribute("role", "alert");
+      note.id = "viewer-expired-note";
+      note.textContent = "This view expired at " + at + ". Reload the page to get a new one.";
+      while (main.firstChild) { main.removeChild(main.firstChild); }
+      main.appendChild(note);
+      tellExpired(at);
+    }, Math.max(0, Number(viewer.dataset.expiresMs) - Date.now()));
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var expired = document.getElementById("viewer-expired");
+    if (expired) { tellExpired(expired.dataset.expiresAt); }
+    var viewer = document.getElementById("viewer");
+    if (viewer) { watchExpiry(viewer); }
     var local = false;
     try { local = window.localStorage.getItem(LOCAL) === "1"; } catch (e) { local = false; }
     showTimes(local);
