@@ -40,6 +40,8 @@ pub enum Format {
     Csv,
     /// One JSON array of objects, column names as keys.
     Json,
+    /// One JSON object per line (NDJSON), column names as keys.
+    Jsonl,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,11 +178,11 @@ impl Connection {
 }
 
 /// In-process, DataFusion itself refuses DDL, DML and session statements.
-fn read_only() -> SQLOptions {
+pub fn read_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }
 
-fn check_read_only(sql: &str) -> Result<(), ClientError> {
+pub fn check_read_only(sql: &str) -> Result<(), ClientError> {
     let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
     for statement in datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, sql)? {
         if !query::is_read_only(&statement) {
@@ -296,6 +298,13 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<Vec<u8>, Client
                 out = b"[]".to_vec();
             }
             out.push(b'\n');
+        }
+        Format::Jsonl => {
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut out);
+            for batch in batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
         }
     }
     Ok(out)

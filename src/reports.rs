@@ -62,6 +62,110 @@ pub fn parameters(pairs: &[String]) -> Result<BTreeMap<String, String>, ReportEr
     Ok(variables)
 }
 
+/// What a parameter of a saved report takes, as its header declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// "quoted timestamp": a day (`2026-11-01`) or an RFC 3339 time.
+    Timestamp,
+    /// "quoted interval": a count and a unit (`90 days`, `15 minutes`).
+    Interval,
+    /// Unquoted, with a numeric default: a whole number.
+    Number,
+    /// Any other quoted value.
+    Text,
+}
+
+/// One parameter a saved report's header declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub name: String,
+    pub optional: bool,
+    pub kind: ParamKind,
+    /// The header's words for it.
+    pub about: String,
+}
+
+/// What a saved report is for: its header's first line, after the dash.
+pub fn purpose(script: &str) -> &str {
+    let first = script.lines().next().unwrap_or_default();
+    first.split_once(" — ").map_or(first, |(_, purpose)| purpose).trim()
+}
+
+/// The parameters a saved report's header declares (`-- Parameters:`,
+/// one `:name  words` per line until the next heading), in order.
+pub fn declared(script: &str) -> Vec<Declared> {
+    let mut params = Vec::new();
+    let mut inside = false;
+    for line in script.lines().take_while(|line| line.starts_with("--")) {
+        let text = line.trim_start_matches('-').trim();
+        if let Some(rest) = text.strip_prefix("Parameters:") {
+            inside = true;
+            declare(rest.trim(), &mut params);
+        } else if inside && text.starts_with(':') {
+            declare(text, &mut params);
+        } else if inside {
+            inside = false;
+        }
+    }
+    params
+}
+
+fn declare(text: &str, params: &mut Vec<Declared>) {
+    let Some(rest) = text.strip_prefix(':') else { return };
+    let (name, about) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let about = about.trim();
+    let kind = if about.contains("quoted timestamp") {
+        ParamKind::Timestamp
+    } else if about.contains("quoted interval") {
+        ParamKind::Interval
+    } else if about.contains("quoted") {
+        ParamKind::Text
+    } else {
+        ParamKind::Number
+    };
+    params.push(Declared {
+        name: name.to_string(),
+        optional: about.starts_with("optional"),
+        kind,
+        about: about.to_string(),
+    });
+}
+
+/// Units an interval parameter may be given in.
+const INTERVAL_UNITS: [&str; 10] =
+    ["minute", "minutes", "hour", "hours", "day", "days", "week", "weeks", "month", "months"];
+
+impl ParamKind {
+    /// `value` as the SQL text a psql variable of this kind holds (a quoted
+    /// literal, or a number), or why it is not one.
+    pub fn literal(self, value: &str) -> Result<String, String> {
+        let value = value.trim();
+        match self {
+            ParamKind::Timestamp => {
+                let day = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").is_ok();
+                if day || chrono::DateTime::parse_from_rfc3339(value).is_ok() {
+                    Ok(quote(value))
+                } else {
+                    Err(format!("{value:?} is not a date (2026-11-01) or an RFC 3339 time"))
+                }
+            }
+            ParamKind::Interval => {
+                let (count, unit) = value.split_once(' ').unwrap_or((value, ""));
+                if count.parse::<u32>().is_ok() && INTERVAL_UNITS.contains(&unit.trim()) {
+                    Ok(quote(&format!("{count} {}", unit.trim())))
+                } else {
+                    Err(format!("{value:?} is not an interval such as \"90 days\" or \"15 minutes\""))
+                }
+            }
+            ParamKind::Number => match value.parse::<i64>() {
+                Ok(number) => Ok(number.to_string()),
+                Err(_) => Err(format!("{value:?} is not a whole number")),
+            },
+            ParamKind::Text => Ok(quote(value)),
+        }
+    }
+}
+
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
@@ -183,6 +287,40 @@ mod tests {
         let mut saved: Vec<&str> = SAVED.iter().map(|(n, _)| *n).collect();
         saved.sort();
         assert_eq!(files, saved);
+    }
+
+    #[test]
+    fn every_saved_report_declares_its_parameters() {
+        let timeline = declared(saved("actor_timeline").unwrap());
+        assert_eq!(
+            timeline.iter().map(|d| (d.name.as_str(), d.optional, d.kind)).collect::<Vec<_>>(),
+            [("actor", false, ParamKind::Text), ("since", true, ParamKind::Timestamp)]
+        );
+        let logins = declared(saved("failed_then_successful_logins").unwrap());
+        assert_eq!(
+            logins.iter().map(|d| (d.name.as_str(), d.kind)).collect::<Vec<_>>(),
+            [("failures", ParamKind::Number), ("window", ParamKind::Interval), ("since", ParamKind::Timestamp)]
+        );
+        assert_eq!(purpose(saved("actor_timeline").unwrap()), "everything one account did, in order, with where from.");
+        // Every variable a report uses is declared, so the form asks for it.
+        for (name, script) in SAVED {
+            let names: Vec<String> = declared(script).into_iter().map(|d| d.name).collect();
+            assert!(!names.is_empty(), "{name} declares its parameters");
+            let given: BTreeMap<String, String> = names.iter().map(|n| (n.clone(), "1".to_string())).collect();
+            render(script, &given).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn parameter_values_are_checked_by_kind() {
+        assert_eq!(ParamKind::Timestamp.literal("2026-11-01"), Ok("'2026-11-01'".into()));
+        assert_eq!(ParamKind::Timestamp.literal("2026-11-01T10:00:00Z"), Ok("'2026-11-01T10:00:00Z'".into()));
+        assert!(ParamKind::Timestamp.literal("yesterday').. --").unwrap_err().contains("is not a date"));
+        assert_eq!(ParamKind::Interval.literal("90 days"), Ok("'90 days'".into()));
+        assert!(ParamKind::Interval.literal("90 days'; drop").is_err());
+        assert_eq!(ParamKind::Number.literal(" 25 "), Ok("25".into()));
+        assert!(ParamKind::Number.literal("25 or 1=1").is_err());
+        assert_eq!(ParamKind::Text.literal("o'brien"), Ok("'o''brien'".into()));
     }
 
     #[test]

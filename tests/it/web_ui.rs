@@ -219,6 +219,36 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
     }
     assert_eq!(paged, expected);
 
+    // A saved query, its parameters typed into its form: the same rows as
+    // SQL gives, as a table, a CSV or a JSONL download.
+    let listed = analyst.page("/ui/saved").await;
+    assert!(listed.contains("action=\"/ui/saved/actor_timeline\"") && listed.contains("id=\"actor_timeline-since\""));
+    let html = analyst.page("/ui/saved/actor_timeline?actor=acme-u007&since=2000-01-01&format=html").await;
+    let shown = html.matches("<tr class=\"result\">").count();
+    assert_eq!(shown, expected.len(), "{}", plain(&html));
+    assert!(plain(&html).contains(&format!("{} rows.", expected.len())));
+    let csv = analyst.get("/ui/saved/actor_timeline?actor=acme-u007&since=2000-01-01&format=csv").await;
+    assert_eq!(csv.1.get("content-type").unwrap(), "text/csv; charset=utf-8");
+    assert!(csv.1.get("content-disposition").unwrap().to_str().unwrap().contains("actor_timeline.csv"));
+    assert_eq!(csv.2.lines().count(), expected.len() + 1, "a header and one line a row");
+    let jsonl = analyst.get("/ui/saved/actor_timeline?actor=acme-u007&since=2000-01-01&format=jsonl").await;
+    assert_eq!(jsonl.2.lines().count(), expected.len());
+    assert!(jsonl.2.lines().all(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["org_id"] == "acme"));
+    // A bad parameter is refused next to its field, and nothing runs.
+    for (query, field, reason) in [
+        ("actor=acme-u007&since=last+tuesday", "since", "is not a date"),
+        ("since=2026-11-01", "actor", "this parameter is required"),
+    ] {
+        let (status, _, html) = analyst.get(&format!("/ui/saved/actor_timeline?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(html.contains(&format!("id=\"actor_timeline-{field}-error\"")), "{html}");
+        assert!(plain(&html).contains(reason), "{query}");
+        assert_eq!(html.matches("<tr class=\"result\">").count(), 0);
+    }
+    // Another organisation's actor gives nothing, as in SQL.
+    let html = analyst.page("/ui/saved/actor_timeline?actor=globex-u001&since=2000-01-01").await;
+    assert!(plain(&html).contains("0 rows."), "{}", plain(&html));
+
     // Refusals name what is wrong, and run nothing.
     for (search, named) in [
         (

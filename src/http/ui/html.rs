@@ -54,8 +54,12 @@ pub struct Page<'a> {
 }
 
 /// The views in the navigation: (path, name).
-const VIEWS: [(&str, &str); 3] =
-    [("/ui/events", "Events"), ("/ui/timeline", "Actor timeline"), ("/ui/content", "Who touched content")];
+const VIEWS: [(&str, &str); 4] = [
+    ("/ui/events", "Events"),
+    ("/ui/timeline", "Actor timeline"),
+    ("/ui/content", "Who touched content"),
+    ("/ui/saved", "Saved queries"),
+];
 
 impl Page<'_> {
     pub fn render(self, status: StatusCode) -> Response {

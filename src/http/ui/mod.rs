@@ -16,6 +16,7 @@
 mod embed;
 mod html;
 mod query;
+mod saved;
 pub mod session;
 mod views;
 
@@ -126,6 +127,8 @@ pub fn routes() -> Router<Api> {
         .route("/ui/timeline", get(views::timeline))
         .route("/ui/content", get(views::content))
         .route("/ui/event/{org}/{id}", get(views::detail))
+        .route("/ui/saved", get(saved::list))
+        .route("/ui/saved/{name}", get(saved::run))
         .route("/ui/assets/{name}", get(asset))
         .route("/embed", get(embed::embed))
 }

@@ -193,12 +193,21 @@ fn stored_content_ids(app: &Api, scope: &Scope, search: &mut Search) -> Result<(
     Ok(())
 }
 
-/// Runs `work` on the query runtime.
-async fn on_queries<T: Send + 'static>(
+/// Runs `work` on the query runtime. A reader who leaves (the request is
+/// dropped) stops it too: the query threads do not go on for no one.
+pub async fn on_queries<T: Send + 'static>(
     app: &Api,
     work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, UiError> {
-    Ok(app.queries.spawn(work).await.map_err(|e| ApiError::Internal(e.to_string()))??)
+    struct StopOnDrop(tokio::task::AbortHandle);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = app.queries.spawn(work);
+    let _stop = StopOnDrop(task.abort_handle());
+    Ok(task.await.map_err(|e| ApiError::Internal(e.to_string()))??)
 }
 
 /// The search form, as every list view shows it.
