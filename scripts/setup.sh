@@ -7,7 +7,9 @@
 #   S3-compatible bucket the object-storage tests keep segments in, and the
 #   Python clients the client tests drive (psycopg 3, psycopg2, SQLAlchemy,
 #   pandas) and pgcli; dbt-postgres and Apache Superset in venvs of their own;
-# - node `pg` (npm) in ~/.cache/auditlake-node, and the PostgreSQL JDBC driver
+# - node `pg` (npm) in ~/.cache/auditlake-node, with playwright-core and
+#   axe-core for the web view's test in Debian's Chromium (installed here too);
+#   and the PostgreSQL JDBC driver
 #   (Debian's libpostgresql-jdbc-java) with a JDK to compile the JDBC client;
 # - the PostgreSQL 15 server, which `bench/run.py` (smoke-tested in the suite)
 #   compares auditlake with.
@@ -84,6 +86,19 @@ if [ ! -d "$node_dir/node_modules/pg" ]; then
   (cd "$node_dir" && npm install --silent --no-audit --no-fund 'pg@8' >/dev/null)
 fi
 node -e "console.log('node pg', require('$node_dir/node_modules/pg/package.json').version)" >&2
+
+# The web view's browser test: Debian's headless Chromium (no browser
+# download by a test tool), driven by playwright-core, checked by axe-core.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium for the web view's browser test" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d "$node_dir/node_modules/playwright-core" ] || [ ! -d "$node_dir/node_modules/axe-core" ]; then
+  echo "installing playwright-core and axe-core into $node_dir for the browser test" >&2
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund 'playwright-core@1.65' 'axe-core@4' >/dev/null)
+fi
+node -e "console.log('playwright-core', require('$node_dir/node_modules/playwright-core/package.json').version, 'axe-core', require('$node_dir/node_modules/axe-core/package.json').version)" >&2
 
 if [ ! -f /usr/share/java/postgresql.jar ] || ! command -v javac >/dev/null 2>&1; then
   echo "installing the PostgreSQL JDBC driver and a JDK for the client tests" >&2

@@ -4,6 +4,7 @@
 mod access;
 mod bench_smoke;
 mod bi_tools;
+mod browser;
 mod clients;
 mod crash;
 mod end_to_end;

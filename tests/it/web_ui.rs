@@ -315,6 +315,43 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
     assert_eq!(analyst.get("/ui/timeline").await.0, StatusCode::OK, "the budget refills");
 }
 
+/// An acme event of a demo data directory to look at, the segment that
+/// holds it, and the offset of a byte that, changed, changes another event
+/// of its block of 256 leaves (a byte of that event's id, which the segment
+/// holds as 16 plain bytes).
+pub async fn proof_target(
+    admin_sql: &tokio_postgres::Client,
+    data: &std::path::Path,
+) -> (String, std::path::PathBuf, usize) {
+    let looked_at = admin_sql
+        .query_one(
+            "select id, seq from audit_events where org_id = 'acme' and id not like 'demo-%' order by seq limit 1 offset 300",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (id, seq): (String, i64) = (looked_at.get(0), looked_at.get(1));
+    let block_first = (seq - 1) / 256 * 256 + 1;
+    let neighbour = admin_sql
+        .query_one(
+            "select id from audit_events where seq between $1 and $2 and seq <> $3 and id not like 'demo-%' order by seq limit 1",
+            &[&block_first, &(block_first + 255), &seq],
+        )
+        .await
+        .unwrap();
+    let neighbour = uuid::Uuid::parse_str(neighbour.get::<_, &str>(0)).unwrap();
+    let segment = std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let at: Vec<usize> =
+        bytes.windows(16).enumerate().filter(|(_, w)| *w == neighbour.as_bytes()).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the neighbour's id is in the segment once, as plain bytes");
+    (id, segment, at[0] + 7)
+}
+
 /// The proof's verdict as the event's page states it.
 fn proof_status(html: &str) -> String {
     let start = html.find("id=\"proof-status\"").expect("a proof status") + "id=\"proof-status\"".len();
@@ -348,38 +385,14 @@ async fn an_events_proof_is_verified_until_a_byte_of_its_block_changes() {
     let mut analyst = Browser::new(&server);
     analyst.sign_in(&[("user", "analyst"), ("password", TEST_PASSWORD)]).await;
 
-    // The event looked at, and another in its block of 256 leaves whose id
-    // the segment holds as 16 plain bytes.
-    let looked_at = admin_sql
-        .query_one("select id, seq from audit_events where org_id = 'acme' and id not like 'demo-%' order by seq limit 1 offset 300", &[])
-        .await
-        .unwrap();
-    let (id, seq): (String, i64) = (looked_at.get(0), looked_at.get(1));
-    let block_first = (seq - 1) / 256 * 256 + 1;
-    let neighbour = admin_sql
-        .query_one(
-            "select id from audit_events where seq between $1 and $2 and seq <> $3 and id not like 'demo-%' order by seq limit 1",
-            &[&block_first, &(block_first + 255), &seq],
-        )
-        .await
-        .unwrap();
-    let neighbour = uuid::Uuid::parse_str(neighbour.get::<_, &str>(0)).unwrap();
-
+    let (id, segment, offset) = proof_target(&admin_sql, &data).await;
     let page = format!("/ui/event/acme/{id}");
     let html = analyst.page(&page).await;
     assert_eq!(proof_status(&html), "verified", "{html}");
     assert!(html.contains("signed root") && html.contains("<ol class=\"path\">"), "{html}");
 
-    let segment = std::fs::read_dir(data.join("segments"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|e| e == "parquet"))
-        .unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let at: Vec<usize> =
-        bytes.windows(16).enumerate().filter(|(_, w)| *w == neighbour.as_bytes()).map(|(i, _)| i).collect();
-    assert_eq!(at.len(), 1, "the neighbour's id is in the segment once, as plain bytes");
-    bytes[at[0] + 7] ^= 0x01;
+    bytes[offset] ^= 0x01;
     std::fs::write(&segment, &bytes).unwrap();
 
     let html = analyst.page(&page).await;

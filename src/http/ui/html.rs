@@ -110,7 +110,11 @@ impl Page<'_> {
             headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         }
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        // Not `no-referrer`: under it a browser sends `Origin: null` with a
+        // form post, and the sign-in could not tell its own page's post.
+        // Nothing leaves for other sites (the embedded viewer's token is
+        // in its URL).
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }

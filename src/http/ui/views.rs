@@ -260,23 +260,10 @@ fn window_note(investigation: &Investigation) -> String {
     note
 }
 
-/// The search text with its `created:` terms replaced by `[from, to)`.
-fn zoomed(q: &str, from_us: i64, to_us: i64) -> String {
-    let rfc = |us: i64| {
-        chrono::DateTime::from_timestamp_micros(us)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default()
-    };
-    let mut kept: Vec<&str> =
-        q.split_whitespace().filter(|t| !t.to_ascii_lowercase().starts_with("created:")).collect();
-    let window = format!("created:{}..{}", rfc(from_us), rfc(to_us));
-    kept.push(&window);
-    kept.join(" ")
-}
-
-/// The events-over-time histogram: each bar a link that zooms to its span;
-/// dragging across bars zooms to the dragged span (ui.js).
-fn histogram(path: &str, q: &str, hidden: &[(&str, &str)], investigation: &Investigation, counts: &[i64]) -> String {
+/// The events-over-time histogram. Clicking a bar zooms to its span and
+/// dragging across bars to the dragged span (ui.js); the search box's
+/// `created:` does the same without a pointer.
+fn histogram(path: &str, investigation: &Investigation, counts: &[i64]) -> String {
     let (from_us, to_us) = (investigation.from_us, investigation.to_us);
     let width_us = ((to_us - from_us) / HISTOGRAM_BUCKETS).max(1);
     let highest = counts.iter().copied().max().unwrap_or(0).max(1);
@@ -284,21 +271,17 @@ fn histogram(path: &str, q: &str, hidden: &[(&str, &str)], investigation: &Inves
     let bar_width = 960.0 / counts.len() as f64;
     let mut svg = format!(
         "<figure class=\"histogram\"><svg viewBox=\"0 0 960 100\" preserveAspectRatio=\"none\" role=\"img\" \
-         aria-labelledby=\"histogram-caption\" data-from-us=\"{from_us}\" data-to-us=\"{to_us}\" data-path=\"{}\">",
+         aria-labelledby=\"histogram-caption\" data-from-us=\"{from_us}\" data-to-us=\"{to_us}\" \
+         data-buckets=\"{}\" data-path=\"{}\">",
+        counts.len(),
         esc(path)
     );
     for (i, &events) in counts.iter().enumerate() {
         let start = from_us + i as i64 * width_us;
-        let end = if i + 1 == counts.len() { to_us } else { start + width_us };
         let height = events as f64 / highest as f64 * 96.0;
-        let mut params: Vec<(&str, &str)> = hidden.to_vec();
-        let zoom = zoomed(q, start, end);
-        params.push(("q", &zoom));
         let _ = write!(
             svg,
-            "<a href=\"{}\" tabindex=\"-1\"><rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\">\
-             <title>{events} events from {}</title></rect></a>",
-            esc(&link(path, &params)),
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\"><title>{events} events from {}</title></rect>",
             i as f64 * bar_width + 0.5,
             100.0 - height,
             (bar_width - 1.0).max(0.5),
@@ -310,8 +293,8 @@ fn histogram(path: &str, q: &str, hidden: &[(&str, &str)], investigation: &Inves
     }
     let _ = write!(
         svg,
-        "</svg><figcaption id=\"histogram-caption\">{total} events over time, in {} bars; click a bar or drag across \
-         bars to zoom in.</figcaption></figure>",
+        "</svg><figcaption id=\"histogram-caption\">{total} events over time, in {} bars; click a bar or drag \
+         across bars to zoom in.</figcaption></figure>",
         counts.len()
     );
     svg
@@ -534,7 +517,7 @@ pub async fn events_body(
     let (events, more) = page;
     let q = params.q.as_str();
     let mut body = window_note(&investigation);
-    body.push_str(&histogram(surface.path, q, &surface.kept, &investigation, &counts));
+    body.push_str(&histogram(surface.path, &investigation, &counts));
     body.push_str("<div class=\"facets\">");
     body.push_str(&facet(surface, q, "actor", "Actors", &actors));
     body.push_str(&facet(surface, q, "action", "Actions", &actions));
@@ -612,7 +595,7 @@ async fn timeline_body(
     let firsts = Firsts { ips, places, actor_first_us };
     let q = params.q.as_str();
     let mut body = window_note(&investigation);
-    body.push_str(&histogram("/ui/timeline", q, &[("actor", actor)], &investigation, &counts));
+    body.push_str(&histogram("/ui/timeline", &investigation, &counts));
     body.push_str(&table(&events, Some(&firsts), &format!("Events of {actor}, oldest first"), true));
     let next = if more { events.last().and_then(Cursor::of) } else { None };
     body.push_str(&pager("/ui/timeline", &[("actor", actor), ("q", q)], "after", next));

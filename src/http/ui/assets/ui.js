@@ -54,7 +54,11 @@
       var end = at(event), a = Math.min(start, end), b = Math.max(start, end);
       start = null;
       if (band) { band.remove(); band = null; }
-      if (b - a < 0.01) { return; } // a click: the bar's own link zooms
+      if (b - a < 0.01) { // a click: its bar's span
+        var buckets = Number(svg.dataset.buckets), bar = Math.min(buckets - 1, Math.floor(a * buckets));
+        a = bar / buckets;
+        b = (bar + 1) / buckets;
+      }
       var span = to - from, q = document.getElementById("q");
       var kept = (q ? q.value : "").split(/\s+/).filter(function (t) {
         return t && t.toLowerCase().indexOf("created:") !== 0;
