@@ -325,6 +325,7 @@ async fn serve_storage(
             ugc_key: policies.key().cloned(),
         },
         access_log: access_log.clone(),
+        throttle: server::throttle::LoginThrottle::default(),
     };
     // Statements are planned and run on a runtime of their own: a statement
     // that keeps a core busy (a big join, a long constant to fold) then
@@ -348,7 +349,7 @@ async fn serve_storage(
         ui: http::ui::UiState {
             users: server::users::Users::in_data_dir(&args.data_dir),
             sessions: http::ui::session::Sessions::default(),
-            throttle: server::throttle::LoginThrottle::default(),
+            throttle: endpoint.throttle.clone(),
             access_log: access_log.clone(),
         },
     };

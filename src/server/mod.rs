@@ -105,6 +105,9 @@ pub struct Endpoint {
     pub limits: query::QueryConfig,
     /// Where every login and statement is recorded.
     pub access_log: AccessLog,
+    /// Failed logins, which make the next guesses wait; shared with the web
+    /// view's sign-in, so that guesses count wherever they are made.
+    pub throttle: throttle::LoginThrottle,
 }
 
 /// Loads the certificate chain and private key (PEM) TLS clients see. Any
@@ -131,7 +134,7 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServerError>
 /// Accepts Postgres clients on `listener` until the process ends; each logs
 /// in by `endpoint.auth` (see [`check_auth`] for when the server may start).
 pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) {
-    let Endpoint { auth, tls, require_tls, max_connections, limits, access_log } = endpoint;
+    let Endpoint { auth, tls, require_tls, max_connections, limits, access_log, throttle } = endpoint;
     let slots = slots::Slots::new(max_connections);
     let policy = LoginPolicy {
         mock_secret: Arc::new(login_secret(&auth)),
@@ -139,7 +142,7 @@ pub async fn serve(listener: TcpListener, storage: Storage, endpoint: Endpoint) 
         require_tls,
         access_log,
         slots: slots.clone(),
-        throttle: throttle::LoginThrottle::default(),
+        throttle,
     };
     let running = RunningStatements::default();
     loop {
