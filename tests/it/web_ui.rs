@@ -89,6 +89,10 @@ fn next_page(html: &str) -> Option<String> {
     Some(html[start..end].replace("&amp;", "&"))
 }
 
+fn urlencoded(text: &str) -> String {
+    serde_urlencoded::to_string([("", text)]).unwrap()[1..].to_string()
+}
+
 fn q(search: &str) -> String {
     serde_urlencoded::to_string([("q", search)]).unwrap()
 }
@@ -174,6 +178,18 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
         if !probe.contains("globex") {
             assert!(!plain(&html).contains("globex"), "{probe} names globex");
         }
+    }
+    // What is typed comes back as text, never as markup, wherever a page
+    // repeats it (title, caption, fields, links).
+    let markup = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>";
+    for probe in [
+        format!("/ui/timeline?actor={}", urlencoded(markup)),
+        format!("/ui/content?id={}", urlencoded(markup)),
+        format!("/ui/events?{}", q(markup)),
+        format!("/ui/saved/actor_timeline?actor={}&since={}", urlencoded(markup), urlencoded(markup)),
+    ] {
+        let (_, _, html) = analyst.get(&probe).await;
+        assert!(!html.contains("<script>alert") && !html.contains("<img src=x"), "{probe} echoes markup: {html}");
     }
     let (status, _, html) = analyst.get(&format!("/ui/event/globex/{globex_id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{html}");

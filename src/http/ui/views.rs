@@ -328,6 +328,7 @@ fn text<'a>(event: &'a Value, column: &str) -> &'a str {
 
 /// The events table. `timeline` adds the columns an actor's timeline needs.
 fn table(events: &[Value], timeline: Option<&Firsts>, caption: &str, links: bool) -> String {
+    let caption = esc(caption);
     let mut html = format!(
         "<div class=\"table-wrap\" tabindex=\"0\" role=\"region\" aria-label=\"{caption}\"><table><caption>{caption}</caption><thead><tr><th scope=\"col\">Time</th>"
     );
