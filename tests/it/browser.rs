@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::harness::{Server, TEST_PASSWORD, add_user, bearer_client, create_token, event, post, run_cli};
-use crate::web_ui::proof_target;
+use crate::web_ui::{mint_viewer_token, proof_target};
 
 /// Where the screenshots go: looked at by whoever changes the view.
 fn screenshot_dir() -> PathBuf {
@@ -79,13 +79,7 @@ async fn the_web_view_in_chromium() {
     let globex_event: String =
         admin_sql.query_one("select id from audit_events where org_id = 'globex' limit 1", &[]).await.unwrap().get(0);
     let (proof_event, segment, flip_offset) = proof_target(&admin_sql, &data).await;
-    let mint = |body: serde_json::Value| {
-        let (client, url) = (acme_read.clone(), format!("{}/v1/orgs/acme/viewer-tokens", server.http_url));
-        async move {
-            let minted: serde_json::Value = client.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-            minted["token"].as_str().unwrap().to_string()
-        }
-    };
+    let mint = |body: serde_json::Value| mint_viewer_token(&server, &acme_read, body);
     let viewer_token = mint(json!({ "end_user": "vendor-user-1" })).await;
     let expired_token = mint(json!({ "ttl_seconds": 1 })).await;
 

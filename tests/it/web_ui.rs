@@ -368,6 +368,13 @@ pub async fn proof_target(
     (id, segment, at[0] + 7)
 }
 
+/// A viewer token of acme, asked for with acme's read token `reader`.
+pub async fn mint_viewer_token(server: &Server, reader: &reqwest::Client, body: serde_json::Value) -> String {
+    let url = format!("{}/v1/orgs/acme/viewer-tokens", server.http_url);
+    let minted: serde_json::Value = reader.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+    minted["token"].as_str().unwrap().to_string()
+}
+
 /// The proof's verdict as the event's page states it.
 fn proof_status(html: &str) -> String {
     let start = html.find("id=\"proof-status\"").expect("a proof status") + "id=\"proof-status\"".len();
@@ -425,13 +432,7 @@ async fn the_embedded_viewer_reads_only_its_tokens_narrowing_and_only_allowed_pa
     let acme_admin = crate::harness::bearer_client(&create_token(&data, &["--org", "acme", "--scope", "admin"]));
     let server = Server::start(&data, &[]);
     let admin_sql = server.pg().await;
-    let mint = |body: serde_json::Value| {
-        let (client, url) = (acme_read.clone(), format!("{}/v1/orgs/acme/viewer-tokens", server.http_url));
-        async move {
-            let minted: serde_json::Value = client.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-            minted["token"].as_str().unwrap().to_string()
-        }
-    };
+    let mint = |body: serde_json::Value| mint_viewer_token(&server, &acme_read, body);
     let viewer = Browser::new(&server);
     let whole = mint(serde_json::json!({ "end_user": "vendor-user-7" })).await;
     let embed = |token: &str, search: &str| format!("/embed?token={token}&{}", q(search));

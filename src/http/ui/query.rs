@@ -153,11 +153,7 @@ pub async fn histogram(table: DataFrame, condition: Expr, from_us: i64, to_us: i
 /// matching `condition`, with their counts, most frequent first.
 pub async fn facet(table: DataFrame, condition: Expr, column: &str) -> Result<Vec<(String, i64)>, ApiError> {
     let failed = ApiError::Query;
-    let batches = table
-        .filter(condition.and(col(column).is_not_null()))
-        .map_err(failed)?
-        .aggregate(vec![col(column).alias("value")], vec![count(lit(1)).alias("events")])
-        .map_err(failed)?
+    let batches = per_value(table, condition, column, count(lit(1)).alias("events"))?
         .sort(vec![col("events").sort(false, false), col("value").sort(true, false)])
         .map_err(failed)?
         .limit(0, Some(FACET_VALUES))
@@ -174,19 +170,23 @@ pub async fn facet(table: DataFrame, condition: Expr, column: &str) -> Result<Ve
 /// When each value of `column` first appears among the events matching
 /// `condition` (one actor's, say), in microseconds.
 pub async fn first_seen(table: DataFrame, condition: Expr, column: &str) -> Result<HashMap<String, i64>, ApiError> {
-    let failed = ApiError::Query;
-    let batches = table
-        .filter(condition.and(col(column).is_not_null()))
-        .map_err(failed)?
-        .aggregate(vec![col(column).alias("value")], vec![min(time_us()).alias("first_us")])
-        .map_err(failed)?
+    let batches = per_value(table, condition, column, min(time_us()).alias("first_us"))?
         .collect()
         .await
-        .map_err(failed)?;
+        .map_err(ApiError::Query)?;
     Ok(pairs(&batches)
         .into_iter()
         .filter_map(|(value, first)| Some((value.as_str()?.to_string(), first.as_i64()?)))
         .collect())
+}
+
+/// `aggregate` of the events matching `condition`, per value of `column`
+/// (named `value`; events without one left out).
+fn per_value(table: DataFrame, condition: Expr, column: &str, aggregate: Expr) -> Result<DataFrame, ApiError> {
+    table
+        .filter(condition.and(col(column).is_not_null()))
+        .and_then(|matching| matching.aggregate(vec![col(column).alias("value")], vec![aggregate]))
+        .map_err(ApiError::Query)
 }
 
 /// The two columns of small aggregate results, row by row.

@@ -534,6 +534,19 @@ pub async fn events_body(
     Ok((body, events.len()))
 }
 
+/// The form of a view about one subject (an actor, a content id): its
+/// field `(name, label, value)` and a search that narrows it.
+fn subject_form(path: &str, (name, label, value): (&str, &str, &str), q: &str, button: &str) -> String {
+    format!(
+        "<form method=\"get\" action=\"{path}\" class=\"search\"><div class=\"search-row\">\
+         <label for=\"{name}\">{label}</label><input id=\"{name}\" name=\"{name}\" value=\"{}\" required>\
+         <label for=\"q\">Search</label><input id=\"q\" name=\"q\" value=\"{}\" spellcheck=\"false\">\
+         <button type=\"submit\">{button}</button></div></form>",
+        esc(value),
+        esc(q)
+    )
+}
+
 /// `GET /ui/timeline?actor=`: one actor's events, oldest first, with new
 /// addresses and places marked.
 pub async fn timeline(
@@ -546,14 +559,7 @@ pub async fn timeline(
     let params = params(raw)?;
     let visit = Visit::of(&reader, &headers, address);
     let actor = params.actor.clone().unwrap_or_default();
-    let mut top = format!(
-        "<form method=\"get\" action=\"/ui/timeline\" class=\"search\"><div class=\"search-row\">\
-         <label for=\"actor\">Actor id</label><input id=\"actor\" name=\"actor\" value=\"{}\" required>\
-         <label for=\"q\">Search</label><input id=\"q\" name=\"q\" value=\"{}\" spellcheck=\"false\">\
-         <button type=\"submit\">Show timeline</button></div></form>",
-        esc(&actor),
-        esc(&params.q)
-    );
+    let mut top = subject_form("/ui/timeline", ("actor", "Actor id", &actor), &params.q, "Show timeline");
     if actor.is_empty() {
         top.push_str(&message("Type an actor id to see everything they did, oldest first.", false));
         let shown = finish(&app, &visit, "timeline", top, Ok((String::new(), 0)), "");
@@ -614,14 +620,7 @@ pub async fn content(
     let params = params(raw)?;
     let visit = Visit::of(&reader, &headers, address);
     let id = params.id.clone().unwrap_or_default();
-    let mut top = format!(
-        "<form method=\"get\" action=\"/ui/content\" class=\"search\"><div class=\"search-row\">\
-         <label for=\"id\">Content id</label><input id=\"id\" name=\"id\" value=\"{}\" required>\
-         <label for=\"q\">Search</label><input id=\"q\" name=\"q\" value=\"{}\" spellcheck=\"false\">\
-         <button type=\"submit\">Who touched it</button></div></form>",
-        esc(&id),
-        esc(&params.q)
-    );
+    let mut top = subject_form("/ui/content", ("id", "Content id", &id), &params.q, "Who touched it");
     if let Some(note) = content_policy_note(&app, &reader)? {
         top.push_str(&note);
     }
