@@ -20,7 +20,7 @@ const NAME: &str = "Gx Name Q7Z1";
 const TITLE: &str = "Gx Title K8W2";
 const ATTR: &str = "Gx Attr P3M9";
 const ADMIN_SQL: &str = "Adm Sql V5N4";
-const MARKERS: [&str; 4] = [NAME, TITLE, ATTR, ADMIN_SQL];
+pub const MARKERS: [&str; 4] = [NAME, TITLE, ATTR, ADMIN_SQL];
 
 /// The values an attacker's probes read from other organisations' rows.
 const COLUMNS: [&str; 5] =
@@ -36,7 +36,7 @@ const ACME_EVENTS: i64 = 6;
 /// A server whose data directory holds acme's and globex's events (globex's
 /// with the markers) and an admin's statement naming [`ADMIN_SQL`]; with
 /// `sealed`, they lie in segments, else in the buffer.
-async fn planted(dir: &std::path::Path, sealed: bool) -> Server {
+pub async fn planted(dir: &std::path::Path, sealed: bool) -> Server {
     let data = dir.join(if sealed { "sealed" } else { "buffered" });
     add_user(&data, "acme-analyst", &["--org", "acme"]);
     let seal_rows = if sealed { "4" } else { "1000000" };
@@ -120,12 +120,12 @@ fn error_text(error: &tokio_postgres::Error) -> String {
 }
 
 /// What leaked through `what`, if any marker is in `text`.
-fn leaked(what: &str, text: &str) -> Option<String> {
+pub fn leaked(what: &str, text: &str) -> Option<String> {
     MARKERS.iter().find(|m| text.contains(*m)).map(|marker| format!("{marker:?} leaked through {what}:\n{text}"))
 }
 
 /// Probes whose errors would carry a value of the row they failed on.
-fn value_probes() -> Vec<String> {
+pub fn value_probes() -> Vec<String> {
     let mut probes = Vec::new();
     for c in COLUMNS {
         let other = |fallback: &str| format!("case when org_id <> 'acme' then {c} else '{fallback}' end");
@@ -168,7 +168,7 @@ fn value_probes() -> Vec<String> {
 
 /// Pairs of probes that differ only in a condition true on globex's rows or
 /// on none: an error, a count or a plan that differs answers the question.
-fn oracle_pairs() -> Vec<(String, String)> {
+pub fn oracle_pairs() -> Vec<(String, String)> {
     let shapes = [
         "select count(*) from audit_events where 1 / (case when org_id <> 'acme' and COND then 0 else 1 end) = 1",
         "select count(*) from audit_events where substr('x', 1, case when org_id <> 'acme' and COND then -1 else 1 end) = 'x'",
