@@ -119,5 +119,26 @@
       });
     });
     document.querySelectorAll(".histogram svg[data-from-us]").forEach(zoomable);
+    // A saved query runs while its page loads: Cancel stops the load, and
+    // the server stops the query when its request goes away.
+    document.querySelectorAll("form.saved").forEach(function (form) {
+      form.addEventListener("submit", function () {
+        if (form.querySelector("button.cancel")) { return; }
+        var status = document.createElement("span");
+        status.setAttribute("role", "status");
+        status.textContent = " Running… ";
+        var cancel = document.createElement("button");
+        cancel.type = "button";
+        cancel.className = "cancel";
+        cancel.textContent = "Cancel";
+        cancel.addEventListener("click", function () {
+          window.stop();
+          status.textContent = " Cancelled. ";
+          cancel.remove();
+        });
+        var run = form.querySelector("button[type=submit]");
+        run.after(status, cancel);
+      });
+    });
   });
 })();
