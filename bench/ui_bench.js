@@ -72,9 +72,12 @@ function summary(name, millis) {
     const sent = await fetch(`${base}/v1/events`, {
       method: 'POST',
       headers: { authorization: `Bearer ${ingestToken}`, 'content-type': 'application/json' },
-      body: JSON.stringify([{ org_id: actors[0].org_id, actor_id: actor, action: 'bench.event.created' }]),
+      body: JSON.stringify([{
+        id: `${actor}-event`, time: new Date().toISOString(), org_id: actors[0].org_id, actor_id: actor,
+        action: 'bench.event.created',
+      }]),
     });
-    if (sent.status !== 200) throw new Error(`POST answered ${sent.status}`);
+    if (sent.status !== 200) throw new Error(`POST answered ${sent.status}: ${await sent.text()}`);
     for (;;) {
       await page.goto(`${base}/ui/timeline?actor=${encodeURIComponent(actor)}`);
       if ((await page.$$('tr[data-seq]')).length === 1) break;
