@@ -25,7 +25,7 @@ use crate::client::{self, Format};
 use crate::http::export::as_json;
 use crate::http::{Api, ApiError};
 use crate::query::{self, STATEMENT_TIMEOUT, SessionControls};
-use crate::reports::{self, Declared};
+use crate::reports::{self, Declared, ParamKind};
 
 /// The form of one saved report, with what was typed and any refusal next
 /// to its field.
@@ -36,18 +36,28 @@ fn form(name: &str, values: &BTreeMap<String, String>, refused: Option<(&str, &s
          <h2 id=\"report-{name}\">{name}</h2><p>{}</p><div class=\"controls\">",
         esc(reports::purpose(script))
     );
-    for Declared { name: param, optional, about, .. } in reports::declared(script) {
+    for Declared { name: param, optional, kind, about } in reports::declared(script) {
         let id = format!("{name}-{param}");
         let value = values.get(&param).map_or("", String::as_str);
         let error = refused.filter(|(p, _)| *p == param);
+        // The kind shapes the field; the server checks the value all the same.
+        let typed = match kind {
+            ParamKind::Number => " type=\"number\" step=\"1\"",
+            ParamKind::Timestamp => " placeholder=\"2026-11-01\"",
+            ParamKind::Interval => " placeholder=\"90 days\"",
+            ParamKind::Text => "",
+        };
+        let described = match error {
+            Some(_) => format!("{id}-about {id}-error\" aria-invalid=\"true"),
+            None => format!("{id}-about"),
+        };
         let _ = write!(
             html,
-            "<label for=\"{id}\">{param}{}</label><input id=\"{id}\" name=\"{param}\" value=\"{}\"{}{} \
-             aria-describedby=\"{id}-about\"><p id=\"{id}-about\" class=\"help\">{}</p>",
+            "<label for=\"{id}\">{param}{}</label><input id=\"{id}\" name=\"{param}\" value=\"{}\"{typed}{} \
+             aria-describedby=\"{described}\"><p id=\"{id}-about\" class=\"help\">{}</p>",
             if optional { " (optional)" } else { "" },
             esc(value),
             if optional { "" } else { " required" },
-            if error.is_some() { " aria-invalid=\"true\"" } else { "" },
             esc(&about),
         );
         if let Some((_, reason)) = error {
