@@ -200,7 +200,10 @@ async fn policies_are_set_over_http_by_admin_tokens_of_the_organisation() {
     let put = |client: &reqwest::Client, org: &str, body: Value| client.put(url(&server, org)).json(&body).send();
 
     let answer = admin.get(url(&server, "acme")).send().await.unwrap();
-    assert_eq!(answer.json::<Value>().await.unwrap(), json!({"org": "acme", "ugc": "store", "ugc_attribute_keys": []}));
+    assert_eq!(
+        answer.json::<Value>().await.unwrap(),
+        json!({"org": "acme", "ugc": "store", "ugc_attribute_keys": [], "embed_origins": []})
+    );
     let answer = put(&admin, "acme", json!({"ugc": "drop", "ugc_attribute_keys": ["title"]})).await.unwrap();
     assert_eq!(answer.status(), 200);
     assert_eq!(put(&admin, "globex", json!({"ugc": "drop"})).await.unwrap().status(), 403, "another org");

@@ -27,6 +27,14 @@ use crate::http::{Api, ApiError};
 use crate::query::{self, STATEMENT_TIMEOUT, SessionControls};
 use crate::reports::{self, Declared, ParamKind};
 
+/// A parameter's header words as the form shows them: without psql's
+/// quoting, which the form does itself (`the actor_id, quoted: -v
+/// actor="'acme-u007'"` is "the actor_id").
+fn for_the_form(about: &str) -> String {
+    let about = about.split(", quoted: -v").next().unwrap_or(about);
+    about.replace("quoted ", "")
+}
+
 /// The form of one saved report, with what was typed and any refusal next
 /// to its field.
 fn form(name: &str, values: &BTreeMap<String, String>, refused: Option<(&str, &str)>) -> String {
@@ -58,7 +66,7 @@ fn form(name: &str, values: &BTreeMap<String, String>, refused: Option<(&str, &s
             if optional { " (optional)" } else { "" },
             esc(value),
             if optional { "" } else { " required" },
-            esc(&about),
+            esc(&for_the_form(&about)),
         );
         if let Some((_, reason)) = error {
             let _ = write!(html, "<p class=\"error\" role=\"alert\" id=\"{id}-error\">{}</p>", esc(reason));
@@ -226,4 +234,18 @@ async fn run_sql(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_says_nothing_of_psql_quoting() {
+        assert_eq!(for_the_form("the actor_id, quoted: -v actor=\"'acme-u007'\""), "the actor_id");
+        assert_eq!(
+            for_the_form("optional lower bound, quoted timestamp; default 7 days ago"),
+            "optional lower bound, timestamp; default 7 days ago"
+        );
+    }
 }
