@@ -12,7 +12,7 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::harness::{Server, TEST_PASSWORD, add_user, bearer_client, create_token, event, post, run_cli};
-use crate::web_ui::{mint_viewer_token, proof_target};
+use crate::web_ui::{mint_viewer_token, phished_timeline, proof_target};
 
 /// Where the screenshots go: looked at by whoever changes the view.
 fn screenshot_dir() -> PathBuf {
@@ -69,13 +69,7 @@ async fn the_web_view_in_chromium() {
     assert_eq!(post(&server.http(), &server.events_url(), touches.join("\n")).await.0, 200);
 
     let admin_sql = server.pg().await;
-    let timeline_seqs: Vec<i64> = admin_sql
-        .query("select seq from audit_events where org_id = 'acme' and actor_id = 'acme-u007' order by time, seq", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let timeline_seqs = phished_timeline(&admin_sql).await;
     let globex_event: String =
         admin_sql.query_one("select id from audit_events where org_id = 'globex' limit 1", &[]).await.unwrap().get(0);
     let (proof_event, segment, flip_offset) = proof_target(&admin_sql, &data).await;

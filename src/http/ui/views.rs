@@ -547,6 +547,53 @@ fn subject_form(path: &str, (name, label, value): (&str, &str, &str), q: &str, b
     )
 }
 
+/// A view about one subject: its name in records, path, titles and prompt.
+struct Subject {
+    view: &'static str,
+    path: &'static str,
+    title: &'static str,
+    /// The title once a subject is typed, `{}` standing for it.
+    title_of: fn(&str) -> String,
+    prompt: &'static str,
+}
+
+const TIMELINE: Subject = Subject {
+    view: "timeline",
+    path: "/ui/timeline",
+    title: "Actor timeline",
+    title_of: |actor| format!("Timeline of {actor}"),
+    prompt: "Type an actor id to see everything they did, oldest first.",
+};
+
+const CONTENT: Subject = Subject {
+    view: "content",
+    path: "/ui/content",
+    title: "Who touched content",
+    title_of: |_| "Who touched content".to_string(),
+    prompt: "Type a content id (a page's, an issue's) to see who touched it.",
+};
+
+/// A subject view's page: its prompt while no subject is typed (`result`
+/// is `None`), else its body; recorded with the subject as a search term.
+fn subject_page(
+    app: &Api,
+    visit: &Visit<'_>,
+    subject: &Subject,
+    mut top: String,
+    (qualifier, value): (&str, &str),
+    q: &str,
+    result: Option<Result<(String, usize), UiError>>,
+) -> Response {
+    let Some(result) = result else {
+        top.push_str(&message(subject.prompt, false));
+        let shown = finish(app, visit, subject.view, top, Ok((String::new(), 0)), "");
+        return view_page(visit.reader, subject.title.into(), subject.path, shown);
+    };
+    let record = format!("{q} {qualifier}:{value}");
+    let shown = finish(app, visit, subject.view, top, result, record.trim());
+    view_page(visit.reader, (subject.title_of)(value), subject.path, shown)
+}
+
 /// `GET /ui/timeline?actor=`: one actor's events, oldest first, with new
 /// addresses and places marked.
 pub async fn timeline(
@@ -559,16 +606,12 @@ pub async fn timeline(
     let params = params(raw)?;
     let visit = Visit::of(&reader, &headers, address);
     let actor = params.actor.clone().unwrap_or_default();
-    let mut top = subject_form("/ui/timeline", ("actor", "Actor id", &actor), &params.q, "Show timeline");
-    if actor.is_empty() {
-        top.push_str(&message("Type an actor id to see everything they did, oldest first.", false));
-        let shown = finish(&app, &visit, "timeline", top, Ok((String::new(), 0)), "");
-        return Ok(view_page(&reader, "Actor timeline".into(), "/ui/timeline", shown));
-    }
-    let result = timeline_body(&app, &reader, &params, &actor).await;
-    let record = format!("{} actor:{actor}", params.q);
-    let shown = finish(&app, &visit, "timeline", top, result, record.trim());
-    Ok(view_page(&reader, format!("Timeline of {actor}"), "/ui/timeline", shown))
+    let top = subject_form("/ui/timeline", ("actor", "Actor id", &actor), &params.q, "Show timeline");
+    let result = match actor.is_empty() {
+        true => None,
+        false => Some(timeline_body(&app, &reader, &params, &actor).await),
+    };
+    Ok(subject_page(&app, &visit, &TIMELINE, top, ("actor", &actor), &params.q, result))
 }
 
 async fn timeline_body(
@@ -624,15 +667,11 @@ pub async fn content(
     if let Some(note) = content_policy_note(&app, &reader)? {
         top.push_str(&note);
     }
-    if id.is_empty() {
-        top.push_str(&message("Type a content id (a page's, an issue's) to see who touched it.", false));
-        let shown = finish(&app, &visit, "content", top, Ok((String::new(), 0)), "");
-        return Ok(view_page(&reader, "Who touched content".into(), "/ui/content", shown));
-    }
-    let result = content_body(&app, &reader, &params, &id).await;
-    let record = format!("{} content:{id}", params.q);
-    let shown = finish(&app, &visit, "content", top, result, record.trim());
-    Ok(view_page(&reader, "Who touched content".into(), "/ui/content", shown))
+    let result = match id.is_empty() {
+        true => None,
+        false => Some(content_body(&app, &reader, &params, &id).await),
+    };
+    Ok(subject_page(&app, &visit, &CONTENT, top, ("content", &id), &params.q, result))
 }
 
 /// What the reader's organisation's UGC policy means for content lookups.
