@@ -458,6 +458,7 @@ pub(super) async fn run_demo(args: DemoArgs, allocator: Allocator) -> anyhow::Re
         return Ok(());
     }
     let pg = args.serve.pg_listen;
+    let mut browser = String::new();
     let connection = if args.serve.insecure_trust_loopback {
         format!("postgresql://{DEMO_USER}@{pg}/auditlake")
     } else {
@@ -466,6 +467,12 @@ pub(super) async fn run_demo(args: DemoArgs, allocator: Allocator) -> anyhow::Re
         let password: String =
             rand::Rng::sample_iter(rand::rng(), rand::distr::Alphanumeric).take(20).map(char::from).collect();
         Users::in_data_dir(&args.serve.data_dir).upsert(DEMO_USER, Role::Admin, &password, None)?;
+        browser = format!(
+            "\nOr in a browser, signed in as {DEMO_USER} with the same password, the account's timeline:\n  \
+             http://{}/ui/timeline?actor={}\n",
+            args.serve.http_listen,
+            demo::INCIDENT_ACTOR
+        );
         format!("postgresql://{DEMO_USER}:{password}@{pg}/auditlake")
     };
     server::check_auth(&args.serve.auth(), pg)?;
@@ -473,7 +480,7 @@ pub(super) async fn run_demo(args: DemoArgs, allocator: Allocator) -> anyhow::Re
         "\nConnect with (user {DEMO_USER}, an admin: it sees every demo organisation):\n  psql \"{connection}\"\n\n\
          Then try (what did the phished account do, and from where?):\n  \
          select time, action, source_ip, content_title from audit_events\n  \
-         where actor_id = '{}' and time > now() - interval '3 days' order by time;\n",
+         where actor_id = '{}' and time > now() - interval '3 days' order by time;\n{browser}",
         demo::INCIDENT_ACTOR
     ));
     serve_storage(args.serve, storage, integrity).await

@@ -112,8 +112,17 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
     let mut analyst = Browser::new(&server);
     for path in ["/ui/events", "/ui/timeline?actor=acme-u007", "/ui/event/acme/x", "/ui/content?id=1"] {
         let (status, headers, _) = analyst.get(path).await;
-        assert_eq!((status, headers.get(LOCATION).unwrap().to_str().unwrap()), (StatusCode::SEE_OTHER, "/ui/sign-in"));
+        let to = format!("/ui/sign-in?next={}", urlencoded(path));
+        assert_eq!((status, headers.get(LOCATION).unwrap().to_str().unwrap()), (StatusCode::SEE_OTHER, to.as_str()));
     }
+    // Signed in from a shared link, the reader lands on it; never elsewhere.
+    let (_, _, form) = analyst.get("/ui/sign-in?next=%2Fui%2Ftimeline%3Factor%3Dacme-u007").await;
+    assert!(form.contains("name=\"next\" value=\"/ui/timeline?actor=acme-u007\""), "{form}");
+    let mut linked = Browser::new(&server);
+    let next = [("user", "analyst"), ("password", TEST_PASSWORD), ("next", "/ui/timeline?actor=acme-u007")];
+    assert_eq!(linked.sign_in(&next).await.1, "/ui/timeline?actor=acme-u007");
+    let away = [("user", "analyst"), ("password", TEST_PASSWORD), ("next", "//evil.example/ui/")];
+    assert_eq!(linked.sign_in(&away).await.1, "/ui/events");
     // Wrong passwords, unknown names and other scopes' tokens are refused.
     for form in [
         vec![("user", "analyst"), ("password", "not-the-password")],

@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Extension, Form, State};
+use axum::extract::{Extension, Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -131,6 +131,30 @@ pub fn routes() -> Router<Api> {
         .route("/ui/saved/{name}", get(saved::run))
         .route("/ui/assets/{name}", get(asset))
         .route("/embed", get(embed::embed))
+        .layer(axum::middleware::from_fn(back_after_sign_in))
+}
+
+/// A reader sent to sign in from a page (a shared link, an ended session)
+/// comes back to that page once signed in.
+async fn back_after_sign_in(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let asked = (request.method() == axum::http::Method::GET)
+        .then(|| request.uri().path_and_query().map(|asked| asked.as_str().to_string()))
+        .flatten();
+    let mut response = next.run(request).await;
+    let to_sign_in = response.headers().get(header::LOCATION).is_some_and(|to| to == "/ui/sign-in");
+    if let (true, Some(asked)) = (to_sign_in, asked) {
+        let location = html::link("/ui/sign-in", &[("next", &asked)]);
+        response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).expect("an encoded link"));
+    }
+    response
+}
+
+/// Where a sign-in may send the reader on: a page of this view, never
+/// another site (`//host`, `/\\host`) nor the sign-in itself.
+fn page_to_return_to(next: &str) -> Option<&str> {
+    let local = next.starts_with("/ui/") && !next.contains("//") && !next.contains('\\');
+    let plain = !next.chars().any(char::is_control);
+    (local && plain && !next.starts_with("/ui/sign-")).then_some(next)
 }
 
 /// The assets, compiled in.
@@ -226,18 +250,24 @@ impl<'a> Visit<'a> {
     }
 }
 
-async fn sign_in_page() -> Response {
-    sign_in_form(None, StatusCode::OK)
+async fn sign_in_page(Query(asked): Query<std::collections::HashMap<String, String>>) -> Response {
+    sign_in_form(None, asked.get("next").map_or("", String::as_str), StatusCode::OK)
 }
 
-fn sign_in_form(error: Option<&UiError>, status: StatusCode) -> Response {
+fn sign_in_form(error: Option<&UiError>, next: &str, status: StatusCode) -> Response {
     let mut body = String::new();
     if let Some(error) = error {
         body.push_str(&html::message(&error.to_string(), true));
     }
     body.push_str(
         "<p>Sign in as a user of the Postgres endpoint, or with an API token of read scope.</p>\
-         <form method=\"post\" action=\"/ui/sign-in\" class=\"sign-in\">\
+         <form method=\"post\" action=\"/ui/sign-in\" class=\"sign-in\">",
+    );
+    if let Some(next) = page_to_return_to(next) {
+        body.push_str(&format!("<input type=\"hidden\" name=\"next\" value=\"{}\">", html::esc(next)));
+    }
+    body.push_str(
+        "\
          <fieldset><legend>Postgres role</legend>\
          <label for=\"user\">User name</label><input id=\"user\" name=\"user\" autocomplete=\"username\">\
          <label for=\"password\">Password</label>\
@@ -259,6 +289,9 @@ pub struct SignIn {
     password: String,
     #[serde(default)]
     token: String,
+    /// The page to go on to (see [`page_to_return_to`]).
+    #[serde(default)]
+    next: String,
 }
 
 /// A form post must come from this server's own page: a browser sends
@@ -280,11 +313,12 @@ async fn sign_in(
     headers: HeaderMap,
     form: Result<Form<SignIn>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let next = form.as_ref().map_or(String::new(), |Form(form)| form.next.clone());
     match check_sign_in(&app, address, &headers, form).await {
         Ok(reader) => match app.ui.sessions.open(reader, Instant::now()) {
             Ok(id) => {
                 let cookie = format!("{UI_SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict");
-                let mut response = Redirect::to("/ui/events").into_response();
+                let mut response = Redirect::to(page_to_return_to(&next).unwrap_or("/ui/events")).into_response();
                 response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("hex"));
                 response
             }
@@ -292,7 +326,7 @@ async fn sign_in(
         },
         Err(error) => {
             let status = error.status();
-            sign_in_form(Some(&error), status)
+            sign_in_form(Some(&error), &next, status)
         }
     }
 }
@@ -350,4 +384,28 @@ async fn sign_out(State(app): State<Api>, headers: HeaderMap) -> Response {
     let expired = format!("{UI_SESSION_COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&expired).expect("ASCII"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sign_in_returns_only_to_this_views_pages() {
+        assert_eq!(page_to_return_to("/ui/timeline?actor=a"), Some("/ui/timeline?actor=a"));
+        for elsewhere in [
+            "https://evil.example/",
+            "//evil.example/ui/",
+            "/ui//evil.example",
+            "/ui/\\evil.example",
+            "/\\evil.example",
+            "/ui/sign-in",
+            "/ui/sign-out",
+            "/embed?token=x",
+            "/ui/x\r\nSet-Cookie: a=b",
+            "",
+        ] {
+            assert_eq!(page_to_return_to(elsewhere), None, "{elsewhere}");
+        }
+    }
 }
