@@ -85,10 +85,15 @@ pub struct Declared {
     pub about: String,
 }
 
-/// What a saved report is for: its header's first line, after the dash.
-pub fn purpose(script: &str) -> &str {
-    let first = script.lines().next().unwrap_or_default();
-    first.split_once(" — ").map_or(first, |(_, purpose)| purpose).trim()
+/// What a saved report is for: its header's first paragraph, after the
+/// file name and its dash.
+pub fn purpose(script: &str) -> String {
+    let paragraph: Vec<&str> = script
+        .lines()
+        .map_while(|line| line.strip_prefix("--").map(str::trim).filter(|text| !text.is_empty()))
+        .collect();
+    let text = paragraph.join(" ");
+    text.split_once(" — ").map_or(text.as_str(), |(_, purpose)| purpose).to_string()
 }
 
 /// The parameters a saved report's header declares (`-- Parameters:`,
@@ -302,6 +307,11 @@ mod tests {
             [("failures", ParamKind::Number), ("window", ParamKind::Interval), ("since", ParamKind::Timestamp)]
         );
         assert_eq!(purpose(saved("actor_timeline").unwrap()), "everything one account did, in order, with where from.");
+        assert_eq!(
+            purpose(saved("audit_log_access").unwrap()),
+            "who used the audit log itself: logins (failed ones too) and every statement, with its SQL, rows \
+             returned and outcome."
+        );
         // Every variable a report uses is declared, so the form asks for it.
         for (name, script) in SAVED {
             let names: Vec<String> = declared(script).into_iter().map(|d| d.name).collect();

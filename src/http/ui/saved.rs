@@ -42,7 +42,7 @@ fn form(name: &str, values: &BTreeMap<String, String>, refused: Option<(&str, &s
     let mut html = format!(
         "<form method=\"get\" action=\"/ui/saved/{name}\" class=\"saved\" aria-labelledby=\"report-{name}\">\
          <h2 id=\"report-{name}\">{name}</h2><p>{}</p><div class=\"controls\">",
-        esc(reports::purpose(script))
+        esc(&reports::purpose(script))
     );
     for Declared { name: param, optional, kind, about } in reports::declared(script) {
         let id = format!("{name}-{param}");
