@@ -123,6 +123,17 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
     assert_eq!(linked.sign_in(&next).await.1, "/ui/timeline?actor=acme-u007");
     let away = [("user", "analyst"), ("password", TEST_PASSWORD), ("next", "//evil.example/ui/")];
     assert_eq!(linked.sign_in(&away).await.1, "/ui/events");
+    // Behind a TLS proxy, the session cookie is for HTTPS only.
+    let proxied = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let answer = proxied
+        .post(format!("{}/ui/sign-in", server.http_url))
+        .header("X-Forwarded-Proto", "https")
+        .form(&[("user", "analyst"), ("password", TEST_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = answer.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
+    assert!(cookie.ends_with("HttpOnly; SameSite=Strict; Secure"), "{cookie}");
     // Wrong passwords, unknown names and other scopes' tokens are refused.
     for form in [
         vec![("user", "analyst"), ("password", "not-the-password")],

@@ -317,7 +317,13 @@ async fn sign_in(
     match check_sign_in(&app, address, &headers, form).await {
         Ok(reader) => match app.ui.sessions.open(reader, Instant::now()) {
             Ok(id) => {
-                let cookie = format!("{UI_SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict");
+                // Behind a TLS proxy the cookie is kept to HTTPS, so that it
+                // never travels in clear text.
+                let over_tls = headers
+                    .get("x-forwarded-proto")
+                    .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+                let secure = if over_tls { "; Secure" } else { "" };
+                let cookie = format!("{UI_SESSION_COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict{secure}");
                 let mut response = Redirect::to(page_to_return_to(&next).unwrap_or("/ui/events")).into_response();
                 response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("hex"));
                 response
