@@ -3,9 +3,10 @@
 //   node bench/ui_bench.js BASE_URL PG_URL USER PASSWORD INGEST_TOKEN [REPETITIONS]
 // 1. an actor's 7-day timeline: from the navigation's start until its first
 //    rows (up to 100) are in the page, over the busiest actors in turn;
-// 2. a new event: from sending it (POST /v1/events) until a reload of its
+// 2. the events view over every organisation's last 7 days;
+// 3. a new event: from sending it (POST /v1/events) until a reload of its
 //    actor's timeline shows it;
-// 3. the gzipped bytes of the view's JavaScript and CSS.
+// 4. the gzipped bytes of the view's JavaScript and CSS.
 'use strict';
 
 const zlib = require('zlib');
@@ -64,6 +65,17 @@ function summary(name, millis) {
     if (shown < wanted) throw new Error(`${actor.actor_id}: ${shown} rows, ${wanted} wanted`);
   }
   summary('actor 7-day timeline, navigation to first 100 rows visible', timeline);
+
+  // The first page an investigator sees: every organisation's last 7 days,
+  // with the histogram and the three facets over all of them.
+  const events = [];
+  for (let i = 0; i < 11; i += 1) {
+    const started = Date.now();
+    await page.goto(`${base}/ui/events`, { waitUntil: 'commit' });
+    await page.waitForFunction(() => document.querySelectorAll('tr[data-seq]').length >= 100, null, { polling: 'raf' });
+    events.push(Date.now() - started);
+  }
+  summary('events view, all organisations, last 7 days (histogram, 3 facets, 100 rows)', events);
 
   const visible = [];
   for (let i = 0; i < 10; i += 1) {

@@ -13,6 +13,7 @@
 //! shows more than the same reader would get over SQL, and never writes
 //! anything but those records.
 
+mod detail;
 mod embed;
 mod html;
 mod query;
@@ -126,7 +127,7 @@ pub fn routes() -> Router<Api> {
         .route("/ui/events", get(views::events))
         .route("/ui/timeline", get(views::timeline))
         .route("/ui/content", get(views::content))
-        .route("/ui/event/{org}/{id}", get(views::detail))
+        .route("/ui/event/{org}/{id}", get(detail::detail))
         .route("/ui/saved", get(saved::list))
         .route("/ui/saved/{name}", get(saved::run))
         .route("/ui/assets/{name}", get(asset))
