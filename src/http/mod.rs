@@ -21,7 +21,7 @@ pub mod ui;
 pub mod viewer;
 
 use search::{Search, Term};
-use viewer::{VIEWER_TOKEN_PREFIX, ViewerError, ViewerKey, ViewerRequest};
+use viewer::{VIEWER_TOKEN_PREFIX, ViewerClaims, ViewerError, ViewerKey, ViewerRequest};
 
 pub use listener::{DEFAULT_MAX_HTTP_CONNECTIONS, HEADER_READ_TIMEOUT};
 
@@ -32,7 +32,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -458,49 +458,97 @@ pub(crate) fn as_stored<'a>(
     Ok(())
 }
 
+/// Who reads `org`'s events over the API: a read token of `org`, or a
+/// viewer token for `org` (its claims: narrowing and end user).
+struct ApiReader(Option<ViewerClaims>);
+
+impl ApiReader {
+    /// Terms every read of this reader adds: a viewer token's narrowing.
+    fn narrowing(&self) -> Vec<Term> {
+        self.0.as_ref().map_or_else(Vec::new, ViewerClaims::narrowing)
+    }
+
+    /// Records a viewer token's read, as the embedded viewer's pages are
+    /// (a read token's reads are not: a SIEM poller would read its own
+    /// records back without end).
+    fn record<T>(
+        &self,
+        app: &Api,
+        (headers, address): (&HeaderMap, Option<Extension<ui::ClientAddress>>),
+        view: &str,
+        attributes: serde_json::Value,
+        result: &Result<T, ApiError>,
+    ) {
+        if let Some(claims) = &self.0 {
+            let reader = ui::session::Reader::Viewer(claims.clone());
+            ui::Visit::of(&reader, headers, address).record_api(
+                &app.ui.access_log,
+                view,
+                attributes,
+                result.as_ref().err(),
+            );
+        }
+    }
+}
+
 /// Who may read `org`'s events: a read token of `org` (no narrowing), or a
 /// viewer token for `org` (its narrowing).
-fn reader_of(app: &Api, headers: &HeaderMap, org: &str) -> Result<Vec<Term>, ApiError> {
+fn reader_of(app: &Api, headers: &HeaderMap, org: &str) -> Result<ApiReader, ApiError> {
     let bearer = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
     let Some(token) =
         bearer.and_then(|value| value.strip_prefix("Bearer ")).filter(|t| t.starts_with(VIEWER_TOKEN_PREFIX))
     else {
         may_read(&app.auth, headers, org)?;
-        return Ok(Vec::new());
+        return Ok(ApiReader(None));
     };
     let claims = app.viewer.verify(token.trim(), now_ms())?;
     if claims.org != org {
         return Err(ApiError::NotThisOrg(org.to_string()));
     }
-    Ok(claims.narrowing())
+    Ok(ApiReader(Some(claims)))
 }
 
 async fn export_events(
     State(app): State<Api>,
     Path(org): Path<String>,
+    address: Option<Extension<ui::ClientAddress>>,
     headers: HeaderMap,
     request: Result<Query<export::PageRequest>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let narrowing = reader_of(&app, &headers, &org)?;
+    let reader = reader_of(&app, &headers, &org)?;
     let Query(mut request) = request.map_err(|rejection| ApiError::BadParameter(rejection.body_text()))?;
-    let mut search = request.search()?;
-    search.terms.extend(narrowing);
-    as_stored(&app, &org, request.content.iter_mut().chain(search.content_ids_mut()))?;
-    let queries = app.queries.clone();
-    let page = queries.spawn(async move { export::page(&app.storage, &app.limits, &org, &request, &search).await });
-    Ok(Json(page.await.map_err(|e| ApiError::Internal(e.to_string()))??))
+    let searched = request.search.clone();
+    let page = async {
+        let mut search = request.search()?;
+        search.terms.extend(reader.narrowing());
+        as_stored(&app, &org, request.content.iter_mut().chain(search.content_ids_mut()))?;
+        let (app, org) = (app.clone(), org.clone());
+        let page = app
+            .queries
+            .clone()
+            .spawn(async move { export::page(&app.storage, &app.limits, &org, &request, &search).await });
+        page.await.map_err(|e| ApiError::Internal(e.to_string()))?
+    }
+    .await;
+    let rows = page.as_ref().map_or(0, |page| page["events"].as_array().map_or(0, Vec::len));
+    reader.record(&app, (&headers, address), "api_events", json!({ "search": searched, "rows": rows }), &page);
+    Ok(Json(page?))
 }
 
 async fn export_event(
     State(app): State<Api>,
     Path((org, id)): Path<(String, String)>,
+    address: Option<Extension<ui::ClientAddress>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let narrowing = reader_of(&app, &headers, &org)?;
-    match one_event(&app, &org, &id, narrowing).await? {
-        Some(event) => Ok(Json(event)),
-        None => Err(ApiError::NotFound { org, id }),
-    }
+    let reader = reader_of(&app, &headers, &org)?;
+    let found = match one_event(&app, &org, &id, reader.narrowing()).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(ApiError::NotFound { org: org.clone(), id: id.clone() }),
+        Err(error) => Err(error),
+    };
+    reader.record(&app, (&headers, address), "api_event", json!({ "id": id }), &found);
+    Ok(Json(found?))
 }
 
 /// One event of `org` by id within a viewer token's `narrowing`, looked up
@@ -522,11 +570,15 @@ async fn one_event(
 async fn event_proof(
     State(app): State<Api>,
     Path((org, id)): Path<(String, String)>,
+    address: Option<Extension<ui::ClientAddress>>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let narrowing = reader_of(&app, &headers, &org)?;
+    let reader = reader_of(&app, &headers, &org)?;
     let integrity = app.integrity.clone().ok_or(ApiError::NoCheckpoints)?;
-    let event = one_event(&app, &org, &id, narrowing).await?.ok_or(ApiError::NotFound { org, id })?;
+    let event = one_event(&app, &org, &id, reader.narrowing()).await;
+    let event = event.and_then(|found| found.ok_or(ApiError::NotFound { org, id: id.clone() }));
+    reader.record(&app, (&headers, address), "api_proof", json!({ "id": id }), &event);
+    let event = event?;
     let seq = event["seq"].as_u64().ok_or_else(|| ApiError::Internal("an event without a seq".into()))?;
     let storage = app.storage.clone();
     let mut proof = tokio::task::spawn_blocking(move || integrity.prove(&storage, seq))

@@ -344,4 +344,21 @@ async fn viewer_tokens_read_only_their_narrowing_until_they_expire() {
         let (status, answer) = mint(client, body.clone()).await;
         assert_eq!(status, expected, "{body}: {answer}");
     }
+
+    // What the vendor's end user read through the API is on record, in
+    // acme's trail, as the embedded viewer's pages are.
+    let admin = server.pg().await;
+    crate::harness::wait_until("the viewer's API reads are recorded", || async {
+        let recorded = admin
+            .query(
+                "select json_get_str(attributes, 'view') from audit_events where org_id = 'acme' \
+                 and action = 'audit_log.ui_read' and actor_id = 'vendor-user-7' and actor_type = 'viewer_end_user'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let views: Vec<String> = recorded.iter().map(|row| row.get(0)).collect();
+        ["api_events", "api_event"].iter().all(|view| views.iter().any(|v| v == view))
+    })
+    .await;
 }

@@ -228,24 +228,44 @@ impl<'a> Visit<'a> {
         self.record_as(log, ACTION_UI_READ, view, attributes, error);
     }
 
+    /// Records a read through the HTTP API (a viewer token's), refused or
+    /// not, as the view's pages are.
+    pub fn record_api(&self, log: &AccessLog, view: &str, attributes: Value, error: Option<&ApiError>) {
+        let refusal = error.map(|error| (error.to_string(), error.status()));
+        self.record_refusal(log, ACTION_UI_READ, view, attributes, refusal);
+    }
+
     /// Records `action` done through `view` (or refused, with `error`).
-    fn record_as(&self, log: &AccessLog, action: &str, view: &str, mut attributes: Value, error: Option<&UiError>) {
+    fn record_as(&self, log: &AccessLog, action: &str, view: &str, attributes: Value, error: Option<&UiError>) {
+        let refusal = error.map(|error| (error.to_string(), error.status()));
+        self.record_refusal(log, action, view, attributes, refusal);
+    }
+
+    fn record_refusal(
+        &self,
+        log: &AccessLog,
+        action: &str,
+        view: &str,
+        mut attributes: Value,
+        refusal: Option<(String, StatusCode)>,
+    ) {
         let (actor, actor_type) = self.reader.actor();
         let fields = attributes.as_object_mut().expect("attributes are an object");
         fields.insert("view".into(), json!(view));
         if let Reader::Viewer(claims) = self.reader {
             fields.insert("viewer".into(), json!({ "end_user": claims.end_user, "expires_at": claims.expires_at() }));
         }
-        if let Some(error) = error {
-            fields.insert("error".into(), json!(error.to_string()));
-            fields.insert("status".into(), json!(error.status().as_u16()));
+        let success = refusal.is_none();
+        if let Some((error, status)) = refusal {
+            fields.insert("error".into(), json!(error));
+            fields.insert("status".into(), json!(status.as_u16()));
         }
         let org = self.reader.record_org().unwrap_or(SYSTEM_ORG_ID);
         let record = Event {
             source_ip: Some(self.address.to_string()),
             user_agent: self.user_agent.clone(),
             session_id: Some(self.session.clone()),
-            ..Event::system(org, (&actor, actor_type), action, AUDIT_ACCESS_CATEGORY, error.is_none(), &attributes)
+            ..Event::system(org, (&actor, actor_type), action, AUDIT_ACCESS_CATEGORY, success, &attributes)
         };
         log.read_over_http(record);
     }
