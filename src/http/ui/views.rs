@@ -28,6 +28,9 @@ use crate::query::Scope;
 /// The window a search without `created:` looks at.
 pub const DEFAULT_WINDOW_DAYS: i64 = 7;
 const DAY_US: i64 = 24 * 60 * 60 * 1_000_000;
+/// 0001-01-01 and 9999-12-31 UTC, in microseconds: the widest window shown.
+const EARLIEST_SHOWN_US: i64 = -62_135_596_800_000_000;
+const LATEST_SHOWN_US: i64 = 253_402_214_400_000_000;
 
 /// A view's URL parameters. Unknown ones are ignored: none of them can
 /// widen what the reader's scope allows.
@@ -154,15 +157,22 @@ fn investigation(app: &Api, reader: &Reader, text: &str, extra: Vec<Term>) -> Re
         })
         .collect();
     let defaulted = windows.is_empty();
-    let to_us = windows.iter().filter_map(|w| w.1).min().unwrap_or(now);
-    let from_us =
-        windows.iter().filter_map(|w| w.0).max().unwrap_or(to_us.saturating_sub(DEFAULT_WINDOW_DAYS * DAY_US));
+    // The window shown (and cut into histogram bars) stays within the years
+    // 1 to 9999, so that its width is a number: a search may name dates
+    // 260,000 years apart, and its condition keeps them as typed.
+    let to_us = windows.iter().filter_map(|w| w.1).min().unwrap_or(now).clamp(EARLIEST_SHOWN_US, LATEST_SHOWN_US);
+    let from_us = windows
+        .iter()
+        .filter_map(|w| w.0)
+        .max()
+        .unwrap_or(to_us.saturating_sub(DEFAULT_WINDOW_DAYS * DAY_US))
+        .clamp(EARLIEST_SHOWN_US, LATEST_SHOWN_US);
     if defaulted {
         search.terms.push(Term { negated: false, filter: Filter::Created { from_us: Some(from_us), to_us: None } });
     }
     stored_content_ids(app, &reader.scope(), &mut search)?;
     let condition = search.condition().unwrap_or(lit(true));
-    Ok(Investigation { from_us, to_us: to_us.max(from_us + 1), defaulted, condition })
+    Ok(Investigation { from_us, to_us: to_us.max(from_us.saturating_add(1)), defaulted, condition })
 }
 
 /// Content ids as stored: hashed where the organisation hashes UGC. A
