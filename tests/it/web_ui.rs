@@ -155,6 +155,16 @@ async fn the_web_view_shows_each_reader_their_own_organisation_only() {
         .await
         .unwrap();
     assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+    // A sign-in form is small: a large body is refused unread, so that
+    // anonymous clients cannot make the server hold megabytes each.
+    let padding = "x".repeat(1024 * 1024);
+    let large = reqwest::Client::new()
+        .post(format!("{}/ui/sign-in", server.http_url))
+        .form(&[("user", "analyst"), ("password", padding.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     assert_eq!(analyst.sign_in(&[("user", "analyst"), ("password", TEST_PASSWORD)]).await.1, "/ui/events");
     let (status, headers, html) = analyst.get("/ui/events").await;

@@ -42,6 +42,10 @@ use crate::server::users::{Role, Users};
 use html::Page;
 use session::{Reader, SessionError, Sessions, UI_SESSION_COOKIE};
 
+/// The largest form body the view reads (a sign-in: a name, a password
+/// or a token); more is refused unread, so that anonymous clients cannot
+/// make the server hold the API's event-batch size each.
+pub const MAX_FORM_BODY_BYTES: usize = 16 * 1024;
 /// Longest user agent kept in a record of a read, in bytes.
 const MAX_RECORDED_USER_AGENT_BYTES: usize = 256;
 
@@ -76,6 +80,8 @@ pub enum UiError {
     SignInThrottled { seconds: u64 },
     #[error("sign-in requests must come from this server's own pages")]
     CrossSite,
+    #[error("a form of this view is at most {MAX_FORM_BODY_BYTES} bytes")]
+    FormTooLarge,
     #[error("no such event here")]
     NotFound,
     #[error("{0}")]
@@ -94,6 +100,7 @@ impl UiError {
             UiError::Session(SessionError::Users(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             UiError::Search(_) | UiError::BadParameter(_) => StatusCode::BAD_REQUEST,
             UiError::CrossSite => StatusCode::FORBIDDEN,
+            UiError::FormTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UiError::NotFound => StatusCode::NOT_FOUND,
             UiError::Api(error) => error.status(),
         }
@@ -133,6 +140,7 @@ pub fn routes() -> Router<Api> {
         .route("/ui/assets/{name}", get(asset))
         .route("/embed", get(embed::embed))
         .layer(axum::middleware::from_fn(back_after_sign_in))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BODY_BYTES))
 }
 
 /// A reader sent to sign in from a page (a shared link, an ended session)
@@ -367,7 +375,10 @@ async fn check_sign_in(
     if !same_origin(headers) {
         return Err(UiError::CrossSite);
     }
-    let Form(form) = form.map_err(|rejection| UiError::BadParameter(rejection.body_text()))?;
+    let Form(form) = form.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => UiError::FormTooLarge,
+        _ => UiError::BadParameter(rejection.body_text()),
+    })?;
     if !form.token.is_empty() {
         let token = app
             .auth
