@@ -37,6 +37,9 @@ pub const UI_SESSION_LONGEST: Duration = Duration::from_secs(12 * 60 * 60);
 /// The most sessions held at once: sign-ins past it are refused until
 /// some end, so that sign-ins cannot fill the memory.
 pub const MAX_UI_SESSIONS: usize = 10_000;
+/// The most sessions one reader holds: signing in again past it ends that
+/// reader's oldest, so that one password cannot take every session.
+pub const MAX_SESSIONS_PER_READER: usize = 20;
 /// Requests a session (or a viewer token) may make each second, on average.
 pub const UI_REQUESTS_PER_SECOND: f64 = 10.0;
 /// Requests a session may make at once before the average applies (a page
@@ -176,6 +179,17 @@ impl Sessions {
         SystemRandom::new().fill(&mut id).expect("the system's random numbers");
         let id = to_hex(&id);
         let mut held = self.held();
+        let own: Vec<(&String, Instant)> = held
+            .sessions
+            .iter()
+            .filter(|(_, session)| session.reader == reader)
+            .map(|(id, s)| (id, s.signed_in))
+            .collect();
+        if own.len() >= MAX_SESSIONS_PER_READER
+            && let Some(oldest) = own.iter().min_by_key(|(_, signed_in)| *signed_in).map(|(id, _)| (*id).clone())
+        {
+            held.sessions.remove(&oldest);
+        }
         if held.sessions.len() >= MAX_UI_SESSIONS {
             held.sessions.retain(|_, session| alive(session, now));
             if held.sessions.len() >= MAX_UI_SESSIONS {
@@ -270,6 +284,28 @@ mod tests {
         assert!(matches!(sessions.reader(&idle, start + UI_SESSION_IDLE), Err(SessionError::NotSignedIn)));
         assert!(matches!(sessions.reader("not-a-session", start), Err(SessionError::NotSignedIn)));
         sessions.close(&id);
+    }
+
+    #[test]
+    fn one_reader_holds_a_few_sessions_not_the_servers_all() {
+        let sessions = Sessions::default();
+        let start = Instant::now();
+        let ids: Vec<String> = (0..MAX_SESSIONS_PER_READER + 5)
+            .map(|i| sessions.open(reader(), start + Duration::from_millis(i as u64)).unwrap())
+            .collect();
+        let now = start + Duration::from_secs(1);
+        let (ended, alive) = ids.split_at(5);
+        for id in ended {
+            assert!(matches!(sessions.reader(id, now), Err(SessionError::NotSignedIn)), "the oldest ended");
+        }
+        for id in alive {
+            assert!(sessions.reader(id, now).is_ok());
+        }
+        // Another reader's sessions are not touched.
+        let admin = Reader::DatabaseUser { name: "root".into(), role: Role::Admin };
+        let theirs = sessions.open(admin.clone(), now).unwrap();
+        sessions.open(reader(), now).unwrap();
+        assert_eq!(sessions.reader(&theirs, now).unwrap(), admin);
     }
 
     #[test]
