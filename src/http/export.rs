@@ -15,7 +15,7 @@ use datafusion::arrow::json::ArrayWriter;
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::Expr;
-use datafusion::prelude::{col, lit};
+use datafusion::prelude::{SessionContext, col, lit};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -167,10 +167,15 @@ async fn events(
 /// `audit_events` as a session scoped to `scope` reads it: the tenant
 /// barrier SQL users have, below every filter a caller adds.
 pub async fn scoped_events(storage: &Storage, limits: &QueryConfig, scope: Scope) -> Result<DataFrame, ApiError> {
+    scoped_session(storage, limits, scope)?.table(query::TABLE).await.map_err(ApiError::Query)
+}
+
+/// A session scoped to `scope`, under the server's limits: every plan it
+/// makes ends at the statement timeout, the row limit and its memory.
+pub fn scoped_session(storage: &Storage, limits: &QueryConfig, scope: Scope) -> Result<SessionContext, ApiError> {
     let controls = SessionControls::new(limits);
     controls.scope.set(scope).expect("a fresh session has no scope yet");
-    let session = query::new_scoped_session_context(storage, limits, controls).map_err(ApiError::Query)?;
-    session.table(query::TABLE).await.map_err(ApiError::Query)
+    query::new_scoped_session_context(storage, limits, controls).map_err(ApiError::Query)
 }
 
 /// Rows as JSON objects, `attributes` as the object it was sent as.

@@ -22,9 +22,8 @@ use super::session::Reader;
 use super::views::on_queries;
 use super::{ClientAddress, UiError, Visit, signed_in};
 use crate::client::{self, Format};
-use crate::http::export::as_json;
+use crate::http::export::{as_json, scoped_session};
 use crate::http::{Api, ApiError};
-use crate::query::{self, STATEMENT_TIMEOUT, SessionControls};
 use crate::reports::{self, Declared, ParamKind};
 
 /// A parameter's header words as the form shows them: without psql's
@@ -211,7 +210,8 @@ pub async fn run(
     Ok(page(&reader, &format!("Saved query {name}"), StatusCode::OK, body))
 }
 
-/// Runs `sql` read-only in the reader's scope, within the statement timeout.
+/// Runs `sql` read-only in the reader's scope; its plan ends at the
+/// statement timeout as every plan of a scoped session does.
 async fn run_sql(
     app: &Api,
     reader: &Reader,
@@ -219,19 +219,10 @@ async fn run_sql(
 ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, UiError> {
     client::check_read_only(&sql).map_err(|e| UiError::BadParameter(e.to_string()))?;
     let (storage, limits, scope) = (app.storage.clone(), app.limits.clone(), reader.scope());
-    let timeout = limits.statement_timeout;
     on_queries(app, async move {
-        let controls = SessionControls::new(&limits);
-        controls.scope.set(scope).expect("a fresh session has no scope yet");
-        let session = query::new_scoped_session_context(&storage, &limits, controls).map_err(ApiError::Query)?;
+        let session = scoped_session(&storage, &limits, scope)?;
         let run = async { session.sql_with_options(&sql, client::read_only()).await?.collect().await };
-        match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result.map_err(ApiError::Query),
-            Err(_) => Err(ApiError::Query(datafusion::error::DataFusionError::Execution(format!(
-                "{STATEMENT_TIMEOUT} of {} ms",
-                timeout.as_millis()
-            )))),
-        }
+        run.await.map_err(ApiError::Query)
     })
     .await
 }
