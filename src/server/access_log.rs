@@ -248,7 +248,7 @@ fn now_us() -> i64 {
 }
 
 /// Cuts `text` to at most `max_bytes` on a character boundary; says whether it cut.
-fn cut(text: &str, max_bytes: usize) -> (&str, bool) {
+pub(crate) fn cut(text: &str, max_bytes: usize) -> (&str, bool) {
     if text.len() <= max_bytes {
         return (text, false);
     }

@@ -36,7 +36,7 @@ use super::search::SearchError;
 use super::tokens::TokenScope;
 use super::{Api, ApiError};
 use crate::model::{AUDIT_ACCESS_CATEGORY, Event, SYSTEM_ORG_ID};
-use crate::server::access_log::{ACTION_LOGIN, ACTION_LOGIN_FAILED, ACTION_UI_READ, AccessLog};
+use crate::server::access_log::{self, ACTION_LOGIN, ACTION_LOGIN_FAILED, ACTION_UI_READ, AccessLog};
 use crate::server::throttle::LoginThrottle;
 use crate::server::users::{Role, Users};
 use html::Page;
@@ -213,13 +213,10 @@ pub struct Visit<'a> {
 
 impl<'a> Visit<'a> {
     pub fn of(reader: &'a Reader, headers: &HeaderMap, address: Option<Extension<ClientAddress>>) -> Self {
-        let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|agent| {
-            let end = (0..=agent.len().min(MAX_RECORDED_USER_AGENT_BYTES))
-                .rev()
-                .find(|&i| agent.is_char_boundary(i))
-                .unwrap_or(0);
-            agent[..end].to_string()
-        });
+        let user_agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|agent| access_log::cut(agent, MAX_RECORDED_USER_AGENT_BYTES).0.to_string());
         // A record names the session without its secret: a digest's start.
         let session = match cookie_session(headers) {
             Some(id) => {
