@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 use serde_json::{Value, json};
 
@@ -20,6 +21,7 @@ use super::checkpoint::{self, LineKind};
 use super::merkle::{self, BLOCK_LEAVES, Hash};
 use super::{IntegrityError, SigningKey, canonical, read_segment_batches};
 use crate::model::Seq;
+use crate::storage::StorageError;
 use crate::storage::objects::SegmentStore;
 use crate::storage::segment::LiveSegment;
 use crate::storage::settings::to_hex;
@@ -67,12 +69,24 @@ pub fn prove(
     let mut holder = None;
     for segment in segments.iter().filter(|s| s.meta.min_seq <= block_last && block_first <= s.meta.max_seq) {
         for batch in read_segment_batches(store, segment).map_err(IntegrityError::from)? {
-            let seqs = batch.column_by_name("seq").expect("seq").as_primitive::<Int64Type>().values().to_vec();
+            // Only the block's rows are hashed: a segment holds hundreds of
+            // thousands, the block at most BLOCK_LEAVES.
+            let in_block: BooleanArray = batch
+                .column_by_name("seq")
+                .expect("seq")
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .map(|&s| Some((block_first..=block_last).contains(&(s as Seq))))
+                .collect();
+            if in_block.true_count() == 0 {
+                continue;
+            }
+            let batch = filter_record_batch(&batch, &in_block)
+                .map_err(|e| IntegrityError::from(StorageError::Scan(e.into())))?;
             for (row, leaf) in canonical::leaves(&batch, key.digest_key()).into_iter().enumerate() {
-                if (block_first..=block_last).contains(&leaf.0) {
-                    leaves.insert(leaf.0, leaf.1);
-                }
-                if seqs[row] as Seq == seq {
+                leaves.insert(leaf.0, leaf.1);
+                if leaf.0 == seq {
                     input = Some(leaf_input(&batch, row, key));
                     holder = Some(segment.meta.file.clone());
                 }
