@@ -25,6 +25,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod demo;
 pub mod digest;
 pub mod exporter;

@@ -31,6 +31,9 @@ pub struct Cli {
 enum Command {
     /// Run the server: HTTP ingest and the Postgres endpoint.
     Serve(serve::ServeArgs),
+    /// Run a worker of a coordinator started with `serve --workers`: it
+    /// reads the coordinator's segments for the scans it is handed.
+    Worker(serve::WorkerArgs),
     /// Fill a fresh data directory with realistic demo activity, then serve it.
     Demo(serve::DemoArgs),
     /// Run one read-only SQL statement over a data directory (no server
@@ -110,6 +113,7 @@ pub fn main(allocator: Allocator) -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::Demo(args) => serve::run_demo(args, allocator).await,
+            Command::Worker(args) => serve::worker(args).await,
             Command::Query(args) => data::query(args).await,
             Command::Report(args) => data::report(args).await,
             Command::Export(args) => data::export(args).await,

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::{
     Allocator, MOST_MEMORY_BYTES, ONE_DAY_MS, ONE_WEEK_MS, ONE_YEAR_HOURS, THREAD_STACK_BYTES, open_integrity, say,
 };
+use crate::cluster::{Cluster, ClusterKey};
 use crate::demo;
 use crate::http;
 use crate::http::tokens::Tokens;
@@ -21,6 +22,53 @@ use crate::server::users::{Role, Users};
 use crate::storage::compaction::CompactionPolicy;
 use crate::storage::{self, Storage, StorageConfig};
 use crate::{integrity, query, server};
+
+#[derive(Debug, Args)]
+pub(super) struct WorkerArgs {
+    /// Address the worker listens on: loopback or a private network only.
+    #[arg(long, default_value = "127.0.0.1:5450")]
+    listen: SocketAddr,
+    /// Where the coordinator keeps its segments: the same `s3://bucket/prefix`
+    /// (read with this process's own AWS_* settings) or `file:///path`.
+    #[arg(long, env = "AUDITLAKE_SEGMENTS_URL")]
+    segments_url: String,
+    /// The secret shared with the coordinator (`serve --cluster-key-file`).
+    #[arg(long, env = "AUDITLAKE_CLUSTER_KEY_FILE", value_name = "PATH")]
+    cluster_key_file: PathBuf,
+    /// Working memory one stage of a query may use on this worker.
+    #[arg(long, default_value_t = query::DEFAULT_QUERY_MEMORY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=MOST_MEMORY_BYTES))]
+    query_memory_bytes: usize,
+    /// Working memory all stages running on this worker may use together.
+    #[arg(long, default_value_t = query::DEFAULT_TOTAL_QUERY_MEMORY_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=MOST_MEMORY_BYTES))]
+    total_query_memory_bytes: usize,
+    /// Memory for segment footers, indexes and pages read again and again.
+    #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MOST_MEMORY_BYTES))]
+    segment_cache_bytes: usize,
+}
+
+/// `auditlake worker`: runs the scan fragments and stages its coordinator sends.
+pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.total_query_memory_bytes < args.query_memory_bytes {
+        anyhow::bail!(
+            "--total-query-memory-bytes ({}) is less than --query-memory-bytes ({})",
+            args.total_query_memory_bytes,
+            args.query_memory_bytes
+        );
+    }
+    let key = ClusterKey::read(&args.cluster_key_file)?;
+    let url = args.segments_url.clone();
+    let store = tokio::task::spawn_blocking(move || storage::objects::SegmentStore::open_elsewhere(&url))
+    .await?
+    .with_context(|| format!("cannot open the segment store {}", args.segments_url))?;
+    let reader = query::SegmentReader {
+        store: Arc::new(store),
+        cache: query::SegmentCache::new(args.segment_cache_bytes),
+    };
+    let memory = query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes);
+    say(&format!("auditlake worker listening on {} over {}", args.listen, args.segments_url));
+    crate::cluster::worker::serve(args.listen, reader, key, memory).await?;
+    Ok(())
+}
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -107,6 +155,15 @@ pub(super) struct ServeArgs {
     /// connections.
     #[arg(long, default_value_t = query::DEFAULT_SEGMENT_CACHE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MOST_MEMORY_BYTES))]
     segment_cache_bytes: usize,
+    /// Workers (`auditlake worker`) this node hands large scans to, as
+    /// `host:port,host:port`; it then coordinates (see `SET auditlake.engine`).
+    /// Needs --cluster-key-file, and segments in a store every worker reads.
+    #[arg(long, value_name = "HOST:PORT,...", requires = "cluster_key_file")]
+    workers: Option<String>,
+    /// The secret coordinator and workers share (at least 32 characters,
+    /// e.g. `openssl rand -hex 32 > cluster.key`); the same file on every node.
+    #[arg(long, env = "AUDITLAKE_CLUSTER_KEY_FILE", value_name = "PATH")]
+    cluster_key_file: Option<PathBuf>,
     /// The UGC key (`auditlake keygen --ugc-key`): needed when an
     /// organisation's policy hashes UGC, and by `ugc_hash()` in SQL.
     #[arg(long, env = "AUDITLAKE_UGC_KEY_FILE", value_name = "PATH")]
@@ -305,12 +362,25 @@ async fn open_storage(args: &ServeArgs) -> anyhow::Result<(Storage, Option<Arc<i
     Ok((storage, integrity))
 }
 
+impl ServeArgs {
+    fn cluster(&self) -> anyhow::Result<Option<Cluster>> {
+        let (Some(workers), Some(key)) = (&self.workers, &self.cluster_key_file) else {
+            return Ok(None);
+        };
+        Ok(Some(Cluster::new(workers, ClusterKey::read(key)?)?))
+    }
+}
+
 async fn serve_storage(
     args: ServeArgs,
     storage: Storage,
     integrity: Option<Arc<integrity::Integrity>>,
 ) -> anyhow::Result<()> {
     let policies = Arc::new(args.policies()?);
+    let cluster = args.cluster()?;
+    if let Some(cluster) = &cluster {
+        cluster.watch_workers();
+    }
     let access_log = server::AccessLog::start(storage.clone(), Arc::clone(&policies));
     let endpoint = server::Endpoint {
         auth: args.auth(),
@@ -323,6 +393,7 @@ async fn serve_storage(
             max_result_rows: args.max_result_rows,
             segment_cache: query::SegmentCache::new(args.segment_cache_bytes),
             ugc_key: policies.key().cloned(),
+            cluster,
         },
         access_log: access_log.clone(),
         throttle: server::throttle::LoginThrottle::default(),

@@ -40,6 +40,8 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use super::engine::Choice;
+
 /// Whether evaluating `filter` on any row can only answer true, false or
 /// NULL: it raises no error and calls no function, so evaluating it on
 /// another organisation's row (while pruning, in a row filter, on the
@@ -93,6 +95,8 @@ fn is_operand(expr: &Expr) -> bool {
 #[derive(Debug)]
 pub struct OrgScanExec {
     org: String,
+    /// On a node with workers: that this scan stays here, and why.
+    engine: Option<Choice>,
     inner: Arc<dyn ExecutionPlan>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -108,6 +112,7 @@ impl OrgScanExec {
         );
         OrgScanExec {
             org: org.to_owned(),
+            engine: None,
             inner,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -116,6 +121,10 @@ impl OrgScanExec {
 }
 
 impl OrgScanExec {
+    pub fn with_engine(self, engine: Option<Choice>) -> Self {
+        OrgScanExec { engine, ..self }
+    }
+
     /// The scan below the barrier, for tests of what it reads.
     #[cfg(test)]
     pub fn inner(&self) -> Arc<dyn ExecutionPlan> {
@@ -125,7 +134,11 @@ impl OrgScanExec {
 
 impl DisplayAs for OrgScanExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OrgScanExec: org_id={}", self.org)
+        write!(f, "OrgScanExec: org_id={}", self.org)?;
+        match &self.engine {
+            Some(engine) => write!(f, ", {engine}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -169,20 +182,7 @@ impl ExecutionPlan for OrgScanExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let outputs = self.properties.partitioning.partition_count();
-        let inputs = self.inner.properties().partitioning.partition_count();
-        let streams = (partition..inputs)
-            .step_by(outputs)
-            .map(|i| self.inner.execute(i, Arc::clone(&context)))
-            .collect::<Result<Vec<_>>>()?;
-        // Only the rows handed on are counted: they are the organisation's.
-        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
-        let rows = futures::stream::iter(streams).flatten().inspect(move |batch| {
-            if let Ok(batch) = batch {
-                output_rows.add(batch.num_rows());
-            }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), rows)))
+        merged_partition(&self.inner, partition, &self.properties, &self.metrics, context)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -194,6 +194,30 @@ impl ExecutionPlan for OrgScanExec {
     fn partition_statistics(&self, _partition: Option<usize>) -> Result<Arc<Statistics>> {
         Ok(Arc::new(Statistics::new_unknown(&self.schema())))
     }
+}
+
+/// Partition `partition` of an opaque scan with `properties` over `inner`:
+/// the inner plan's partitions `partition`, `partition + n`, ... one after
+/// another, counted in `metrics` as the only rows the scan shows.
+pub(super) fn merged_partition(
+    inner: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    properties: &PlanProperties,
+    metrics: &ExecutionPlanMetricsSet,
+    context: Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    let outputs = properties.partitioning.partition_count();
+    let inputs = inner.properties().partitioning.partition_count();
+    let streams =
+        (partition..inputs).step_by(outputs).map(|i| inner.execute(i, Arc::clone(&context))).collect::<Result<Vec<_>>>()?;
+    // Only the rows handed on are counted: they are the scope's.
+    let output_rows = MetricBuilder::new(metrics).output_rows(partition);
+    let rows = futures::stream::iter(streams).flatten().inspect(move |batch| {
+        if let Ok(batch) = batch {
+            output_rows.add(batch.num_rows());
+        }
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(properties.eq_properties.schema().clone(), rows)))
 }
 
 #[cfg(test)]

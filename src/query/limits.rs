@@ -50,6 +50,9 @@ pub struct QueryConfig {
     pub max_result_rows: u64,
     pub segment_cache: SegmentCache,
     pub ugc_key: Option<Arc<UgcKey>>,
+    /// The workers scans may be handed to (a coordinator's); none on a
+    /// single node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Default for QueryConfig {
@@ -60,6 +63,7 @@ impl Default for QueryConfig {
             max_result_rows: DEFAULT_MAX_RESULT_ROWS,
             segment_cache: SegmentCache::default(),
             ugc_key: None,
+            cluster: None,
         }
     }
 }

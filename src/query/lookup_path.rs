@@ -59,6 +59,12 @@ datafusion::common::extensions_options! {
         /// Whether actor and content lookups take this module's road; off,
         /// DataFusion plans them as every other statement (to compare the two).
         pub lookup_path: bool, default = true
+        /// Which engine reads segments: `local`, `distributed` (the
+        /// cluster's workers) or `auto` (see `engine`). Every user may set it.
+        pub engine: String, default = "auto".to_owned()
+        /// Under `auto`, the bytes left to read after pruning above which a
+        /// scan goes to the workers.
+        pub distribute_above_bytes: u64, default = super::engine::DEFAULT_DISTRIBUTE_ABOVE_BYTES
     }
 }
 

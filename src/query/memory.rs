@@ -37,7 +37,7 @@ impl QueryMemory {
     }
 
     /// A pool for one session, drawing on the shared budget.
-    pub(super) fn session_pool(&self) -> Arc<dyn MemoryPool> {
+    pub fn session_pool(&self) -> Arc<dyn MemoryPool> {
         Arc::new(QueryPool { total: Arc::clone(&self.total), limit_bytes: self.per_query_bytes, used: 0.into() })
     }
 }

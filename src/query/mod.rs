@@ -17,6 +17,8 @@
 use std::sync::{Arc, OnceLock};
 
 mod barrier;
+pub mod engine;
+pub mod fragment;
 mod index_lookup;
 mod limits;
 pub mod lookup_path;
@@ -26,6 +28,7 @@ mod pruning;
 mod read_only;
 mod scan_exec;
 mod segment_cache;
+mod segments_scan;
 mod session;
 mod table;
 #[cfg(test)]
@@ -41,7 +44,8 @@ pub use limits::{
 pub use memory::{DEFAULT_QUERY_MEMORY_BYTES, DEFAULT_TOTAL_QUERY_MEMORY_BYTES, QueryMemory};
 pub use read_only::{is_read_only, selects_into, statement_verb};
 pub use segment_cache::{DEFAULT_SEGMENT_CACHE_BYTES, SegmentCache};
-pub use session::{SessionControls, new_scoped_session_context, new_session_context};
+pub use segments_scan::SegmentReader;
+pub use session::{SessionControls, new_scoped_session_context, new_session_context, register_functions};
 pub use table::AuditEventsTable;
 pub use value_limits::VALUE_TOO_LARGE;
 

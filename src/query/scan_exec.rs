@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use datafusion::execution::memory_pool::MemoryReservation;
 
+use super::engine::Choice;
 use super::pass_through::{PassThrough, PassThroughExec};
 
 /// What the manifest (and the row indexes) did for one scan.
@@ -25,6 +26,8 @@ pub struct ScanSummary {
     pub buffered_batches: usize,
     /// Set when row indexes were looked up.
     pub index: Option<IndexSummary>,
+    /// On a node with workers: that this scan stays here, and why.
+    pub engine: Option<Choice>,
     /// The query's memory the buffered rows copied while planning take:
     /// never read, only held as long as the plan that holds the copies.
     pub _buffered_memory: Arc<MemoryReservation>,
@@ -54,7 +57,7 @@ impl PassThrough for ScanSummary {
     const NAME: &'static str = "AuditEventsScanExec";
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ScanSummary { segments_read, segments_pruned, buffered_batches, index, _buffered_memory: _ } = self;
+        let ScanSummary { segments_read, segments_pruned, buffered_batches, index, engine, _buffered_memory: _ } = self;
         write!(
             f,
             "segments_read={segments_read}, segments_pruned={segments_pruned}, buffered_batches={buffered_batches}"
@@ -62,6 +65,9 @@ impl PassThrough for ScanSummary {
         if let Some(IndexSummary { columns, segments_pruned, segments_scanned }) = index {
             let columns = columns.join("+");
             write!(f, ", indexed_by={columns}, index_pruned={segments_pruned}, index_scanned={segments_scanned}")?;
+        }
+        if let Some(engine) = engine {
+            write!(f, ", {engine}")?;
         }
         Ok(())
     }

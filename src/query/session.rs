@@ -14,7 +14,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use crate::storage::Storage;
 
 use super::limits::{self, QueryConfig, SessionTimeout, StatementCancel};
-use super::{AuditEventsTable, CATALOG, SCHEMA, SessionScope, TABLE, lookup_path, owner_scope, ugc_hash, value_limits};
+use super::{
+    AuditEventsTable, CATALOG, SCHEMA, SegmentReader, SessionScope, TABLE, lookup_path, owner_scope, ugc_hash,
+    value_limits,
+};
 
 /// A fresh DataFusion session over `storage` with `audit_events` registered.
 /// Each Postgres connection gets its own, so `SET` in one never leaks into another.
@@ -64,6 +67,16 @@ pub(super) fn session_over(storage: &Storage, limits: &QueryConfig, table: Audit
     session_with_controls(storage, limits, table, timeout, StatementCancel::default())
 }
 
+/// The functions the log adds to SQL, on a coordinator and on a worker
+/// alike, so that a stage runs the same functions wherever it runs.
+pub fn register_functions(ctx: &mut SessionContext) -> Result<()> {
+    // `attributes` holds JSON text: json_get_str(attributes, 'role'),
+    // attributes->>'role', json_contains(...), etc.
+    datafusion_functions_json::register_all(ctx)?;
+    value_limits::register(ctx);
+    Ok(())
+}
+
 fn session_with_controls(
     storage: &Storage,
     limits: &QueryConfig,
@@ -76,7 +89,12 @@ fn session_with_controls(
     // SQL as Postgres reads it: among others `attributes->>'k' = 'v'` binds
     // `->>` before `=` (the generic dialect does not).
     config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
-    let mut config = config.with_option_extension(lookup_path::AuditlakeOptions::default());
+    let mut config = config
+        .with_option_extension(lookup_path::AuditlakeOptions::default())
+        .with_extension(Arc::new(SegmentReader { store: Arc::clone(storage.segment_store()), cache: limits.segment_cache.clone() }));
+    if let Some(cluster) = &limits.cluster {
+        config = config.with_extension(Arc::new(cluster.live_workers()));
+    }
     // Late materialisation: the Parquet scan decodes the filtered columns
     // first and the others only for matching rows. A content-id lookup over
     // 10M realistic events went from 62 to 38 ms (BENCHMARKS.md).
@@ -100,18 +118,19 @@ fn session_with_controls(
             cancel,
         },
     };
-    let state = SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
         .with_query_planner(Arc::new(lookup_path::LookupFirstPlanner))
-        .with_physical_optimizer_rule(Arc::new(statement_limits))
-        .build();
-    let mut ctx = SessionContext::new_with_state(state);
-    // `attributes` holds JSON text: json_get_str(attributes, 'role'),
-    // attributes->>'role', json_contains(...), etc.
-    datafusion_functions_json::register_all(&mut ctx)?;
-    value_limits::register(&ctx);
+        .with_physical_optimizer_rule(Arc::new(statement_limits));
+    if let Some(cluster) = &limits.cluster {
+        // Around the planner set above: it plans, then the distributed
+        // planner cuts what the engine sent out into stages.
+        state = cluster.coordinate(state)?;
+    }
+    let mut ctx = SessionContext::new_with_state(state.build());
+    register_functions(&mut ctx)?;
     let segments = storage.segment_store();
     ctx.register_object_store(segments.url().as_ref(), segments.object_store());
     ctx.register_table(TABLE, Arc::new(table))?;

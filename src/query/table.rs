@@ -11,22 +11,18 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::config::TableParquetOptions;
 use datafusion::common::{DFSchema, DataFusionError, Result, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, ScalarUDF, TableProviderFilterPushDown};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExecBuilder;
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{col, lit};
 use futures::StreamExt;
@@ -34,11 +30,12 @@ use tracing::debug;
 
 use crate::model;
 use crate::storage::segment::LiveSegment;
-use crate::storage::{Storage, packed};
+use crate::storage::Storage;
 
+use super::fragment::{FragmentScanExec, ScanFragment, SegmentFile};
 use super::scan_exec::{AuditEventsScanExec, IndexSummary, ScanSummary};
-use super::unpack_id::{UNPACK_ID, UnpackId};
-use super::{Scope, SegmentCache, SessionScope, TABLE, barrier, index_lookup, owner_scope, pruning};
+use super::segments_scan::SegmentReader;
+use super::{Scope, SegmentCache, SessionScope, TABLE, barrier, engine, index_lookup, owner_scope, pruning};
 
 /// Segments whose row indexes one query looks into at once.
 const INDEX_LOOKUPS_AT_ONCE: usize = 16;
@@ -64,99 +61,6 @@ impl AuditEventsTable {
     pub fn without_pushdown(storage: Storage) -> Self {
         AuditEventsTable { storage, pushdown: false, cache: SegmentCache::new(0), scope: owner_scope() }
     }
-}
-
-impl AuditEventsTable {
-    /// Scans segment `files`, which store ids packed (see
-    /// [`packed`](crate::storage::packed)): the Parquet scan reads segment
-    /// columns, and a projection above it gives the table's columns back.
-    /// With `in_source`, the filters are the Parquet source's predicate
-    /// (pruning, and the row filter) whatever the session's settings.
-    fn segments_scan(
-        &self,
-        state: &dyn Session,
-        files: Vec<PartitionedFile>,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-        in_source: bool,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let table = model::schema();
-        let segment = packed::segment_schema();
-        // The session's Parquet options, so `SET datafusion.execution.parquet.*`
-        // works per connection; strings stay `Utf8` as in our schema.
-        let mut options =
-            TableParquetOptions { global: state.config_options().execution.parquet.clone(), ..Default::default() };
-        options.global.schema_force_view_types = false;
-        if in_source {
-            options.global.pushdown_filters = true;
-        }
-        let store = self.storage.segment_store();
-        let mut source = ParquetSource::new(Arc::clone(&segment))
-            .with_table_parquet_options(options)
-            .with_parquet_file_reader_factory(self.cache.reader_factory(store.object_store()));
-        // Filters on packed columns cannot prune segment files; DataFusion
-        // applies them above the scan like every other filter.
-        let prunable = filters.iter().filter(|f| f.column_refs().iter().all(|c| !packed::is_packed(&c.name)));
-        // With `pushdown_filters` on, DataFusion's physical optimizer pushes
-        // the filters it keeps above the scan down into this source itself;
-        // handing them over here too made every row filter run twice.
-        let pushed_later = state.config_options().execution.parquet.pushdown_filters && !in_source;
-        if let Some(predicate) = conjunction(prunable.cloned()).filter(|_| !pushed_later) {
-            let df_schema = DFSchema::try_from(Arc::clone(&segment))?;
-            source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-        }
-
-        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..table.fields().len()).collect());
-        let mut read: Vec<usize> = Vec::new();
-        let mut read_column = |name: &str| -> Result<Arc<dyn PhysicalExpr>> {
-            read.push(segment.index_of(name)?);
-            Ok(Arc::new(Column::new(name, read.len() - 1)))
-        };
-        let mut outputs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(wanted.len());
-        for &i in &wanted {
-            let field = table.field(i);
-            let expr: Arc<dyn PhysicalExpr> = if packed::is_packed(field.name()) {
-                let args = vec![
-                    read_column(&packed::uuid_column(field.name()))?,
-                    read_column(&packed::text_column(field.name()))?,
-                ];
-                let udf = Arc::new(ScalarUDF::new_from_impl(UnpackId::new()));
-                let config = Arc::new(state.config_options().clone());
-                Arc::new(ScalarFunctionExpr::new(UNPACK_ID, udf, args, Arc::new(field.clone()), config))
-            } else {
-                read_column(field.name())?
-            };
-            outputs.push((expr, field.name().clone()));
-        }
-
-        let store_url = self.storage.segment_store().url().clone();
-        let unpacking = wanted.iter().any(|&i| packed::is_packed(table.field(i).name()));
-        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
-            .with_projection_indices(Some(read))?
-            .with_limit(limit)
-            .with_file_groups(newest_first_groups(files, state.config().target_partitions()))
-            .build();
-        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
-        if !unpacking {
-            // Every column read is a table column as it is.
-            return Ok(scan);
-        }
-        Ok(Arc::new(ProjectionExec::try_new(outputs, scan)?))
-    }
-}
-
-/// Segment files (newest first) dealt out to `partitions` groups in turn,
-/// so that every partition reads from the newest down: handed out in
-/// contiguous runs, one partition would start at the oldest segments and
-/// read them before a `LIMIT` over the newest could rule them out.
-fn newest_first_groups(files: Vec<PartitionedFile>, partitions: usize) -> Vec<FileGroup> {
-    let mut groups = vec![Vec::new(); partitions.clamp(1, files.len().max(1))];
-    let count = groups.len();
-    for (i, file) in files.into_iter().enumerate() {
-        groups[i % count].push(file);
-    }
-    groups.into_iter().map(FileGroup::new).collect()
 }
 
 #[async_trait]
@@ -197,35 +101,84 @@ impl TableProvider for AuditEventsTable {
             return plan_err!("{TABLE} cannot be read before the session has logged in");
         };
         let Scope::Org(org) = scope else {
-            return self.scan_all(state, projection, filters, limit, None).await;
+            let wanted = ScanRequest { projection, filters, limit, org: None };
+            return match self.scan_all(state, &wanted).await? {
+                Planned::Here(scan, _) => Ok(scan),
+                Planned::Fragment(fragment) => Ok(Arc::new(FragmentScanExec::new(fragment)?)),
+            };
         };
         // The scope first: the scan keeps the organisation's rows only
         // (buffer and manifest by org before anything else, then the
         // Parquet row filter), and only leakproof filters go with it.
-        let in_org = col("org_id").eq(lit(org.as_str()));
-        let mut scoped_filters: Vec<Expr> = filters.iter().filter(|f| barrier::is_leakproof(f)).cloned().collect();
-        scoped_filters.push(in_org.clone());
-        let filter = Filtered { predicate: in_org, limit };
+        let scoped_filters = scoped_filters(org, filters);
+        let wanted = ScanRequest { projection, filters: &scoped_filters, limit, org: Some(org) };
+        let filter = Filtered::scope(org, limit);
         let columns = filter.columns(projection)?;
         // No `LIMIT` below the filter: it would count rows of other organisations.
-        let all = self.scan_all(state, Some(&columns.1), &scoped_filters, None, Some(org)).await?;
-        let scan = filter.apply(state, columns, all)?;
-        Ok(Arc::new(barrier::OrgScanExec::new(org, scan, state.config().target_partitions())))
+        let all = ScanRequest { projection: Some(&columns.1), limit: None, ..wanted };
+        match self.scan_all(state, &all).await? {
+            Planned::Here(all, engine) => {
+                let scan = filter.apply(state, columns, all)?;
+                let partitions = state.config().target_partitions();
+                Ok(Arc::new(barrier::OrgScanExec::new(org, scan, partitions).with_engine(engine)))
+            }
+            Planned::Fragment(fragment) => {
+                // The fragment is its own barrier, and applies the scope
+                // itself wherever it runs; it scans what the query wants.
+                let fragment = ScanFragment { projection: wanted.projection.cloned(), limit, ..fragment };
+                Ok(Arc::new(FragmentScanExec::new(fragment)?))
+            }
+        }
     }
+}
+
+/// The filters an organisation's scan takes: the leakproof ones of the
+/// query (see `barrier`), and the scope.
+pub(super) fn scoped_filters(org: &str, filters: &[Expr]) -> Vec<Expr> {
+    let mut scoped: Vec<Expr> = filters.iter().filter(|f| barrier::is_leakproof(f)).cloned().collect();
+    scoped.push(in_org(org));
+    scoped
+}
+
+fn in_org(org: &str) -> Expr {
+    col("org_id").eq(lit(org))
+}
+
+/// What one scan is asked for: the table's columns, the filters it is
+/// handed, its `LIMIT`, and the organisation it is scoped to, if any.
+#[derive(Clone, Copy)]
+struct ScanRequest<'a> {
+    projection: Option<&'a Vec<usize>>,
+    filters: &'a [Expr],
+    limit: Option<usize>,
+    org: Option<&'a str>,
+}
+
+/// Where a scan runs: planned here, or described as a fragment the
+/// distributed engine may hand to workers (see [`fragment`](super::fragment)).
+enum Planned {
+    /// With the engine's choice, on a node with workers.
+    Here(Arc<dyn ExecutionPlan>, Option<engine::Choice>),
+    Fragment(ScanFragment),
 }
 
 /// A filter the scan applies itself (a tenant's scope, exact content and
 /// actor lookups over what has no index), and the `LIMIT` it may apply after it.
 /// The columns it reads are scanned too and projected away again above it.
-struct Filtered {
-    predicate: Expr,
-    limit: Option<usize>,
+pub(super) struct Filtered {
+    pub predicate: Expr,
+    pub limit: Option<usize>,
 }
 
 impl Filtered {
+    /// An organisation's scope, applied by the scan.
+    pub fn scope(org: &str, limit: Option<usize>) -> Self {
+        Filtered { predicate: in_org(org), limit }
+    }
+
     /// How many columns the query wants, and the table columns to scan for
     /// them and for the predicate (the wanted ones first).
-    fn columns(&self, projection: Option<&Vec<usize>>) -> Result<(usize, Vec<usize>)> {
+    pub fn columns(&self, projection: Option<&Vec<usize>>) -> Result<(usize, Vec<usize>)> {
         let schema = model::schema();
         let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
         let mut scanned = wanted.clone();
@@ -239,7 +192,7 @@ impl Filtered {
     }
 
     /// The filter over `input`, a scan of the columns [`Filtered::columns`] named.
-    fn apply(
+    pub fn apply(
         &self,
         state: &dyn Session,
         (wanted, scanned): (usize, Vec<usize>),
@@ -255,7 +208,7 @@ impl Filtered {
     }
 
     /// The filter over the scan `input` builds for the columns it is given.
-    fn over(
+    pub fn over(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
@@ -268,19 +221,18 @@ impl Filtered {
 }
 
 impl AuditEventsTable {
+    fn reader(&self) -> SegmentReader {
+        SegmentReader { store: Arc::clone(self.storage.segment_store()), cache: self.cache.clone() }
+    }
+
     /// Every event the filters do not rule out, of every organisation, or
     /// with `org` of that organisation only: its buffered rows are taken
     /// before any filter is evaluated on them, and the segments' Parquet scan
     /// gets the filters (the scope among them) as its own predicate, since
-    /// no optimizer rule will push them there (see `barrier`).
-    async fn scan_all(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-        org: Option<&str>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    /// no optimizer rule will push them there (see `barrier`). On a node with
+    /// workers, a scan the engine hands to them is returned as a fragment.
+    async fn scan_all(&self, state: &dyn Session, request: &ScanRequest<'_>) -> Result<Planned> {
+        let ScanRequest { projection, filters, limit, org } = *request;
         let schema = model::schema();
         let snapshot = self.storage.snapshot();
         let filters = if self.pushdown || org.is_some() { filters } else { &[] };
@@ -293,7 +245,7 @@ impl AuditEventsTable {
         let mut buffered_memory = MemoryConsumer::new("buffered rows").register(&state.runtime_env().memory_pool);
         let buffer = match org {
             Some(org) => {
-                let in_org = state.create_physical_expr(col("org_id").eq(lit(org)), &df_schema)?;
+                let in_org = state.create_physical_expr(in_org(org), &df_schema)?;
                 matching_buffered(snapshot.buffer, &in_org, &mut buffered_memory)?
             }
             None => snapshot.buffer,
@@ -309,29 +261,10 @@ impl AuditEventsTable {
         }
         let in_source = org.is_some();
         let buffered_batches = buffer.len();
-        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         // Content and actor ids the scan must keep exactly (see
         // `supports_filters_pushdown`).
         let wanted = if self.pushdown { index_lookup::wanted(filters) } else { Vec::new() };
         let exact_filter = index_lookup::predicate(&wanted).map(|predicate| Filtered { predicate, limit });
-
-        if !buffer.is_empty() {
-            // Spread the buffered batches over partitions so both cores scan.
-            let partitions_wanted = state.config().target_partitions().clamp(1, buffer.len());
-            let mut partitions = vec![Vec::new(); partitions_wanted];
-            for (i, batch) in buffer.into_iter().enumerate() {
-                partitions[i % partitions_wanted].push(batch);
-            }
-            let buffered = |projection: Option<&Vec<usize>>, limit| -> Result<Arc<dyn ExecutionPlan>> {
-                let memory = MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?
-                    .with_limit(limit);
-                Ok(DataSourceExec::from_data_source(memory))
-            };
-            inputs.push(match &exact_filter {
-                Some(filter) => filter.over(state, projection, |p| buffered(p, None))?,
-                None => buffered(projection, limit)?,
-            });
-        }
 
         // A segment the manifest says holds none of the organisation's
         // events is never opened for it.
@@ -348,17 +281,39 @@ impl AuditEventsTable {
         // prunes the row groups of every older file from the footer alone.
         segments.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_us));
         let pruned_by_manifest = snapshot.segments.len() - segments.len();
+
+        let engine = engine::choose(state, org, &segments, !wanted.is_empty())?;
+        if let Some(choice) = engine.as_ref().filter(|c| c.distributed) {
+            let fragment = ScanFragment {
+                scope: org.map_or(Scope::All, |org| Scope::Org(org.to_owned())),
+                segments: segments.iter().map(|s| SegmentFile::pinned(s)).collect(),
+                projection: projection.cloned(),
+                filters: filters.to_vec(),
+                limit,
+                buffered: buffer,
+                partitions: state.config().target_partitions(),
+                engine: choice.clone(),
+                _buffered_memory: Some(Arc::new(buffered_memory)),
+            };
+            return Ok(Planned::Fragment(fragment));
+        }
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !buffer.is_empty() {
+            inputs.push(buffered_scan(state, buffer, projection, exact_filter.as_ref(), limit)?);
+        }
         // The plan holds the segment: compaction cannot delete its file
         // while this query may still open it.
         let file = |s: &Arc<LiveSegment>| {
             PartitionedFile::new(s.object_location(), s.meta.size_bytes).with_extension(Arc::clone(s))
         };
+        let reader = self.reader();
         let mut index = None;
         let mut segments_read = segments.len();
         match &exact_filter {
             None if !segments.is_empty() => {
                 let files = segments.iter().map(file).collect();
-                inputs.push(self.segments_scan(state, files, projection, filters, limit, in_source)?);
+                inputs.push(reader.segments_scan(state, files, projection, filters, limit, in_source)?);
             }
             None => {}
             Some(exact_filter) => {
@@ -391,39 +346,75 @@ impl AuditEventsTable {
                 let other_filters: Vec<Expr> = filters.iter().filter(|f| !index_lookup::is_exact(f)).cloned().collect();
                 if !indexed.is_empty() {
                     let files = indexed.into_iter().map(|(_, file)| file).collect();
-                    inputs.push(self.segments_scan(state, files, projection, &other_filters, limit, in_source)?);
+                    inputs.push(reader.segments_scan(state, files, projection, &other_filters, limit, in_source)?);
                 }
                 if !unindexed.is_empty() {
                     let files = unindexed.into_iter().map(|(_, file)| file).collect();
-                    inputs.push(
-                        exact_filter.over(state, projection, |p| {
-                            self.segments_scan(state, files, p, filters, None, in_source)
-                        })?,
-                    );
+                    inputs.push(exact_filter.over(state, projection, |p| {
+                        reader.segments_scan(state, files, p, filters, None, in_source)
+                    })?);
                 }
             }
         }
 
-        let plan = match inputs.len() {
-            0 => {
-                let projected = match projection {
-                    Some(p) => Arc::new(schema.project(p)?),
-                    None => schema,
-                };
-                Arc::new(EmptyExec::new(projected))
-            }
-            1 => inputs.pop().expect("one input"),
-            _ => UnionExec::try_new(inputs)?,
-        };
         let summary = ScanSummary {
             segments_read,
             segments_pruned: pruned_by_manifest,
             buffered_batches,
             index,
+            engine: engine.clone(),
             _buffered_memory: Arc::new(buffered_memory),
         };
-        Ok(Arc::new(AuditEventsScanExec::new(plan, summary)))
+        let scan = Arc::new(AuditEventsScanExec::new(union_of(inputs, projection)?, summary));
+        Ok(Planned::Here(scan, engine))
     }
+}
+
+/// The buffered rows (already taken for the scope and the filters) as a
+/// scan of `projection`, spread over partitions so every core scans, with
+/// the exact lookup filter over them if there is one.
+pub(super) fn buffered_scan(
+    state: &dyn Session,
+    buffer: Vec<RecordBatch>,
+    projection: Option<&Vec<usize>>,
+    exact_filter: Option<&Filtered>,
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = model::schema();
+    let partitions_wanted = state.config().target_partitions().clamp(1, buffer.len().max(1));
+    let mut partitions = vec![Vec::new(); partitions_wanted];
+    for (i, batch) in buffer.into_iter().enumerate() {
+        partitions[i % partitions_wanted].push(batch);
+    }
+    let buffered = |projection: Option<&Vec<usize>>, limit| -> Result<Arc<dyn ExecutionPlan>> {
+        let memory =
+            MemorySourceConfig::try_new(&partitions, Arc::clone(&schema), projection.cloned())?.with_limit(limit);
+        Ok(DataSourceExec::from_data_source(memory))
+    };
+    match exact_filter {
+        Some(filter) => filter.over(state, projection, |p| buffered(p, None)),
+        None => buffered(projection, limit),
+    }
+}
+
+/// The inputs of a scan as one plan: their union, the one input, or an
+/// empty scan of the projected columns.
+pub(super) fn union_of(
+    mut inputs: Vec<Arc<dyn ExecutionPlan>>,
+    projection: Option<&Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(match inputs.len() {
+        0 => {
+            let schema = model::schema();
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            Arc::new(EmptyExec::new(projected))
+        }
+        1 => inputs.pop().expect("one input"),
+        _ => UnionExec::try_new(inputs)?,
+    })
 }
 
 /// The buffered rows `predicate` (the conjunction of the pushed filters)

@@ -10,7 +10,9 @@
 //! directories) is refused for everyone: those limits are the server's.
 //!
 //! `statement_timeout` is honoured for everyone, within the limit the login
-//! set: it can lower the session's timeout, never raise it.
+//! set: it can lower the session's timeout, never raise it. So is
+//! `auditlake.engine` (`local`, `distributed`, `auto`): where the rows are
+//! read changes none of them.
 //!
 //! This hook only reads or refuses settings; the rest of `SET` and `SHOW` is
 //! datafusion-postgres' `SetShowHook`, which runs after it.
@@ -31,6 +33,7 @@ use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse
 use pgwire::error::PgWireResult;
 
 use super::sqlstate::statement_error;
+use crate::query::engine::ENGINES;
 use crate::query::{Scope, SessionScope, SessionTimeout};
 
 /// Settings an organisation's user may change, passed on to
@@ -62,6 +65,9 @@ const NO_EFFECT_SETTINGS: [&str; 9] = [
 
 /// The settings of the engine below SQL: DataFusion's and auditlake's own.
 const ENGINE_PREFIXES: [&str; 2] = ["datafusion.", "auditlake."];
+
+/// The setting every user may change among auditlake's own.
+const ENGINE_SETTING: &str = "auditlake.engine";
 
 /// The prefix of DataFusion settings no client may change.
 const RUNTIME_PREFIX: &str = "datafusion.runtime.";
@@ -107,6 +113,18 @@ impl SettingsHook {
                 }
                 Err(text) => refused("22023", format!("invalid value for parameter \"statement_timeout\": \"{text}\"")),
             };
+        }
+        if names.iter().any(|n| n == ENGINE_SETTING) {
+            // Which engine reads the rows changes no row a user may see
+            // (see `query::engine`), so every user may choose it.
+            let value = first_value(set).unwrap_or_default();
+            if names.len() > 1 || !ENGINES.contains(&value.as_str()) {
+                return refused(
+                    "22023",
+                    format!("invalid value for parameter \"{ENGINE_SETTING}\": \"{value}\"; it takes one of {}", ENGINES.join(", ")),
+                );
+            }
+            return Decision::PassOn;
         }
         if self.is_admin() {
             return match engine_setting_error(set, session) {

@@ -108,6 +108,18 @@ impl SegmentStore {
         Ok(SegmentStore { store, url, root, local_root, display, runtime: Some(runtime), faults })
     }
 
+    /// The segment store at `url` of a process that only reads it (a
+    /// worker): no data directory of its own.
+    pub fn open_elsewhere(url: &str) -> Result<SegmentStore, StorageError> {
+        if !url.starts_with("s3://") && !url.starts_with("file://") {
+            return Err(StorageError::SegmentsUrl {
+                url: url.to_owned(),
+                reason: "expected s3://bucket/prefix or file:///path".into(),
+            });
+        }
+        SegmentStore::open(Path::new(""), Some(url), Arc::default())
+    }
+
     /// The store, for registering with a DataFusion runtime under [`Self::url`].
     pub fn object_store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.store)

@@ -7,6 +7,7 @@ mod bi_tools;
 mod browser;
 mod clients;
 mod crash;
+mod distributed;
 mod end_to_end;
 mod export;
 mod harness;

@@ -15,13 +15,13 @@ const BUCKET: &str = "audit-archive";
 const PREFIX: &str = "logs/eu";
 
 /// A moto S3 server on a free loopback port, stopped on drop.
-struct S3Server {
+pub struct S3Server {
     child: Child,
     endpoint: String,
 }
 
 impl S3Server {
-    async fn start() -> S3Server {
+    pub async fn start() -> S3Server {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(venv_bin("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -44,7 +44,12 @@ impl S3Server {
         }
     }
 
-    fn env(&self) -> Vec<(&str, &str)> {
+    /// The `s3://` URL of `prefix` in the test bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{BUCKET}/{prefix}")
+    }
+
+    pub fn env(&self) -> Vec<(&str, &str)> {
         vec![
             ("AWS_ENDPOINT", self.endpoint.as_str()),
             ("AWS_ALLOW_HTTP", "true"),

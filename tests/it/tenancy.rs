@@ -31,16 +31,11 @@ const COLUMNS: [&str; 5] =
 const PLANTED_TRUE: &str = "actor_name like 'Gx Name Q7%'";
 const PLANTED_FALSE: &str = "actor_name like 'Gx Name Q8%'";
 
-const ACME_EVENTS: i64 = 6;
+pub const ACME_EVENTS: i64 = 6;
 
-/// A server whose data directory holds acme's and globex's events (globex's
-/// with the markers) and an admin's statement naming [`ADMIN_SQL`]; with
-/// `sealed`, they lie in segments, else in the buffer.
-pub async fn planted(dir: &std::path::Path, sealed: bool) -> Server {
-    let data = dir.join(if sealed { "sealed" } else { "buffered" });
-    add_user(&data, "acme-analyst", &["--org", "acme"]);
-    let seal_rows = if sealed { "4" } else { "1000000" };
-    let server = Server::start(&data, &["--seal-max-buffered-rows", seal_rows, "--statement-timeout-ms", "20000"]);
+/// [`ACME_EVENTS`] events of acme's, and as many of globex's carrying the
+/// markers, as one NDJSON body.
+pub fn planted_events() -> String {
     let mut lines = Vec::new();
     for i in 0..ACME_EVENTS {
         lines.push(event(&format!("a{i}"), "acme", &format!("acme-u{i}"), "jira.issue.viewed", i));
@@ -51,8 +46,18 @@ pub async fn planted(dir: &std::path::Path, sealed: bool) -> Server {
         secret["attributes"] = json!({ "k": ATTR });
         lines.push(secret);
     }
-    let body = lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
-    assert_eq!(post(&server.http(), &server.events_url(), body).await.0, 200);
+    lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// A server whose data directory holds acme's and globex's events (globex's
+/// with the markers) and an admin's statement naming [`ADMIN_SQL`]; with
+/// `sealed`, they lie in segments, else in the buffer.
+pub async fn planted(dir: &std::path::Path, sealed: bool) -> Server {
+    let data = dir.join(if sealed { "sealed" } else { "buffered" });
+    add_user(&data, "acme-analyst", &["--org", "acme"]);
+    let seal_rows = if sealed { "4" } else { "1000000" };
+    let server = Server::start(&data, &["--seal-max-buffered-rows", seal_rows, "--statement-timeout-ms", "20000"]);
+    assert_eq!(post(&server.http(), &server.events_url(), planted_events()).await.0, 200);
     let admin = server.pg().await;
     admin.simple_query(&format!("select '{ADMIN_SQL}' as probe")).await.unwrap();
     // The admin's record is stored (and, with small seals, sealed) before the attack.
@@ -210,7 +215,7 @@ pub fn oracle_pairs() -> Vec<(String, String)> {
 
 /// `text` with the differing literals of an oracle pair and every duration
 /// masked: what may legitimately differ between two runs.
-fn masked(text: &str) -> String {
+pub fn masked(text: &str) -> String {
     let mut text = text.to_string();
     for literal in ["Gx Name Q7%", "Gx Name Q8%", "globew", "globex-u1", "nobody-u1", "globex-c1", "nobody-c1"] {
         text = text.replace(literal, "?");

@@ -1,0 +1,328 @@
+//! Scale-out reads (`query::engine`, `query::fragment`, `cluster`): a
+//! coordinator and two workers, real processes on loopback, over segments
+//! in an S3-compatible bucket (moto's server). Whatever the engine, a
+//! statement answers the same rows, and an organisation's user reads only
+//! its own.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::harness::{Server, add_user, post, wait_until};
+use crate::object_storage::S3Server;
+use crate::tenancy;
+
+const BUCKET_PREFIX: &str = "cluster/eu";
+
+/// An `auditlake worker` process, stopped on drop.
+struct Worker {
+    child: Child,
+    address: String,
+}
+
+impl Worker {
+    fn start(s3: &S3Server, key: &Path) -> Worker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+            .args(["worker", "--listen", &address, "--segments-url", &s3.url(BUCKET_PREFIX), "--cluster-key-file"])
+            .arg(key)
+            .envs(s3.env())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start auditlake worker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("worker listening"), "the worker said {line:?}");
+        Worker { child, address }
+    }
+
+    /// CPU time the worker has used (user and system, clock ticks).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator over `events` demo events whose segments lie in the
+/// bucket, and two workers.
+struct Cluster {
+    workers: Vec<Worker>,
+    coordinator: Server,
+    _s3: S3Server,
+}
+
+fn cluster_key(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.key");
+    std::fs::write(&path, "3f9a1c0b7e5d2a4f8c6b1e0d9a7f5c3b2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b\n").unwrap();
+    path
+}
+
+async fn cluster(dir: &Path, events: usize, extra: &[&str]) -> Cluster {
+    let s3 = S3Server::start().await;
+    let key = cluster_key(dir);
+    let data = dir.join("data");
+    let url = s3.url(BUCKET_PREFIX);
+    let demo = Command::new(env!("CARGO_BIN_EXE_auditlake"))
+        .args(["demo", "--no-serve", "--events", &events.to_string(), "--segments-url", &url, "--data-dir"])
+        .arg(&data)
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    let workers = vec![Worker::start(&s3, &key), Worker::start(&s3, &key)];
+    let addresses = workers.iter().map(|w| w.address.as_str()).collect::<Vec<_>>().join(",");
+    let key = key.display().to_string();
+    let mut flags = vec!["--segments-url", &url, "--workers", &addresses, "--cluster-key-file", &key];
+    flags.extend_from_slice(extra);
+    add_user(&data, "acme-analyst", &["--org", "acme"]);
+    let coordinator = Server::start_with_env(&data, &flags, &s3.env());
+    Cluster { workers, coordinator, _s3: s3 }
+}
+
+/// The rows of `sql` as text, sorted (both engines return the same rows,
+/// not always in the same order where `ORDER BY` leaves ties), or the error.
+async fn answer(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, String> {
+    let messages = client.simple_query(sql).await.map_err(|e| match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    })?;
+    let mut rows: Vec<String> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|i| row.get(i).unwrap_or("<null>")).collect::<Vec<_>>().join("|"))
+            }
+            _ => None,
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+async fn with_engine(server: &Server, user: Option<&str>, engine: &str) -> tokio_postgres::Client {
+    let client = match user {
+        Some(user) => server.pg_as(user).await.unwrap(),
+        None => server.pg().await,
+    };
+    client.simple_query(&format!("set auditlake.engine = '{engine}'")).await.unwrap();
+    client
+}
+
+/// The plan `sql` gets, as one text.
+async fn plan(client: &tokio_postgres::Client, sql: &str) -> String {
+    answer(client, &format!("explain {sql}")).await.unwrap().join("\n")
+}
+
+/// The saved reports of `sql/`, with parameters that find rows in the demo.
+fn saved_reports() -> Vec<(String, String)> {
+    let mut params = std::collections::BTreeMap::new();
+    for (name, value) in [("since", "'2000-01-01'"), ("actor", "'acme-u007'"), ("content", "'acme-p001'")] {
+        params.insert(name.to_owned(), value.to_owned());
+    }
+    auditlake::reports::SAVED
+        .iter()
+        .map(|(name, script)| (name.to_string(), auditlake::reports::render(script, &params).unwrap()))
+        .collect()
+}
+
+/// The investigation benchmark's queries and the scale-out benchmark's.
+fn benchmark_queries(anchor: &str) -> Vec<String> {
+    [
+        "select time, action, source_ip, content_id from audit_events \
+         where actor_id = 'acme-u007' and time > ANCHOR - interval '7 days' order by time, seq",
+        "select time, actor_id, action from audit_events \
+         where content_id = 'acme-p001' and time > ANCHOR - interval '90 days' order by time, seq",
+        "select action, count(*) as n from audit_events \
+         where time > ANCHOR - interval '1 day' and time <= ANCHOR group by action order by action",
+        "select time, action from audit_events where actor_id = 'acme-u007' order by time desc, seq desc limit 20",
+        "select org_id, date_trunc('day', time) as day, action, count(*) from audit_events \
+         where time > ANCHOR - interval '180 days' and time <= ANCHOR group by 1, 2, 3",
+        "select org_id, actor_id, count(*) as downloads from audit_events \
+         where action like '%download%' and time <= ANCHOR group by 1, 2 having count(*) > 3",
+    ]
+    .iter()
+    .map(|q| q.replace("ANCHOR", anchor))
+    .collect()
+}
+
+/// `count` filter, aggregate and join statements drawn from a fixed seed.
+fn generated_queries(count: usize, anchor: &str) -> Vec<String> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(26);
+    let filters = [
+        "org_id = 'acme'",
+        "org_id in ('globex', 'initech')",
+        "action like 'jira.%'",
+        "action like 'confluence.page.%'",
+        "outcome = 'failure'",
+        "actor_id in ('acme-u007', 'globex-u003', 'initech-u011')",
+        "time > ANCHOR - interval '3 days'",
+        "time between ANCHOR - interval '20 days' and ANCHOR - interval '10 days'",
+        "source_ip like '10.%'",
+        "content_id is not null",
+        "seq % 7 = 3",
+        "length(actor_id) > 9",
+    ];
+    let aggregates = ["count(*)", "count(distinct actor_id)", "min(time)", "max(seq)", "sum(seq % 13)"];
+    let groups = ["org_id", "action", "outcome", "date_trunc('day', time)", "product"];
+    (0..count)
+        .map(|i| {
+            let mut pick = |options: &[&str]| options[rng.random_range(0..options.len())].replace("ANCHOR", anchor);
+            let condition = format!("{} and {}", pick(&filters), pick(&filters));
+            match i % 5 {
+                0 => format!("select seq, org_id, actor_id, action from audit_events where {condition}"),
+                1 => format!("select {} from audit_events where {condition}", pick(&aggregates)),
+                2 => {
+                    let group = pick(&groups);
+                    format!("select {group}, {} from audit_events where {condition} group by 1", pick(&aggregates))
+                }
+                3 => format!(
+                    "select a.actor_id, count(*) from audit_events a join \
+                     (select distinct actor_id from audit_events where action = 'admin.grant') g \
+                     on a.actor_id = g.actor_id where {condition} group by 1"
+                ),
+                _ => format!(
+                    "select org_id, {} from audit_events where {condition} group by org_id \
+                     order by 1 limit 3",
+                    pick(&aggregates)
+                ),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
+async fn statements_answer_the_same_on_the_workers_as_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 1_000_000, &["--statement-timeout-ms", "300000"]).await;
+    let server = &cluster.coordinator;
+    let local = with_engine(server, None, "local").await;
+    let distributed = with_engine(server, None, "distributed").await;
+
+    // The engine is chosen and said so.
+    let everything = "select org_id, count(*) from audit_events group by org_id";
+    let shown = plan(&distributed, everything).await;
+    assert!(shown.contains("AuditEventsFragmentExec: engine=distributed (set by the session)"), "{shown}");
+    assert!(shown.contains("NetworkShuffleExec") || shown.contains("NetworkCoalesceExec"), "{shown}");
+    let shown = plan(&local, everything).await;
+    assert!(shown.contains("engine=local (set by the session)"), "{shown}");
+    let auto = with_engine(server, None, "auto").await;
+    let shown = plan(&auto, everything).await;
+    assert!(shown.contains("engine=local (auto: ") && shown.contains("within 1.0 GiB"), "{shown}");
+    auto.simple_query("set auditlake.distribute_above_bytes = 1").await.unwrap();
+    let shown = plan(&auto, everything).await;
+    assert!(shown.contains("engine=distributed (auto: ") && shown.contains("over 1 bytes"), "{shown}");
+    let shown = plan(&auto, "select * from audit_events where actor_id = 'acme-u007'").await;
+    assert!(shown.contains("engine=local (auto: a lookup"), "{shown}");
+
+    let anchor = answer(&local, "select max(time) from audit_events where org_id <> '_auditlake'").await.unwrap();
+    let anchor = format!("timestamptz '{}'", anchor[0]);
+    let mut statements: Vec<(String, String)> = saved_reports();
+    statements.extend(benchmark_queries(&anchor).into_iter().map(|q| ("benchmark".to_owned(), q)));
+    statements.extend(generated_queries(50, &anchor).into_iter().map(|q| ("generated".to_owned(), q)));
+    let mut rows_compared = 0;
+    for (name, sql) in &statements {
+        // The server's own records of these statements grow as they run.
+        let sql = sql.replacen("from audit_events", "from (select * from audit_events where org_id <> '_auditlake')", 1);
+        let here = answer(&local, &sql).await;
+        let there = answer(&distributed, &sql).await;
+        assert_eq!(here, there, "{name}: {sql}");
+        rows_compared += here.map(|r| r.len()).unwrap_or(0);
+    }
+    assert!(rows_compared > 10_000, "the statements found rows to compare: {rows_compared}");
+
+    // Read your writes: an event acknowledged just before is in the answer.
+    let event = crate::harness::event("ryw-1", "acme", "acme-u001", "jira.issue.viewed", 0);
+    assert_eq!(post(&server.http(), &server.events_url(), event.to_string()).await.0, 200);
+    let found = answer(&distributed, "select count(*) from audit_events where id = 'ryw-1'").await.unwrap();
+    assert_eq!(found, ["1"]);
+    let total_here = answer(&local, "select count(*) from audit_events where org_id <> '_auditlake'").await;
+    let total_there = answer(&distributed, "select count(*) from audit_events where org_id <> '_auditlake'").await;
+    assert_eq!(total_here, total_there);
+    assert_eq!(total_here.unwrap(), ["1000001"]);
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
+async fn an_organisations_user_reads_only_its_own_rows_on_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 20_000, &["--seal-max-buffered-rows", "4"]).await;
+    let server = &cluster.coordinator;
+    // Another organisation's secrets, sealed into segments in the bucket.
+    let (status, _) = post(&server.http(), &server.events_url(), tenancy::planted_events()).await;
+    assert_eq!(status, 200);
+    let sealed = "select count(*) from audit_events where org_id = 'globex' and actor_name like 'Gx Name%'";
+    assert_eq!(server.sql_until(sealed, &format!("{}\n", tenancy::ACME_EVENTS)), format!("{}\n", tenancy::ACME_EVENTS));
+
+    let attacker = with_engine(server, Some("acme-analyst"), "distributed").await;
+    let shown = plan(&attacker, "select count(*) from audit_events").await;
+    assert!(shown.contains("AuditEventsFragmentExec: org_id=acme, engine=distributed"), "{shown}");
+    let own = answer(&attacker, "select count(distinct org_id), min(org_id) from audit_events").await.unwrap();
+    assert_eq!(own, ["1|acme"]);
+    for probe in tenancy::value_probes() {
+        let text = format!("{:?}", answer(&attacker, &probe).await);
+        assert!(tenancy::leaked(&probe, &text).is_none(), "{}", tenancy::leaked(&probe, &text).unwrap());
+    }
+    for (yes, no) in tenancy::oracle_pairs() {
+        let (a, b) = (answer(&attacker, &yes).await, answer(&attacker, &no).await);
+        let (a, b) = (format!("{a:?}"), format!("{b:?}"));
+        assert!(tenancy::leaked(&yes, &a).is_none(), "{}", tenancy::leaked(&yes, &a).unwrap());
+        assert_eq!(tenancy::masked(&a), tenancy::masked(&b), "the oracle's two questions were told apart:\n{yes}\n{no}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
+async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = cluster(dir.path(), 200_000, &[]).await;
+    let server = &cluster.coordinator;
+    // Slow on purpose: every row joined with every row of a small window.
+    let slow = "select count(*) from audit_events a join audit_events b on a.actor_id <> b.actor_id \
+                where a.seq % 50 = 0 and b.seq % 50 = 1";
+
+    // A timeout ends the query on the workers too: their CPU goes idle.
+    let client = with_engine(server, None, "distributed").await;
+    client.simple_query("set statement_timeout = 1500").await.unwrap();
+    let error = answer(&client, slow).await.unwrap_err();
+    assert!(error.starts_with("57014"), "{error}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
+    assert!(after - before < 50, "the workers went on working after the timeout: {} ticks in 2 s", after - before);
+
+    // A worker killed mid-query: an error that says so, never a partial answer.
+    let client = with_engine(server, None, "distributed").await;
+    let running = tokio::spawn(async move { answer(&client, slow).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.workers.remove(0);
+    let error = running.await.unwrap().unwrap_err();
+    assert!(error.starts_with("08006") || error.starts_with("57P01"), "{error}");
+    // The next query runs on the worker left.
+    let client = with_engine(server, None, "distributed").await;
+    let started = Instant::now();
+    wait_until("a query on the worker left", || async {
+        answer(&client, "select count(*) from audit_events where org_id = 'acme' and seq >= 0")
+            .await
+            .is_ok_and(|rows| rows[0].parse::<u64>().unwrap() > 50_000)
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
