@@ -203,6 +203,9 @@ impl Cluster {
                 desired_tasks(event, workers)
             })
             .with_distributed_scale_up_leaf_node_handler(split_fragment)
+            // A union of local scans (the buffer's, the segments') would
+            // otherwise run its inputs as tasks of their own, on workers.
+            .with_distributed_children_isolator_unions(false)?
             .with_distributed_passthrough_headers(self.key.auth_headers()?)
     }
 }

@@ -64,6 +64,7 @@ pub async fn serve(
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
         .build_arc()
         .map_err(ClusterError::Engine)?;
+    runtime.register_object_store(reader.store.url().as_ref(), reader.store.object_store());
     let session_key = key.clone();
     let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
         let (reader, key) = (reader.clone(), session_key.clone());

@@ -288,7 +288,10 @@ impl AuditEventsTable {
                 scope: org.map_or(Scope::All, |org| Scope::Org(org.to_owned())),
                 segments: segments.iter().map(|s| SegmentFile::pinned(s)).collect(),
                 projection: projection.cloned(),
-                filters: filters.to_vec(),
+                // What the scan must apply (the scope, exact lookups) is
+                // leakproof; the rest only prunes and is applied again above
+                // it, so what a worker cannot decode (a function) stays here.
+                filters: filters.iter().filter(|f| barrier::is_leakproof(f)).cloned().collect(),
                 limit,
                 buffered: buffer,
                 partitions: state.config().target_partitions(),
