@@ -58,12 +58,10 @@ pub(super) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let key = ClusterKey::read(&args.cluster_key_file)?;
     let url = args.segments_url.clone();
     let store = tokio::task::spawn_blocking(move || storage::objects::SegmentStore::open_elsewhere(&url))
-    .await?
-    .with_context(|| format!("cannot open the segment store {}", args.segments_url))?;
-    let reader = query::SegmentReader {
-        store: Arc::new(store),
-        cache: query::SegmentCache::new(args.segment_cache_bytes),
-    };
+        .await?
+        .with_context(|| format!("cannot open the segment store {}", args.segments_url))?;
+    let reader =
+        query::SegmentReader { store: Arc::new(store), cache: query::SegmentCache::new(args.segment_cache_bytes) };
     let memory = query::QueryMemory::new(args.query_memory_bytes, args.total_query_memory_bytes);
     say(&format!("auditlake worker listening on {} over {}", args.listen, args.segments_url));
     crate::cluster::worker::serve(args.listen, reader, key, memory).await?;

@@ -189,7 +189,9 @@ mod tests {
     fn fragment(scope: Scope) -> ScanFragment {
         ScanFragment {
             scope,
-            segments: vec![SegmentFile::named("00000000000000000001-00000000000000000009.parquet".into(), 100).unwrap()],
+            segments: vec![
+                SegmentFile::named("00000000000000000001-00000000000000000009.parquet".into(), 100).unwrap(),
+            ],
             projection: Some(vec![0, 1]),
             filters: vec![col("actor_id").eq(lit("u1"))],
             limit: None,
@@ -209,7 +211,8 @@ mod tests {
 
     fn decode(codec: &FragmentCodec, buf: &[u8]) -> Result<ScanFragment> {
         let ctx = TaskContext::default();
-        let node = codec.try_decode(buf, &[], &ctx, &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {})?;
+        let node =
+            codec.try_decode(buf, &[], &ctx, &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {})?;
         Ok(node.downcast_ref::<FragmentScanExec>().unwrap().fragment().clone())
     }
 
@@ -245,7 +248,8 @@ mod tests {
         // A path in place of a segment file name.
         let mut escaping = fragment(Scope::All);
         escaping.segments = vec![SegmentFile::named("a.parquet".into(), 1).unwrap()];
-        let json = String::from_utf8_lossy(&encode(&codec, escaping)[SIGNATURE_BYTES..]).replace("a.parquet", "../../etc.parquet");
+        let json = String::from_utf8_lossy(&encode(&codec, escaping)[SIGNATURE_BYTES..])
+            .replace("a.parquet", "../../etc.parquet");
         let mut path = hmac::sign(&codec.key.signing, json.as_bytes()).as_ref().to_vec();
         path.extend_from_slice(json.as_bytes());
         let error = decode(&codec, &path).unwrap_err().to_string();

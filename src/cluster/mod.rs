@@ -61,9 +61,7 @@ pub enum ClusterError {
     ShortKey { path: String, chars: usize },
     #[error("{0:?} is not a worker address: expected host:port")]
     WorkerAddress(String),
-    #[error(
-        "a worker listens on loopback or private addresses only, not {0} (the cluster's traffic is not encrypted)"
-    )]
+    #[error("a worker listens on loopback or private addresses only, not {0} (the cluster's traffic is not encrypted)")]
     PublicListen(std::net::SocketAddr),
     #[error("{0}")]
     Engine(#[from] DataFusionError),
@@ -96,7 +94,8 @@ impl ClusterKey {
     /// The key in `path` (its text, surrounding white space ignored).
     pub fn read(path: &Path) -> Result<Self, ClusterError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::KeyFile { path: shown.clone(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ClusterError::KeyFile { path: shown.clone(), source })?;
         let secret = text.trim();
         if secret.chars().count() < MIN_CLUSTER_KEY_CHARS {
             return Err(ClusterError::ShortKey { path: shown, chars: secret.chars().count() });

@@ -208,8 +208,10 @@ pub(super) fn merged_partition(
 ) -> Result<SendableRecordBatchStream> {
     let outputs = properties.partitioning.partition_count();
     let inputs = inner.properties().partitioning.partition_count();
-    let streams =
-        (partition..inputs).step_by(outputs).map(|i| inner.execute(i, Arc::clone(&context))).collect::<Result<Vec<_>>>()?;
+    let streams = (partition..inputs)
+        .step_by(outputs)
+        .map(|i| inner.execute(i, Arc::clone(&context)))
+        .collect::<Result<Vec<_>>>()?;
     // Only the rows handed on are counted: they are the scope's.
     let output_rows = MetricBuilder::new(metrics).output_rows(partition);
     let rows = futures::stream::iter(streams).flatten().inspect(move |batch| {

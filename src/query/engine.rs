@@ -18,12 +18,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::{Result, plan_err};
+use datafusion::common::{Result, internal_err, plan_err};
+use datafusion::execution::SessionState;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::storage::segment::LiveSegment;
 
 use super::lookup_path::AuditlakeOptions;
+use super::{Scope, SessionScope};
 
 /// The default of `auditlake.distribute_above_bytes`: 1 GiB.
 pub const DEFAULT_DISTRIBUTE_ABOVE_BYTES: u64 = 1 << 30;
@@ -91,6 +97,34 @@ pub fn choose(
             }
         }
         (other, _) => plan_err!("auditlake.engine is {other:?}; it takes one of {}", ENGINES.join(", ")),
+    }
+}
+
+/// Plans `EXPLAIN ANALYZE` of an organisation's session on this node: the
+/// metrics of a distributed run (each worker's rows, bytes and timings) are
+/// for admins only, and the local run's are the ones the barrier was built
+/// for (see `barrier`). Every other statement goes to `inner` as it is.
+#[derive(Debug)]
+pub struct AnalyzeHere {
+    pub scope: SessionScope,
+    pub inner: Arc<dyn QueryPlanner + Send + Sync>,
+}
+
+#[async_trait]
+impl QueryPlanner for AnalyzeHere {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        let scoped = matches!(self.scope.get(), Some(Scope::Org(_)));
+        if !(scoped && matches!(plan, LogicalPlan::Analyze(_))) {
+            return self.inner.create_physical_plan(plan, session).await;
+        }
+        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+            return internal_err!("EXPLAIN ANALYZE plans in DataFusion's own sessions only");
+        };
+        let mut here = state.clone();
+        if let Some(options) = here.config_mut().options_mut().extensions.get_mut::<AuditlakeOptions>() {
+            options.engine = "local".to_owned();
+        }
+        self.inner.create_physical_plan(plan, &here).await
     }
 }
 

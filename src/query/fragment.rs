@@ -169,9 +169,8 @@ impl ScanFragment {
             let filters = &self.filters;
             inputs.push(match &exact_filter {
                 None => reader.segments_scan(state, files(), projection, filters, limit, in_source)?,
-                Some(exact) => exact.over(state, projection, |p| {
-                    reader.segments_scan(state, files(), p, filters, None, in_source)
-                })?,
+                Some(exact) => exact
+                    .over(state, projection, |p| reader.segments_scan(state, files(), p, filters, None, in_source))?,
             });
         }
         union_of(inputs, projection)

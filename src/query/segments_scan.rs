@@ -128,4 +128,3 @@ fn newest_first_groups(files: Vec<PartitionedFile>, partitions: usize) -> Vec<Fi
     }
     groups.into_iter().map(FileGroup::new).collect()
 }
-

@@ -15,7 +15,7 @@ use crate::storage::Storage;
 
 use super::limits::{self, QueryConfig, SessionTimeout, StatementCancel};
 use super::{
-    AuditEventsTable, CATALOG, SCHEMA, SegmentReader, SessionScope, TABLE, lookup_path, owner_scope, ugc_hash,
+    AuditEventsTable, CATALOG, SCHEMA, SegmentReader, SessionScope, TABLE, engine, lookup_path, owner_scope, ugc_hash,
     value_limits,
 };
 
@@ -89,9 +89,9 @@ fn session_with_controls(
     // SQL as Postgres reads it: among others `attributes->>'k' = 'v'` binds
     // `->>` before `=` (the generic dialect does not).
     config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
-    let mut config = config
-        .with_option_extension(lookup_path::AuditlakeOptions::default())
-        .with_extension(Arc::new(SegmentReader { store: Arc::clone(storage.segment_store()), cache: limits.segment_cache.clone() }));
+    let mut config = config.with_option_extension(lookup_path::AuditlakeOptions::default()).with_extension(Arc::new(
+        SegmentReader { store: Arc::clone(storage.segment_store()), cache: limits.segment_cache.clone() },
+    ));
     if let Some(cluster) = &limits.cluster {
         config = config.with_extension(Arc::new(cluster.live_workers()));
     }
@@ -128,6 +128,10 @@ fn session_with_controls(
         // Around the planner set above: it plans, then the distributed
         // planner cuts what the engine sent out into stages.
         state = cluster.coordinate(state)?;
+        if let Some(inner) = state.query_planner().take() {
+            let scope = table.scope();
+            state = state.with_query_planner(Arc::new(engine::AnalyzeHere { scope, inner }));
+        }
     }
     let mut ctx = SessionContext::new_with_state(state.build());
     register_functions(&mut ctx)?;

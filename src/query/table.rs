@@ -29,8 +29,8 @@ use futures::StreamExt;
 use tracing::debug;
 
 use crate::model;
-use crate::storage::segment::LiveSegment;
 use crate::storage::Storage;
+use crate::storage::segment::LiveSegment;
 
 use super::fragment::{FragmentScanExec, ScanFragment, SegmentFile};
 use super::scan_exec::{AuditEventsScanExec, IndexSummary, ScanSummary};
@@ -54,6 +54,11 @@ pub struct AuditEventsTable {
 impl AuditEventsTable {
     pub fn new(storage: Storage, cache: SegmentCache, scope: SessionScope) -> Self {
         AuditEventsTable { storage, pushdown: true, cache, scope }
+    }
+
+    /// Whose rows the table's scans read.
+    pub(super) fn scope(&self) -> SessionScope {
+        Arc::clone(&self.scope)
     }
 
     /// The same table read in full, filters applied only above the scan: the
@@ -286,7 +291,7 @@ impl AuditEventsTable {
         if let Some(choice) = engine.as_ref().filter(|c| c.distributed) {
             let fragment = ScanFragment {
                 scope: org.map_or(Scope::All, |org| Scope::Org(org.to_owned())),
-                segments: segments.iter().map(|s| SegmentFile::pinned(s)).collect(),
+                segments: segments.iter().map(SegmentFile::pinned).collect(),
                 projection: projection.cloned(),
                 // What the scan must apply (the scope, exact lookups) is
                 // leakproof; the rest only prunes and is applied again above

@@ -121,7 +121,10 @@ impl SettingsHook {
             if names.len() > 1 || !ENGINES.contains(&value.as_str()) {
                 return refused(
                     "22023",
-                    format!("invalid value for parameter \"{ENGINE_SETTING}\": \"{value}\"; it takes one of {}", ENGINES.join(", ")),
+                    format!(
+                        "invalid value for parameter \"{ENGINE_SETTING}\": \"{value}\"; it takes one of {}",
+                        ENGINES.join(", ")
+                    ),
                 );
             }
             return Decision::PassOn;

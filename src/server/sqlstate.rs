@@ -65,8 +65,21 @@ fn sqlstate(cause: &DataFusionError) -> Option<&'static str> {
         DataFusionError::Plan(message) if message.starts_with("unrecognized configuration parameter") => "42704",
         DataFusionError::NotImplemented(_) => "0A000",
         DataFusionError::Execution(message) if message == super::subqueries::MORE_THAN_ONE_ROW => "21000",
+        // A worker of the cluster went away mid-query (see `cluster`): the
+        // connection to it failed, not the statement.
+        DataFusionError::External(inner) if inner.downcast_ref::<tonic::Status>().is_some_and(is_lost_worker) => {
+            "08006"
+        }
         _ => return None,
     })
+}
+
+/// Whether a worker's answer says the connection to it was lost.
+fn is_lost_worker(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Aborted
+    )
 }
 
 #[cfg(test)]
