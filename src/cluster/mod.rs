@@ -103,6 +103,14 @@ impl ClusterKey {
         Ok(ClusterKey::from_secret(secret.as_bytes()))
     }
 
+    /// The same token with a signing key derived from `secret`: what one who
+    /// read the token off the network, but has not the key, would sign
+    /// with. For tests of the barrier.
+    #[doc(hidden)]
+    pub fn with_foreign_signing(&self, secret: &[u8]) -> ClusterKey {
+        ClusterKey { token: self.token.clone(), signing: ClusterKey::from_secret(secret).signing }
+    }
+
     /// The value of the header every request to a worker carries.
     fn bearer(&self) -> String {
         format!("Bearer {}", self.token)

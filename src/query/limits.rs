@@ -33,6 +33,7 @@ use super::memory::{QueryMemory, out_of_memory};
 use super::pass_through::{PassThrough, PassThroughExec};
 use super::segment_cache::SegmentCache;
 use crate::policy::UgcKey;
+use crate::storage::segment::LiveSegment;
 
 /// Default longest run of one statement.
 pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -90,7 +91,8 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
         } else {
             plan
         };
-        Ok(Arc::new(StatementLimitsExec::new(input, self.limits.clone())))
+        let limits = StatementLimits { pins: self.limits.pins.taken(), ..self.limits.clone() };
+        Ok(Arc::new(StatementLimitsExec::new(input, limits)))
     }
 
     fn name(&self) -> &str {
@@ -174,6 +176,33 @@ pub(super) struct StatementLimits {
     /// Only to name the limit in errors.
     pub query_memory_bytes: usize,
     pub cancel: StatementCancel,
+    pub pins: StatementPins,
+}
+
+/// The segments a statement's distributed scans read, held until its result
+/// is dropped: compaction and retention delete a retired segment's file
+/// only when nothing holds it, and a plan sent to workers is not held on the
+/// coordinator once it is sent. The scan adds them while planning; the
+/// statement's `StatementLimitsExec` takes them, and its rows' stream holds
+/// them.
+#[derive(Debug, Clone, Default)]
+pub struct StatementPins {
+    /// Added by scans of the statement being planned (one at a time per session).
+    pending: Arc<Mutex<Vec<Arc<LiveSegment>>>>,
+    /// Taken by one statement's plan.
+    held: Arc<Vec<Arc<LiveSegment>>>,
+}
+
+impl StatementPins {
+    pub fn pin(&self, segments: impl IntoIterator<Item = Arc<LiveSegment>>) {
+        self.pending.lock().expect("statement pins lock").extend(segments);
+    }
+
+    /// These pins with what was pinned since the last statement, held.
+    fn taken(&self) -> StatementPins {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("statement pins lock"));
+        StatementPins { pending: Arc::clone(&self.pending), held: Arc::new(pending) }
+    }
 }
 
 pub(super) type StatementLimitsExec = PassThroughExec<StatementLimits>;
@@ -220,12 +249,15 @@ impl PassThrough for StatementLimits {
             cancel: self.cancel.clone(),
             cancels_before: self.cancel.requests_at_begin.load(Ordering::SeqCst),
             cancel_wake: None,
+            _pinned: Arc::clone(&self.pins.held),
         })
     }
 }
 
 struct LimitedStream {
     schema: SchemaRef,
+    /// The segments the statement's distributed scans read (see `StatementPins`).
+    _pinned: Arc<Vec<Arc<LiveSegment>>>,
     /// `None` once the statement ended or its deadline dropped it.
     input: Arc<Mutex<Option<SendableRecordBatchStream>>>,
     /// The task that drops `input` at the deadline, stopped with the stream.

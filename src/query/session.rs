@@ -116,6 +116,7 @@ fn session_with_controls(
             max_result_rows: limits.max_result_rows,
             query_memory_bytes: limits.memory.per_query_bytes(),
             cancel,
+            pins: table.pins(),
         },
     };
     let mut state = SessionStateBuilder::new()

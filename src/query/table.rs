@@ -33,6 +33,7 @@ use crate::storage::Storage;
 use crate::storage::segment::LiveSegment;
 
 use super::fragment::{FragmentScanExec, ScanFragment, SegmentFile};
+use super::limits::StatementPins;
 use super::scan_exec::{AuditEventsScanExec, IndexSummary, ScanSummary};
 use super::segments_scan::SegmentReader;
 use super::{Scope, SegmentCache, SessionScope, TABLE, barrier, engine, index_lookup, owner_scope, pruning};
@@ -49,11 +50,17 @@ pub struct AuditEventsTable {
     pub(super) pushdown: bool,
     cache: SegmentCache,
     scope: SessionScope,
+    /// Where the segments of distributed scans are held for the statement.
+    pins: StatementPins,
 }
 
 impl AuditEventsTable {
     pub fn new(storage: Storage, cache: SegmentCache, scope: SessionScope) -> Self {
-        AuditEventsTable { storage, pushdown: true, cache, scope }
+        AuditEventsTable { storage, pushdown: true, cache, scope, pins: StatementPins::default() }
+    }
+
+    pub(super) fn pins(&self) -> StatementPins {
+        self.pins.clone()
     }
 
     /// Whose rows the table's scans read.
@@ -64,7 +71,8 @@ impl AuditEventsTable {
     /// The same table read in full, filters applied only above the scan: the
     /// reference pruning is checked against.
     pub fn without_pushdown(storage: Storage) -> Self {
-        AuditEventsTable { storage, pushdown: false, cache: SegmentCache::new(0), scope: owner_scope() }
+        let (cache, scope, pins) = (SegmentCache::new(0), owner_scope(), StatementPins::default());
+        AuditEventsTable { storage, pushdown: false, cache, scope, pins }
     }
 }
 
@@ -289,6 +297,7 @@ impl AuditEventsTable {
 
         let engine = engine::choose(state, org, &segments, !wanted.is_empty())?;
         if let Some(choice) = engine.as_ref().filter(|c| c.distributed) {
+            self.pins.pin(segments.iter().cloned());
             let fragment = ScanFragment {
                 scope: org.map_or(Scope::All, |org| Scope::Org(org.to_owned())),
                 segments: segments.iter().map(SegmentFile::pinned).collect(),

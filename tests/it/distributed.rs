@@ -10,6 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use auditlake::cluster::ClusterKey;
+use auditlake::query::Scope;
+use auditlake::query::engine::Choice;
+use auditlake::query::fragment::{FragmentScanExec, ScanFragment, SegmentFile};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -21,6 +34,45 @@ const BUCKET_PREFIX: &str = "cluster/eu";
 /// Working memory of a query on each node: the saved reports over a million
 /// events and all time need more than the default.
 const MEMORY_BYTES: &str = "2147483648";
+
+/// A table that hands out one scan fragment as it is: what a process that
+/// talks to the workers directly, without the coordinator, would send.
+#[derive(Debug)]
+struct HandMade(ScanFragment);
+
+#[async_trait::async_trait]
+impl TableProvider for HandMade {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema().unwrap()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::logical_expr::Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(FragmentScanExec::new(self.0.clone())?))
+    }
+}
+
+/// Counts the rows of `fragment` on `workers` from this process, as a
+/// coordinator holding `key` would.
+async fn count_on_workers(workers: &str, key: ClusterKey, fragment: ScanFragment) -> Result<i64, String> {
+    let cluster = auditlake::cluster::Cluster::new(workers, key).unwrap();
+    let state = cluster.coordinate(SessionStateBuilder::new().with_default_features()).unwrap().build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.register_table("stolen", Arc::new(HandMade(fragment))).unwrap();
+    let batches = async { ctx.sql("select count(*) from stolen").await?.collect().await };
+    let batches = tokio::time::timeout(Duration::from_secs(60), batches).await.map_err(|e| e.to_string())?;
+    let batches = batches.map_err(|e| e.to_string())?;
+    Ok(batches[0].column(0).as_primitive::<Int64Type>().value(0))
+}
 
 /// An `auditlake worker` process, stopped on drop.
 struct Worker {
@@ -347,4 +399,119 @@ async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers()
     })
     .await;
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
+async fn a_worker_answers_only_its_cluster_and_runs_only_fragments_it_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path(), 20_000, &[]).await;
+    let workers = cluster.workers.iter().map(|w| w.address.as_str()).collect::<Vec<_>>().join(",");
+    let key = ClusterKey::read(&dir.path().join("cluster.key")).unwrap();
+    let segments: Vec<SegmentFile> = cluster
+        ._s3
+        .objects_under(&format!("{BUCKET_PREFIX}/segments/"))
+        .await
+        .into_iter()
+        .map(|(key, size)| SegmentFile::named(key.rsplit('/').next().unwrap().to_owned(), size).unwrap())
+        .collect();
+    assert!(!segments.is_empty());
+    // Each file twice: a fragment of one segment would run on one task,
+    // here; two parts go to the workers.
+    let segments: Vec<SegmentFile> = segments.iter().chain(&segments).cloned().collect();
+    let fragment = |scope: Scope| ScanFragment {
+        scope,
+        segments: segments.clone(),
+        projection: Some(vec![]),
+        filters: vec![],
+        limit: None,
+        buffered: vec![],
+        partitions: 2,
+        engine: Choice { distributed: true, why: "hand-made".into() },
+        _buffered_memory: None,
+    };
+    let sealed = cluster.coordinator.sql("select count(*) from audit_events where org_id <> '_auditlake'").unwrap();
+    let sealed: i64 = sealed.trim().parse().unwrap();
+
+    // With the cluster's key, a fragment runs: the way in works.
+    assert_eq!(count_on_workers(&workers, key.clone(), fragment(Scope::All)).await, Ok(2 * sealed));
+    // Without the token: refused before anything is read.
+    let stranger = ClusterKey::from_secret(b"not this cluster's key, but long enough");
+    let error = count_on_workers(&workers, stranger, fragment(Scope::All)).await.unwrap_err();
+    assert!(error.contains("answers its cluster's coordinator only"), "{error}");
+    // With the token read off the network but not the key: whatever scope
+    // the fragment claims, its signature does not hold.
+    let thief = key.with_foreign_signing(b"a guess at the signing key, long enough");
+    for scope in [Scope::All, Scope::Org("globex".into())] {
+        let error = count_on_workers(&workers, thief.clone(), fragment(scope)).await.unwrap_err();
+        assert!(error.contains("scan fragment refused: its signature does not hold"), "{error}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
+async fn compaction_during_a_distributed_query_leaves_its_answer_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    // Seals only when 1,000 rows wait (the server's own records of the
+    // statements never reach that), merges any two segments.
+    let flags = [
+        "--seal-max-buffered-rows",
+        "1000",
+        "--seal-after-ms",
+        "86400000",
+        "--compaction-min-segments",
+        "2",
+        "--statement-timeout-ms",
+        "300000",
+    ];
+    let cluster = cluster(dir.path(), 200_000, &flags).await;
+    let server = &cluster.coordinator;
+    // Segment files in the bucket (compaction's merged files are new names).
+    let files = || async {
+        let objects = cluster._s3.objects_under(&format!("{BUCKET_PREFIX}/segments/")).await;
+        objects.into_iter().map(|(key, _)| key.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    wait_until("the demo's segments compacted", || async { files().await.len() <= 2 }).await;
+    let before = files().await;
+    // The oldest segment: the query reads it; a merge that takes it in
+    // writes a file named from the same first seq.
+    let oldest = before.iter().min().unwrap().clone();
+    let first_seq = oldest.split(['-', '.']).next().unwrap().to_owned();
+
+    // Long on purpose: each actor's events paired with each other, and a
+    // string made of each pair.
+    let long = "select count(*), sum(length(concat(a.id, b.id))) from audit_events a \
+                join audit_events b on a.actor_id = b.actor_id \
+                where a.org_id in ('acme', 'globex', 'initech', 'umbrella') \
+                and b.org_id in ('acme', 'globex', 'initech', 'umbrella')";
+    let reference = answer(&with_engine(server, None, "local").await, long).await.unwrap();
+    let client = with_engine(server, None, "distributed").await;
+    let running = tokio::spawn(async move { answer(&client, long).await });
+    // Two seals' worth of another organisation's events: the compactor
+    // merges their segments with the ones the query is reading.
+    for batch in 0..2 {
+        let events: Vec<String> = (0..1000)
+            .map(|i| crate::harness::event(&format!("late-{batch}-{i}"), "late-org", "late-u1", "jira.issue.viewed", 0))
+            .map(|event| event.to_string())
+            .collect();
+        assert_eq!(post(&server.http(), &server.events_url(), events.join("\n")).await.0, 200);
+    }
+    let mut merged_while_running = None;
+    while !running.is_finished() {
+        let now = files().await;
+        if running.is_finished() {
+            // The listing may be of after the query ended.
+            break;
+        }
+        if let Some(merged) = now.iter().find(|f| f.starts_with(&first_seq) && !before.contains(f)) {
+            // The file the query reads is still there: the query holds it.
+            assert!(now.contains(&oldest), "{oldest} was deleted under a running query: {now:?}");
+            merged_while_running = Some(merged.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running.await.unwrap(), Ok(reference));
+    assert!(merged_while_running.is_some(), "the compactor merged {oldest} while the query ran");
+    // Once the query is done, the merged-away file goes.
+    wait_until("the merged-away segment deleted", || async { !files().await.contains(&oldest) }).await;
 }

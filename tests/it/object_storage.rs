@@ -64,6 +64,16 @@ impl S3Server {
         self.keys_under(&format!("{PREFIX}/")).await
     }
 
+    /// Keys under `prefix` with their sizes in bytes.
+    pub async fn objects_under(&self, prefix: &str) -> Vec<(String, u64)> {
+        let url = format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.endpoint);
+        let xml = reqwest::get(url).await.unwrap().text().await.unwrap();
+        let field = |object: &str, name: &str| {
+            object.split(&format!("<{name}>")).nth(1).unwrap().split(&format!("</{name}>")).next().unwrap().to_owned()
+        };
+        xml.split("<Contents>").skip(1).map(|o| (field(o, "Key"), field(o, "Size").parse().unwrap())).collect()
+    }
+
     async fn keys_under(&self, prefix: &str) -> Vec<String> {
         let url = format!("{}/{BUCKET}?list-type=2&prefix={prefix}", self.endpoint);
         let xml = reqwest::get(url).await.unwrap().text().await.unwrap();
