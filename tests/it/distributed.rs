@@ -277,6 +277,9 @@ async fn statements_answer_the_same_on_the_workers_as_here() {
     let everything = "select org_id, count(*) from audit_events group by org_id";
     let shown = plan(&distributed, everything).await;
     assert!(shown.contains("AuditEventsFragmentExec: engine=distributed (set by the session)"), "{shown}");
+    // An admin's EXPLAIN ANALYZE shows the stages and each worker's metrics.
+    let analyzed = answer(&distributed, &format!("explain analyze {everything}")).await.unwrap().join("\n");
+    assert!(analyzed.contains("DistributedExec") && analyzed.contains("Stage 1 ── tasks=2"), "{analyzed}");
     let shown = plan(&local, everything).await;
     assert!(shown.contains("engine=local (set by the session)"), "{shown}");
     let auto = with_engine(server, None, "auto").await;
@@ -335,6 +338,9 @@ async fn an_organisations_user_reads_only_its_own_rows_on_the_workers() {
     let attacker = with_engine(server, Some("acme-analyst"), "distributed").await;
     let shown = plan(&attacker, "select count(*) from audit_events").await;
     assert!(shown.contains("AuditEventsFragmentExec: org_id=acme, engine=distributed"), "{shown}");
+    // Its EXPLAIN ANALYZE runs here: no worker's metrics.
+    let analyzed = answer(&attacker, "explain analyze select count(*) from audit_events").await.unwrap().join("\n");
+    assert!(analyzed.contains("OrgScanExec: org_id=acme") && !analyzed.contains("Stage"), "{analyzed}");
     let own = answer(&attacker, "select count(distinct org_id), min(org_id) from audit_events").await.unwrap();
     assert_eq!(own, ["1|acme"]);
     for probe in tenancy::value_probes() {
