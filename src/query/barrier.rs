@@ -27,20 +27,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, Statistics, internal_err};
+use datafusion::common::Result;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{BinaryExpr, Expr, Like, Operator};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
-};
-use futures::StreamExt;
+use datafusion::physical_plan::ExecutionPlan;
 
 use super::engine::Choice;
+use super::opaque::{Opaque, OpaqueExec};
 
 /// Whether evaluating `filter` on any row can only answer true, false or
 /// NULL: it raises no error and calls no function, so evaluating it on
@@ -90,136 +83,44 @@ fn is_operand(expr: &Expr) -> bool {
 }
 
 /// The scan of one organisation's events, opaque from above (see the
-/// module's documentation). Partition `i` of its output streams the inner
-/// plan's partitions `i`, `i + n`, `i + 2n`, ... one after another.
+/// module's documentation and [`opaque`](super::opaque)).
 #[derive(Debug)]
-pub struct OrgScanExec {
+pub struct OrgScan {
     org: String,
     /// On a node with workers: that this scan stays here, and why.
     engine: Option<Choice>,
     inner: Arc<dyn ExecutionPlan>,
-    properties: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
 }
 
-impl OrgScanExec {
-    pub fn new(org: &str, inner: Arc<dyn ExecutionPlan>, partitions: usize) -> Self {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(inner.schema()),
-            Partitioning::UnknownPartitioning(partitions.max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        OrgScanExec {
-            org: org.to_owned(),
-            engine: None,
-            inner,
-            properties: Arc::new(properties),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
-    }
-}
+pub type OrgScanExec = OpaqueExec<OrgScan>;
 
 impl OrgScanExec {
-    pub fn with_engine(self, engine: Option<Choice>) -> Self {
-        OrgScanExec { engine, ..self }
+    pub fn new(org: &str, inner: Arc<dyn ExecutionPlan>, partitions: usize, engine: Option<Choice>) -> Self {
+        let schema = inner.schema();
+        OpaqueExec::over(OrgScan { org: org.to_owned(), engine, inner }, schema, partitions)
     }
 
     /// The scan below the barrier, for tests of what it reads.
     #[cfg(test)]
     pub fn inner(&self) -> Arc<dyn ExecutionPlan> {
-        Arc::clone(&self.inner)
+        Arc::clone(&self.node().inner)
     }
 }
 
-impl DisplayAs for OrgScanExec {
-    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OrgScanExec: org_id={}", self.org)?;
+impl Opaque for OrgScan {
+    const NAME: &'static str = "OrgScanExec";
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "org_id={}", self.org)?;
         match &self.engine {
             Some(engine) => write!(f, ", {engine}"),
             None => Ok(()),
         }
     }
-}
 
-impl ExecutionPlan for OrgScanExec {
-    fn name(&self) -> &'static str {
-        "OrgScanExec"
+    fn inner(&self, _context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::clone(&self.inner))
     }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    /// None: the scan below is never shown, optimised or pushed into.
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("OrgScanExec has no inputs, got {}", children.len());
-        }
-        Ok(self)
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Keep),
-        )
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        merged_partition(&self.inner, partition, &self.properties, &self.metrics, context)
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    /// Unknown: the files' statistics count every organisation's rows.
-    #[allow(deprecated)]
-    fn partition_statistics(&self, _partition: Option<usize>) -> Result<Arc<Statistics>> {
-        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
-    }
-}
-
-/// Partition `partition` of an opaque scan with `properties` over `inner`:
-/// the inner plan's partitions `partition`, `partition + n`, ... one after
-/// another, counted in `metrics` as the only rows the scan shows.
-pub(super) fn merged_partition(
-    inner: &Arc<dyn ExecutionPlan>,
-    partition: usize,
-    properties: &PlanProperties,
-    metrics: &ExecutionPlanMetricsSet,
-    context: Arc<TaskContext>,
-) -> Result<SendableRecordBatchStream> {
-    let outputs = properties.partitioning.partition_count();
-    let inputs = inner.properties().partitioning.partition_count();
-    let streams = (partition..inputs)
-        .step_by(outputs)
-        .map(|i| inner.execute(i, Arc::clone(&context)))
-        .collect::<Result<Vec<_>>>()?;
-    // Only the rows handed on are counted: they are the scope's.
-    let output_rows = MetricBuilder::new(metrics).output_rows(partition);
-    let rows = futures::stream::iter(streams).flatten().inspect(move |batch| {
-        if let Ok(batch) = batch {
-            output_rows.add(batch.num_rows());
-        }
-    });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(properties.eq_properties.schema().clone(), rows)))
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! planned on one node, the scope first: so a fragment reads exactly what
 //! the local scan would, on any machine.
 //!
-//! Like [`OrgScanExec`](super::barrier::OrgScanExec), the node is a leaf to
-//! the optimizer and to `EXPLAIN`: nothing a user writes is pushed below
+//! Like [`OrgScanExec`](super::barrier::OrgScanExec), the node is opaque
+//! (see [`opaque`](super::opaque)): nothing a user writes is pushed below
 //! it, and it shows and counts only the rows it hands on.
 //!
 //! It never widens a scan: a fragment is split into parts that together
@@ -22,27 +22,22 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
+use datafusion::common::{DataFusionError, Result, internal_err};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream,
-};
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::model;
 use crate::storage::segment::LiveSegment;
 
 use super::Scope;
 use super::engine::Choice;
+use super::index_lookup;
+use super::opaque::{Opaque, OpaqueExec};
 use super::segments_scan::SegmentReader;
 use super::table::{Filtered, buffered_scan, union_of};
-use super::{barrier, index_lookup};
 
 /// One segment file a fragment reads, named as in the manifest.
 #[derive(Debug, Clone)]
@@ -179,35 +174,39 @@ impl ScanFragment {
 
 /// The scan a [`ScanFragment`] describes (see the module's documentation).
 #[derive(Debug)]
-pub struct FragmentScanExec {
+pub struct FragmentScan {
     fragment: ScanFragment,
-    properties: Arc<PlanProperties>,
-    metrics: ExecutionPlanMetricsSet,
     /// Built on first execution, where the node runs.
     plan: Mutex<Option<Arc<dyn ExecutionPlan>>>,
 }
 
+pub type FragmentScanExec = OpaqueExec<FragmentScan>;
+
 impl FragmentScanExec {
     pub fn new(fragment: ScanFragment) -> Result<Self> {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(fragment.schema()?),
-            Partitioning::UnknownPartitioning(fragment.partitions.max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Ok(FragmentScanExec {
-            fragment,
-            properties: Arc::new(properties),
-            metrics: ExecutionPlanMetricsSet::new(),
-            plan: Mutex::new(None),
-        })
+        let (schema, partitions) = (fragment.schema()?, fragment.partitions);
+        Ok(OpaqueExec::over(FragmentScan { fragment, plan: Mutex::new(None) }, schema, partitions))
     }
 
     pub fn fragment(&self) -> &ScanFragment {
-        &self.fragment
+        &self.node().fragment
+    }
+}
+
+impl Opaque for FragmentScan {
+    const NAME: &'static str = "AuditEventsFragmentExec";
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ScanFragment { scope, segments, buffered, engine, .. } = &self.fragment;
+        match scope {
+            // An organisation's plan shows nothing of segments other
+            // organisations share (see `barrier`).
+            Scope::Org(org) => write!(f, "org_id={org}, {engine}"),
+            Scope::All => write!(f, "{engine}, segments={}, buffered_batches={}", segments.len(), buffered.len()),
+        }
     }
 
-    fn plan(&self, context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    fn inner(&self, context: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
         let mut plan = self.plan.lock().map_err(|_| DataFusionError::Internal("fragment plan lock".into()))?;
         if let Some(plan) = plan.as_ref() {
             return Ok(Arc::clone(plan));
@@ -218,77 +217,5 @@ impl FragmentScanExec {
         let built = self.fragment.plan(context, &reader)?;
         *plan = Some(Arc::clone(&built));
         Ok(built)
-    }
-}
-
-impl DisplayAs for FragmentScanExec {
-    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ScanFragment { scope, segments, buffered, engine, .. } = &self.fragment;
-        match scope {
-            // An organisation's plan shows nothing of segments other
-            // organisations share (see `barrier`).
-            Scope::Org(org) => write!(f, "AuditEventsFragmentExec: org_id={org}, {engine}"),
-            Scope::All => write!(
-                f,
-                "AuditEventsFragmentExec: {engine}, segments={}, buffered_batches={}",
-                segments.len(),
-                buffered.len()
-            ),
-        }
-    }
-}
-
-impl ExecutionPlan for FragmentScanExec {
-    fn name(&self) -> &'static str {
-        "AuditEventsFragmentExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    /// None: the scan below is built where it runs, and never optimised.
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if !children.is_empty() {
-            return internal_err!("AuditEventsFragmentExec has no inputs, got {}", children.len());
-        }
-        Ok(self)
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Keep),
-        )
-    }
-
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let plan = self.plan(&context)?;
-        barrier::merged_partition(&plan, partition, &self.properties, &self.metrics, context)
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    /// Unknown: the files' statistics count every organisation's rows.
-    #[allow(deprecated)]
-    fn partition_statistics(&self, _partition: Option<usize>) -> Result<Arc<Statistics>> {
-        Ok(Arc::new(Statistics::new_unknown(&self.schema())))
     }
 }

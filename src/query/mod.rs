@@ -23,6 +23,7 @@ mod index_lookup;
 mod limits;
 pub mod lookup_path;
 mod memory;
+pub mod opaque;
 mod pass_through;
 mod pruning;
 mod read_only;

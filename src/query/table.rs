@@ -133,7 +133,7 @@ impl TableProvider for AuditEventsTable {
             Planned::Here(all, engine) => {
                 let scan = filter.apply(state, columns, all)?;
                 let partitions = state.config().target_partitions();
-                Ok(Arc::new(barrier::OrgScanExec::new(org, scan, partitions).with_engine(engine)))
+                Ok(Arc::new(barrier::OrgScanExec::new(org, scan, partitions, engine)))
             }
             Planned::Fragment(fragment) => {
                 // The fragment is its own barrier, and applies the scope
