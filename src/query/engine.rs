@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, internal_err, plan_err};
 use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::storage::segment::LiveSegment;
@@ -100,25 +101,29 @@ pub fn choose(
     }
 }
 
-/// Plans `EXPLAIN ANALYZE` of an organisation's session on this node: the
-/// metrics of a distributed run (each worker's rows, bytes and timings) are
-/// for admins only, and the local run's are the ones the barrier was built
-/// for (see `barrier`). Every other statement goes to `inner` as it is.
+/// Plans on this node what must not run on workers, whatever the session
+/// chose, and passes everything else to `inner` (the distributed planner):
+/// - an organisation's `EXPLAIN ANALYZE`: the metrics of a distributed run
+///   (each worker's rows, bytes and timings) are for admins only, and the
+///   local run's are the ones the barrier was built for (see `barrier`);
+/// - a statement still calling `ugc_hash` once constants are folded (over a
+///   column, say): it needs organisations' keys, which stay here.
 #[derive(Debug)]
-pub struct AnalyzeHere {
+pub struct StaysHere {
     pub scope: SessionScope,
     pub inner: Arc<dyn QueryPlanner + Send + Sync>,
 }
 
 #[async_trait]
-impl QueryPlanner for AnalyzeHere {
+impl QueryPlanner for StaysHere {
     async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
         let scoped = matches!(self.scope.get(), Some(Scope::Org(_)));
-        if !(scoped && matches!(plan, LogicalPlan::Analyze(_))) {
+        let analyzed_by_org = scoped && matches!(plan, LogicalPlan::Analyze(_));
+        if !analyzed_by_org && !calls(plan, UGC_HASH)? {
             return self.inner.create_physical_plan(plan, session).await;
         }
         let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
-            return internal_err!("EXPLAIN ANALYZE plans in DataFusion's own sessions only");
+            return internal_err!("statements plan in DataFusion's own sessions only");
         };
         let mut here = state.clone();
         if let Some(options) = here.config_mut().options_mut().extensions.get_mut::<AuditlakeOptions>() {
@@ -126,6 +131,21 @@ impl QueryPlanner for AnalyzeHere {
         }
         self.inner.create_physical_plan(plan, &here).await
     }
+}
+
+/// The name of the function that needs organisations' keys.
+const UGC_HASH: &str = "ugc_hash";
+
+/// Whether `plan` (its subqueries included) calls the function `name`.
+fn calls(plan: &LogicalPlan, name: &str) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        for expr in node.expressions() {
+            found |= expr.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.name() == name)))?;
+        }
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    Ok(found)
 }
 
 /// What a scan of `segments` reads: whole segments, or for `org` its share

@@ -131,7 +131,7 @@ fn session_with_controls(
         state = cluster.coordinate(state)?;
         if let Some(inner) = state.query_planner().take() {
             let scope = table.scope();
-            state = state.with_query_planner(Arc::new(engine::AnalyzeHere { scope, inner }));
+            state = state.with_query_planner(Arc::new(engine::StaysHere { scope, inner }));
         }
     }
     let mut ctx = SessionContext::new_with_state(state.build());

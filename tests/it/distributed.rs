@@ -312,6 +312,16 @@ async fn statements_answer_the_same_on_the_workers_as_here() {
     let worked: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum::<u64>() - worked_before;
     assert!(worked > 100, "the workers used {worked} ticks of CPU");
 
+    // What needs organisations' keys runs here, with the same answer.
+    let hashing = "select count(*) from audit_events where content_id = ugc_hash(actor_id, org_id)";
+    assert_eq!(answer(&distributed, hashing).await, answer(&local, hashing).await);
+
+    // A distributed statement is recorded as a local one is.
+    answer(&distributed, "select 'dist-marker-26' as marker, count(*) from audit_events").await.unwrap();
+    let recorded = "select count(*) from audit_events where org_id = '_auditlake' \
+                    and action = 'audit_log.query' and attributes like '%dist-marker' || '-26%'";
+    assert_eq!(server.sql_until(recorded, "1\n"), "1\n");
+
     // Read your writes: an event acknowledged just before is in the answer.
     let event = crate::harness::event("ryw-1", "acme", "acme-u001", "jira.issue.viewed", 0);
     assert_eq!(post(&server.http(), &server.events_url(), event.to_string()).await.0, 200);
@@ -336,6 +346,8 @@ async fn an_organisations_user_reads_only_its_own_rows_on_the_workers() {
     assert_eq!(server.sql_until(sealed, &format!("{}\n", tenancy::ACME_EVENTS)), format!("{}\n", tenancy::ACME_EVENTS));
 
     let attacker = with_engine(server, Some("acme-analyst"), "distributed").await;
+    let refused = answer(&attacker, "set auditlake.engine = 'fast'").await.unwrap_err();
+    assert!(refused.starts_with("22023") && refused.contains("local, distributed, auto"), "{refused}");
     let shown = plan(&attacker, "select count(*) from audit_events").await;
     assert!(shown.contains("AuditEventsFragmentExec: org_id=acme, engine=distributed"), "{shown}");
     // Its EXPLAIN ANALYZE runs here: no worker's metrics.
@@ -385,6 +397,20 @@ async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers()
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
     assert!(after - before < 50, "the workers went on working after the timeout: {} ticks in 2 s", after - before);
+
+    // So does a cancel request.
+    let client = with_engine(server, None, "distributed").await;
+    let cancel = client.cancel_token();
+    let running = tokio::spawn(async move { answer(&client, slow).await });
+    tokio::time::sleep(full_run / 4).await;
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let error = running.await.unwrap().unwrap_err();
+    assert!(error.starts_with("57014"), "{error}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
+    assert!(after - before < 50, "the workers went on working after the cancel: {} ticks in 2 s", after - before);
 
     // A worker killed mid-query: an error that says so, never a partial answer.
     let client = with_engine(server, None, "distributed").await;
