@@ -57,27 +57,34 @@ for key in re.findall(r"<Key>([^<]+)</Key>", listing):
 PY
 fi
 du -sb "$BUCKET/segments"
+# DuckDB reads the segments as they are now, hard-linked (segment files are
+# never changed, only replaced): the server's own records of the statements
+# are sealed and compacted while it runs, and a file DuckDB listed could go.
+rm -rf "$DATA-duckdb"
+cp -al "$BUCKET/segments" "$DATA-duckdb"
+# Enough working memory for the all-organisation aggregates on every node
+# (DuckDB has no such limit by default).
+MEMORY="--query-memory-bytes 4294967296 --total-query-memory-bytes 8589934592"
 KEY=$DATA.cluster-key
 python3 -c 'import secrets; print(secrets.token_hex(32))' > "$KEY"
-taskset -c 1 $B worker --listen 127.0.0.1:55461 --segments-url "$URL" --cluster-key-file "$KEY" >"$DATA.worker1.log" 2>&1 &
+taskset -c 1 $B worker --listen 127.0.0.1:55461 --segments-url "$URL" --cluster-key-file "$KEY" $MEMORY >"$DATA.worker1.log" 2>&1 &
 pids+=($!)
-taskset -c 0 $B worker --listen 127.0.0.1:55462 --segments-url "$URL" --cluster-key-file "$KEY" >"$DATA.worker2.log" 2>&1 &
+taskset -c 0 $B worker --listen 127.0.0.1:55462 --segments-url "$URL" --cluster-key-file "$KEY" $MEMORY >"$DATA.worker2.log" 2>&1 &
 worker2=$!
 pids+=($worker2)
 taskset -c 0 $B serve --data-dir "$DATA" --segments-url "$URL" --insecure-trust-loopback \
-  --workers 127.0.0.1:55461,127.0.0.1:55462 --cluster-key-file "$KEY" \
+  --workers 127.0.0.1:55461,127.0.0.1:55462 --cluster-key-file "$KEY" $MEMORY \
   --pg-listen 127.0.0.1:55460 --http-listen 127.0.0.1:58160 >"$DATA.log" 2>&1 &
 pids+=($!)
 until grep -q "ready" "$DATA.log" 2>/dev/null; do sleep 0.2; done
 run() {
   taskset -c 0 $VENV/bin/python bench/scale_out.py --repetitions "$REPETITIONS" \
-    --system single-node-1-core=pg:55460:local --system "$1"=pg:55460:distributed \
-    --system duckdb-1-thread="duckdb:$BUCKET/segments/*.parquet" \
-    --system auto=pg:55460:auto
+    --system single-node-1-core=pg:55460:local "$@"
 }
 echo "== coordinator + 2 workers"
-run coordinator+2-workers
+run --system coordinator+2-workers=pg:55460:distributed --system duckdb-1-thread="duckdb:$DATA-duckdb/*.parquet" \
+  --system auto=pg:55460:auto
 kill $worker2
 sleep 2
 echo "== coordinator + 1 worker"
-run coordinator+1-worker
+run --system coordinator+1-worker=pg:55460:distributed --system duckdb-1-thread="duckdb:$DATA-duckdb/*.parquet"
