@@ -39,23 +39,17 @@ use super::opaque::{Opaque, OpaqueExec};
 use super::segments_scan::SegmentReader;
 use super::table::{Filtered, buffered_scan, union_of};
 
-/// One segment file a fragment reads, named as in the manifest.
+/// One segment file a fragment reads, named as in the manifest. (The
+/// statement holds the segment itself while it runs: `StatementPins`.)
 #[derive(Debug, Clone)]
 pub struct SegmentFile {
     pub file: String,
     pub size_bytes: u64,
-    /// On the coordinator, the snapshot's segment: while the query's plan
-    /// holds it, compaction and retention do not delete its file.
-    _pinned: Option<Arc<LiveSegment>>,
 }
 
 impl SegmentFile {
-    pub fn pinned(segment: &Arc<LiveSegment>) -> Self {
-        SegmentFile {
-            file: segment.meta.file.clone(),
-            size_bytes: segment.meta.size_bytes,
-            _pinned: Some(Arc::clone(segment)),
-        }
+    pub fn of(segment: &LiveSegment) -> Self {
+        SegmentFile { file: segment.meta.file.clone(), size_bytes: segment.meta.size_bytes }
     }
 
     /// A segment file named by a fragment that came over the network: a
@@ -67,7 +61,7 @@ impl SegmentFile {
         if !plain {
             return Err(DataFusionError::Plan(format!("{file:?} is not a segment file name")));
         }
-        Ok(SegmentFile { file, size_bytes, _pinned: None })
+        Ok(SegmentFile { file, size_bytes })
     }
 }
 

@@ -303,7 +303,7 @@ impl AuditEventsTable {
             self.pins.pin(segments.iter().cloned());
             let fragment = ScanFragment {
                 scope: org.map_or(Scope::All, |org| Scope::Org(org.to_owned())),
-                segments: segments.iter().map(SegmentFile::pinned).collect(),
+                segments: segments.iter().map(|s| SegmentFile::of(s)).collect(),
                 projection: projection.cloned(),
                 // What the scan must apply (the scope, exact lookups) is
                 // leakproof; the rest only prunes and is applied again above
