@@ -41,6 +41,7 @@ use url::Url;
 
 use crate::query::engine::Workers;
 use crate::query::fragment::FragmentScanExec;
+use crate::storage::settings::to_hex;
 
 pub mod codec;
 pub mod worker;
@@ -86,7 +87,7 @@ impl ClusterKey {
     pub fn from_secret(secret: &[u8]) -> Self {
         let root = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derive = |purpose: &[u8]| hmac::sign(&root, purpose);
-        let token = hex(derive(b"auditlake cluster: request token").as_ref());
+        let token = to_hex(derive(b"auditlake cluster: request token").as_ref());
         let signing = hmac::Key::new(hmac::HMAC_SHA256, derive(b"auditlake cluster: fragment signing").as_ref());
         ClusterKey { token, signing }
     }
@@ -122,10 +123,6 @@ impl ClusterKey {
         headers.insert(AUTH_HEADER, value);
         Ok(headers)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How often a coordinator checks which workers answer.
@@ -254,4 +251,27 @@ fn split_fragment(event: ScaleUpLeafNodeEvent<'_>) -> Option<Result<ScaleUpLeafN
             .and_then(|parts| DistributedLeafExec::try_new(Arc::clone(event.plan), parts))
             .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_addresses_and_key_files_are_checked_before_anything_starts() {
+        let key = || ClusterKey::from_secret(b"a key of the cluster, long enough");
+        let cluster = Cluster::new(" 10.0.0.1:5450, 10.0.0.2:5451 ", key()).unwrap();
+        assert_eq!(cluster.workers.len(), 2);
+        for bad in ["", "10.0.0.1", "10.0.0.1:5450/path", "http://10.0.0.1:5450", "10.0.0.1:99999"] {
+            let error = Cluster::new(bad, key()).unwrap_err().to_string();
+            assert!(error.contains("is not a worker address: expected host:port"), "{bad}: {error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "too short\n").unwrap();
+        let error = ClusterKey::read(&short).unwrap_err().to_string();
+        assert!(error.contains("holds 9 characters; it needs at least 32"), "{error}");
+        let error = ClusterKey::read(&dir.path().join("missing.key")).unwrap_err().to_string();
+        assert!(error.contains("cannot read the cluster key file"), "{error}");
+    }
 }

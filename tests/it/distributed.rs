@@ -109,6 +109,18 @@ impl Worker {
     }
 }
 
+/// The CPU time `workers` have used together (clock ticks).
+fn total_ticks(workers: &[Worker]) -> u64 {
+    workers.iter().map(Worker::cpu_ticks).sum()
+}
+
+/// The CPU time `workers` use over the next `period`.
+async fn ticks_over(workers: &[Worker], period: Duration) -> u64 {
+    let before = total_ticks(workers);
+    tokio::time::sleep(period).await;
+    total_ticks(workers) - before
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -303,7 +315,7 @@ async fn statements_answer_the_same_on_the_workers_as_here() {
     statements.extend(benchmark_queries(&anchor).into_iter().map(|q| ("benchmark".to_owned(), q)));
     statements.extend(generated_queries(50, &anchor).into_iter().map(|q| ("generated".to_owned(), q)));
     let mut rows_compared = 0;
-    let worked_before: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
+    let worked_before = total_ticks(&cluster.workers);
     for (name, sql) in &statements {
         // The server's own records of these statements grow as they run.
         let sql =
@@ -315,7 +327,7 @@ async fn statements_answer_the_same_on_the_workers_as_here() {
     }
     assert!(rows_compared > 10_000, "the statements found rows to compare: {rows_compared}");
     // The workers did the distributed half of the work.
-    let worked: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum::<u64>() - worked_before;
+    let worked = total_ticks(&cluster.workers) - worked_before;
     assert!(worked > 100, "the workers used {worked} ticks of CPU");
 
     // What needs organisations' keys runs here, with the same answer.
@@ -399,10 +411,8 @@ async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers()
     let error = answer(&client, slow).await.unwrap_err();
     assert!(error.starts_with("57014"), "{error}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
-    assert!(after - before < 50, "the workers went on working after the timeout: {} ticks in 2 s", after - before);
+    let worked = ticks_over(&cluster.workers, Duration::from_secs(2)).await;
+    assert!(worked < 50, "the workers went on working after the timeout: {worked} ticks in 2 s");
 
     // So does a cancel request.
     let client = with_engine(server, None, "distributed").await;
@@ -413,10 +423,8 @@ async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers()
     let error = running.await.unwrap().unwrap_err();
     assert!(error.starts_with("57014"), "{error}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after: u64 = cluster.workers.iter().map(Worker::cpu_ticks).sum();
-    assert!(after - before < 50, "the workers went on working after the cancel: {} ticks in 2 s", after - before);
+    let worked = ticks_over(&cluster.workers, Duration::from_secs(2)).await;
+    assert!(worked < 50, "the workers went on working after the cancel: {worked} ticks in 2 s");
 
     // A worker killed mid-query: an error that says so, never a partial answer.
     let client = with_engine(server, None, "distributed").await;
