@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result, internal_err, plan_err};
+use datafusion::common::{DataFusionError, Result, internal_err, plan_err};
 use datafusion::execution::SessionState;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -29,6 +29,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::storage::segment::LiveSegment;
 
+use super::fragment::FragmentScanExec;
 use super::lookup_path::AuditlakeOptions;
 use super::{Scope, SessionScope};
 
@@ -72,7 +73,7 @@ pub fn choose(
     segments: &[Arc<LiveSegment>],
     is_lookup: bool,
 ) -> Result<Option<Choice>> {
-    let options = state.config_options().extensions.get::<AuditlakeOptions>().cloned().unwrap_or_default();
+    let options = options(state);
     let workers = state.config().get_extension::<Workers>();
     let choice = |distributed: bool, why: String| Ok(Some(Choice { distributed, why }));
     match (options.engine.as_str(), workers) {
@@ -122,14 +123,68 @@ impl QueryPlanner for StaysHere {
         if !analyzed_by_org && !calls(plan, UGC_HASH)? {
             return self.inner.create_physical_plan(plan, session).await;
         }
-        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
-            return internal_err!("statements plan in DataFusion's own sessions only");
-        };
-        let mut here = state.clone();
+        let mut here = own_state(session)?;
         if let Some(options) = here.config_mut().options_mut().extensions.get_mut::<AuditlakeOptions>() {
             options.engine = "local".to_owned();
         }
         self.inner.create_physical_plan(plan, &here).await
+    }
+}
+
+/// The fewest partitions a statement whose scans go to the workers is
+/// planned over. With one (a coordinator of one core), DataFusion plans an
+/// aggregate's last step over a single partition, which only this node can
+/// run: every group of an all-organisation report would be merged here, on
+/// one core and in this node's memory, while the workers wait.
+pub const MIN_DISTRIBUTED_PARTITIONS: usize = 2;
+
+/// Plans again, at least [`MIN_DISTRIBUTED_PARTITIONS`] wide, a statement
+/// whose scans the engine sent to the workers, so that the distributed
+/// planner finds the hash repartitioning it cuts into stages, and the
+/// workers run the aggregates' and joins' last steps too. Local statements
+/// keep the session's own width: a second partition on a node of one core
+/// only costs them. Under `auto` the engine is chosen in the scan, after
+/// the manifest pruned, so it is known only once planned: the first plan
+/// is dropped, with the segments it pinned, and the statement planned again.
+#[derive(Debug)]
+pub struct WideForWorkers {
+    pub inner: Arc<dyn QueryPlanner + Send + Sync>,
+}
+
+#[async_trait]
+impl QueryPlanner for WideForWorkers {
+    async fn create_physical_plan(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        if session.config().target_partitions() >= MIN_DISTRIBUTED_PARTITIONS {
+            return self.inner.create_physical_plan(plan, session).await;
+        }
+        let wider = || {
+            let mut wider = own_state(session)?;
+            wider.config_mut().options_mut().execution.target_partitions = MIN_DISTRIBUTED_PARTITIONS;
+            Ok::<_, DataFusionError>(wider)
+        };
+        // Chosen by the session: no need to plan to know.
+        if options(session).engine == "distributed" {
+            return self.inner.create_physical_plan(plan, &wider()?).await;
+        }
+        let planned = self.inner.create_physical_plan(plan, session).await?;
+        if !planned.exists(|node| Ok(node.is::<FragmentScanExec>()))? {
+            return Ok(planned);
+        }
+        drop(planned);
+        self.inner.create_physical_plan(plan, &wider()?).await
+    }
+}
+
+/// The session's `auditlake.*` settings.
+fn options(session: &dyn Session) -> AuditlakeOptions {
+    session.config_options().extensions.get::<AuditlakeOptions>().cloned().unwrap_or_default()
+}
+
+/// A copy of `session`'s state, to plan a statement again with other settings.
+fn own_state(session: &dyn Session) -> Result<SessionState> {
+    match session.as_any().downcast_ref::<SessionState>() {
+        Some(state) => Ok(state.clone()),
+        None => internal_err!("statements plan in DataFusion's own sessions only"),
     }
 }
 

@@ -126,8 +126,12 @@ fn session_with_controls(
         .with_query_planner(Arc::new(lookup_path::LookupFirstPlanner))
         .with_physical_optimizer_rule(Arc::new(statement_limits));
     if let Some(cluster) = &limits.cluster {
-        // Around the planner set above: it plans, then the distributed
-        // planner cuts what the engine sent out into stages.
+        // Around the planner set above: it plans (again, wider, when the
+        // engine sent scans out), then the distributed planner cuts what
+        // the engine sent out into stages.
+        if let Some(inner) = state.query_planner().take() {
+            state = state.with_query_planner(Arc::new(engine::WideForWorkers { inner }));
+        }
         state = cluster.coordinate(state)?;
         if let Some(inner) = state.query_planner().take() {
             let scope = table.scope();

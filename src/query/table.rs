@@ -38,9 +38,6 @@ use super::scan_exec::{AuditEventsScanExec, IndexSummary, ScanSummary};
 use super::segments_scan::SegmentReader;
 use super::{Scope, SegmentCache, SessionScope, TABLE, barrier, engine, index_lookup, owner_scope, pruning};
 
-/// The fewest partitions a scan fragment hands rows on in.
-const MIN_FRAGMENT_PARTITIONS: usize = 2;
-
 /// Segments whose row indexes one query looks into at once.
 const INDEX_LOOKUPS_AT_ONCE: usize = 16;
 
@@ -311,11 +308,9 @@ impl AuditEventsTable {
                 filters: filters.iter().filter(|f| barrier::is_leakproof(f)).cloned().collect(),
                 limit,
                 buffered: buffer,
-                // Two at least, even on a coordinator of one core: with one,
-                // DataFusion plans an aggregate in one step over the scan,
-                // which leaves the distributed planner no boundary to cut
-                // at, and the whole statement runs here.
-                partitions: state.config().target_partitions().max(MIN_FRAGMENT_PARTITIONS),
+                // Two at least once planned for the workers (see
+                // `engine::WideForWorkers`).
+                partitions: state.config().target_partitions(),
                 engine: choice.clone(),
                 _buffered_memory: Some(Arc::new(buffered_memory)),
             };

@@ -293,11 +293,13 @@ async fn statements_answer_the_same_on_the_workers_as_here() {
     let analyzed = answer(&distributed, &format!("explain analyze {everything}")).await.unwrap().join("\n");
     assert!(analyzed.contains("DistributedExec") && analyzed.contains("Stage 1 ── tasks=2"), "{analyzed}");
     // So on a coordinator of one core (one partition): the workers still
-    // do the scan and the partial aggregate.
+    // do the scan, the partial aggregate and, shuffled between them, the
+    // final one.
     let narrow = with_engine(server, None, "distributed").await;
     narrow.simple_query("set datafusion.execution.target_partitions = 1").await.unwrap();
     let analyzed = answer(&narrow, &format!("explain analyze {everything}")).await.unwrap().join("\n");
     assert!(analyzed.contains("Stage 1 ── tasks=2"), "{analyzed}");
+    assert!(analyzed.contains("NetworkShuffleExec") && analyzed.contains("Stage 2 ── tasks=2"), "{analyzed}");
     let shown = plan(&local, everything).await;
     assert!(shown.contains("engine=local (set by the session)"), "{shown}");
     let auto = with_engine(server, None, "auto").await;
