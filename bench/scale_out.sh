@@ -2,11 +2,14 @@
 # Scale-out reads on this 2-core machine, every process pinned with taskset:
 # single-node auditlake on one core against a coordinator with 1 and 2
 # workers, and DuckDB (one thread) over the same segment files.
-#   bash bench/scale_out.sh [N] [DAYS] [REPETITIONS] [STORE]
+#   bash bench/scale_out.sh [N] [DAYS] [REPETITIONS] [STORE] [SHAPE]
 # STORE is `file` (the default: the "bucket" is a directory every process
 # reads through object_store's file backend, as a shared filesystem) or `s3`
 # (moto's S3 server on loopback, from the venv; it keeps every object in its
-# own memory, so mind N).
+# own memory, so mind N). SHAPE is `realistic` (the demo generator's
+# benchmark shape, the default) or `independent` (bench/independent_events.py,
+# a generator sharing nothing with auditlake's, imported as NDJSON through a
+# pipe; its time span is its own 180 days).
 # One coordinator process (core 0) serves both sides: `SET auditlake.engine =
 # local` is the single node. Worker 1 is pinned to core 1, worker 2 to core 0
 # (beside the coordinator, which only plans and merges while they scan). The
@@ -19,7 +22,8 @@ N=${1:-100000000}
 DAYS=${2:-180}
 REPETITIONS=${3:-5}
 STORE=${4:-file}
-DATA=${BENCH_DATA_DIR:-/tmp/auditlake-scale-$STORE-$N}
+SHAPE=${5:-realistic}
+DATA=${BENCH_DATA_DIR:-/tmp/auditlake-scale-$SHAPE-$STORE-$N}
 bash scripts/setup.sh >/dev/null
 cargo build --release --quiet --bin auditlake --example ingest_bench
 B=$CARGO_TARGET_DIR/release/auditlake
@@ -42,8 +46,19 @@ case "$STORE" in
   *) echo "STORE is file or s3, not $STORE" >&2; exit 2 ;;
 esac
 if [ ! -d "$DATA" ]; then
-  /usr/bin/time -f "load: %e s %M KiB" $B demo --no-serve --shape realistic --events "$N" --days "$DAYS" \
-    --segments-url "$URL" --data-dir "$DATA"
+  case "$SHAPE" in
+    realistic)
+      /usr/bin/time -f "load: %e s %M KiB" $B demo --no-serve --shape realistic --events "$N" --days "$DAYS" \
+        --segments-url "$URL" --data-dir "$DATA" ;;
+    independent)
+      rm -f "$DATA.ndjson" && mkfifo "$DATA.ndjson"
+      python3 bench/independent_events.py "$N" "$DATA.ndjson" --end "$(date -u +%Y-%m-%dT%H:%M:%SZ)" &
+      /usr/bin/time -f "load: %e s %M KiB" $B import --format ndjson --segments-url "$URL" --data-dir "$DATA" \
+        "$DATA.ndjson"
+      wait
+      rm -f "$DATA.ndjson" ;;
+    *) echo "SHAPE is realistic or independent, not $SHAPE" >&2; exit 2 ;;
+  esac
 fi
 if [ "$STORE" = s3 ]; then
   # DuckDB cannot reach the bucket here (its S3 support is an extension
