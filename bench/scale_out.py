@@ -1,6 +1,7 @@
 """Scale-out reads: one statement on single-node auditlake, on a coordinator
 with its workers, and on DuckDB over the same segment files, alternating
-systems within each repetition (this machine is noisy).
+systems within each repetition, in a fresh order each time (this machine is
+noisy).
 
 Run by bench/scale_out.sh, which starts the servers pinned with taskset.
 Each system is a name and how to run a statement:
@@ -11,6 +12,7 @@ Prints a table (median and p95 seconds) and one JSON line.
 
 import argparse
 import json
+import random
 import statistics
 import time
 
@@ -72,6 +74,7 @@ def main():
         args.actor = args.actor or duck(busiest)[0][0]
     anchor = f"timestamptz '{args.anchor}'"
     results = {}
+    shuffler = random.Random(0)
     for query in args.query or list(QUERIES):
         sql = QUERIES[query].format(anchor=anchor, actor=args.actor)
         rows = {}
@@ -79,7 +82,11 @@ def main():
             rows[name] = len(run(sql))
         times = {name: [] for name, _ in systems}
         for _ in range(args.repetitions):
-            for name, run in systems:
+            # A fresh order each round: a system run after DuckDB (in this
+            # process, on the coordinator's core) finds its caches cold.
+            order = list(systems)
+            shuffler.shuffle(order)
+            for name, run in order:
                 started = time.perf_counter()
                 run(sql)
                 times[name].append(time.perf_counter() - started)

@@ -2,7 +2,7 @@
 # Scale-out reads on this 2-core machine, every process pinned with taskset:
 # single-node auditlake on one core against a coordinator with 1 and 2
 # workers, and DuckDB (one thread) over the same segment files.
-#   bash bench/scale_out.sh [N] [DAYS] [REPETITIONS] [STORE] [SHAPE]
+#   [QUERIES="one_actor_7d ..."] bash bench/scale_out.sh [N] [DAYS] [REPETITIONS] [STORE] [SHAPE]
 # STORE is `file` (the default: the "bucket" is a directory every process
 # reads through object_store's file backend, as a shared filesystem) or `s3`
 # (moto's S3 server on loopback, from the venv; it keeps every object in its
@@ -78,22 +78,30 @@ du -sb "$BUCKET/segments"
 rm -rf "$DATA-duckdb"
 cp -al "$BUCKET/segments" "$DATA-duckdb"
 # Enough working memory for the all-organisation aggregates on every node
-# (DuckDB has no such limit by default).
+# (DuckDB has no such limit by default), and an hour per statement (a
+# session cannot raise its timeout past the server's, 60 s by default).
 MEMORY="--query-memory-bytes 4294967296 --total-query-memory-bytes 8589934592"
+# A worker holds a statement's partial and final aggregates at once (the
+# single node aggregates in one step): with one worker, the mass-export
+# screening's final aggregate outgrew 4 GiB beside its partial ones.
+WORKER_MEMORY="--query-memory-bytes 8589934592 --total-query-memory-bytes 8589934592"
 KEY=$DATA.cluster-key
 python3 -c 'import secrets; print(secrets.token_hex(32))' > "$KEY"
-taskset -c 1 $B worker --listen 127.0.0.1:55461 --segments-url "$URL" --cluster-key-file "$KEY" $MEMORY >"$DATA.worker1.log" 2>&1 &
+taskset -c 1 $B worker --listen 127.0.0.1:55461 --segments-url "$URL" --cluster-key-file "$KEY" $WORKER_MEMORY >"$DATA.worker1.log" 2>&1 &
 pids+=($!)
-taskset -c 0 $B worker --listen 127.0.0.1:55462 --segments-url "$URL" --cluster-key-file "$KEY" $MEMORY >"$DATA.worker2.log" 2>&1 &
+taskset -c 0 $B worker --listen 127.0.0.1:55462 --segments-url "$URL" --cluster-key-file "$KEY" $WORKER_MEMORY >"$DATA.worker2.log" 2>&1 &
 worker2=$!
 pids+=($worker2)
 taskset -c 0 $B serve --data-dir "$DATA" --segments-url "$URL" --insecure-trust-loopback \
-  --workers 127.0.0.1:55461,127.0.0.1:55462 --cluster-key-file "$KEY" $MEMORY \
+  --workers 127.0.0.1:55461,127.0.0.1:55462 --cluster-key-file "$KEY" $MEMORY --statement-timeout-ms 3600000 \
   --pg-listen 127.0.0.1:55460 --http-listen 127.0.0.1:58160 >"$DATA.log" 2>&1 &
 pids+=($!)
 until grep -q "ready" "$DATA.log" 2>/dev/null; do sleep 0.2; done
+# QUERIES (bench/scale_out.py's names) runs some of the queries only.
+chosen=()
+for query in ${QUERIES:-}; do chosen+=(--query "$query"); done
 run() {
-  taskset -c 0 $VENV/bin/python bench/scale_out.py --repetitions "$REPETITIONS" \
+  taskset -c 0 $VENV/bin/python bench/scale_out.py --repetitions "$REPETITIONS" "${chosen[@]}" \
     --system single-node-1-core=pg:55460:local "$@"
 }
 echo "== coordinator + 2 workers"
