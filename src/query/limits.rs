@@ -7,6 +7,7 @@
 //! physical optimizer rule puts it there), so the limits hold for execution,
 //! not only planning, whichever way the SQL arrived. The memory limits are in
 //! [`memory`](super::memory); this module only bundles them with these.
+//! Joins yield between their batches, so that a statement that ended stops.
 //! It never changes what a query returns within its limits.
 
 use std::fmt;
@@ -19,10 +20,16 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::RecordBatchStream;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PiecewiseMergeJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
+};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream};
 use futures::Stream;
 use tokio::sync::Notify;
@@ -97,6 +104,60 @@ impl PhysicalOptimizerRule for StatementLimitsRule {
 
     fn name(&self) -> &str {
         Self::NAME
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Makes every join give its thread back between output batches.
+///
+/// A join can make billions of rows out of a few thousand without reading
+/// its inputs again, and an aggregate over it then loops without ever
+/// waiting: nothing in the statement's task yields, so its timeout, a
+/// cancel, or the coordinator dropping a worker's stream cannot stop it,
+/// and the task runs on to the end after the client got its error. Behind
+/// a `CooperativeExec`, each of the join's batches costs the task some of
+/// the runtime's budget; when that is spent the task yields, and a
+/// statement that ended is dropped there. The rule runs before the
+/// distributed planner cuts stages, so the workers' parts of a plan yield
+/// the same way.
+#[derive(Debug)]
+pub(super) struct JoinsYieldRule;
+
+impl JoinsYieldRule {
+    fn is_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
+        plan.is::<HashJoinExec>()
+            || plan.is::<NestedLoopJoinExec>()
+            || plan.is::<CrossJoinExec>()
+            || plan.is::<SortMergeJoinExec>()
+            || plan.is::<SymmetricHashJoinExec>()
+            || plan.is::<PiecewiseMergeJoinExec>()
+    }
+
+    fn yielding(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        if Self::is_join(&plan) { Arc::new(CooperativeExec::new(plan)) } else { plan }
+    }
+}
+
+impl PhysicalOptimizerRule for JoinsYieldRule {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        // Joins are wrapped from their parent, so a plan that already
+        // passed here (a parent that is the wrapper) is left as it is.
+        let wrapped = plan.transform_up(|node| {
+            if node.is::<CooperativeExec>() || !node.children().into_iter().any(Self::is_join) {
+                return Ok(Transformed::no(node));
+            }
+            let children = node.children().into_iter().map(|child| Self::yielding(Arc::clone(child))).collect();
+            let recompute = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute);
+            Ok(Transformed::yes(node.replace_children(children, recompute)?))
+        })?;
+        Ok(Self::yielding(wrapped.data))
+    }
+
+    fn name(&self) -> &str {
+        "auditlake_joins_yield"
     }
 
     fn schema_check(&self) -> bool {

@@ -124,6 +124,7 @@ fn session_with_controls(
         .with_runtime_env(runtime)
         .with_default_features()
         .with_query_planner(Arc::new(lookup_path::LookupFirstPlanner))
+        .with_physical_optimizer_rule(Arc::new(limits::JoinsYieldRule))
         .with_physical_optimizer_rule(Arc::new(statement_limits));
     if let Some(cluster) = &limits.cluster {
         // Around the planner set above: it plans (again, wider, when the

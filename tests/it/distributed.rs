@@ -26,7 +26,7 @@ use datafusion::prelude::SessionContext;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{Server, add_user, post, wait_until};
+use crate::harness::{Server, add_user, post, process_cpu_ticks, wait_until};
 use crate::object_storage::S3Server;
 use crate::tenancy;
 
@@ -103,9 +103,7 @@ impl Worker {
 
     /// CPU time the worker has used (user and system, clock ticks).
     fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        process_cpu_ticks(self.child.id())
     }
 }
 
@@ -395,7 +393,7 @@ async fn an_organisations_user_reads_only_its_own_rows_on_the_workers() {
 #[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
 async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster(dir.path(), 200_000, &[]).await;
+    let mut cluster = cluster(dir.path(), 600_000, &[]).await;
     let server = &cluster.coordinator;
     // Slow on purpose, and on the workers: the log joined with itself on
     // the actor, about 300 million pairs, partitioned by actor.

@@ -15,6 +15,13 @@ pub const APP: &str = "(category is distinct from 'audit_access')";
 /// How long a server may take to open its data directory and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// CPU time process `pid` has used (user and system, clock ticks).
+pub fn process_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 pub struct Server {
     child: Child,
     pub pg_port: u16,
@@ -132,7 +139,11 @@ impl Server {
         kib.trim().parse::<u64>().unwrap() * 1024
     }
 
-    /// `kill -9`: no shutdown code runs.
+    /// CPU time the server has used (user and system, clock ticks).
+    pub fn cpu_ticks(&self) -> u64 {
+        process_cpu_ticks(self.child.id())
+    }
+
     /// The nice value of each of the server's threads named `name`.
     pub fn threads_nice(&self, name: &str) -> Vec<i64> {
         let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
@@ -148,6 +159,7 @@ impl Server {
         nice
     }
 
+    /// `kill -9`: no shutdown code runs.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

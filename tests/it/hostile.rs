@@ -180,6 +180,43 @@ async fn busy_statements_leave_health_checks_and_ingest_answering() {
     assert_eq!(server.sql(&sql).unwrap(), "21\n");
 }
 
+/// Joins of three thousand rows that would make billions: hash, nested
+/// loop and cross.
+const RUNAWAY_JOINS: &[&str] = &[
+    "select count(*) from audit_events b join (select a.org_id from audit_events a \
+     join audit_events c on a.org_id = c.org_id) ac on b.org_id = ac.org_id",
+    "select count(*) from audit_events a join audit_events b on a.seq < b.seq join audit_events c on b.seq < c.seq",
+    "select count(*) from audit_events a, audit_events b, audit_events c",
+];
+
+#[tokio::test]
+async fn a_runaway_join_ends_at_the_statement_timeout_and_its_cpu_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = attacked_server(&data, &[]).await;
+    let events: Vec<String> = (0..3_000)
+        .map(|i| event(&format!("j{i}"), "acme", &format!("joiner{}", i % 50), "a.b", i).to_string())
+        .collect();
+    assert_eq!(post(&server.http(), &server.events_url(), events.join("\n")).await.0, 200);
+    let client = server.pg_as("acme-analyst").await.unwrap();
+    client.simple_query("set statement_timeout = '500ms'").await.unwrap();
+    for sql in RUNAWAY_JOINS {
+        let begun = std::time::Instant::now();
+        let error = client.simple_query(sql).await.unwrap_err();
+        assert_refused(&error, sql, "57014", "statement timeout");
+        // The error comes at the timeout, not when the join is done (hours
+        // later); the margin is for a loaded machine.
+        assert!(begun.elapsed() < std::time::Duration::from_secs(10), "{sql}: error after {:?}", begun.elapsed());
+        // And nothing of the statement goes on running.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let before = server.cpu_ticks();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let worked = server.cpu_ticks() - before;
+        assert!(worked < 30, "{sql}: the server went on working after the timeout, {worked} ticks in 1 s");
+    }
+    assert_control_intact(&client).await;
+}
+
 /// A protocol 3.0 start-up packet for `user`.
 fn startup_packet(user: &str) -> Vec<u8> {
     let mut body = 196_608i32.to_be_bytes().to_vec();
