@@ -201,6 +201,7 @@ impl Cluster {
         let workers = self.workers.len();
         builder
             .with_distributed_planner()
+            .with_distributed_max_tasks_per_stage(workers.max(MIN_FRAGMENT_TASKS))?
             .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&self.live)))
             .with_distributed_user_codec(codec::FragmentCodec::new(self.key.clone()))
             .with_distributed_desired_task_count_handler(move |event: DesiredTaskCountEvent<'_>| {
@@ -223,13 +224,22 @@ impl WorkerResolver for LiveWorkers {
     }
 }
 
+/// The fewest tasks a stage reading a scan fragment runs as. The
+/// distributed planner folds a stage of one task under a consumer of one
+/// task into the consumer, and so on up to the coordinator: with one task,
+/// the fragment would be read, and everything above it run, here. Two
+/// tasks keep the stages on the workers, on the one worker if one is left
+/// (or configured).
+const MIN_FRAGMENT_TASKS: usize = 2;
+
 /// How many tasks a stage reading `event.plan` runs on: a scan fragment on
-/// every worker (one a segment at most); any other scan, the local ones
-/// of the segments or the buffer among them, stays on this node.
+/// every worker (one a segment at most, two at least); any other scan, the
+/// local ones of the segments or the buffer among them, stays on this node.
 fn desired_tasks(event: DesiredTaskCountEvent<'_>, workers: usize) -> Option<Result<DesiredTaskCountEventResponse>> {
     if let Some(scan) = event.plan.downcast_ref::<FragmentScanExec>() {
         let segments = scan.fragment().segments.len().max(1);
-        return Some(Ok(DesiredTaskCountEventResponse::desired(workers.min(segments))));
+        let tasks = workers.min(segments).max(MIN_FRAGMENT_TASKS);
+        return Some(Ok(DesiredTaskCountEventResponse::desired(tasks)));
     }
     if event.plan.is::<DataSourceExec>() {
         return Some(Ok(DesiredTaskCountEventResponse::maximum(1)));

@@ -393,7 +393,7 @@ async fn an_organisations_user_reads_only_its_own_rows_on_the_workers() {
 #[ignore = "tier 2: needs moto's S3 server from the venv (scripts/test.sh runs it)"]
 async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = cluster(dir.path(), 600_000, &[]).await;
+    let mut cluster = cluster(dir.path(), 200_000, &[]).await;
     let server = &cluster.coordinator;
     // Slow on purpose, and on the workers: the log joined with itself on
     // the actor, about 300 million pairs, partitioned by actor.
@@ -404,9 +404,15 @@ async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers()
     // A timeout ends the query on the workers too: their CPU goes idle.
     let client = with_engine(server, None, "distributed").await;
     let started = Instant::now();
+    let ticks_before = total_ticks(&cluster.workers);
     let full = answer(&client, slow).await;
     let full_run = started.elapsed();
     assert!(full.is_ok() && full_run > Duration::from_millis(800), "{full:?} in {full_run:?}");
+    // The join itself ran there: the workers were busy (half a core or
+    // more) while it ran, not only while they read.
+    let worked = total_ticks(&cluster.workers) - ticks_before;
+    let run_ticks = full_run.as_millis() as u64 / 10;
+    assert!(worked * 2 >= run_ticks, "the workers worked {worked} ticks of the join's {run_ticks}");
     client.simple_query(&format!("set statement_timeout = {}", full_run.as_millis() / 4)).await.unwrap();
     let error = answer(&client, slow).await.unwrap_err();
     assert!(error.starts_with("57014"), "{error}");
@@ -445,6 +451,12 @@ async fn a_lost_worker_fails_its_query_clearly_and_a_timeout_stops_the_workers()
     })
     .await;
     assert!(started.elapsed() < Duration::from_secs(30));
+    // On the worker left, not here: one worker still runs the statement's
+    // stages (two tasks of it), rather than them all folding into the
+    // coordinator.
+    let analyzed = "explain analyze select count(*) from audit_events where org_id = 'acme' and seq >= 0";
+    let analyzed = answer(&client, analyzed).await.unwrap().join("\n");
+    assert!(analyzed.contains("DistributedExec") && analyzed.contains("Stage 1 ── tasks=2"), "{analyzed}");
 }
 
 #[tokio::test]
