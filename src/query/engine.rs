@@ -136,7 +136,7 @@ impl QueryPlanner for StaysHere {
 /// aggregate's last step over a single partition, which only this node can
 /// run: every group of an all-organisation report would be merged here, on
 /// one core and in this node's memory, while the workers wait.
-pub const MIN_DISTRIBUTED_PARTITIONS: usize = 2;
+const MIN_DISTRIBUTED_PARTITIONS: usize = 2;
 
 /// Plans again, at least [`MIN_DISTRIBUTED_PARTITIONS`] wide, a statement
 /// whose scans the engine sent to the workers, so that the distributed
