@@ -431,6 +431,29 @@ async fn a_statement_over_its_time_fails_clearly_and_stops() {
 }
 
 #[tokio::test]
+async fn every_join_yields_once_and_a_plan_passed_twice_is_unchanged() {
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
+    use datafusion::physical_plan::displayable;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
+    storage.append(events(0, 100)).await.unwrap();
+    let ctx = new_session_context(&storage, &QueryConfig::default()).unwrap();
+    let sql = "select count(*) from audit_events a join audit_events b on a.actor_id = b.actor_id, \
+               audit_events c where b.seq < c.seq";
+    let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+    let shown = displayable(plan.as_ref()).indent(false).to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    let joins: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].contains("JoinExec")).collect();
+    assert!(joins.len() >= 2, "{shown}");
+    for &i in &joins {
+        assert!(lines[i - 1].trim_start().starts_with("CooperativeExec"), "line {i} yields nowhere:\n{shown}");
+    }
+    let again = limits::JoinsYieldRule.optimize(Arc::clone(&plan), ctx.state().config_options()).unwrap();
+    assert_eq!(displayable(again.as_ref()).indent(false).to_string(), shown);
+    storage.shutdown();
+}
+
+#[tokio::test]
 async fn a_result_over_its_row_limit_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(StorageConfig::new(dir.path())).unwrap();
