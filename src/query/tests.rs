@@ -441,7 +441,8 @@ async fn every_join_yields_once_and_a_plan_passed_twice_is_unchanged() {
     let sql = "select count(*) from audit_events a join audit_events b on a.actor_id = b.actor_id, \
                audit_events c where b.seq < c.seq";
     let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
-    let shown = displayable(plan.as_ref()).indent(false).to_string();
+    let text = |plan: &Arc<dyn ExecutionPlan>| displayable(plan.as_ref()).indent(false).to_string();
+    let shown = text(&plan);
     let lines: Vec<&str> = shown.lines().collect();
     let joins: Vec<usize> = (0..lines.len()).filter(|&i| lines[i].contains("JoinExec")).collect();
     assert!(joins.len() >= 2, "{shown}");
@@ -449,7 +450,7 @@ async fn every_join_yields_once_and_a_plan_passed_twice_is_unchanged() {
         assert!(lines[i - 1].trim_start().starts_with("CooperativeExec"), "line {i} yields nowhere:\n{shown}");
     }
     let again = limits::JoinsYieldRule.optimize(Arc::clone(&plan), ctx.state().config_options()).unwrap();
-    assert_eq!(displayable(again.as_ref()).indent(false).to_string(), shown);
+    assert_eq!(text(&again), shown);
     storage.shutdown();
 }
 
